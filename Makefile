@@ -1,0 +1,41 @@
+# stream-lstm: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build CI uses. To use a GPU, install a CUDA build of torch into $(VENV) first (or pass
+# TORCH_SPEC=...): an importable torch is kept as it is.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= demo-output
+
+.PHONY: install test lint format demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check stream_lstm tests benchmarks
+	$(BIN)/ruff format --check stream_lstm tests benchmarks
+
+format: install
+	$(BIN)/ruff format stream_lstm tests benchmarks
+	$(BIN)/ruff check --fix stream_lstm tests benchmarks
+
+demo: install
+	mkdir -p $(DEMO_DIR)
+	$(BIN)/stream-lstm generate $(DEMO_DIR)/stream.csv --events 50000 --keys 1000
+	$(BIN)/stream-lstm evaluate $(DEMO_DIR)/stream.csv --label label --key key --ts ts \
+		--json $(DEMO_DIR)/report.json --plot $(DEMO_DIR)/rolling-accuracy.png
+
+bench: install
+	$(BIN)/python benchmarks/bench_evaluate.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

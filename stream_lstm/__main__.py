@@ -1,0 +1,7 @@
+"""``python -m stream_lstm`` runs the command line."""
+
+import sys
+
+from stream_lstm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""The two baselines every LSTM prediction is compared with.
+
+* ``logreg``: river's ``StandardScaler | LogisticRegression`` on the event's own features.
+* ``no_change``: the same key's previous label (the persistence forecast), 0.5 before any.
+
+Both follow the learner's protocol: :meth:`predict_proba_many` for a micro-batch uses only what
+was learned from earlier batches plus, for ``no_change``, earlier labels of the same key; then
+:meth:`learn_many` learns the batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+from river import linear_model, optim, preprocessing
+
+from stream_lstm.errors import ConfigError
+from stream_lstm.events import Event
+
+
+class LogisticRegressionBaseline:
+    """River's standard scaler and logistic regression, learning one event at a time.
+
+    Parameters
+    ----------
+    learning_rate
+        Step size of river's SGD optimizer.
+    l2
+        L2 regularisation.
+
+    Examples
+    --------
+    >>> model = LogisticRegressionBaseline()
+    >>> batch = [Event(features={"x": 1.0}, label=1), Event(features={"x": -1.0}, label=0)]
+    >>> model.predict_proba_many(batch).tolist()
+    [0.5, 0.5]
+    >>> model.learn_many(batch)
+    """
+
+    def __init__(self, *, learning_rate: float = 0.01, l2: float = 0.0) -> None:
+        if not learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {learning_rate!r}")
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.pipeline = preprocessing.StandardScaler() | linear_model.LogisticRegression(
+            optimizer=optim.SGD(learning_rate), l2=l2
+        )
+
+    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+        """Probability of label 1 for each event, from the weights before this batch."""
+        predict = self.pipeline.predict_proba_one
+        return np.array([predict(dict(e.features)).get(True, 0.5) for e in events])
+
+    def learn_many(self, events: Sequence[Event]) -> None:
+        """Learn each labelled event in order."""
+        learn = self.pipeline.learn_one
+        for event in events:
+            if event.label is not None:
+                learn(dict(event.features), bool(event.label))
+
+
+class NoChangeBaseline:
+    """Predicts the same key's previous label; tracks at most ``max_keys`` keys (LRU).
+
+    Examples
+    --------
+    >>> model = NoChangeBaseline()
+    >>> batch = [Event(key="a", label=1), Event(key="a", label=0), Event(key="b", label=0)]
+    >>> model.predict_proba_many(batch).tolist()
+    [0.5, 1.0, 0.5]
+    """
+
+    def __init__(self, *, max_keys: int = 100_000) -> None:
+        if max_keys < 1:
+            raise ConfigError(f"max_keys must be at least 1, got {max_keys}")
+        self.max_keys = max_keys
+        self.last_label: OrderedDict[str, int] = OrderedDict()
+
+    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+        """The previous label of each event's key (earlier events of this batch included)."""
+        in_batch: dict[str, int] = {}
+        stored = self.last_label
+        result = np.empty(len(events))
+        for i, event in enumerate(events):
+            previous = in_batch.get(event.key)
+            if previous is None:
+                previous = stored.get(event.key)
+            result[i] = 0.5 if previous is None else float(previous)
+            if event.label is not None:
+                in_batch[event.key] = event.label
+        return result
+
+    def learn_many(self, events: Sequence[Event]) -> None:
+        """Remember each key's latest label."""
+        stored = self.last_label
+        for event in events:
+            if event.label is not None:
+                stored[event.key] = event.label
+                stored.move_to_end(event.key)
+        while len(stored) > self.max_keys:
+            stored.popitem(last=False)

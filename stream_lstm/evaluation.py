@@ -1,0 +1,278 @@
+"""Prequential (test-then-train) evaluation of several models on the same micro-batches.
+
+For every micro-batch, every model first predicts all its events, the predictions are scored
+against the labels, and only then does each model learn the batch. Scores are kept over the
+whole stream and over a rolling window of the latest labelled events.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from scipy.stats import rankdata
+
+from stream_lstm.baselines import LogisticRegressionBaseline, NoChangeBaseline
+from stream_lstm.errors import ConfigError
+from stream_lstm.events import Event
+
+MODEL_NAMES = ("lstm", "logreg", "no_change")
+METRICS = ("accuracy", "log_loss", "roc_auc", "kappa_temporal")
+
+#: Probabilities are clipped to [EPS, 1 - EPS] for the log loss, so a confident miss costs ~34.5.
+EPS = 1e-15
+
+
+class OnlineClassifier(Protocol):
+    """What the evaluator needs of a model."""
+
+    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray: ...
+
+    def learn_many(self, events: Sequence[Event]) -> None: ...
+
+
+def build_models(
+    names: Sequence[str], *, max_keys: int = 100_000, lstm: Mapping[str, Any] | None = None
+) -> dict[str, OnlineClassifier]:
+    """Create the named models; ``lstm`` holds keyword arguments for :class:`LSTMLearner`."""
+    unknown = [name for name in names if name not in MODEL_NAMES]
+    if unknown or not names:
+        raise ConfigError(
+            f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_NAMES)}"
+        )
+    models: dict[str, OnlineClassifier] = {}
+    for name in names:
+        if name == "lstm":
+            from stream_lstm.learner import LSTMLearner  # torch is imported only when needed
+
+            models[name] = LSTMLearner(max_keys=max_keys, **dict(lstm or {}))
+        elif name == "logreg":
+            models[name] = LogisticRegressionBaseline()
+        else:
+            models[name] = NoChangeBaseline(max_keys=max_keys)
+    return models
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Exact ROC AUC with ties counted as half (the Mann-Whitney statistic); NaN with one class.
+
+    >>> roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    0.75
+    """
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = rankdata(scores)
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def log_loss_terms(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Per-event log loss with probabilities clipped to ``[EPS, 1 - EPS]``."""
+    p = np.clip(probabilities, EPS, 1 - EPS)
+    return -(labels * np.log(p) + (1 - labels) * np.log1p(-p))
+
+
+def kappa_temporal(accuracy: float, no_change_accuracy: float) -> float:
+    """Agreement beyond the no-change classifier (Zliobaite et al. 2015); NaN if that is perfect.
+
+    >>> kappa_temporal(0.9, 0.8)
+    0.5
+    """
+    if not no_change_accuracy < 1:
+        return math.nan
+    return (accuracy - no_change_accuracy) / (1 - no_change_accuracy)
+
+
+class Scorer:
+    """Prequential scores of one model, over the whole stream and a rolling window.
+
+    The whole-stream ROC AUC counts probabilities in ``auc_bins`` equal bins (exact up to that
+    resolution, constant memory); the rolling one is exact over the window.
+
+    Parameters
+    ----------
+    window
+        How many of the latest labelled events the rolling scores cover.
+    auc_bins
+        Resolution of the whole-stream ROC AUC.
+    """
+
+    def __init__(self, *, window: int = 1000, auc_bins: int = 10_000) -> None:
+        if window < 1:
+            raise ConfigError(f"window must be at least 1, got {window}")
+        self.window = window
+        self.auc_bins = auc_bins
+        self.count = 0
+        self.correct = 0
+        self.log_loss_sum = 0.0
+        self.reference_correct = 0
+        self.positive_bins = np.zeros(auc_bins, dtype=np.int64)
+        self.negative_bins = np.zeros(auc_bins, dtype=np.int64)
+        self._labels = np.zeros(window, dtype=np.int8)
+        self._probabilities = np.zeros(window)
+        self._reference = np.zeros(window, dtype=bool)
+        self._next = 0  # ring-buffer position of the next event
+
+    def update(self, labels: np.ndarray, probabilities: np.ndarray, reference_correct: np.ndarray) -> None:
+        """Score labelled events; ``reference_correct`` says where no-change was right on them."""
+        if labels.size == 0:
+            return
+        correct = (probabilities >= 0.5) == (labels == 1)
+        self.count += labels.size
+        self.correct += int(correct.sum())
+        self.log_loss_sum += float(log_loss_terms(labels, probabilities).sum())
+        self.reference_correct += int(reference_correct.sum())
+        bins = np.minimum((probabilities * self.auc_bins).astype(np.int64), self.auc_bins - 1)
+        self.positive_bins += np.bincount(bins[labels == 1], minlength=self.auc_bins)
+        self.negative_bins += np.bincount(bins[labels == 0], minlength=self.auc_bins)
+        tail = slice(-self.window, None)  # only the newest `window` events can stay in the buffer
+        positions = (self._next + np.arange(labels.size)[tail]) % self.window
+        self._labels[positions] = labels[tail]
+        self._probabilities[positions] = probabilities[tail]
+        self._reference[positions] = reference_correct[tail]
+        self._next = (self._next + labels.size) % self.window
+
+    def whole(self) -> dict[str, float]:
+        """Scores over every labelled event so far (NaN before the first)."""
+        if self.count == 0:
+            return dict.fromkeys(METRICS, math.nan)
+        accuracy = self.correct / self.count
+        return {
+            "accuracy": accuracy,
+            "log_loss": self.log_loss_sum / self.count,
+            "roc_auc": self._binned_auc(),
+            "kappa_temporal": kappa_temporal(accuracy, self.reference_correct / self.count),
+        }
+
+    def rolling(self) -> dict[str, float]:
+        """Scores over the latest ``window`` labelled events."""
+        size = min(self.count, self.window)
+        if size == 0:
+            return dict.fromkeys(METRICS, math.nan)
+        labels = self._labels[:size]
+        probabilities = self._probabilities[:size]
+        accuracy = float(((probabilities >= 0.5) == (labels == 1)).mean())
+        return {
+            "accuracy": accuracy,
+            "log_loss": float(log_loss_terms(labels, probabilities).mean()),
+            "roc_auc": roc_auc(labels, probabilities),
+            "kappa_temporal": kappa_temporal(accuracy, float(self._reference[:size].mean())),
+        }
+
+    def _binned_auc(self) -> float:
+        positives = int(self.positive_bins.sum())
+        negatives = int(self.negative_bins.sum())
+        if positives == 0 or negatives == 0:
+            return math.nan
+        negatives_below = np.cumsum(self.negative_bins) - self.negative_bins
+        wins = (self.positive_bins * negatives_below).sum() + 0.5 * (
+            self.positive_bins * self.negative_bins
+        ).sum()
+        return float(wins / (positives * negatives))
+
+
+class PrequentialEvaluator:
+    """Runs several models test-then-train on the same micro-batches and scores them.
+
+    Parameters
+    ----------
+    models
+        The models by name, e.g. from :func:`build_models`.
+    window
+        Size of the rolling window of the scores.
+    max_keys
+        Bound on the keys the no-change reference of kappa-temporal tracks.
+    keep_trace
+        Keep each model's per-event correctness, for plotting rolling accuracy afterwards.
+
+    Examples
+    --------
+    >>> evaluator = PrequentialEvaluator(build_models(["no_change"]))
+    >>> batch = [Event(key="a", label=1), Event(key="a", label=1), Event(key="a", label=0)]
+    >>> evaluator.process(batch)["no_change"].tolist()
+    [0.5, 1.0, 1.0]
+    >>> round(evaluator.scores["no_change"].whole()["accuracy"], 3)
+    0.667
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, OnlineClassifier],
+        *,
+        window: int = 1000,
+        max_keys: int = 100_000,
+        keep_trace: bool = False,
+    ) -> None:
+        if not models:
+            raise ConfigError("at least one model is needed")
+        self.models = dict(models)
+        self.window = window
+        self.scores = {name: Scorer(window=window) for name in self.models}
+        # kappa-temporal compares with no-change on exactly the same events, whatever is run.
+        self.reference = NoChangeBaseline(max_keys=max_keys)
+        self.seconds = dict.fromkeys(self.models, 0.0)
+        self.events = 0
+        self.labelled = 0
+        self.keep_trace = keep_trace
+        self.trace: dict[str, list[np.ndarray]] = {name: [] for name in self.models}
+
+    def predict(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
+        """Every model's probabilities for the batch, before any of it is learned."""
+        predictions = {}
+        for name, model in self.models.items():
+            started = time.perf_counter()
+            predictions[name] = model.predict_proba_many(events)
+            self.seconds[name] += time.perf_counter() - started
+        return predictions
+
+    def learn(self, events: Sequence[Event], predictions: Mapping[str, np.ndarray]) -> None:
+        """Score the batch's predictions against its labels, then let every model learn it."""
+        labelled = np.array([e.label is not None for e in events], dtype=bool)
+        if labelled.any():
+            labels = np.array([e.label for e in events if e.label is not None], dtype=np.int8)
+            reference = self.reference.predict_proba_many(events)[labelled]
+            reference_correct = (reference >= 0.5) == (labels == 1)
+            for name, scorer in self.scores.items():
+                probabilities = predictions[name][labelled]
+                scorer.update(labels, probabilities, reference_correct)
+                if self.keep_trace:
+                    self.trace[name].append((probabilities >= 0.5) == (labels == 1))
+        self.reference.learn_many(events)
+        for name, model in self.models.items():
+            started = time.perf_counter()
+            model.learn_many(events)
+            self.seconds[name] += time.perf_counter() - started
+        self.events += len(events)
+        self.labelled += int(labelled.sum())
+
+    def process(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
+        """Predict, score and learn one micro-batch; return the predictions."""
+        predictions = self.predict(events)
+        self.learn(events, predictions)
+        return predictions
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per model: whole-stream scores, rolling scores and the model's own events/s."""
+        report = {}
+        for name, scorer in self.scores.items():
+            seconds = self.seconds[name]
+            report[name] = {
+                **scorer.whole(),
+                "rolling": scorer.rolling(),
+                "events_per_second": self.events / seconds if seconds > 0 else math.nan,
+            }
+        return report
+
+    def rolling_accuracy_curve(self, name: str) -> np.ndarray:
+        """Rolling accuracy after each labelled event (needs ``keep_trace=True``)."""
+        if not self.trace[name]:
+            return np.zeros(0)
+        correct = np.concatenate(self.trace[name]).astype(np.float64)
+        cumulative = np.concatenate([[0.0], np.cumsum(correct)])
+        n = np.arange(1, correct.size + 1)
+        start = np.maximum(n - self.window, 0)
+        return (cumulative[n] - cumulative[start]) / (n - start)

@@ -1,0 +1,541 @@
+"""The online LSTM classifier: per-key state, truncated BPTT, one optimizer step per micro-batch."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from stream_lstm.errors import ConfigError
+from stream_lstm.events import Event
+from stream_lstm.learner.key_state import NO_LABEL, KeyStateStore
+from stream_lstm.learner.network import LSTMNetwork
+from stream_lstm.learner.scaler import RunningScaler
+
+# Input vector layout: the scaled features, then the scaled log time gap, then the previous label
+# as -1/+1 (0 when there is none) and a flag for "no previous label".
+_EXTRA_INPUTS = 3
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA when a GPU is visible, else the CPU; anything else is used as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise ConfigError(f"unknown device {device!r}: {error}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+    return resolved
+
+
+@dataclass
+class _Pending:
+    """The forward pass of a batch, kept until :meth:`LSTMLearner.learn_many` consumes it."""
+
+    events: Sequence[Event]
+    logits: torch.Tensor
+    probabilities: np.ndarray
+    slots: np.ndarray
+    raw_features: np.ndarray
+    new_h0: torch.Tensor
+    new_c0: torch.Tensor
+    new_window: torch.Tensor
+    new_window_len: np.ndarray
+    last_label: np.ndarray
+    last_ts: np.ndarray
+    label_index: torch.Tensor | None
+    targets: torch.Tensor | None
+
+
+class LSTMLearner:
+    """An LSTM binary classifier that learns online from a stream of keyed events.
+
+    Weights are shared; every key has its own recurrent state. Each micro-batch is handled in two
+    calls: :meth:`predict_proba_many` runs one batched forward pass over every key in the batch
+    (its stored window, then its new events in order) with the weights learned from earlier
+    batches, and :meth:`learn_many` backpropagates the loss of the batch's labelled events
+    through that same pass and takes one optimizer step. The prediction for an event therefore
+    depends only on earlier events of its key and on earlier batches.
+
+    Truncated BPTT: every key keeps its last ``tbptt_steps - 1`` inputs and the detached state at
+    the start of that window. A batch's sequence for a key is that window followed by its new
+    events; it is cut into chunks of ``tbptt_steps`` steps counted from its end, with the state
+    detached between chunks, so no gradient flows through more than ``tbptt_steps`` steps, and
+    the loss of a key's single new event reaches back exactly ``tbptt_steps`` steps.
+
+    Parameters
+    ----------
+    hidden_size
+        Size of the LSTM state.
+    tbptt_steps
+        The furthest a gradient flows back in time, in events of one key.
+    learning_rate
+        Adam's step size; 0 freezes the weights.
+    clip_grad_norm
+        Gradients are rescaled so that their global norm is at most this.
+    max_keys
+        How many keys keep a state; beyond it the least recently seen key is forgotten.
+    max_features
+        How many distinct feature names get an input; later new names are ignored (and counted).
+    adapt_scaler
+        Whether the feature standardisation keeps learning; ``False`` leaves features unscaled.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+    seed
+        Seed of the weight initialisation.
+
+    Examples
+    --------
+    >>> learner = LSTMLearner(hidden_size=4, tbptt_steps=2, device="cpu")
+    >>> batch = [Event(key="a", features={"x": 1.0}, label=1), Event(key="a", label=0)]
+    >>> probabilities = learner.predict_proba_many(batch)
+    >>> learner.learn_many(batch)
+    >>> probabilities.shape, learner.events_learned, learner.steps
+    ((2,), 2, 1)
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden_size: int = 32,
+        tbptt_steps: int = 8,
+        learning_rate: float = 0.01,
+        clip_grad_norm: float = 1.0,
+        max_keys: int = 100_000,
+        max_features: int = 32,
+        adapt_scaler: bool = True,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        for name, value in (
+            ("hidden_size", hidden_size),
+            ("tbptt_steps", tbptt_steps),
+            ("max_keys", max_keys),
+            ("max_features", max_features),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not learning_rate >= 0:
+            raise ConfigError(f"learning_rate must be >= 0, got {learning_rate!r}")
+        if not clip_grad_norm > 0:
+            raise ConfigError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+        self.hidden_size = hidden_size
+        self.tbptt_steps = tbptt_steps
+        self.learning_rate = learning_rate
+        self.clip_grad_norm = clip_grad_norm
+        self.max_keys = max_keys
+        self.max_features = max_features
+        self.adapt_scaler = adapt_scaler
+        self.device = device
+        self.seed = seed
+        self._build()
+
+    def _build(self) -> None:
+        self._device = resolve_device(self.device)
+        self.input_size = self.max_features + _EXTRA_INPUTS
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.network = LSTMNetwork(self.input_size, self.hidden_size).to(self._device)
+        self._parameters = list(self.network.parameters())
+        lstm = self.network.lstm
+        self._lstm_weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+        self.optimizer = torch.optim.Adam(self._parameters, lr=self.learning_rate, fused=True)
+        self.keys = KeyStateStore(
+            max_keys=self.max_keys,
+            hidden_size=self.hidden_size,
+            window_steps=max(self.tbptt_steps - 1, 1),
+            input_size=self.input_size,
+            device=self._device,
+        )
+        # The log time gap is standardised like a feature, in the last scaler column.
+        self.scaler = RunningScaler(self.max_features + 1)
+        self.feature_columns: dict[str, int] = {}
+        self.dropped_features: set[str] = set()
+        self.events_seen = 0
+        self.events_learned = 0
+        self.steps = 0
+        # Kept as tensors: reading them would synchronise with the device every batch.
+        self._last_loss: torch.Tensor | None = None
+        self._last_grad_norm: torch.Tensor | None = None
+        self._pending: _Pending | None = None
+
+    @property
+    def torch_device(self) -> torch.device:
+        """The device the weights and key states live on."""
+        return self._device
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor arguments, by name."""
+        return {
+            "hidden_size": self.hidden_size,
+            "tbptt_steps": self.tbptt_steps,
+            "learning_rate": self.learning_rate,
+            "clip_grad_norm": self.clip_grad_norm,
+            "max_keys": self.max_keys,
+            "max_features": self.max_features,
+            "adapt_scaler": self.adapt_scaler,
+            "device": self.device,
+            "seed": self.seed,
+        }
+
+    # ------------------------------------------------------------------ predict and learn
+
+    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+        """Probability that each event's label is 1, from earlier events and earlier batches only.
+
+        Keeps the forward pass so that :meth:`learn_many` on the same batch can reuse it.
+        """
+        if not events:
+            return np.zeros(0)
+        self._pending = self._forward(events)
+        return self._pending.probabilities
+
+    def learn_many(self, events: Sequence[Event]) -> None:
+        """Advance every key past ``events`` and take one optimizer step on their labels."""
+        if not events:
+            return
+        pending = self._pending
+        if pending is None or pending.events is not events:
+            pending = self._forward(events)
+        self._pending = None
+        if pending.label_index is not None:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                pending.logits[pending.label_index], pending.targets
+            )
+            for parameter in self._parameters:
+                parameter.grad = None
+            loss.backward()
+            self._last_grad_norm = self._clip_gradients()
+            self.optimizer.step()
+            self.steps += 1
+            self.events_learned += pending.targets.numel()
+            self._last_loss = loss.detach()
+        store = self.keys
+        slot_index = torch.as_tensor(pending.slots, device=self._device)
+        store.h0[slot_index] = pending.new_h0
+        store.c0[slot_index] = pending.new_c0
+        store.window[slot_index] = pending.new_window
+        store.window_len[pending.slots] = pending.new_window_len
+        store.prev_label[pending.slots] = pending.last_label
+        store.last_ts[pending.slots] = pending.last_ts
+        if self.adapt_scaler:
+            self.scaler.update(pending.raw_features)
+        self.events_seen += len(events)
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """Scale the gradients to a global norm of at most ``clip_grad_norm``; return the norm.
+
+        The same as ``torch.nn.utils.clip_grad_norm_`` in a few fused calls, without reading the
+        norm back to the host.
+        """
+        grads = [p.grad for p in self._parameters if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        torch._foreach_mul_(grads, torch.clamp(self.clip_grad_norm / (norm + 1e-6), max=1.0))
+        return norm
+
+    def training_stats(self) -> dict[str, float]:
+        """The last batch's training loss and gradient norm (NaN before the first step)."""
+        loss, norm = self._last_loss, self._last_grad_norm
+        return {
+            "loss": float(loss) if loss is not None else math.nan,
+            "grad_norm": float(norm) if norm is not None else math.nan,
+        }
+
+    # ------------------------------------------------------------------ the batched forward pass
+
+    def _forward(self, events: Sequence[Event]) -> _Pending:
+        n_events = len(events)
+        key_row: dict[str, int] = {}
+        event_row = np.empty(n_events, dtype=np.int64)
+        event_rank = np.empty(n_events, dtype=np.int64)
+        counts: list[int] = []
+        for i, event in enumerate(events):
+            row = key_row.setdefault(event.key, len(key_row))
+            if row == len(counts):
+                counts.append(0)
+            event_row[i] = row
+            event_rank[i] = counts[row]
+            counts[row] += 1
+        slots = self.keys.lookup(list(key_row))
+        raw, inputs, last_label, last_ts = self._encode(events, event_row, slots)
+
+        k = self.tbptt_steps
+        window_steps = self.keys.window_steps
+        n_keys = len(counts)
+        window_len = self.keys.window_len[slots]
+        total_len = window_len + np.asarray(counts, dtype=np.int64)
+        device = self._device
+        slot_index = torch.as_tensor(slots, device=device)
+
+        seq_len = max(int(total_len.max(initial=0)), window_steps)
+        sequences = torch.cat(
+            [
+                self.keys.window.index_select(0, slot_index),
+                torch.zeros(n_keys, seq_len - window_steps, self.input_size, device=device),
+            ],
+            dim=1,
+        )
+        event_pos = window_len[event_row] + event_rank
+        sequences.view(-1, self.input_size).index_copy_(
+            0,
+            torch.as_tensor(event_row * seq_len + event_pos, device=device),
+            torch.as_tensor(inputs, device=device),
+        )
+
+        # Chunks are counted from the end of each sequence, so a key's last chunk holds its last
+        # k inputs. Round g runs chunk g - offset of every key, so all keys end in the last round.
+        n_chunks = (total_len + k - 1) // k
+        n_rounds = int(n_chunks.max(initial=0))
+        round_offset = n_rounds - n_chunks
+        first_len = total_len - (n_chunks - 1) * k
+        after_first = event_pos - first_len[event_row]
+        event_chunk = np.where(after_first < 0, 0, 1 + after_first // k)
+        event_step = np.where(after_first < 0, event_pos, after_first % k)
+
+        labels = [(i, e.label) for i, e in enumerate(events) if e.label is not None]
+        label_index = targets = None
+        if labels:
+            label_index = torch.as_tensor([i for i, _ in labels], device=device)
+            targets = torch.as_tensor([y for _, y in labels], dtype=torch.float32, device=device)
+
+        h = self.keys.h0[slot_index]
+        c = self.keys.c0[slot_index]
+        lstm = self.network.lstm
+        if n_rounds <= 1:
+            # The usual case: one chunk per key, starting at position 0 from the stored state.
+            chunk_inputs = sequences[:, : int(total_len.max(initial=1))]
+            chunk_len = total_len
+            chunk_state = (h, c)
+            event_chunk_row = event_row
+            new_h0, new_c0 = h, c
+        else:
+            # A long sequence: first find the (detached) state at the start of every chunk without
+            # gradients, round by round, then run all chunks at once as one batch with gradients.
+            chunk_row = np.full((n_keys, n_rounds), -1, dtype=np.int64)
+            chunk_key_parts, chunk_start_parts, chunk_len_parts = [], [], []
+            h_parts, c_parts = [], []
+            n_rows = 0
+            for g in range(n_rounds):
+                active = np.flatnonzero(round_offset <= g)
+                chunk = g - round_offset[active]
+                start = np.where(chunk == 0, 0, first_len[active] + (chunk - 1) * k)
+                length = np.where(chunk == 0, first_len[active], k)
+                chunk_row[active, chunk] = n_rows + np.arange(active.size)
+                n_rows += active.size
+                active_index = torch.as_tensor(active, device=device)
+                h_active, c_active = h.index_select(0, active_index), c.index_select(0, active_index)
+                chunk_key_parts.append(active)
+                chunk_start_parts.append(start)
+                chunk_len_parts.append(length)
+                h_parts.append(h_active)
+                c_parts.append(c_active)
+                if g == n_rounds - 1:
+                    new_h0, new_c0 = h, c
+                    break
+                with torch.no_grad():
+                    steps = int(length.max())
+                    positions = np.minimum(start[:, None] + np.arange(steps), seq_len - 1)
+                    inputs_g = _gather_steps(sequences, active, positions)
+                    _, (h_n, c_n) = self._run_lstm(inputs_g, length, (h_active, c_active))
+                h = h.index_copy(0, active_index, h_n)
+                c = c.index_copy(0, active_index, c_n)
+            # Only chunks that hold a new event need outputs; the others (old window inputs
+            # before a detach) cannot affect this batch's logits or gradients.
+            needed = np.zeros(n_rows, dtype=bool)
+            needed[chunk_row[event_row, event_chunk]] = True
+            kept = np.flatnonzero(needed)
+            renumber = np.full(n_rows, -1, dtype=np.int64)
+            renumber[kept] = np.arange(kept.size)
+            chunk_key = np.concatenate(chunk_key_parts)[kept]
+            chunk_start = np.concatenate(chunk_start_parts)[kept]
+            chunk_len = np.concatenate(chunk_len_parts)[kept]
+            steps = int(chunk_len.max())
+            positions = np.minimum(chunk_start[:, None] + np.arange(steps), seq_len - 1)
+            chunk_inputs = _gather_steps(sequences, chunk_key, positions)
+            kept_index = torch.as_tensor(kept, device=device)
+            chunk_state = (
+                torch.cat(h_parts).index_select(0, kept_index),
+                torch.cat(c_parts).index_select(0, kept_index),
+            )
+            event_chunk_row = renumber[chunk_row[event_row, event_chunk]]
+
+        with torch.set_grad_enabled(bool(labels)):
+            outputs, _ = self._run_lstm(chunk_inputs, chunk_len, chunk_state)
+            picked = _gather_steps(outputs, event_chunk_row, event_step)
+            logits = self.network.head(picked).squeeze(-1)
+        probabilities = torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64)
+
+        # The next window is the last k - 1 inputs; its start state is one step into the last
+        # chunk, which the fused LSTM does not return, so take that one step again here.
+        long_rows = np.flatnonzero(total_len >= k)
+        if long_rows.size:
+            long_index = torch.as_tensor(long_rows, device=device)
+            with torch.no_grad():
+                h_step, c_step = torch.lstm_cell(
+                    _gather_steps(sequences, long_rows, total_len[long_rows] - k),
+                    (new_h0.index_select(0, long_index), new_c0.index_select(0, long_index)),
+                    lstm.weight_ih_l0,
+                    lstm.weight_hh_l0,
+                    lstm.bias_ih_l0,
+                    lstm.bias_hh_l0,
+                )
+            new_h0 = new_h0.index_copy(0, long_index, h_step)
+            new_c0 = new_c0.index_copy(0, long_index, c_step)
+        new_window_len = np.minimum(total_len, k - 1)
+        window_positions = np.minimum(
+            (total_len - new_window_len)[:, None] + np.arange(window_steps)[None, :], seq_len - 1
+        )
+        new_window = _gather_steps(sequences, np.arange(n_keys), window_positions)
+        return _Pending(
+            events=events,
+            logits=logits,
+            probabilities=probabilities,
+            slots=slots,
+            raw_features=raw,
+            new_h0=new_h0,
+            new_c0=new_c0,
+            new_window=new_window,
+            new_window_len=new_window_len,
+            last_label=last_label,
+            last_ts=last_ts,
+            label_index=label_index,
+            targets=targets,
+        )
+
+    def _run_lstm(
+        self, inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Run the LSTM over padded sequences of the given lengths; return outputs and end state.
+
+        ``state`` is ``(h, c)`` with or without the leading layer dimension; the end state comes
+        back without it.
+        """
+        h, c = state
+        if h.dim() == 2:
+            h, c = h.unsqueeze(0), c.unsqueeze(0)
+        steps = inputs.shape[1]
+        if (lengths == steps).all():
+            # The functional form of nn.LSTM's forward, without its per-call Python checks.
+            outputs, h_n, c_n = torch.lstm(
+                inputs, (h, c), self._lstm_weights, True, 1, 0.0, self.network.training, False, True
+            )
+        else:
+            packed = pack_padded_sequence(
+                inputs, torch.as_tensor(lengths), batch_first=True, enforce_sorted=False
+            )
+            packed_out, (h_n, c_n) = self.network.lstm(packed, (h, c))
+            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
+        return outputs, (h_n[0], c_n[0])
+
+    def _encode(
+        self, events: Sequence[Event], event_row: np.ndarray, slots: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Build the batch's input vectors on the host.
+
+        Returns the raw feature matrix (for the scaler update), the inputs, and each key's last
+        label and timestamp after the batch.
+        """
+        n_features = self.max_features
+        raw = np.full((len(events), n_features + 1), np.nan)
+        columns = self.feature_columns
+        last_label = self.keys.prev_label[slots].copy()
+        last_ts = self.keys.last_ts[slots].copy()
+        prev_label = np.empty(len(events), dtype=np.int8)
+        for i, event in enumerate(events):
+            for name, value in event.features.items():
+                column = columns.get(name)
+                if column is None:
+                    column = self._add_feature(name)
+                    if column is None:
+                        continue
+                raw[i, column] = value
+            row = event_row[i]
+            prev_label[i] = last_label[row]
+            if event.label is not None:
+                last_label[row] = event.label
+            if event.ts is not None:
+                previous = last_ts[row]
+                if previous == previous:  # not NaN
+                    raw[i, n_features] = math.log1p(max(event.ts - previous, 0.0))
+                last_ts[row] = event.ts
+        inputs = np.zeros((len(events), self.input_size), dtype=np.float32)
+        inputs[:, : n_features + 1] = self.scaler.transform(raw)
+        has_label = prev_label != NO_LABEL
+        inputs[:, n_features + 1] = np.where(has_label, 2.0 * prev_label - 1.0, 0.0)
+        inputs[:, n_features + 2] = ~has_label
+        return raw, inputs, last_label, last_ts
+
+    def _add_feature(self, name: str) -> int | None:
+        if len(self.feature_columns) >= self.max_features:
+            self.dropped_features.add(name)
+            return None
+        column = len(self.feature_columns)
+        self.feature_columns[name] = column
+        return column
+
+    # ------------------------------------------------------------------ persistence
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._pending is not None:
+            raise RuntimeError("cannot save between predict_proba_many and learn_many")
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "keys": self.keys.state_dict(),
+                "last_loss": self._last_loss,
+                "last_grad_norm": self._last_grad_norm,
+            },
+            buffer,
+        )
+        return {
+            "hyperparameters": self.hyperparameters(),
+            "torch_state": buffer.getvalue(),
+            "scaler": self.scaler,
+            "feature_columns": dict(self.feature_columns),
+            "dropped_features": set(self.dropped_features),
+            "events_seen": self.events_seen,
+            "events_learned": self.events_learned,
+            "steps": self.steps,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state["hyperparameters"].items():
+            setattr(self, name, value)
+        self._build()
+        saved = torch.load(io.BytesIO(state["torch_state"]), map_location=self._device, weights_only=False)
+        self.network.load_state_dict(saved["network"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.keys.load_state_dict(saved["keys"])
+        self._last_loss = saved["last_loss"]
+        self._last_grad_norm = saved["last_grad_norm"]
+        self.scaler = state["scaler"]
+        self.feature_columns = state["feature_columns"]
+        self.dropped_features = state["dropped_features"]
+        self.events_seen = state["events_seen"]
+        self.events_learned = state["events_learned"]
+        self.steps = state["steps"]
+
+
+def _gather_steps(tensor: torch.Tensor, rows: np.ndarray, positions: np.ndarray) -> torch.Tensor:
+    """``tensor[rows, positions]`` for a (rows, steps, features) tensor, as one ``index_select``.
+
+    ``positions`` is one step per row (result: rows x features) or a matrix of steps per row
+    (result: rows x steps x features). Plain advanced indexing costs several times more on the
+    small tensors of a micro-batch.
+    """
+    n_steps, width = tensor.shape[1], tensor.shape[2]
+    flat = rows.reshape((-1,) + (1,) * (positions.ndim - 1)) * n_steps + positions
+    picked = tensor.reshape(-1, width).index_select(
+        0, torch.as_tensor(flat.reshape(-1), device=tensor.device)
+    )
+    return picked.view(*positions.shape, width)

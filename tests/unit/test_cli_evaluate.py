@@ -1,0 +1,136 @@
+"""`stream-lstm evaluate` from the command line: report, JSON, plot, bad rows, bad flags."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stream_lstm.cli import main
+from stream_lstm.generator import temporal_stream, write_csv
+
+
+@pytest.fixture
+def stream_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "stream.csv"
+    write_csv(temporal_stream(600, n_keys=5, seed=4), path)
+    with path.open("a") as handle:  # two bad rows at known lines: 602 and 603
+        handle.write("k1,1700001000,1,not-a-number,0.5,\n")
+        handle.write("k1,1700001001,2,0.1,0.2,0.3\n")
+    return path
+
+
+def test_evaluate_writes_table_json_and_plot(
+    stream_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    report_path, plot_path = tmp_path / "report.json", tmp_path / "rolling.png"
+    status = main(
+        [
+            "evaluate", str(stream_csv), "--label", "label", "--key", "key", "--ts", "ts",
+            "--batch-size", "16", "--json", str(report_path), "--plot", str(plot_path),
+            "--hidden-size", "8", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    out, err = capsys.readouterr()
+    assert "600 events (600 labelled, 2 bad rows skipped)" in out
+    for name in ("lstm", "logreg", "no_change"):
+        assert name in out
+    assert f"{stream_csv}:602: skipped: column 'a' must be a number" in err
+    assert f"{stream_csv}:603: skipped: label must be 0, 1 or empty" in err
+    report = json.loads(report_path.read_text())
+    assert report["events"] == 600 and report["skipped"] == 2
+    assert report["seconds"] > 0 and report["events_per_second"] > 0
+    assert [bad["line"] for bad in report["bad_rows"]] == [602, 603]
+    for name in ("lstm", "logreg", "no_change"):
+        assert set(report["models"][name]) >= {"accuracy", "log_loss", "roc_auc", "kappa_temporal"}
+        assert 0 <= report["models"][name]["accuracy"] <= 1
+    assert report["lstm"]["hidden_size"] == 8
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_models_subset_and_limit(stream_csv: Path, tmp_path: Path) -> None:
+    report_path = tmp_path / "r.json"
+    args = ["evaluate", str(stream_csv), "--label", "label", "--key", "key", "--models", "logreg,no_change"]
+    assert main([*args, "--limit", "100", "--json", str(report_path), "--no-progress"]) == 0
+    report = json.loads(report_path.read_text())
+    assert set(report["models"]) == {"logreg", "no_change"} and report["events"] == 100
+    assert report["lstm"] is None
+
+
+def test_settings_come_from_env_and_toml_with_flags_winning(
+    stream_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('label = "label"\nkey = "key"\nbatch-size = 5\nmodels = ["no_change"]\n')
+    report_path = tmp_path / "r.json"
+    monkeypatch.setenv("STREAM_LSTM_BATCH_SIZE", "7")
+    assert main(["evaluate", str(stream_csv), "--config", str(config), "--json", str(report_path)]) == 0
+    assert json.loads(report_path.read_text())["batch_size"] == 7  # env beats the file
+    assert (
+        main(
+            [
+                "evaluate",
+                str(stream_csv),
+                "--config",
+                str(config),
+                "--batch-size",
+                "9",
+                "--json",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(report_path.read_text())["batch_size"] == 9  # the flag beats env
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "x.csv", "--label", "y", "--batch-size", "0"], "must be at least 1"),
+        (["evaluate", "x.csv", "--label", "y", "--models", "lstm,forest"], "unknown model(s) forest"),
+        (["evaluate", "x.csv", "--bogus"], "unrecognized arguments: --bogus"),
+        (["evaluate", "x.csv"], "needs the label column"),
+    ],
+)
+def test_bad_flags_exit_2_with_usage(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and message in err
+
+
+def test_bad_settings_from_env_or_file_or_data_are_clear_errors(
+    stream_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("STREAM_LSTM_WINDOW", "many")
+    assert main(["evaluate", str(stream_csv), "--label", "label"]) == 2
+    assert "window from $STREAM_LSTM_WINDOW" in capsys.readouterr().err
+    monkeypatch.delenv("STREAM_LSTM_WINDOW")
+    config = tmp_path / "bad.toml"
+    config.write_text("batch_sise = 3\n")
+    assert main(["evaluate", str(stream_csv), "--label", "label", "--config", str(config)]) == 2
+    assert "unknown setting(s) batch_sise" in capsys.readouterr().err
+    assert main(["evaluate", str(stream_csv), "--label", "nope"]) == 2
+    assert "label column 'nope' is not in" in capsys.readouterr().err
+    assert (
+        main(["evaluate", str(stream_csv), "--label", "label", "--batch-size", "64", "--max-keys", "10"]) == 2
+    )
+    assert "max_keys" in capsys.readouterr().err
+
+
+def test_console_script_help_documents_every_flag_with_default() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "stream_lstm", "evaluate", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in ("--label", "--batch-size", "--tbptt-steps", "--json", "--plot", "--models", "--device"):
+        assert flag in result.stdout
+    assert "STREAM_LSTM_BATCH_SIZE" in result.stdout and "(default: 64;" in result.stdout

@@ -1,0 +1,68 @@
+"""Reading events from CSV: features, keys, timestamps, and bad rows by line number."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_lstm.csv_source import CsvEventSource
+from stream_lstm.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "events.csv"
+    path.write_text(text)
+    return path
+
+
+def test_reads_features_keys_timestamps_and_missing_cells(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "id,time,x,y,target\n"
+        "a,2024-01-01T00:00:00Z,1.5,,1\n"
+        "b,1704067260,-2,3e2,0\n"
+        "a,2024-01-01T00:02:00+00:00,,,\n",
+    )
+    events = list(CsvEventSource(path, label="target", key="id", ts="time"))
+    assert [e.key for e in events] == ["a", "b", "a"]
+    assert [e.ts for e in events] == [1704067200.0, 1704067260.0, 1704067320.0]
+    assert [dict(e.features) for e in events] == [{"x": 1.5}, {"x": -2.0, "y": 300.0}, {}]
+    assert [e.label for e in events] == [1, 0, None]
+
+
+def test_bad_rows_are_skipped_counted_and_reported_with_line_numbers(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "x,label\n"
+        "1,1\n"
+        "abc,0\n"  # line 3: not a number
+        "2,7\n"  # line 4: bad label
+        "3\n"  # line 5: too few cells
+        "nan,1\n"  # line 6: not finite
+        "\n"  # blank line: no event, not an error
+        "4,0\n",
+    )
+    seen = []
+    source = CsvEventSource(path, label="label", on_bad_row=seen.append)
+    events = list(source)
+    assert [e.features["x"] for e in events] == [1.0, 4.0]
+    assert source.skipped == 4
+    assert [bad.line for bad in source.bad_rows] == [3, 4, 5, 6]
+    assert "column 'x' must be a number" in source.bad_rows[0].reason
+    assert "label must be 0, 1 or empty" in source.bad_rows[1].reason
+    assert "expected 2 cells, found 1" in source.bad_rows[2].reason
+    assert "finite" in source.bad_rows[3].reason
+    assert seen == source.bad_rows
+
+
+def test_missing_columns_and_files_are_clear_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, "x,label\n1,0\n")
+    with pytest.raises(ConfigError, match=r"label column 'class' is not in .*columns are: x, label"):
+        CsvEventSource(path, label="class")
+    with pytest.raises(ConfigError, match="key column"):
+        CsvEventSource(path, label="label", key="user")
+    with pytest.raises(ConfigError, match="no such file"):
+        CsvEventSource(tmp_path / "nope.csv", label="label")
+    with pytest.raises(ConfigError, match="empty"):
+        CsvEventSource(write(tmp_path, ""), label="label")
