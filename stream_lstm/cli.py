@@ -13,6 +13,9 @@ from stream_lstm.config import (
     LSTM_HYPERPARAMETERS,
     Setting,
     add_settings,
+    non_negative_int,
+    parse_bool,
+    positive_float,
     positive_int,
     resolve_settings,
 )
@@ -20,6 +23,42 @@ from stream_lstm.errors import ConfigError, StreamLSTMError
 
 RUNTIME_SETTINGS: tuple[Setting, ...] = (
     Setting("torch_threads", positive_int, 1, "CPU threads torch may use for the LSTM"),
+)
+
+KAFKA_SETTINGS: tuple[Setting, ...] = (
+    Setting("bootstrap_servers", str, "127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT]"),
+)
+
+RUN_SETTINGS: tuple[Setting, ...] = (
+    *KAFKA_SETTINGS,
+    Setting("input_topic", str, "events", "topic of the input events"),
+    Setting("output_topic", str, "predictions", "topic the predictions are written to"),
+    Setting("dead_letter_topic", str, "dead-letters", "topic malformed messages are written to"),
+    Setting("group_id", str, "stream-lstm", "Kafka consumer group of the service"),
+    Setting("checkpoint_dir", str, "checkpoints", "directory of the checkpoint (learner state and offsets)"),
+    Setting("checkpoint_every", positive_int, 10_000, "checkpoint after this many messages"),
+    Setting("checkpoint_interval", positive_float, 5.0, "checkpoint at least this often, in seconds"),
+    Setting("metrics_port", non_negative_int, 9100, "port of /metrics and /healthz (0: any free port)"),
+    Setting("metrics_host", str, "0.0.0.0", "address /metrics and /healthz listen on"),
+    Setting("exactly_once", parse_bool, False, "write predictions and offsets in Kafka transactions"),
+    Setting("max_message_bytes", positive_int, 1_000_000, "larger messages go to the dead-letter topic"),
+    Setting("session_timeout_ms", positive_int, 10_000, "consumer group session timeout"),
+    Setting("heartbeat_interval_ms", positive_int, 2_000, "consumer group heartbeat interval"),
+    Setting(
+        "max_poll_interval_ms", positive_int, 300_000, "longest time between polls before leaving the group"
+    ),
+    Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    *LEARNER_SETTINGS,
+    Setting("torch_threads", positive_int, 1, "CPU threads torch may use for the LSTM"),
+)
+
+PRODUCE_SETTINGS: tuple[Setting, ...] = (
+    *KAFKA_SETTINGS,
+    Setting("topic", str, "events", "topic to write the events to"),
+    Setting("label", str, None, "name of the label column (required with a FILE)"),
+    Setting("key", str, None, "name of the key column; without it the file is one stream"),
+    Setting("ts", str, None, "name of the timestamp column (seconds or ISO-8601)"),
+    Setting("rate", positive_float, None, "events per second (default: as fast as possible)"),
 )
 
 EVALUATE_SETTINGS: tuple[Setting, ...] = (
@@ -59,6 +98,59 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--config", metavar="FILE.toml", help="read settings from this TOML file")
     add_settings(evaluate, EVALUATE_SETTINGS)
     evaluate.set_defaults(handler=_evaluate, settings=EVALUATE_SETTINGS)
+
+    run = commands.add_parser(
+        "run",
+        help="run the service: consume events from Kafka, predict, learn, checkpoint",
+        description=(
+            "Consume events from the input topic, write one prediction per event to the output "
+            "topic (malformed messages to the dead-letter topic), keep learning, checkpoint the "
+            "learner with the offsets, and serve /metrics and /healthz. SIGINT or SIGTERM stops it "
+            "after the batch in hand, with a final checkpoint."
+        ),
+    )
+    run.add_argument("--config", metavar="FILE.toml", help="read settings from this TOML file")
+    add_settings(run, RUN_SETTINGS)
+    run.set_defaults(handler=_run, settings=RUN_SETTINGS)
+
+    produce = commands.add_parser(
+        "produce",
+        help="replay a CSV file (or the generated stream) into a Kafka topic as JSON events",
+        description=(
+            "Replay events in file order as JSON messages, with the event key as the Kafka message "
+            "key so that each key's order is kept."
+        ),
+    )
+    produce.add_argument("file", metavar="FILE.csv", nargs="?", help="the CSV file (omit with --synthetic)")
+    produce.add_argument("--synthetic", action="store_true", help="replay the project's generated stream")
+    produce.add_argument(
+        "--events", type=positive_int, default=50_000, help="--synthetic: events (default: 50000)"
+    )
+    produce.add_argument("--keys", type=positive_int, default=1000, help="--synthetic: keys (default: 1000)")
+    produce.add_argument("--seed", type=int, default=0, help="--synthetic: seed (default: 0)")
+    produce.add_argument("--limit", type=positive_int, metavar="N", help="stop after N events")
+    produce.add_argument("--repeat", action="store_true", help="start again at the end, forever")
+    produce.add_argument("--config", metavar="FILE.toml", help="read settings from this TOML file")
+    add_settings(produce, PRODUCE_SETTINGS)
+    produce.set_defaults(handler=_produce, settings=PRODUCE_SETTINGS)
+
+    broker = commands.add_parser(
+        "broker",
+        help="run the embedded Kafka-protocol broker (memory only) in the foreground",
+        description="Run the embedded broker (Tansu) on 127.0.0.1 until SIGINT or SIGTERM (data in memory).",
+    )
+    broker.add_argument(
+        "--port", type=non_negative_int, default=9092, help="port to listen on (default: 9092)"
+    )
+    broker.add_argument(
+        "--topics",
+        default="",
+        help="comma-separated topics to create once it is up (e.g. events,predictions)",
+    )
+    broker.add_argument(
+        "--partitions", type=positive_int, default=1, help="partitions of --topics (default: 1)"
+    )
+    broker.set_defaults(handler=_broker, settings=())
 
     generate = commands.add_parser(
         "generate",
@@ -109,11 +201,7 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
 
     if not settings["label"]:
         parser.error("evaluate needs the label column: --label COL (or STREAM_LSTM_LABEL)")
-    if settings["max_keys"] < settings["batch_size"]:
-        raise ConfigError(
-            f"max_keys ({settings['max_keys']}) must be at least the batch size ({settings['batch_size']}): "
-            "every key of a batch needs a state"
-        )
+    _check_keys_cover_batch(settings)
     shown_bad_rows = 20
 
     def report_bad_row(bad: BadRow) -> None:
@@ -172,6 +260,177 @@ def _generate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
     count = write_csv(temporal_stream(args.events, n_keys=args.keys, seed=args.seed), args.out)
     print(f"wrote {count:,} events of {args.keys:,} keys to {args.out}")
     return 0
+
+
+def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
+    import logging
+    import signal
+    from pathlib import Path
+
+    from stream_lstm.evaluation import PrequentialEvaluator, build_models
+    from stream_lstm.kafka_io import KafkaSettings
+    from stream_lstm.service import ServiceSettings, StreamService
+    from stream_lstm.telemetry import MetricsServer, Telemetry
+
+    logging.basicConfig(
+        level=settings["log_level"].upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    _check_keys_cover_batch(settings)
+    if "lstm" in settings["models"]:
+        from stream_lstm.learner import set_cpu_threads
+
+        set_cpu_threads(settings["torch_threads"])
+
+    def new_evaluator() -> PrequentialEvaluator:
+        models = build_models(
+            settings["models"], max_keys=settings["max_keys"], lstm=lstm_arguments(settings)
+        )
+        return PrequentialEvaluator(models, window=settings["window"], max_keys=settings["max_keys"])
+
+    kafka = KafkaSettings(
+        bootstrap_servers=settings["bootstrap_servers"],
+        input_topic=settings["input_topic"],
+        output_topic=settings["output_topic"],
+        dead_letter_topic=settings["dead_letter_topic"],
+        group_id=settings["group_id"],
+        exactly_once=settings["exactly_once"],
+        session_timeout_ms=settings["session_timeout_ms"],
+        heartbeat_interval_ms=settings["heartbeat_interval_ms"],
+        max_poll_interval_ms=settings["max_poll_interval_ms"],
+    )
+    service = StreamService(
+        ServiceSettings(
+            kafka=kafka,
+            checkpoint_dir=Path(settings["checkpoint_dir"]),
+            batch_size=settings["batch_size"],
+            checkpoint_every=settings["checkpoint_every"],
+            checkpoint_interval_s=settings["checkpoint_interval"],
+            max_message_bytes=settings["max_message_bytes"],
+        ),
+        new_evaluator=new_evaluator,
+        telemetry=(telemetry := Telemetry()),
+    )
+    server = MetricsServer(
+        telemetry.registry, service.health, host=settings["metrics_host"], port=settings["metrics_port"]
+    )
+    server.start()
+    print(
+        f"stream-lstm {__version__}: {settings['input_topic']} -> {settings['output_topic']} "
+        f"(dead letters: {settings['dead_letter_topic']}) on {settings['bootstrap_servers']}, "
+        f"group {settings['group_id']}; metrics at http://127.0.0.1:{server.port}/metrics, "
+        f"health at http://127.0.0.1:{server.port}/healthz",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    def request_stop(signum: int, frame: object) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        service.run()
+    finally:
+        server.stop()
+    print("stream-lstm: stopped cleanly", file=sys.stderr, flush=True)
+    return 0
+
+
+def _produce(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
+    import time
+    from collections.abc import Iterator
+    from itertools import islice
+
+    from stream_lstm.events import Event, encode_event
+    from stream_lstm.kafka_io import EventWriter
+    from stream_lstm.progress import ProgressLine
+
+    if args.synthetic == bool(args.file):
+        parser.error("give either FILE.csv or --synthetic")
+    if args.file and not settings["label"]:
+        parser.error("produce FILE.csv needs the label column: --label COL (or STREAM_LSTM_LABEL)")
+
+    def one_pass() -> Iterator[Event]:
+        if args.synthetic:
+            from stream_lstm.generator import temporal_stream
+
+            return temporal_stream(args.events, n_keys=args.keys, seed=args.seed)
+        from stream_lstm.csv_source import CsvEventSource
+
+        def report(bad: Any) -> None:
+            print(f"{args.file}:{bad.line}: skipped: {bad.reason}", file=sys.stderr)
+
+        return iter(
+            CsvEventSource(
+                args.file, label=settings["label"], key=settings["key"], ts=settings["ts"], on_bad_row=report
+            )
+        )
+
+    def stream() -> Iterator[Event]:
+        while True:
+            yield from one_pass()
+            if not args.repeat:
+                return
+
+    events: Iterator[Event] = islice(stream(), args.limit) if args.limit else stream()
+    writer = EventWriter(settings["bootstrap_servers"], settings["topic"])
+    rate = settings["rate"]
+    progress = ProgressLine(args.limit)
+    started = time.monotonic()
+    sent = 0
+    try:
+        for event in events:
+            if rate:
+                delay = started + sent / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # pacing to the requested rate, not waiting on a condition
+            writer.send(event.key, encode_event(event))
+            sent += 1
+            progress.update(sent)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        writer.close()
+        progress.update(sent, force=True)
+        progress.close()
+    print(f"produced {sent:,} events to {settings['topic']}")
+    return 0
+
+
+def _broker(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
+    import signal
+    import threading
+
+    from stream_lstm.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port or None)
+    broker.start()
+    topics = [t.strip() for t in args.topics.split(",") if t.strip()]
+    if topics:
+        broker.create_topics(topics, partitions=args.partitions)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.set())
+    signal.signal(signal.SIGINT, lambda signum, frame: stopped.set())
+    print(f"broker ready on {broker.bootstrap_servers}", flush=True)
+    try:
+        while not stopped.wait(0.5):
+            if not broker.running:
+                print("stream-lstm: the broker process exited", file=sys.stderr)
+                return 1
+    finally:
+        broker.stop()
+    print("broker stopped", flush=True)
+    return 0
+
+
+def _check_keys_cover_batch(settings: dict[str, Any]) -> None:
+    if settings["max_keys"] < settings["batch_size"]:
+        raise ConfigError(
+            f"max_keys ({settings['max_keys']}) must be at least the batch size ({settings['batch_size']}): "
+            "every key of a batch needs a state"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,15 @@ class StreamLSTMError(Exception):
 
 
 class EventError(StreamLSTMError, ValueError):
-    """An event (a CSV row or a message) is malformed; ``reason`` says how."""
+    """An event (a CSV row or a message) is malformed.
+
+    ``code`` is one of a small fixed set (``not_json``, ``bad_label``, ...), fit for a metric
+    label; the message says exactly what was wrong.
+    """
+
+    def __init__(self, message: str, code: str = "invalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ConfigError(StreamLSTMError, ValueError):

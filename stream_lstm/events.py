@@ -7,6 +7,7 @@ events. ``label`` is 0, 1, or ``None`` for an event that is predicted but not le
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,19 +67,19 @@ def parse_label(value: Any) -> int | None:
             return int(text == "true")
         if text == "":
             return None
-    raise EventError(f"label must be 0, 1 or empty, got {value!r}")
+    raise EventError(f"label must be 0, 1 or empty, got {value!r}", "bad_label")
 
 
 def parse_number(value: Any, what: str) -> float:
     """Read a finite float from a number or numeric string; raise :class:`EventError` otherwise."""
     if isinstance(value, bool):
-        raise EventError(f"{what} must be a number, got a boolean")
+        raise EventError(f"{what} must be a number, got a boolean", "bad_number")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise EventError(f"{what} must be a number, got {value!r}") from None
+        raise EventError(f"{what} must be a number, got {value!r}", "bad_number") from None
     if not math.isfinite(number):
-        raise EventError(f"{what} must be finite, got {value!r}")
+        raise EventError(f"{what} must be finite, got {value!r}", "non_finite")
     return number
 
 
@@ -93,13 +94,104 @@ def parse_timestamp(value: Any) -> float | None:
     if isinstance(value, str):
         try:
             return parse_number(value, "ts")
-        except EventError:
-            pass
+        except EventError as error:
+            if error.code == "non_finite":
+                raise EventError(str(error), "bad_ts") from None
         try:
             moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise EventError(f"ts must be a number or an ISO-8601 time, got {value!r}") from None
+            raise EventError(f"ts must be a number or an ISO-8601 time, got {value!r}", "bad_ts") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)  # a time without a zone is read as UTC
         return moment.timestamp()
-    return parse_number(value, "ts")
+    try:
+        number = parse_number(value, "ts")
+    except EventError as error:
+        raise EventError(str(error), "bad_ts") from None
+    return number
+
+
+#: Default size limit of an encoded message value, in bytes.
+MAX_MESSAGE_BYTES = 1_000_000
+
+#: The codes of :class:`EventError` that decoding a message can raise (a bounded metric label).
+DECODE_ERROR_CODES = (
+    "too_large",
+    "not_json",
+    "not_object",
+    "missing_features",
+    "bad_number",
+    "non_finite",
+    "bad_label",
+    "bad_ts",
+    "bad_key",
+)
+
+
+def _reject_constant(name: str) -> float:
+    raise EventError(f"non-finite number {name} in message", "non_finite")
+
+
+def decode_event(
+    value: bytes | None, message_key: bytes | None = None, *, max_bytes: int = MAX_MESSAGE_BYTES
+) -> Event:
+    """Decode a JSON message value into an :class:`Event`; :class:`EventError` when malformed.
+
+    The value is ``{"key": str?, "ts": number | ISO-8601?, "features": {name: number},
+    "label": 0 | 1 | null}``; without ``key``, the Kafka message key (UTF-8) is the entity key.
+
+    >>> decode_event(b'{"features": {"x": 1.5}, "label": 1}', b"sensor-7")
+    Event(key='sensor-7', ts=None, features={'x': 1.5}, label=1)
+    >>> decode_event(b'{"features": {"x": NaN}}')
+    Traceback (most recent call last):
+    ...
+    stream_lstm.errors.EventError: non-finite number NaN in message
+    """
+    if value is None:
+        raise EventError("message has no value", "not_json")
+    if len(value) > max_bytes:
+        raise EventError(f"message of {len(value):,} bytes exceeds the limit of {max_bytes:,}", "too_large")
+    try:
+        data = json.loads(value, parse_constant=_reject_constant)
+    except EventError:
+        raise
+    except (ValueError, UnicodeDecodeError) as error:
+        raise EventError(f"value is not JSON: {error}", "not_json") from None
+    if not isinstance(data, dict):
+        raise EventError(f"value must be a JSON object, got {type(data).__name__}", "not_object")
+    raw_features = data.get("features")
+    if not isinstance(raw_features, dict):
+        raise EventError('value has no "features" object', "missing_features")
+    features = {}
+    for name, raw in raw_features.items():
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise EventError(f"feature {name!r} must be a number, got {raw!r}", "bad_number")
+        number = float(raw)
+        if not math.isfinite(number):
+            raise EventError(f"feature {name!r} must be finite, got {raw!r}", "non_finite")
+        features[name] = number
+    key = data.get("key")
+    if key is None:
+        try:
+            key = message_key.decode() if message_key is not None else DEFAULT_KEY
+        except UnicodeDecodeError:
+            raise EventError("message key is not UTF-8", "bad_key") from None
+    elif not isinstance(key, str):
+        raise EventError(f"key must be a string, got {key!r}", "bad_key")
+    label = data.get("label")
+    if label is not None and (isinstance(label, bool) or label not in (0, 1)):
+        raise EventError(f"label must be 0, 1 or null, got {label!r}", "bad_label")
+    return Event(key=key, ts=parse_timestamp(data.get("ts")), features=features, label=label and int(label))
+
+
+def encode_event(event: Event) -> bytes:
+    """The JSON message value of an event (what :func:`decode_event` reads).
+
+    >>> decode_event(encode_event(Event(key="a", ts=1.0, features={"x": 2.0}, label=0)))
+    Event(key='a', ts=1.0, features={'x': 2.0}, label=0)
+    """
+    return json.dumps(
+        {"key": event.key, "ts": event.ts, "features": dict(event.features), "label": event.label},
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()

@@ -291,10 +291,8 @@ class LSTMLearner:
         )
 
         # Chunks are counted from the end of each sequence, so a key's last chunk holds its last
-        # k inputs. Round g runs chunk g - offset of every key, so all keys end in the last round.
+        # k inputs; the first chunk (chunk 0) may be shorter.
         n_chunks = (total_len + k - 1) // k
-        n_rounds = int(n_chunks.max(initial=0))
-        round_offset = n_rounds - n_chunks
         first_len = total_len - (n_chunks - 1) * k
         after_first = event_pos - first_len[event_row]
         event_chunk = np.where(after_first < 0, 0, 1 + after_first // k)
@@ -308,8 +306,7 @@ class LSTMLearner:
 
         h = self.keys.h0[slot_index]
         c = self.keys.c0[slot_index]
-        lstm = self.network.lstm
-        if n_rounds <= 1:
+        if int(n_chunks.max(initial=0)) <= 1:
             # The usual case: one chunk per key, starting at position 0 from the stored state.
             chunk_inputs = sequences[:, : int(total_len.max(initial=1))]
             chunk_len = total_len
@@ -317,55 +314,44 @@ class LSTMLearner:
             event_chunk_row = event_row
             new_h0, new_c0 = h, c
         else:
-            # A long sequence: first find the (detached) state at the start of every chunk without
-            # gradients, round by round, then run all chunks at once as one batch with gradients.
-            chunk_row = np.full((n_keys, n_rounds), -1, dtype=np.int64)
-            chunk_key_parts, chunk_start_parts, chunk_len_parts = [], [], []
-            h_parts, c_parts = [], []
-            n_rows = 0
-            for g in range(n_rounds):
-                active = np.flatnonzero(round_offset <= g)
-                chunk = g - round_offset[active]
-                start = np.where(chunk == 0, 0, first_len[active] + (chunk - 1) * k)
-                length = np.where(chunk == 0, first_len[active], k)
-                chunk_row[active, chunk] = n_rows + np.arange(active.size)
-                n_rows += active.size
-                active_index = torch.as_tensor(active, device=device)
-                h_active, c_active = h.index_select(0, active_index), c.index_select(0, active_index)
-                chunk_key_parts.append(active)
-                chunk_start_parts.append(start)
-                chunk_len_parts.append(length)
-                h_parts.append(h_active)
-                c_parts.append(c_active)
-                if g == n_rounds - 1:
-                    new_h0, new_c0 = h, c
-                    break
+            # Only chunks that hold a new event need to run with gradients: those from the chunk of
+            # each key's first new event to its last chunk.
+            first_new = np.where(window_len < first_len, 0, 1 + (window_len - first_len) // k)
+            per_key = n_chunks - first_new
+            row_of_key = np.concatenate([[0], np.cumsum(per_key)[:-1]])
+            chunk_key = np.repeat(np.arange(n_keys), per_key)
+            chunk_j = np.arange(chunk_key.size) - row_of_key[chunk_key] + first_new[chunk_key]
+            chunk_start = np.where(chunk_j == 0, 0, first_len[chunk_key] + (chunk_j - 1) * k)
+            chunk_len = np.where(chunk_j == 0, first_len[chunk_key], k)
+            key_index = torch.as_tensor(chunk_key, device=device)
+            start_h, start_c = h.index_select(0, key_index), c.index_select(0, key_index)
+            # A chunk after chunk 0 starts from the state at its boundary: run each key's sequence
+            # up to every such boundary as one packed batch without gradients (a prefix per
+            # boundary), so all boundary states come out of a single LSTM call.
+            later = np.flatnonzero(chunk_j > 0)
+            if later.size:
+                prefix_len = chunk_start[later]
+                positions = np.minimum(np.arange(int(prefix_len.max())), seq_len - 1)
+                later_index = torch.as_tensor(later, device=device)
                 with torch.no_grad():
-                    steps = int(length.max())
-                    positions = np.minimum(start[:, None] + np.arange(steps), seq_len - 1)
-                    inputs_g = _gather_steps(sequences, active, positions)
-                    _, (h_n, c_n) = self._run_lstm(inputs_g, length, (h_active, c_active))
-                h = h.index_copy(0, active_index, h_n)
-                c = c.index_copy(0, active_index, c_n)
-            # Only chunks that hold a new event need outputs; the others (old window inputs
-            # before a detach) cannot affect this batch's logits or gradients.
-            needed = np.zeros(n_rows, dtype=bool)
-            needed[chunk_row[event_row, event_chunk]] = True
-            kept = np.flatnonzero(needed)
-            renumber = np.full(n_rows, -1, dtype=np.int64)
-            renumber[kept] = np.arange(kept.size)
-            chunk_key = np.concatenate(chunk_key_parts)[kept]
-            chunk_start = np.concatenate(chunk_start_parts)[kept]
-            chunk_len = np.concatenate(chunk_len_parts)[kept]
+                    _, (h_b, c_b) = self._run_lstm(
+                        _gather_steps(
+                            sequences,
+                            chunk_key[later],
+                            np.broadcast_to(positions, (later.size, positions.size)),
+                        ),
+                        prefix_len,
+                        (start_h.index_select(0, later_index), start_c.index_select(0, later_index)),
+                    )
+                start_h = start_h.index_copy(0, later_index, h_b)
+                start_c = start_c.index_copy(0, later_index, c_b)
             steps = int(chunk_len.max())
             positions = np.minimum(chunk_start[:, None] + np.arange(steps), seq_len - 1)
             chunk_inputs = _gather_steps(sequences, chunk_key, positions)
-            kept_index = torch.as_tensor(kept, device=device)
-            chunk_state = (
-                torch.cat(h_parts).index_select(0, kept_index),
-                torch.cat(c_parts).index_select(0, kept_index),
-            )
-            event_chunk_row = renumber[chunk_row[event_row, event_chunk]]
+            chunk_state = (start_h, start_c)
+            event_chunk_row = row_of_key[event_row] + event_chunk - first_new[event_row]
+            last_rows = torch.as_tensor(row_of_key + per_key - 1, device=device)
+            new_h0, new_c0 = start_h.index_select(0, last_rows), start_c.index_select(0, last_rows)
 
         with torch.set_grad_enabled(bool(labels)):
             outputs, _ = self._run_lstm(chunk_inputs, chunk_len, chunk_state)
@@ -382,10 +368,7 @@ class LSTMLearner:
                 h_step, c_step = torch.lstm_cell(
                     _gather_steps(sequences, long_rows, total_len[long_rows] - k),
                     (new_h0.index_select(0, long_index), new_c0.index_select(0, long_index)),
-                    lstm.weight_ih_l0,
-                    lstm.weight_hh_l0,
-                    lstm.bias_ih_l0,
-                    lstm.bias_hh_l0,
+                    *self._lstm_weights,
                 )
             new_h0 = new_h0.index_copy(0, long_index, h_step)
             new_c0 = new_c0.index_copy(0, long_index, c_step)

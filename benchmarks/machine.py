@@ -1,0 +1,37 @@
+"""A one-line description of the machine a benchmark ran on, for the head of its tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def describe_machine() -> str:
+    """CPU, cores, memory, Python, torch and GPU (if any) in one line."""
+    parts = [f"{cpu_model()}, {os.cpu_count()} cores"]
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        parts.append(f"{pages * page_size / 2**30:.0f} GiB")
+    except (ValueError, OSError, AttributeError):
+        pass
+    parts.append(f"Python {platform.python_version()}")
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        parts.append(f"torch {torch.__version__} ({gpu})")
+    except ImportError:
+        parts.append("no torch")
+    return "; ".join(parts)

@@ -1,0 +1,322 @@
+"""Everything that talks to Kafka, and the only module that imports kafka-python.
+
+The service sees plain :class:`Message` records and partition tuples; it never touches a client
+object. Offsets follow Kafka's convention throughout: the offset stored or committed for a
+partition is the NEXT offset to read, i.e. the last processed offset plus one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from stream_lstm.errors import StreamLSTMError
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+class KafkaIOError(StreamLSTMError):
+    """A Kafka operation failed in a way the caller must handle (retry, or give up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One consumed record, with its coordinates."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach Kafka and which topics and group to use."""
+
+    bootstrap_servers: str
+    input_topic: str
+    output_topic: str
+    dead_letter_topic: str
+    group_id: str
+    exactly_once: bool = False
+    client_id: str = "stream-lstm"
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 2_000
+    max_poll_interval_ms: int = 300_000
+    request_timeout_ms: int = 30_000
+    max_partition_fetch_bytes: int = 1_048_576
+    transactional_id: str | None = None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(
+        self, on_assigned: Callable[[list[Partition]], None], on_revoked: Callable[[list[Partition]], None]
+    ):
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self._on_revoked(sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self._on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class KafkaIO:
+    """A consumer in a group, reading the input topic without auto-commit, and one producer.
+
+    Parameters
+    ----------
+    settings
+        Where and what to read and write.
+    on_assigned, on_revoked
+        Called (from inside :meth:`poll`) when the group gives or takes partitions.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        on_assigned: Callable[[list[Partition]], None],
+        on_revoked: Callable[[list[Partition]], None],
+    ) -> None:
+        self.settings = settings
+        common = {
+            "bootstrap_servers": settings.bootstrap_servers.split(","),
+            "client_id": settings.client_id,
+            "request_timeout_ms": settings.request_timeout_ms,
+            "reconnect_backoff_ms": 100,
+            "reconnect_backoff_max_ms": 2_000,
+        }
+        self.consumer = KafkaConsumer(
+            group_id=settings.group_id,
+            enable_auto_commit=False,  # offsets are committed only after predictions are acked
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+            **common,
+        )
+        producer_config: dict[str, Any] = {
+            "acks": "all",
+            "linger_ms": 5,
+            "max_block_ms": 5_000,
+            "retries": 2**31 - 1,
+            "retry_backoff_ms": 100,
+            **common,
+        }
+        if settings.exactly_once:
+            producer_config["transactional_id"] = (
+                settings.transactional_id or f"stream-lstm-{settings.group_id}"
+            )
+            producer_config["enable_idempotence"] = True
+        self.producer = KafkaProducer(**producer_config)
+        if settings.exactly_once:
+            self.producer.init_transactions()
+        self._pending: list[tuple[Any, str, bytes | None, bytes]] = []
+        self._in_transaction = False
+        self.consumer.subscribe([settings.input_topic], listener=_Rebalance(on_assigned, on_revoked))
+
+    # ------------------------------------------------------------------ consuming
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
+        """Up to ``max_records`` messages (possibly none), in offset order within a partition."""
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        messages = []
+        for records in batches.values():
+            for record in records:
+                messages.append(
+                    Message(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.key,
+                        record.value,
+                        record.timestamp,
+                    )
+                )
+        return messages
+
+    def seek(self, partition: Partition, offset: int) -> None:
+        """Make the next :meth:`poll` of ``partition`` start at ``offset``."""
+        self.consumer.seek(TopicPartition(*partition), offset)
+
+    def seek_to_committed(self, partition: Partition) -> None:
+        """Start ``partition`` at the group's committed offset, or at its beginning without one."""
+        committed = self.committed(partition)
+        if committed is not None:
+            self.seek(partition, committed)
+        else:
+            self.consumer.seek_to_beginning(TopicPartition(*partition))
+
+    def assignment(self) -> list[Partition]:
+        """The partitions this consumer owns now."""
+        return sorted((tp.topic, tp.partition) for tp in self.consumer.assignment())
+
+    def committed(self, partition: Partition) -> int | None:
+        """The group's committed (next) offset of ``partition``, or ``None``."""
+        return self.consumer.committed(TopicPartition(*partition))
+
+    def lag(self) -> dict[Partition, int]:
+        """Per owned partition: end offset minus this consumer's position (what is left to read)."""
+        partitions = list(self.consumer.assignment())
+        if not partitions:
+            return {}
+        ends = self.consumer.end_offsets(partitions)
+        lag = {}
+        for tp in partitions:
+            position = self.consumer.position(tp, timeout_ms=1_000)
+            if position is not None and tp in ends:
+                lag[(tp.topic, tp.partition)] = max(ends[tp] - position, 0)
+        return lag
+
+    # ------------------------------------------------------------------ producing
+
+    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Queue a record; :meth:`flush` waits until the broker has acknowledged it."""
+        if self.settings.exactly_once and not self._in_transaction:
+            self.producer.begin_transaction()
+            self._in_transaction = True
+        try:
+            future = self.producer.send(topic, key=key, value=value)
+        except KafkaError as error:
+            raise KafkaIOError(f"cannot send to {topic}: {error}") from error
+        self._pending.append((future, topic, key, value))
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait for every queued record to be acknowledged; resend those that failed.
+
+        Raises :class:`KafkaIOError` if some are still unacknowledged after ``timeout_s``; they
+        stay queued, so calling again later keeps the at-least-once promise.
+        """
+        deadline = time.monotonic() + timeout_s
+        try:
+            self.producer.flush(timeout=max(deadline - time.monotonic(), 0.001))
+        except KafkaError as error:
+            raise KafkaIOError(f"flush failed: {error}") from error
+        still_pending = []
+        for future, topic, key, value in self._pending:
+            if not future.is_done:
+                still_pending.append((future, topic, key, value))
+            elif future.failed():
+                log.warning("record to %s failed (%s); sending it again", topic, future.exception)
+                still_pending.append((self.producer.send(topic, key=key, value=value), topic, key, value))
+        self._pending = still_pending
+        if still_pending:
+            raise KafkaIOError(f"{len(still_pending)} records not acknowledged within {timeout_s:.1f} s")
+
+    def discard_pending(self) -> None:
+        """Forget unacknowledged records (after a rollback they will be produced again)."""
+        self._pending = []
+
+    @property
+    def unacknowledged(self) -> int:
+        """Records queued but not yet known to be acknowledged."""
+        return len(self._pending)
+
+    # ------------------------------------------------------------------ offsets
+
+    def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit next offsets for the group; in exactly-once mode, commit the transaction with them."""
+        kafka_offsets = {TopicPartition(*p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+        try:
+            if self.settings.exactly_once:
+                if not self._in_transaction:
+                    self.producer.begin_transaction()
+                    self._in_transaction = True
+                if kafka_offsets:
+                    self.producer.send_offsets_to_transaction(kafka_offsets, self.consumer.group_metadata())
+                self.producer.commit_transaction()
+                self._in_transaction = False
+                self._pending = []
+            elif kafka_offsets:
+                self.consumer.commit(kafka_offsets)
+        except KafkaError as error:
+            raise KafkaIOError(f"commit failed: {error}") from error
+
+    def abort(self) -> None:
+        """Abort the open transaction (exactly-once mode): its records are never visible."""
+        if self.settings.exactly_once and self._in_transaction:
+            try:
+                self.producer.abort_transaction()
+            finally:
+                self._in_transaction = False
+                self._pending = []
+
+    # ------------------------------------------------------------------ health and shutdown
+
+    def connected(self) -> bool:
+        """Whether the consumer can reach a broker now."""
+        try:
+            return bool(self.consumer.bootstrap_connected())
+        except Exception:  # a probe must never crash the loop
+            return False
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Close the producer and the consumer (leaving the group at once)."""
+        try:
+            self.producer.close(timeout=timeout_s)
+        finally:
+            self.consumer.close(autocommit=False)
+
+
+def consumer_config_for_tests() -> dict[str, int]:
+    """Group timings that make a consumer group join quickly on the embedded broker."""
+    return {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 5_000}
+
+
+def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int = 1) -> None:
+    """Create topics that do not exist yet."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), client_id="stream-lstm-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was faster
+                admin.create_topics(missing)
+    finally:
+        admin.close()
+
+
+class EventWriter:
+    """Produces events as JSON messages keyed by their entity key (so each key keeps its order)."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, *, linger_ms: int = 20) -> None:
+        self.topic = topic
+        self.producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers.split(","),
+            client_id="stream-lstm-producer",
+            acks="all",
+            linger_ms=linger_ms,
+            max_block_ms=30_000,
+        )
+
+    def send(self, key: str, value: bytes) -> None:
+        """Queue one message."""
+        self.producer.send(self.topic, key=key.encode(), value=value)
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Wait for every message to be acknowledged, then close."""
+        try:
+            self.producer.flush(timeout=timeout_s)
+        finally:
+            self.producer.close(timeout=timeout_s)

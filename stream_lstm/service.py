@@ -1,0 +1,409 @@
+"""The streaming service: poll, decode, predict, produce, learn, checkpoint, commit.
+
+This is the one module where the learner and Kafka meet, and it sees neither torch nor
+kafka-python: models come through :class:`~stream_lstm.evaluation.PrequentialEvaluator`, Kafka
+through :class:`~stream_lstm.kafka_io.KafkaIO`.
+
+Delivery semantics. Predictions are produced asynchronously. Every ``checkpoint_every`` events or
+``checkpoint_interval_s`` seconds (and on partition revocation and shutdown) the service waits
+until the broker has acknowledged every prediction, writes a checkpoint holding the whole learner
+state together with the next offset of every partition, and only then commits those offsets. On
+start and on assignment it seeks each partition to the checkpoint's offset, so after a crash the
+events since the last checkpoint are processed again: they get a second prediction (the same
+source coordinates identify it) but the restored learner learns them once. If predictions cannot
+be delivered, the service rolls back to its last checkpoint the same way.
+
+With ``exactly_once``, predictions and offsets go in one Kafka transaction per checkpoint
+interval, committed just before the checkpoint is written; after a crash between the two, the
+events the group had already committed are learned again without being published again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream_lstm import __version__
+from stream_lstm.checkpoint import load_checkpoint, save_checkpoint
+from stream_lstm.errors import CheckpointError, EventError
+from stream_lstm.evaluation import PrequentialEvaluator
+from stream_lstm.events import MAX_MESSAGE_BYTES, Event, decode_event
+from stream_lstm.kafka_io import KafkaIO, KafkaIOError, KafkaSettings, Message, Partition
+from stream_lstm.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.ckpt"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything the loop needs besides the models."""
+
+    kafka: KafkaSettings
+    checkpoint_dir: Path
+    batch_size: int = 64
+    checkpoint_every: int = 10_000
+    checkpoint_interval_s: float = 5.0
+    poll_timeout_s: float = 0.2
+    flush_timeout_s: float = 10.0
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    scores_interval_s: float = 1.0
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds: the learner and the exact point in the stream it has reached."""
+
+    evaluator: PrequentialEvaluator
+    # Next offset to read per partition, i.e. last processed offset + 1.
+    offsets: dict[Partition, int] = field(default_factory=dict)
+    # Messages processed (predicted or dead-lettered) per partition: equals the offsets when every
+    # message was handled exactly once from offset 0.
+    processed: dict[Partition, int] = field(default_factory=dict)
+    version: str = __version__
+
+
+class StreamService:
+    """Runs the loop until :meth:`stop` is called (from a signal handler, say).
+
+    Parameters
+    ----------
+    settings
+        Topics, group, checkpointing.
+    new_evaluator
+        Builds a fresh evaluator when there is no checkpoint.
+    telemetry
+        Where metrics go.
+    kafka_factory
+        Builds the Kafka client (tests may pass another).
+    """
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        new_evaluator: Callable[[], PrequentialEvaluator],
+        telemetry: Telemetry,
+        kafka_factory: Callable[..., KafkaIO] = KafkaIO,
+    ) -> None:
+        self.settings = settings
+        self.new_evaluator = new_evaluator
+        self.telemetry = telemetry
+        self.kafka_factory = kafka_factory
+        self.checkpoint_path = Path(settings.checkpoint_dir) / CHECKPOINT_FILE
+        self.state = self._load_state()
+        self.kafka: KafkaIO | None = None
+        self._stop = threading.Event()
+        self._replay_until: dict[Partition, int] = {}
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._last_scores = 0.0
+        self._broker_connected = False
+        self._last_error: str | None = None
+        self._next_health_probe = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, checkpoint, commit and return."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Connect (retrying while the broker is unreachable), then process until stopped."""
+        backoff = _Backoff()
+        while not self.stopping and self.kafka is None:
+            try:
+                self.kafka = self.kafka_factory(
+                    self.settings.kafka, on_assigned=self._on_assigned, on_revoked=self._on_revoked
+                )
+            except Exception as error:  # kafka-python raises several types for "no broker"
+                self._set_connected(
+                    False, f"cannot connect to {self.settings.kafka.bootstrap_servers}: {error}"
+                )
+                self._stop.wait(backoff.next())
+        if self.kafka is None:
+            return
+        self._set_connected(True)
+        try:
+            while not self.stopping:
+                self._step(backoff)
+        finally:
+            self._shutdown()
+
+    def _step(self, backoff: _Backoff) -> None:
+        assert self.kafka is not None
+        try:
+            messages = self.kafka.poll(self.settings.batch_size, self.settings.poll_timeout_s)
+        except Exception as error:  # the loop must survive whatever the client throws
+            self._set_connected(False, f"poll failed: {error}")
+            self._stop.wait(backoff.next())
+            return
+        if messages:
+            try:
+                self._process(messages)
+            except KafkaIOError as error:
+                self._set_connected(False, str(error))
+                self._rollback()
+                self._stop.wait(backoff.next())
+                return
+        self._probe_broker()
+        if self._checkpoint_due():
+            if self._checkpoint_and_commit():
+                backoff.reset()
+            else:
+                self._stop.wait(backoff.next())
+        self._publish_scores()
+
+    def _shutdown(self) -> None:
+        assert self.kafka is not None
+        log.info("stopping: flushing, checkpointing and committing")
+        if not self._checkpoint_and_commit():
+            log.warning("final checkpoint failed; the next start resumes from the previous one")
+        try:
+            self.kafka.close(timeout_s=2.0)
+        except Exception as error:
+            log.warning("closing the Kafka client: %s", error)
+        self.kafka = None
+
+    # ------------------------------------------------------------------ the data path
+
+    def _process(self, messages: Sequence[Message]) -> None:
+        assert self.kafka is not None
+        settings = self.settings
+        events: list[Event] = []
+        sources: list[Message] = []
+        replayed: list[bool] = []
+        for message in messages:
+            partition = (message.topic, message.partition)
+            replay = message.offset < self._replay_until.get(partition, -1)
+            try:
+                event = decode_event(message.value, message.key, max_bytes=settings.max_message_bytes)
+            except EventError as error:
+                if not replay:
+                    self._dead_letter(message, error)
+                continue
+            events.append(event)
+            sources.append(message)
+            replayed.append(replay)
+        if events:
+            predictions = self.state.evaluator.predict(events)
+            step = self._model_step()
+            names = list(predictions)
+            columns = [predictions[name].tolist() for name in names]
+            for i, (event, message) in enumerate(zip(events, sources, strict=True)):
+                if replayed[i]:
+                    continue
+                record = {
+                    "key": event.key,
+                    "ts": event.ts,
+                    "label": event.label,
+                    "source": {
+                        "topic": message.topic,
+                        "partition": message.partition,
+                        "offset": message.offset,
+                    },
+                    "predictions": {name: column[i] for name, column in zip(names, columns, strict=True)},
+                    "model_step": step,
+                }
+                self.kafka.produce(
+                    settings.kafka.output_topic,
+                    event.key.encode(),
+                    json.dumps(record, allow_nan=False).encode(),
+                )
+            published = len(events) - sum(replayed)
+            for name in names:
+                self.telemetry.predictions.labels(model=name).inc(published)
+            self.state.evaluator.learn(events, predictions)
+            self.telemetry.events.labels(outcome="processed").inc(len(events))
+            unlabelled = sum(1 for event in events if event.label is None)
+            if unlabelled:
+                self.telemetry.unlabelled.inc(unlabelled)
+        for message in messages:
+            partition = (message.topic, message.partition)
+            self.state.offsets[partition] = message.offset + 1
+            self.state.processed[partition] = self.state.processed.get(partition, 0) + 1
+        self._since_checkpoint += len(messages)
+
+    def _dead_letter(self, message: Message, error: EventError) -> None:
+        assert self.kafka is not None
+        value: dict[str, Any]
+        try:
+            value = {
+                "value": message.value.decode() if message.value is not None else None,
+                "value_encoding": "utf-8",
+            }
+        except UnicodeDecodeError:
+            value = {"value": base64.b64encode(message.value or b"").decode(), "value_encoding": "base64"}
+        record = {
+            "error": str(error),
+            "reason": error.code,
+            "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset},
+            **value,
+        }
+        self.kafka.produce(self.settings.kafka.dead_letter_topic, message.key, json.dumps(record).encode())
+        self.telemetry.dead_letters.labels(reason=error.code).inc()
+        self.telemetry.events.labels(outcome="dead_lettered").inc()
+        log.debug("dead letter %s:%d@%d: %s", message.topic, message.partition, message.offset, error)
+
+    def _model_step(self) -> int:
+        lstm = self.state.evaluator.models.get("lstm")
+        return int(getattr(lstm, "steps", self.state.evaluator.events))
+
+    # ------------------------------------------------------------------ checkpoints and offsets
+
+    def _checkpoint_due(self) -> bool:
+        if self._since_checkpoint == 0:
+            return False
+        return (
+            self._since_checkpoint >= self.settings.checkpoint_every
+            or time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
+        )
+
+    def _checkpoint_and_commit(self) -> bool:
+        """Flush, commit (exactly-once: the transaction), checkpoint, commit; True on success."""
+        assert self.kafka is not None
+        if self._since_checkpoint == 0 and self.checkpoint_path.exists():
+            return True
+        offsets = dict(self.state.offsets)
+        try:
+            self.kafka.flush(self.settings.flush_timeout_s)
+            if self.settings.kafka.exactly_once:
+                self.kafka.commit(offsets)  # the transaction: predictions and offsets together
+        except KafkaIOError as error:
+            self._set_connected(False, str(error))
+            return False
+        try:
+            save_checkpoint(self.checkpoint_path, self.state)
+        except CheckpointError as error:
+            self.telemetry.checkpoints.labels(result="failed").inc()
+            log.error("%s", error)
+            return False
+        self.telemetry.checkpoints.labels(result="written").inc()
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._replay_until = {p: o for p, o in self._replay_until.items() if o > offsets.get(p, 0)}
+        if not self.settings.kafka.exactly_once:
+            try:
+                self.kafka.commit(offsets)
+            except KafkaIOError as error:
+                # The checkpoint holds the offsets; the group's copy only lags behind.
+                log.warning("offset commit failed (the checkpoint has them): %s", error)
+        self._set_connected(True)
+        return True
+
+    def _load_state(self) -> _State:
+        if self.checkpoint_path.exists():
+            state = load_checkpoint(self.checkpoint_path)
+            if not isinstance(state, _State):
+                raise CheckpointError(f"{self.checkpoint_path} does not hold a service checkpoint")
+            log.info(
+                "resuming from %s: %d events learned, offsets %s",
+                self.checkpoint_path,
+                state.evaluator.events,
+                {f"{t}:{p}": o for (t, p), o in sorted(state.offsets.items())},
+            )
+            return state
+        log.info("no checkpoint at %s: starting a fresh learner", self.checkpoint_path)
+        return _State(evaluator=self.new_evaluator())
+
+    def _rollback(self) -> None:
+        """Go back to the last checkpoint: its learner, and its offsets for every partition."""
+        assert self.kafka is not None
+        log.warning("rolling back to the last checkpoint; events since then will be processed again")
+        self.kafka.abort()
+        self.kafka.discard_pending()
+        self.state = self._load_state()
+        self._since_checkpoint = 0
+        for partition in self.kafka.assignment():
+            self._seek_to_resume_point(partition)
+
+    def _seek_to_resume_point(self, partition: Partition) -> None:
+        assert self.kafka is not None
+        offset = self.state.offsets.get(partition)
+        if offset is not None:
+            self.kafka.seek(partition, offset)
+        else:
+            self.kafka.seek_to_committed(partition)
+        if self.settings.kafka.exactly_once:
+            committed = self.kafka.committed(partition)
+            if committed is not None and committed > (offset or 0):
+                # Published and committed by a run that crashed before its checkpoint: learn them
+                # again without publishing them again.
+                self._replay_until[partition] = committed
+
+    def _on_assigned(self, partitions: list[Partition]) -> None:
+        log.info("assigned %s", partitions)
+        for partition in partitions:
+            self._seek_to_resume_point(partition)
+
+    def _on_revoked(self, partitions: list[Partition]) -> None:
+        log.info("revoked %s", partitions)
+        if partitions:
+            self._checkpoint_and_commit()
+
+    # ------------------------------------------------------------------ health and scores
+
+    def _set_connected(self, connected: bool, error: str | None = None) -> None:
+        if connected != self._broker_connected:
+            if connected:
+                log.info("connected to Kafka at %s", self.settings.kafka.bootstrap_servers)
+            else:
+                log.warning("Kafka unavailable: %s", error)
+        self._broker_connected = connected
+        self._last_error = None if connected else error
+        self.telemetry.broker_up.set(1 if connected else 0)
+
+    def _probe_broker(self) -> None:
+        now = time.monotonic()
+        if now < self._next_health_probe or self.kafka is None:
+            return
+        self._next_health_probe = now + 1.0
+        connected = self.kafka.connected()
+        if connected != self._broker_connected:
+            self._set_connected(connected, None if connected else "no connection to any broker")
+
+    def _publish_scores(self) -> None:
+        now = time.monotonic()
+        if now - self._last_scores >= self.settings.scores_interval_s:
+            self._last_scores = now
+            self.telemetry.set_scores(self.state.evaluator.report())
+            self.telemetry.learned_events.set(self.state.evaluator.events)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when connected to Kafka and not stopping; details for /healthz."""
+        ready = self._broker_connected and not self.stopping and self.kafka is not None
+        return ready, {
+            "broker_connected": self._broker_connected,
+            "stopping": self.stopping,
+            "last_error": self._last_error,
+            "events_learned": self.state.evaluator.events,
+        }
+
+
+class _Backoff:
+    """Exponential backoff from 0.1 s to 5 s, reset after a success."""
+
+    def __init__(self, initial: float = 0.1, maximum: float = 5.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self._next = initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.initial

@@ -1,0 +1,154 @@
+"""Prometheus metrics on an injectable registry, and the /metrics and /healthz endpoints.
+
+Names follow Prometheus conventions: one prefix ``stream_lstm_``, base units, counters ending in
+``_total``, and only bounded labels (model, metric scope, reason, topic, partition; never a key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from stream_lstm import __version__
+
+log = logging.getLogger(__name__)
+
+SCORE_METRICS = ("accuracy", "log_loss", "roc_auc", "kappa_temporal")
+
+
+class Telemetry:
+    """The service's metrics. Tests pass their own registry and read values back from it."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "stream_lstm_events_total",
+            "Input messages consumed, by outcome: processed (predicted) or dead_lettered.",
+            ["outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "stream_lstm_dead_letters_total",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.unlabelled = Counter(
+            "stream_lstm_unlabelled_events_total",
+            "Processed events without a label (predicted, not learned).",
+            registry=r,
+        )
+        self.predictions = Counter(
+            "stream_lstm_predictions_total",
+            "Predictions written to the output topic, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.scores = {
+            metric: Gauge(
+                f"stream_lstm_{metric}",
+                f"Prequential {metric.replace('_', ' ')} per model; scope: rolling window or whole stream.",
+                ["model", "scope"],
+                registry=r,
+            )
+            for metric in SCORE_METRICS
+        }
+        self.broker_up = Gauge(
+            "stream_lstm_broker_connected",
+            "1 when the service can reach the Kafka broker, else 0.",
+            registry=r,
+        )
+        self.checkpoints = Counter(
+            "stream_lstm_checkpoints_total",
+            "Checkpoints attempted, by result (written or failed).",
+            ["result"],
+            registry=r,
+        )
+        self.learned_events = Gauge(
+            "stream_lstm_learned_events",
+            "Events the current learner state has learned (restored from the checkpoint on restart).",
+            registry=r,
+        )
+        self.info = Gauge(
+            "stream_lstm_build_info",
+            "Constant 1, labelled with the stream-lstm version.",
+            ["version"],
+            registry=r,
+        )
+        self.info.labels(version=__version__).set(1)
+        for outcome in ("processed", "dead_lettered"):
+            self.events.labels(outcome=outcome)
+        for result in ("written", "failed"):
+            self.checkpoints.labels(result=result)
+
+    def set_scores(self, report: Mapping[str, Mapping[str, Any]]) -> None:
+        """Copy an evaluator report (whole-stream and rolling scores per model) into the gauges."""
+        for model, scores in report.items():
+            for metric in SCORE_METRICS:
+                self.scores[metric].labels(model=model, scope="stream").set(scores[metric])
+                self.scores[metric].labels(model=model, scope="rolling").set(scores["rolling"][metric])
+
+
+class MetricsServer:
+    """Serves ``/metrics`` from a registry and ``/healthz`` from a health callback, in a thread.
+
+    ``health()`` returns ``(ready, details)``; ``/healthz`` answers 200 when ready, else 503,
+    with the details as JSON.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+        *,
+        host: str = "0.0.0.0",
+        port: int = 9100,
+    ) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(outer.registry))
+                elif path == "/healthz":
+                    ready, details = outer.health()
+                    body = json.dumps({"status": "ok" if ready else "not_ready", **details}).encode()
+                    self._send(200 if ready else 503, "application/json", body)
+                else:
+                    self._send(404, "text/plain", b"not found: try /metrics or /healthz\n")
+
+            def _send(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+                return
+
+        self.registry = registry
+        self.health = health
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when asked for port 0)."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
