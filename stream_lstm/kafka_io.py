@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,14 @@ Partition = tuple[str, int]
 
 class KafkaIOError(StreamLSTMError):
     """A Kafka operation failed in a way the caller must handle (retry, or give up)."""
+
+
+class DeliveryPending(KafkaIOError):
+    """Records are not acknowledged yet (the broker is slow or away); the producer keeps trying."""
+
+
+class DeliveryFailed(KafkaIOError):
+    """Records were rejected for good: what they stand for must be produced again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,23 +118,24 @@ class KafkaIO:
             max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
             **common,
         )
-        producer_config: dict[str, Any] = {
+        self._producer_config: dict[str, Any] = {
             "acks": "all",
             "linger_ms": 5,
             "max_block_ms": 5_000,
             "retries": 2**31 - 1,
             "retry_backoff_ms": 100,
+            # Idempotence only with transactions: at-least-once tolerates duplicates, and an
+            # idempotent producer can get stuck in a fatal state when a broker loses its state.
+            "enable_idempotence": settings.exactly_once,
             **common,
         }
         if settings.exactly_once:
-            producer_config["transactional_id"] = (
+            self._producer_config["transactional_id"] = (
                 settings.transactional_id or f"stream-lstm-{settings.group_id}"
             )
-            producer_config["enable_idempotence"] = True
-        self.producer = KafkaProducer(**producer_config)
-        if settings.exactly_once:
-            self.producer.init_transactions()
-        self._pending: list[tuple[Any, str, bytes | None, bytes]] = []
+        self.producer = self._new_producer()
+        self._pending: list[Any] = []  # futures of records sent since the last flush
+        self._held: list[tuple[str, bytes | None, bytes]] = []  # exactly-once: records of the open interval
         self._in_transaction = False
         self.consumer.subscribe([settings.input_topic], listener=_Rebalance(on_assigned, on_revoked))
 
@@ -187,41 +195,56 @@ class KafkaIO:
     # ------------------------------------------------------------------ producing
 
     def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Queue a record; :meth:`flush` waits until the broker has acknowledged it."""
-        if self.settings.exactly_once and not self._in_transaction:
-            self.producer.begin_transaction()
-            self._in_transaction = True
+        """Queue a record; :meth:`flush` waits until the broker has acknowledged it.
+
+        In exactly-once mode records are held here and sent by :meth:`commit`, inside the
+        transaction that also commits their offsets: a crash before the commit leaves nothing on
+        the broker (which also spares read_committed readers of brokers that do not hide aborted
+        records, as the embedded one does not).
+        """
+        if self.settings.exactly_once:
+            self._held.append((topic, key, value))
+            return
         try:
             future = self.producer.send(topic, key=key, value=value)
         except KafkaError as error:
-            raise KafkaIOError(f"cannot send to {topic}: {error}") from error
-        self._pending.append((future, topic, key, value))
+            raise DeliveryFailed(f"cannot send to {topic}: {error}") from error
+        self._pending.append(future)
 
     def flush(self, timeout_s: float) -> None:
-        """Wait for every queued record to be acknowledged; resend those that failed.
+        """Wait until the broker has acknowledged every record sent since the last flush.
 
-        Raises :class:`KafkaIOError` if some are still unacknowledged after ``timeout_s``; they
-        stay queued, so calling again later keeps the at-least-once promise.
+        Raises :class:`DeliveryPending` when some are still in flight after ``timeout_s`` (call
+        again later), and :class:`DeliveryFailed` when some were rejected for good.
         """
-        deadline = time.monotonic() + timeout_s
         try:
-            self.producer.flush(timeout=max(deadline - time.monotonic(), 0.001))
+            self.producer.flush(timeout=timeout_s)
         except KafkaError as error:
-            raise KafkaIOError(f"flush failed: {error}") from error
-        still_pending = []
-        for future, topic, key, value in self._pending:
-            if not future.is_done:
-                still_pending.append((future, topic, key, value))
-            elif future.failed():
-                log.warning("record to %s failed (%s); sending it again", topic, future.exception)
-                still_pending.append((self.producer.send(topic, key=key, value=value), topic, key, value))
-        self._pending = still_pending
-        if still_pending:
-            raise KafkaIOError(f"{len(still_pending)} records not acknowledged within {timeout_s:.1f} s")
+            raise DeliveryPending(f"flush did not finish: {error}") from error
+        failed = [future for future in self._pending if future.is_done and future.failed()]
+        if failed:
+            self._pending = []
+            raise DeliveryFailed(f"{len(failed)} records were not delivered: {failed[0].exception}")
+        self._pending = [future for future in self._pending if not future.is_done]
+        if self._pending:
+            raise DeliveryPending(f"{len(self._pending)} records not acknowledged within {timeout_s:.1f} s")
 
-    def discard_pending(self) -> None:
-        """Forget unacknowledged records (after a rollback they will be produced again)."""
+    def reset_producer(self) -> None:
+        """Replace the producer (after a failure it may be stuck); unacknowledged records are dropped."""
         self._pending = []
+        self._held = []
+        self._in_transaction = False
+        try:
+            self.producer.close(timeout=0)
+        except Exception as error:  # it is being replaced because it is broken
+            log.debug("closing the old producer: %s", error)
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> KafkaProducer:
+        producer = KafkaProducer(**self._producer_config)
+        if self.settings.exactly_once:
+            producer.init_transactions()
+        return producer
 
     @property
     def unacknowledged(self) -> int:
@@ -235,34 +258,37 @@ class KafkaIO:
         kafka_offsets = {TopicPartition(*p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
         try:
             if self.settings.exactly_once:
-                if not self._in_transaction:
-                    self.producer.begin_transaction()
-                    self._in_transaction = True
+                self.producer.begin_transaction()
+                self._in_transaction = True
+                for topic, key, value in self._held:
+                    self.producer.send(topic, key=key, value=value)
                 if kafka_offsets:
                     self.producer.send_offsets_to_transaction(kafka_offsets, self.consumer.group_metadata())
                 self.producer.commit_transaction()
                 self._in_transaction = False
-                self._pending = []
+                self._held = []
             elif kafka_offsets:
                 self.consumer.commit(kafka_offsets)
         except KafkaError as error:
             raise KafkaIOError(f"commit failed: {error}") from error
 
     def abort(self) -> None:
-        """Abort the open transaction (exactly-once mode): its records are never visible."""
+        """Exactly-once mode: drop the held records and abort a transaction left open by a failure."""
+        self._held = []
         if self.settings.exactly_once and self._in_transaction:
             try:
                 self.producer.abort_transaction()
             finally:
                 self._in_transaction = False
-                self._pending = []
 
     # ------------------------------------------------------------------ health and shutdown
 
     def connected(self) -> bool:
-        """Whether the consumer can reach a broker now."""
+        """Whether the consumer holds a live connection to at least one broker of the cluster."""
         try:
-            return bool(self.consumer.bootstrap_connected())
+            # kafka-python has no public "is any broker reachable" call; its client knows.
+            client = self.consumer._client
+            return any(client.connected(broker.node_id) for broker in client.cluster.brokers())
         except Exception:  # a probe must never crash the loop
             return False
 

@@ -35,7 +35,7 @@ from stream_lstm.checkpoint import load_checkpoint, save_checkpoint
 from stream_lstm.errors import CheckpointError, EventError
 from stream_lstm.evaluation import PrequentialEvaluator
 from stream_lstm.events import MAX_MESSAGE_BYTES, Event, decode_event
-from stream_lstm.kafka_io import KafkaIO, KafkaIOError, KafkaSettings, Message, Partition
+from stream_lstm.kafka_io import DeliveryPending, KafkaIO, KafkaIOError, KafkaSettings, Message, Partition
 from stream_lstm.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ class StreamService:
         self.kafka: KafkaIO | None = None
         self._stop = threading.Event()
         self._replay_until: dict[Partition, int] = {}
+        self._unchecked: set[Partition] = set()  # assigned partitions whose committed offset is unread
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._last_scores = 0.0
@@ -150,6 +151,14 @@ class StreamService:
             self._set_connected(False, f"poll failed: {error}")
             self._stop.wait(backoff.next())
             return
+        if self._unchecked:
+            try:
+                self._check_committed_offsets()
+            except Exception as error:
+                self._set_connected(False, f"reading committed offsets failed: {error}")
+                self._rollback()
+                self._stop.wait(backoff.next())
+                return
         if messages:
             try:
                 self._process(messages)
@@ -271,7 +280,7 @@ class StreamService:
             or time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
         )
 
-    def _checkpoint_and_commit(self) -> bool:
+    def _checkpoint_and_commit(self, *, commit_offsets: bool = True) -> bool:
         """Flush, commit (exactly-once: the transaction), checkpoint, commit; True on success."""
         assert self.kafka is not None
         if self._since_checkpoint == 0 and self.checkpoint_path.exists():
@@ -281,8 +290,12 @@ class StreamService:
             self.kafka.flush(self.settings.flush_timeout_s)
             if self.settings.kafka.exactly_once:
                 self.kafka.commit(offsets)  # the transaction: predictions and offsets together
+        except DeliveryPending as error:
+            self._set_connected(False, str(error))
+            return False
         except KafkaIOError as error:
             self._set_connected(False, str(error))
+            self._rollback()
             return False
         try:
             save_checkpoint(self.checkpoint_path, self.state)
@@ -294,7 +307,7 @@ class StreamService:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._replay_until = {p: o for p, o in self._replay_until.items() if o > offsets.get(p, 0)}
-        if not self.settings.kafka.exactly_once:
+        if commit_offsets and not self.settings.kafka.exactly_once:
             try:
                 self.kafka.commit(offsets)
             except KafkaIOError as error:
@@ -322,36 +335,60 @@ class StreamService:
         """Go back to the last checkpoint: its learner, and its offsets for every partition."""
         assert self.kafka is not None
         log.warning("rolling back to the last checkpoint; events since then will be processed again")
-        self.kafka.abort()
-        self.kafka.discard_pending()
+        try:
+            self.kafka.abort()
+        except Exception as error:
+            log.debug("aborting the transaction: %s", error)
+        try:
+            self.kafka.reset_producer()
+        except Exception as error:  # the next failure rolls back again and retries this
+            log.warning("recreating the producer failed: %s", error)
         self.state = self._load_state()
         self._since_checkpoint = 0
-        for partition in self.kafka.assignment():
-            self._seek_to_resume_point(partition)
+        try:
+            for partition in self.kafka.assignment():
+                if partition in self.state.offsets:
+                    self._seek_to_resume_point(partition)
+                else:
+                    self.kafka.seek_to_committed(partition)
+        except Exception as error:  # the broker may still be away; the next rollback retries
+            log.warning("seeking back after the rollback failed: %s", error)
 
     def _seek_to_resume_point(self, partition: Partition) -> None:
+        """Seek to the checkpoint's offset; without one, the group's committed offset applies."""
         assert self.kafka is not None
         offset = self.state.offsets.get(partition)
         if offset is not None:
             self.kafka.seek(partition, offset)
-        else:
-            self.kafka.seek_to_committed(partition)
         if self.settings.kafka.exactly_once:
+            self._unchecked.add(partition)
+
+    def _check_committed_offsets(self) -> None:
+        """Exactly-once: find events a crashed run published and committed after its checkpoint.
+
+        Runs in the main thread after a poll (it blocks on the broker, which kafka-python forbids
+        in rebalance callbacks) and before that poll's messages are processed.
+        """
+        assert self.kafka is not None
+        while self._unchecked:
+            partition = self._unchecked.pop()
             committed = self.kafka.committed(partition)
-            if committed is not None and committed > (offset or 0):
-                # Published and committed by a run that crashed before its checkpoint: learn them
-                # again without publishing them again.
+            if committed is not None and committed > self.state.offsets.get(partition, 0):
+                # Learn these again without publishing them again.
                 self._replay_until[partition] = committed
 
     def _on_assigned(self, partitions: list[Partition]) -> None:
+        # Called inside poll(), on kafka-python's network thread: seek only (it does not block).
         log.info("assigned %s", partitions)
         for partition in partitions:
             self._seek_to_resume_point(partition)
 
     def _on_revoked(self, partitions: list[Partition]) -> None:
         log.info("revoked %s", partitions)
-        if partitions:
-            self._checkpoint_and_commit()
+        if partitions and self._since_checkpoint:
+            # Consumer calls cannot block here: checkpoint (the source of truth for offsets) and
+            # let the group's offsets catch up at the next commit.
+            self._checkpoint_and_commit(commit_offsets=False)
 
     # ------------------------------------------------------------------ health and scores
 
