@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo-output
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo demo-evaluate bench clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ format: install
 	$(BIN)/ruff check --fix stream_lstm tests benchmarks
 
 demo: install
+	$(BIN)/stream-lstm demo --workdir $(DEMO_DIR)
+
+demo-evaluate: install
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/stream-lstm generate $(DEMO_DIR)/stream.csv --events 50000 --keys 1000
 	$(BIN)/stream-lstm evaluate $(DEMO_DIR)/stream.csv --label label --key key --ts ts \

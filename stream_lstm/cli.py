@@ -152,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     broker.set_defaults(handler=_broker, settings=())
 
+    demo = commands.add_parser(
+        "demo",
+        help="broker, service and a generated stream on this machine, with live progress",
+        description=(
+            "Start the embedded broker, create the topics, run the service, replay a generated "
+            "multi-key stream, show live events/s and rolling accuracy of every model, then print "
+            "the final comparison and stop everything (also on Ctrl-C)."
+        ),
+    )
+    demo.add_argument("--events", type=positive_int, default=60_000, help="events to replay (default: 60000)")
+    demo.add_argument("--keys", type=positive_int, default=1000, help="keys in the stream (default: 1000)")
+    demo.add_argument("--rate", type=positive_float, default=5_000, help="events per second (default: 5000)")
+    demo.add_argument("--workdir", default="demo-output", help="logs and checkpoints (default: demo-output)")
+    demo.add_argument(
+        "--metrics-port", type=positive_int, default=9100, help="service metrics port (default: 9100)"
+    )
+    demo.set_defaults(handler=_demo, settings=())
+
     generate = commands.add_parser(
         "generate",
         help="write a generated multi-key temporal stream as CSV (for demos and tests)",
@@ -423,6 +441,20 @@ def _broker(args: argparse.Namespace, settings: dict[str, Any], parser: argparse
         broker.stop()
     print("broker stopped", flush=True)
     return 0
+
+
+def _demo(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
+    from pathlib import Path
+
+    from stream_lstm.demo import run_demo
+
+    return run_demo(
+        events=args.events,
+        keys=args.keys,
+        rate=args.rate,
+        workdir=Path(args.workdir),
+        metrics_port=args.metrics_port,
+    )
 
 
 def _check_keys_cover_batch(settings: dict[str, Any]) -> None:
