@@ -330,9 +330,14 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         new_evaluator=new_evaluator,
         telemetry=(telemetry := Telemetry()),
     )
-    server = MetricsServer(
-        telemetry.registry, service.health, host=settings["metrics_host"], port=settings["metrics_port"]
-    )
+    try:
+        server = MetricsServer(
+            telemetry.registry, service.health, host=settings["metrics_host"], port=settings["metrics_port"]
+        )
+    except OSError as error:
+        raise ConfigError(
+            f"cannot serve metrics on {settings['metrics_host']}:{settings['metrics_port']}: {error.strerror}"
+        ) from None
     server.start()
     print(
         f"stream-lstm {__version__}: {settings['input_topic']} -> {settings['output_topic']} "

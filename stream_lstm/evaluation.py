@@ -127,8 +127,9 @@ class Scorer:
         self.log_loss_sum += float(log_loss_terms(labels, probabilities).sum())
         self.reference_correct += int(reference_correct.sum())
         bins = np.minimum((probabilities * self.auc_bins).astype(np.int64), self.auc_bins - 1)
-        self.positive_bins += np.bincount(bins[labels == 1], minlength=self.auc_bins)
-        self.negative_bins += np.bincount(bins[labels == 0], minlength=self.auc_bins)
+        # add.at touches only the bins hit: far cheaper than a full bincount for small batches.
+        np.add.at(self.positive_bins, bins[labels == 1], 1)
+        np.add.at(self.negative_bins, bins[labels == 0], 1)
         tail = slice(-self.window, None)  # only the newest `window` events can stay in the buffer
         positions = (self._next + np.arange(labels.size)[tail]) % self.window
         self._labels[positions] = labels[tail]

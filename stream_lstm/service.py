@@ -385,6 +385,10 @@ class StreamService:
 
     def _on_revoked(self, partitions: list[Partition]) -> None:
         log.info("revoked %s", partitions)
+        if self.settings.kafka.exactly_once:
+            # The transaction cannot be committed from kafka-python's network thread; the next
+            # commit fails for the revoked partitions and rolls back to the checkpoint instead.
+            return
         if partitions and self._since_checkpoint:
             # Consumer calls cannot block here: checkpoint (the source of truth for offsets) and
             # let the group's offsets catch up at the next commit.
