@@ -161,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
             "the final comparison and stop everything (also on Ctrl-C)."
         ),
     )
-    demo.add_argument("--events", type=positive_int, default=60_000, help="events to replay (default: 60000)")
+    demo.add_argument("--events", type=positive_int, default=40_000, help="events to replay (default: 40000)")
     demo.add_argument("--keys", type=positive_int, default=1000, help="keys in the stream (default: 1000)")
-    demo.add_argument("--rate", type=positive_float, default=5_000, help="events per second (default: 5000)")
+    demo.add_argument("--rate", type=positive_float, default=2_500, help="events per second (default: 2500)")
     demo.add_argument("--workdir", default="demo-output", help="logs and checkpoints (default: demo-output)")
     demo.add_argument(
         "--metrics-port", type=positive_int, default=9100, help="service metrics port (default: 9100)"
