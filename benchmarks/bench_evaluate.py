@@ -9,6 +9,8 @@ events/s of the whole run. Usage: ``python benchmarks/bench_evaluate.py [--batch
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -39,7 +41,8 @@ def run(path: Path, batch_size: int, extra: list[str], workdir: Path) -> dict:
         "--no-progress",
         *extra,
     ]
-    status = stream_lstm(argv)
+    with contextlib.redirect_stdout(io.StringIO()):  # the table below says it all
+        status = stream_lstm(argv)
     if status != 0:
         raise SystemExit(f"stream-lstm {' '.join(argv)} failed with status {status}")
     return json.loads(out.read_text())

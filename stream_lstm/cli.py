@@ -41,6 +41,12 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_port", non_negative_int, 9100, "port of /metrics and /healthz (0: any free port)"),
     Setting("metrics_host", str, "0.0.0.0", "address /metrics and /healthz listen on"),
     Setting("exactly_once", parse_bool, False, "write predictions and offsets in Kafka transactions"),
+    Setting(
+        "transactional_id",
+        str,
+        None,
+        "--exactly-once: transactional id (default: stream-lstm-GROUP-HOSTNAME)",
+    ),
     Setting("max_message_bytes", positive_int, 1_000_000, "larger messages go to the dead-letter topic"),
     Setting("session_timeout_ms", positive_int, 10_000, "consumer group session timeout"),
     Setting("heartbeat_interval_ms", positive_int, 2_000, "consumer group heartbeat interval"),
@@ -123,11 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("file", metavar="FILE.csv", nargs="?", help="the CSV file (omit with --synthetic)")
     produce.add_argument("--synthetic", action="store_true", help="replay the project's generated stream")
-    produce.add_argument(
-        "--events", type=positive_int, default=50_000, help="--synthetic: events (default: 50000)"
-    )
-    produce.add_argument("--keys", type=positive_int, default=1000, help="--synthetic: keys (default: 1000)")
-    produce.add_argument("--seed", type=int, default=0, help="--synthetic: seed (default: 0)")
+    _add_stream_arguments(produce, events=50_000, note="--synthetic: ")
     produce.add_argument("--limit", type=positive_int, metavar="N", help="stop after N events")
     produce.add_argument("--repeat", action="store_true", help="start again at the end, forever")
     produce.add_argument("--config", metavar="FILE.toml", help="read settings from this TOML file")
@@ -161,8 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
             "the final comparison and stop everything (also on Ctrl-C)."
         ),
     )
-    demo.add_argument("--events", type=positive_int, default=40_000, help="events to replay (default: 40000)")
-    demo.add_argument("--keys", type=positive_int, default=1000, help="keys in the stream (default: 1000)")
+    _add_stream_arguments(demo, events=40_000, seed=False)
     demo.add_argument("--rate", type=positive_float, default=2_500, help="events per second (default: 2500)")
     demo.add_argument("--workdir", default="demo-output", help="logs and checkpoints (default: demo-output)")
     demo.add_argument(
@@ -179,13 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     generate.add_argument("out", metavar="OUT.csv", help="where to write the CSV")
-    generate.add_argument(
-        "--events", type=positive_int, default=50_000, help="how many events (default: 50000)"
-    )
-    generate.add_argument("--keys", type=positive_int, default=1000, help="how many keys (default: 1000)")
-    generate.add_argument("--seed", type=int, default=0, help="seed of the stream (default: 0)")
+    _add_stream_arguments(generate, events=50_000)
     generate.set_defaults(handler=_generate, settings=())
     return parser
+
+
+def _add_stream_arguments(
+    parser: argparse.ArgumentParser, *, events: int, seed: bool = True, note: str = ""
+) -> None:
+    """--events, --keys and --seed of the generated stream."""
+    parser.add_argument(
+        "--events", type=positive_int, default=events, help=f"{note}events (default: {events})"
+    )
+    parser.add_argument("--keys", type=positive_int, default=1000, help=f"{note}keys (default: 1000)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help=f"{note}seed of the stream (default: 0)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -314,6 +323,7 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         dead_letter_topic=settings["dead_letter_topic"],
         group_id=settings["group_id"],
         exactly_once=settings["exactly_once"],
+        transactional_id=settings["transactional_id"],
         session_timeout_ms=settings["session_timeout_ms"],
         heartbeat_interval_ms=settings["heartbeat_interval_ms"],
         max_poll_interval_ms=settings["max_poll_interval_ms"],

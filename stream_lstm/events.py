@@ -76,8 +76,8 @@ def parse_number(value: Any, what: str) -> float:
         raise EventError(f"{what} must be a number, got a boolean", "bad_number")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise EventError(f"{what} must be a number, got {value!r}", "bad_number") from None
+    except (TypeError, ValueError, OverflowError):
+        raise EventError(f"{what} must be a number, got {str(value)[:40]!r}", "bad_number") from None
     if not math.isfinite(number):
         raise EventError(f"{what} must be finite, got {value!r}", "non_finite")
     return number
@@ -125,6 +125,7 @@ DECODE_ERROR_CODES = (
     "bad_label",
     "bad_ts",
     "bad_key",
+    "invalid",
 )
 
 
@@ -166,7 +167,10 @@ def decode_event(
     for name, raw in raw_features.items():
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
             raise EventError(f"feature {name!r} must be a number, got {raw!r}", "bad_number")
-        number = float(raw)
+        try:
+            number = float(raw)
+        except OverflowError:  # an integer literal too large for a float
+            raise EventError(f"feature {name!r} is out of range", "non_finite") from None
         if not math.isfinite(number):
             raise EventError(f"feature {name!r} must be finite, got {raw!r}", "non_finite")
         features[name] = number

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,9 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from stream_lstm.errors import StreamLSTMError
 
 log = logging.getLogger(__name__)
+
+#: How long a blocking consumer call (committed offsets, commits) may wait for the broker.
+BLOCKING_TIMEOUT_MS = 5_000
 
 Partition = tuple[str, int]
 
@@ -106,6 +110,8 @@ class KafkaIO:
             "request_timeout_ms": settings.request_timeout_ms,
             "reconnect_backoff_ms": 100,
             "reconnect_backoff_max_ms": 2_000,
+            # Without a broker, fail fast and let the service's backoff retry (and hear SIGTERM).
+            "bootstrap_timeout_ms": 5_000,
         }
         self.consumer = KafkaConsumer(
             group_id=settings.group_id,
@@ -130,10 +136,16 @@ class KafkaIO:
             **common,
         }
         if settings.exactly_once:
+            # One id per instance (hostname): a restarted instance fences its own zombie, and
+            # instances of one group do not fence each other.
             self._producer_config["transactional_id"] = (
-                settings.transactional_id or f"stream-lstm-{settings.group_id}"
+                settings.transactional_id or f"stream-lstm-{settings.group_id}-{socket.gethostname()}"
             )
-        self.producer = self._new_producer()
+        try:
+            self.producer = self._new_producer()
+        except Exception:
+            self.consumer.close(autocommit=False)
+            raise
         self._pending: list[Any] = []  # futures of records sent since the last flush
         self._held: list[tuple[str, bytes | None, bytes]] = []  # exactly-once: records of the open interval
         self._in_transaction = False
@@ -171,13 +183,17 @@ class KafkaIO:
         else:
             self.consumer.seek_to_beginning(TopicPartition(*partition))
 
+    def seek_to_beginning(self, partition: Partition) -> None:
+        """Start ``partition`` at its first offset."""
+        self.consumer.seek_to_beginning(TopicPartition(*partition))
+
     def assignment(self) -> list[Partition]:
         """The partitions this consumer owns now."""
         return sorted((tp.topic, tp.partition) for tp in self.consumer.assignment())
 
     def committed(self, partition: Partition) -> int | None:
         """The group's committed (next) offset of ``partition``, or ``None``."""
-        return self.consumer.committed(TopicPartition(*partition))
+        return self.consumer.committed(TopicPartition(*partition), timeout_ms=BLOCKING_TIMEOUT_MS)
 
     def lag(self) -> dict[Partition, int]:
         """Per owned partition: end offset minus this consumer's position (what is left to read)."""
@@ -234,10 +250,14 @@ class KafkaIO:
         self._pending = []
         self._held = []
         self._in_transaction = False
+        old = self.producer
         try:
-            self.producer.close(timeout=0)
-        except Exception as error:  # it is being replaced because it is broken
+            old.close(timeout=0)
+        except Exception as error:  # close() gives up at its flush when records are in flight
             log.debug("closing the old producer: %s", error)
+            sender = getattr(old, "_sender", None)  # so stop its network thread directly
+            if sender is not None:
+                sender.force_close()
         self.producer = self._new_producer()
 
     def _new_producer(self) -> KafkaProducer:
@@ -255,7 +275,13 @@ class KafkaIO:
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit next offsets for the group; in exactly-once mode, commit the transaction with them."""
-        kafka_offsets = {TopicPartition(*p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()}
+        owned = self.consumer.assignment()
+        # Never commit for a partition another member owns now: that would rewind its offset.
+        kafka_offsets = {
+            tp: OffsetAndMetadata(o, "", -1)
+            for p, o in offsets.items()
+            if (tp := TopicPartition(*p)) in owned
+        }
         try:
             if self.settings.exactly_once:
                 self.producer.begin_transaction()
@@ -268,7 +294,7 @@ class KafkaIO:
                 self._in_transaction = False
                 self._held = []
             elif kafka_offsets:
-                self.consumer.commit(kafka_offsets)
+                self.consumer.commit(kafka_offsets, timeout_ms=BLOCKING_TIMEOUT_MS)
         except KafkaError as error:
             raise KafkaIOError(f"commit failed: {error}") from error
 

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.ckpt"
 
+#: At most this much of a malformed message's value is copied into its dead letter.
+DEAD_LETTER_VALUE_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True)
 class ServiceSettings:
@@ -104,6 +107,8 @@ class StreamService:
         self._stop = threading.Event()
         self._replay_until: dict[Partition, int] = {}
         self._unchecked: set[Partition] = set()  # assigned partitions whose committed offset is unread
+        self._needs_seek: set[Partition] = set()  # partitions a rollback could not rewind yet
+        self._rollback_requested = False
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._last_scores = 0.0
@@ -151,6 +156,14 @@ class StreamService:
             self._set_connected(False, f"poll failed: {error}")
             self._stop.wait(backoff.next())
             return
+        if self._rollback_requested:
+            self._rollback()
+            return
+        if self._needs_seek:
+            rewinding = set(self._needs_seek)
+            self._seek_pending()
+            # What this poll returned for them came from before the rewind: it is read again.
+            messages = [m for m in messages if (m.topic, m.partition) not in rewinding]
         if self._unchecked:
             try:
                 self._check_committed_offsets()
@@ -178,10 +191,11 @@ class StreamService:
     def _shutdown(self) -> None:
         assert self.kafka is not None
         log.info("stopping: flushing, checkpointing and committing")
-        if not self._checkpoint_and_commit():
+        # SIGTERM promises an exit within 10 s: with the broker away, give up on the flush early.
+        if not self._checkpoint_and_commit(flush_timeout_s=min(self.settings.flush_timeout_s, 5.0)):
             log.warning("final checkpoint failed; the next start resumes from the previous one")
         try:
-            self.kafka.close(timeout_s=2.0)
+            self.kafka.close(timeout_s=1.0)
         except Exception as error:
             log.warning("closing the Kafka client: %s", error)
         self.kafka = None
@@ -202,6 +216,13 @@ class StreamService:
             except EventError as error:
                 if not replay:
                     self._dead_letter(message, error)
+                continue
+            except Exception as error:  # a decoder bug must not stop the stream either
+                log.exception(
+                    "unexpected error decoding %s:%d@%d", message.topic, message.partition, message.offset
+                )
+                if not replay:
+                    self._dead_letter(message, EventError(f"cannot decode: {error!r}", "invalid"))
                 continue
             events.append(event)
             sources.append(message)
@@ -247,19 +268,21 @@ class StreamService:
 
     def _dead_letter(self, message: Message, error: EventError) -> None:
         assert self.kafka is not None
+        raw = message.value if message.value is not None else b""
+        # Keep the dead letter well under the broker's record size limit, whatever came in.
+        kept = raw[:DEAD_LETTER_VALUE_BYTES]
         value: dict[str, Any]
         try:
-            value = {
-                "value": message.value.decode() if message.value is not None else None,
-                "value_encoding": "utf-8",
-            }
+            value = {"value": kept.decode() if message.value is not None else None, "value_encoding": "utf-8"}
         except UnicodeDecodeError:
-            value = {"value": base64.b64encode(message.value or b"").decode(), "value_encoding": "base64"}
+            value = {"value": base64.b64encode(kept).decode(), "value_encoding": "base64"}
         record = {
             "error": str(error),
             "reason": error.code,
             "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset},
             **value,
+            "value_bytes": len(raw),
+            "truncated": len(kept) < len(raw),
         }
         self.kafka.produce(self.settings.kafka.dead_letter_topic, message.key, json.dumps(record).encode())
         self.telemetry.dead_letters.labels(reason=error.code).inc()
@@ -280,22 +303,31 @@ class StreamService:
             or time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
         )
 
-    def _checkpoint_and_commit(self, *, commit_offsets: bool = True) -> bool:
+    def _checkpoint_and_commit(
+        self, *, commit_offsets: bool = True, in_callback: bool = False, flush_timeout_s: float | None = None
+    ) -> bool:
         """Flush, commit (exactly-once: the transaction), checkpoint, commit; True on success."""
         assert self.kafka is not None
         if self._since_checkpoint == 0 and self.checkpoint_path.exists():
             return True
         offsets = dict(self.state.offsets)
+        # While replaying, the group's committed offset is ahead of the learner: never move it back.
+        committed = {p: max(o, self._replay_until.get(p, 0)) for p, o in offsets.items()}
         try:
-            self.kafka.flush(self.settings.flush_timeout_s)
+            self.kafka.flush(
+                flush_timeout_s if flush_timeout_s is not None else self.settings.flush_timeout_s
+            )
             if self.settings.kafka.exactly_once:
-                self.kafka.commit(offsets)  # the transaction: predictions and offsets together
+                self.kafka.commit(committed)  # the transaction: predictions and offsets together
         except DeliveryPending as error:
             self._set_connected(False, str(error))
             return False
         except KafkaIOError as error:
             self._set_connected(False, str(error))
-            self._rollback()
+            if in_callback:
+                self._rollback_requested = True  # not on kafka-python's network thread
+            else:
+                self._rollback()
             return False
         try:
             save_checkpoint(self.checkpoint_path, self.state)
@@ -309,10 +341,11 @@ class StreamService:
         self._replay_until = {p: o for p, o in self._replay_until.items() if o > offsets.get(p, 0)}
         if commit_offsets and not self.settings.kafka.exactly_once:
             try:
-                self.kafka.commit(offsets)
+                self.kafka.commit(committed)
             except KafkaIOError as error:
                 # The checkpoint holds the offsets; the group's copy only lags behind.
                 log.warning("offset commit failed (the checkpoint has them): %s", error)
+                return True
         self._set_connected(True)
         return True
 
@@ -345,14 +378,23 @@ class StreamService:
             log.warning("recreating the producer failed: %s", error)
         self.state = self._load_state()
         self._since_checkpoint = 0
-        try:
-            for partition in self.kafka.assignment():
+        self._rollback_requested = False
+        self._needs_seek.update(self.kafka.assignment())
+        self._seek_pending()
+
+    def _seek_pending(self) -> None:
+        """Rewind the partitions a rollback left ahead of the learner; retried until it works."""
+        assert self.kafka is not None
+        for partition in sorted(self._needs_seek):
+            try:
                 if partition in self.state.offsets:
                     self._seek_to_resume_point(partition)
                 else:
-                    self.kafka.seek_to_committed(partition)
-        except Exception as error:  # the broker may still be away; the next rollback retries
-            log.warning("seeking back after the rollback failed: %s", error)
+                    self._seek_without_checkpoint(partition)
+            except Exception as error:  # the broker may still be away: try again next step
+                log.warning("cannot rewind %s yet: %s", partition, error)
+                continue
+            self._needs_seek.discard(partition)
 
     def _seek_to_resume_point(self, partition: Partition) -> None:
         """Seek to the checkpoint's offset; without one, the group's committed offset applies."""
@@ -360,8 +402,20 @@ class StreamService:
         offset = self.state.offsets.get(partition)
         if offset is not None:
             self.kafka.seek(partition, offset)
+        elif self.settings.kafka.exactly_once:
+            # The learner has never seen this partition, but a crashed run may have committed
+            # some of it: learn it from the start; the replay below keeps it from being re-published.
+            self.kafka.seek_to_beginning(partition)
         if self.settings.kafka.exactly_once:
             self._unchecked.add(partition)
+
+    def _seek_without_checkpoint(self, partition: Partition) -> None:
+        assert self.kafka is not None
+        if self.settings.kafka.exactly_once:
+            self.kafka.seek_to_beginning(partition)
+            self._unchecked.add(partition)
+        else:
+            self.kafka.seek_to_committed(partition)
 
     def _check_committed_offsets(self) -> None:
         """Exactly-once: find events a crashed run published and committed after its checkpoint.
@@ -389,10 +443,11 @@ class StreamService:
             # The transaction cannot be committed from kafka-python's network thread; the next
             # commit fails for the revoked partitions and rolls back to the checkpoint instead.
             return
-        if partitions and self._since_checkpoint:
+        if partitions and self._since_checkpoint and not self.stopping:
             # Consumer calls cannot block here: checkpoint (the source of truth for offsets) and
-            # let the group's offsets catch up at the next commit.
-            self._checkpoint_and_commit(commit_offsets=False)
+            # let the group's offsets catch up at the next commit. Keep the flush well inside the
+            # session timeout, since heartbeats wait for this callback.
+            self._checkpoint_and_commit(commit_offsets=False, in_callback=True, flush_timeout_s=2.0)
 
     # ------------------------------------------------------------------ health and scores
 

@@ -60,3 +60,12 @@ def test_invalid_utf8_message_key_is_a_bad_key() -> None:
     with pytest.raises(EventError) as error:
         decode_event(b'{"features": {}}', b"\xff")
     assert error.value.code == "bad_key"
+
+
+def test_numbers_too_large_for_a_float_are_errors_not_crashes() -> None:
+    with pytest.raises(EventError) as feature_error:
+        decode_event(b'{"features": {"x": 1' + b"0" * 400 + b"}}")
+    assert feature_error.value.code == "non_finite"
+    with pytest.raises(EventError) as ts_error:
+        decode_event(b'{"features": {}, "ts": 1' + b"0" * 400 + b"}")
+    assert ts_error.value.code == "bad_ts"
