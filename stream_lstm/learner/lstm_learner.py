@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.events import Event
@@ -325,9 +324,6 @@ class LSTMLearner:
             chunk_len = np.where(chunk_j == 0, first_len[chunk_key], k)
             key_index = torch.as_tensor(chunk_key, device=device)
             start_h, start_c = h.index_select(0, key_index), c.index_select(0, key_index)
-            # A chunk after chunk 0 starts from the state at its boundary: run each key's sequence
-            # up to every such boundary as one packed batch without gradients (a prefix per
-            # boundary), so all boundary states come out of a single LSTM call.
             later = np.flatnonzero(chunk_j > 0)
             if later.size:
                 prefix_len = chunk_start[later]
@@ -396,27 +392,49 @@ class LSTMLearner:
     def _run_lstm(
         self, inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Run the LSTM over padded sequences of the given lengths; return outputs and end state.
+        """Run the LSTM over padded sequences of the given lengths; return outputs and end states.
 
-        ``state`` is ``(h, c)`` with or without the leading layer dimension; the end state comes
-        back without it.
+        ``state`` is ``(h, c)``, one row per sequence. Rows are run in groups of equal length,
+        one fused call per group: packed sequences would do it in one call, but they bypass the
+        fast (oneDNN) kernel and cost many times more on the CPU. Outputs past a row's length
+        are zero.
         """
         h, c = state
-        if h.dim() == 2:
-            h, c = h.unsqueeze(0), c.unsqueeze(0)
         steps = inputs.shape[1]
-        if (lengths == steps).all():
-            # The functional form of nn.LSTM's forward, without its per-call Python checks.
-            outputs, h_n, c_n = torch.lstm(
-                inputs, (h, c), self._lstm_weights, True, 1, 0.0, self.network.training, False, True
+        distinct = np.unique(lengths)
+        if distinct.size == 1 and distinct[0] == steps:
+            outputs, h_n, c_n = self._lstm_call(inputs, h, c)
+            return outputs, (h_n, c_n)
+        outputs = inputs.new_zeros(inputs.shape[0], steps, self.hidden_size)
+        h_n, c_n = h, c
+        for length in distinct.tolist():
+            rows = torch.as_tensor(np.flatnonzero(lengths == length), device=inputs.device)
+            out_g, h_g, c_g = self._lstm_call(
+                inputs.index_select(0, rows)[:, :length], h.index_select(0, rows), c.index_select(0, rows)
             )
-        else:
-            packed = pack_padded_sequence(
-                inputs, torch.as_tensor(lengths), batch_first=True, enforce_sorted=False
-            )
-            packed_out, (h_n, c_n) = self.network.lstm(packed, (h, c))
-            outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
-        return outputs, (h_n[0], c_n[0])
+            if length < steps:
+                out_g = torch.nn.functional.pad(out_g, (0, 0, 0, steps - length))
+            outputs = outputs.index_copy(0, rows, out_g)
+            h_n = h_n.index_copy(0, rows, h_g)
+            c_n = c_n.index_copy(0, rows, c_g)
+        return outputs, (h_n, c_n)
+
+    def _lstm_call(
+        self, inputs: torch.Tensor, h: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One fused LSTM call (nn.LSTM's forward without its per-call Python checks)."""
+        outputs, h_n, c_n = torch.lstm(
+            inputs,
+            (h.unsqueeze(0), c.unsqueeze(0)),
+            self._lstm_weights,
+            True,
+            1,
+            0.0,
+            self.network.training,
+            False,
+            True,
+        )
+        return outputs, h_n[0], c_n[0]
 
     def _encode(
         self, events: Sequence[Event], event_row: np.ndarray, slots: np.ndarray
