@@ -200,7 +200,7 @@ class KafkaIO:
         partitions = list(self.consumer.assignment())
         if not partitions:
             return {}
-        ends = self.consumer.end_offsets(partitions)
+        ends = self.consumer.end_offsets(partitions, timeout_ms=BLOCKING_TIMEOUT_MS)
         lag = {}
         for tp in partitions:
             position = self.consumer.position(tp, timeout_ms=1_000)

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.ckpt"
 
+#: Consumer lag needs a request to the broker: refresh it this often, in seconds.
+LAG_REFRESH_S = 5.0
+
 #: At most this much of a malformed message's value is copied into its dead letter.
 DEAD_LETTER_VALUE_BYTES = 64 * 1024
 
@@ -115,6 +118,8 @@ class StreamService:
         self._broker_connected = False
         self._last_error: str | None = None
         self._next_health_probe = 0.0
+        self._next_lag_refresh = 0.0
+        self._evictions_seen = self._lstm_evictions()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,6 +147,7 @@ class StreamService:
         if self.kafka is None:
             return
         self._set_connected(True)
+        self.telemetry.learner_info.info(self.learner_info())
         try:
             while not self.stopping:
                 self._step(backoff)
@@ -205,6 +211,8 @@ class StreamService:
     def _process(self, messages: Sequence[Message]) -> None:
         assert self.kafka is not None
         settings = self.settings
+        stage = self.telemetry.stage
+        started = time.perf_counter()
         events: list[Event] = []
         sources: list[Message] = []
         replayed: list[bool] = []
@@ -227,8 +235,12 @@ class StreamService:
             events.append(event)
             sources.append(message)
             replayed.append(replay)
+        decoded = time.perf_counter()
+        stage.labels(stage="decode").observe(decoded - started)
         if events:
             predictions = self.state.evaluator.predict(events)
+            predicted = time.perf_counter()
+            stage.labels(stage="predict").observe(predicted - decoded)
             step = self._model_step()
             names = list(predictions)
             columns = [predictions[name].tolist() for name in names]
@@ -252,10 +264,17 @@ class StreamService:
                     event.key.encode(),
                     json.dumps(record, allow_nan=False).encode(),
                 )
+            produced = time.perf_counter()
+            stage.labels(stage="produce").observe(produced - predicted)
+            now = time.time()
+            for message, replay in zip(sources, replayed, strict=True):
+                if message.timestamp_ms is not None and message.timestamp_ms >= 0 and not replay:
+                    self.telemetry.latency.observe(max(now - message.timestamp_ms / 1000.0, 0.0))
             published = len(events) - sum(replayed)
             for name in names:
                 self.telemetry.predictions.labels(model=name).inc(published)
             self.state.evaluator.learn(events, predictions)
+            stage.labels(stage="learn").observe(time.perf_counter() - produced)
             self.telemetry.events.labels(outcome="processed").inc(len(events))
             unlabelled = sum(1 for event in events if event.label is None)
             if unlabelled:
@@ -329,13 +348,15 @@ class StreamService:
             else:
                 self._rollback()
             return False
+        started = time.perf_counter()
         try:
             save_checkpoint(self.checkpoint_path, self.state)
         except CheckpointError as error:
             self.telemetry.checkpoints.labels(result="failed").inc()
             log.error("%s", error)
             return False
-        self.telemetry.checkpoints.labels(result="written").inc()
+        self.telemetry.stage.labels(stage="checkpoint").observe(time.perf_counter() - started)
+        self.telemetry.checkpoint_written(time.time())
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._replay_until = {p: o for p, o in self._replay_until.items() if o > offsets.get(p, 0)}
@@ -377,6 +398,7 @@ class StreamService:
         except Exception as error:  # the next failure rolls back again and retries this
             log.warning("recreating the producer failed: %s", error)
         self.state = self._load_state()
+        self._evictions_seen = self._lstm_evictions()
         self._since_checkpoint = 0
         self._rollback_requested = False
         self._needs_seek.update(self.kafka.assignment())
@@ -476,6 +498,51 @@ class StreamService:
             self._last_scores = now
             self.telemetry.set_scores(self.state.evaluator.report())
             self.telemetry.learned_events.set(self.state.evaluator.events)
+            self._publish_learner_stats()
+        if now >= self._next_lag_refresh and self.kafka is not None:
+            self._next_lag_refresh = now + LAG_REFRESH_S
+            try:
+                lag = self.kafka.lag()
+            except Exception as error:  # lag is for dashboards: never let it stop the stream
+                log.debug("consumer lag unavailable: %s", error)
+            else:
+                for (topic, partition), value in lag.items():
+                    self.telemetry.lag.labels(topic=topic, partition=str(partition)).set(value)
+
+    def _publish_learner_stats(self) -> None:
+        """Training loss, gradient norm, key counts and device memory of the LSTM, if it runs."""
+        lstm = self.state.evaluator.models.get("lstm")
+        if lstm is None:
+            return
+        stats = lstm.training_stats()  # reads two device values: once a second, not per batch
+        self.telemetry.training_loss.set(stats["loss"])
+        self.telemetry.gradient_norm.set(stats["grad_norm"])
+        self.telemetry.model_step.set(lstm.steps)
+        self.telemetry.keys_tracked.set(len(lstm.keys))
+        evictions = lstm.keys.evictions
+        if evictions > self._evictions_seen:
+            self.telemetry.keys_evicted.inc(evictions - self._evictions_seen)
+        self._evictions_seen = evictions
+        self.telemetry.gpu_memory.set(lstm.device_memory_bytes())
+
+    def _lstm_evictions(self) -> int:
+        lstm = self.state.evaluator.models.get("lstm")
+        return lstm.keys.evictions if lstm is not None else 0
+
+    def learner_info(self) -> dict[str, str]:
+        """Device, models and hyperparameters, for the info metric."""
+        info = {"version": __version__, "models": ",".join(self.state.evaluator.models)}
+        lstm = self.state.evaluator.models.get("lstm")
+        if lstm is not None:
+            info["device"] = str(lstm.torch_device)
+            info.update(
+                {name: str(value) for name, value in lstm.hyperparameters().items() if name != "device"}
+            )
+        else:
+            info["device"] = "none"
+        info["batch_size"] = str(self.settings.batch_size)
+        info["window"] = str(self.state.evaluator.window)
+        return info
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Ready when connected to Kafka and not stopping; details for /healthz."""

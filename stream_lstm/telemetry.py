@@ -9,17 +9,27 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 from stream_lstm import __version__
 
 log = logging.getLogger(__name__)
 
 SCORE_METRICS = ("accuracy", "log_loss", "roc_auc", "kappa_temporal")
+STAGES = ("decode", "predict", "produce", "learn", "checkpoint")
 
 
 class Telemetry:
@@ -83,10 +93,69 @@ class Telemetry:
             registry=r,
         )
         self.info.labels(version=__version__).set(1)
+        self.learner_info = Info(
+            "stream_lstm_learner", "The learner's device, models and hyperparameters.", registry=r
+        )
+        self.latency = Histogram(
+            "stream_lstm_event_latency_seconds",
+            "From an event's broker timestamp to its prediction being handed to the producer.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.stage = Histogram(
+            "stream_lstm_batch_stage_seconds",
+            "Time per micro-batch in each stage: decode, predict, produce, learn, checkpoint.",
+            ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=r,
+        )
+        self.training_loss = Gauge(
+            "stream_lstm_training_loss", "The LSTM's training loss on its latest batch.", registry=r
+        )
+        self.gradient_norm = Gauge(
+            "stream_lstm_gradient_norm",
+            "The LSTM's gradient norm on its latest batch, before clipping.",
+            registry=r,
+        )
+        self.model_step = Gauge("stream_lstm_model_step", "Optimizer steps the LSTM has taken.", registry=r)
+        self.lag = Gauge(
+            "stream_lstm_consumer_lag",
+            "Messages left to read per owned partition (end offset minus position), refreshed periodically.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.keys_tracked = Gauge("stream_lstm_keys_tracked", "Keys with an LSTM state now.", registry=r)
+        self.keys_evicted = Counter(
+            "stream_lstm_keys_evicted_total", "Keys whose state was dropped to respect max_keys.", registry=r
+        )
+        self.last_checkpoint = Gauge(
+            "stream_lstm_last_checkpoint_timestamp_seconds",
+            "Unix time of the last checkpoint written (0 before the first).",
+            registry=r,
+        )
+        self.checkpoint_age = Gauge(
+            "stream_lstm_checkpoint_age_seconds",
+            "Seconds since the last checkpoint was written (since start before the first).",
+            registry=r,
+        )
+        started = time.time()
+        self._last_checkpoint_at: float | None = None
+        self.checkpoint_age.set_function(lambda: time.time() - (self._last_checkpoint_at or started))
+        self.gpu_memory = Gauge(
+            "stream_lstm_gpu_memory_bytes", "GPU memory the LSTM holds (0 on the CPU).", registry=r
+        )
         for outcome in ("processed", "dead_lettered"):
             self.events.labels(outcome=outcome)
         for result in ("written", "failed"):
             self.checkpoints.labels(result=result)
+        for stage in STAGES:
+            self.stage.labels(stage=stage)
+
+    def checkpoint_written(self, at: float) -> None:
+        """Count a written checkpoint and remember when (for its age)."""
+        self._last_checkpoint_at = at
+        self.last_checkpoint.set(at)
+        self.checkpoints.labels(result="written").inc()
 
     def set_scores(self, report: Mapping[str, Mapping[str, Any]]) -> None:
         """Copy an evaluator report (whole-stream and rolling scores per model) into the gauges."""

@@ -240,6 +240,12 @@ class LSTMLearner:
         torch._foreach_mul_(grads, torch.clamp(self.clip_grad_norm / (norm + 1e-6), max=1.0))
         return norm
 
+    def device_memory_bytes(self) -> int:
+        """GPU memory torch holds on this learner's device (0 on the CPU)."""
+        if self._device.type != "cuda":
+            return 0
+        return int(torch.cuda.memory_allocated(self._device))
+
     def training_stats(self) -> dict[str, float]:
         """The last batch's training loss and gradient norm (NaN before the first step)."""
         loss, norm = self._last_loss, self._last_grad_norm
