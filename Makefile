@@ -38,7 +38,8 @@ demo-evaluate: install
 		--json $(DEMO_DIR)/report.json --plot $(DEMO_DIR)/rolling-accuracy.png
 
 bench: install
-	$(BIN)/python benchmarks/bench_evaluate.py
+	$(BIN)/python benchmarks/bench_evaluate.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_service.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
