@@ -44,21 +44,24 @@ class LogisticRegressionBaseline:
             raise ConfigError(f"learning_rate must be > 0, got {learning_rate!r}")
         self.learning_rate = learning_rate
         self.l2 = l2
-        self.pipeline = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(learning_rate), l2=l2
-        )
+        # The two steps of river's `StandardScaler | LogisticRegression`, called directly: the
+        # same computation as the pipeline, without its per-call dispatch.
+        self.scaler = preprocessing.StandardScaler()
+        self.classifier = linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2)
 
     def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
         """Probability of label 1 for each event, from the weights before this batch."""
-        predict = self.pipeline.predict_proba_one
-        return np.array([predict(dict(e.features)).get(True, 0.5) for e in events])
+        transform = self.scaler.transform_one
+        predict = self.classifier.predict_proba_one
+        return np.array([predict(transform(e.features)).get(True, 0.5) for e in events])
 
     def learn_many(self, events: Sequence[Event]) -> None:
-        """Learn each labelled event in order."""
-        learn = self.pipeline.learn_one
+        """Learn each labelled event in order (the scaler first, as the river pipeline does)."""
+        scaler, learn = self.scaler, self.classifier.learn_one
         for event in events:
             if event.label is not None:
-                learn(dict(event.features), bool(event.label))
+                scaler.learn_one(event.features)
+                learn(scaler.transform_one(event.features), bool(event.label))
 
 
 class NoChangeBaseline:

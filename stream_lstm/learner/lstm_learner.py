@@ -330,21 +330,11 @@ class LSTMLearner:
             chunk_len = np.where(chunk_j == 0, first_len[chunk_key], k)
             key_index = torch.as_tensor(chunk_key, device=device)
             start_h, start_c = h.index_select(0, key_index), c.index_select(0, key_index)
+            # A chunk after chunk 0 starts from the state at its boundary (see _boundary_states).
             later = np.flatnonzero(chunk_j > 0)
             if later.size:
-                prefix_len = chunk_start[later]
-                positions = np.minimum(np.arange(int(prefix_len.max())), seq_len - 1)
                 later_index = torch.as_tensor(later, device=device)
-                with torch.no_grad():
-                    _, (h_b, c_b) = self._run_lstm(
-                        _gather_steps(
-                            sequences,
-                            chunk_key[later],
-                            np.broadcast_to(positions, (later.size, positions.size)),
-                        ),
-                        prefix_len,
-                        (start_h.index_select(0, later_index), start_c.index_select(0, later_index)),
-                    )
+                h_b, c_b = self._boundary_states(sequences, chunk_key[later], chunk_start[later], h, c)
                 start_h = start_h.index_copy(0, later_index, h_b)
                 start_c = start_c.index_copy(0, later_index, c_b)
             steps = int(chunk_len.max())
@@ -394,6 +384,48 @@ class LSTMLearner:
             label_index=label_index,
             targets=targets,
         )
+
+    @torch.no_grad()
+    def _boundary_states(
+        self,
+        sequences: torch.Tensor,
+        keys: np.ndarray,
+        positions: np.ndarray,
+        h: torch.Tensor,
+        c: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LSTM state of key ``keys[i]`` just before input ``positions[i]`` of its sequence.
+
+        One fused call over each key's whole prefix gives every ``h``; the fused kernel returns
+        ``c`` only at the end, so ``c`` comes from the cell recurrence ``c_t = f_t c_(t-1) +
+        i_t g_t`` with the gates recomputed from the known ``h``, evaluated for all steps at once
+        as a parallel scan of affine maps (products only, no division: stable). This replaces a
+        call per chunk boundary, whose fixed cost dominates on the CPU.
+        """
+        unique_keys, key_row = np.unique(keys, return_inverse=True)
+        steps = int(positions.max())
+        key_index = torch.as_tensor(unique_keys, device=sequences.device)
+        inputs = sequences.index_select(0, key_index)[:, :steps]
+        h0, c0 = h.index_select(0, key_index), c.index_select(0, key_index)
+        outputs, _, _ = self._lstm_call(inputs, h0, c0)
+        w_ih, w_hh, b_ih, b_hh = self._lstm_weights
+        previous_h = torch.cat([h0.unsqueeze(1), outputs[:, :-1]], dim=1)
+        gates = torch.matmul(inputs, w_ih.t()) + torch.matmul(previous_h, w_hh.t()) + (b_ih + b_hh)
+        size = self.hidden_size
+        forget = torch.sigmoid(gates[..., size : 2 * size])
+        added = torch.sigmoid(gates[..., :size]) * torch.tanh(gates[..., 2 * size : 3 * size])
+        # Inclusive scan (Hillis-Steele) of the maps c -> forget * c + added along time.
+        shift = 1
+        while shift < steps:
+            added = torch.cat(
+                [added[:, :shift], torch.addcmul(added[:, shift:], forget[:, shift:], added[:, :-shift])], 1
+            )
+            forget = torch.cat([forget[:, :shift], forget[:, shift:] * forget[:, :-shift]], 1)
+            shift *= 2
+        rows = torch.as_tensor(key_row, device=sequences.device)
+        steps_index = torch.as_tensor(positions - 1, device=sequences.device)
+        c_all = forget[rows, steps_index] * c0[rows] + added[rows, steps_index]
+        return outputs[rows, steps_index], c_all
 
     def _run_lstm(
         self, inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
