@@ -99,17 +99,7 @@ class CsvEventSource:
                 try:
                     if len(row) != width:
                         raise EventError(f"expected {width} cells, found {len(row)}")
-                    features = {}
-                    for name, at in features_at:
-                        cell = row[at]
-                        if cell != "":
-                            try:
-                                value = float(cell)
-                            except ValueError:
-                                value = math.nan
-                            if value - value != 0.0:  # NaN or infinite (or not a number)
-                                parse_number(cell, f"column {name!r}")  # raises with the reason
-                            features[name] = value
+                    features = self._features(row, features_at)
                     event = Event(
                         key=row[key_at] if key_at is not None else DEFAULT_KEY,
                         ts=parse_timestamp(row[ts_at]) if ts_at is not None else None,
@@ -120,6 +110,22 @@ class CsvEventSource:
                     self._record(BadRow(reader.line_num, str(error)))
                     continue
                 yield event
+
+    @staticmethod
+    def _features(row: list[str], features_at: list[tuple[str, int]]) -> dict[str, float]:
+        """The row's features: finite numbers by column name; an empty cell is left out."""
+        features = {}
+        for name, at in features_at:
+            cell = row[at]
+            if cell != "":
+                try:
+                    value = float(cell)
+                except ValueError:
+                    value = math.nan
+                if value - value != 0.0:  # NaN or infinite (or not a number at all)
+                    parse_number(cell, f"column {name!r}")  # raises with the reason
+                features[name] = value
+        return features
 
     def _record(self, bad: BadRow) -> None:
         self.skipped += 1
