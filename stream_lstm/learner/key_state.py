@@ -121,8 +121,8 @@ class KeyStateStore:
 
     def _reset(self, slots: np.ndarray) -> None:
         index = torch.as_tensor(slots, device=self.device)
-        self.h0[index] = 0.0
-        self.c0[index] = 0.0
+        self.h0.index_fill_(0, index, 0.0)
+        self.c0.index_fill_(0, index, 0.0)
         self.window_len[slots] = 0
         self.prev_label[slots] = NO_LABEL
         self.last_ts[slots] = np.nan

@@ -207,7 +207,7 @@ class LSTMLearner:
         self._pending = None
         if pending.label_index is not None:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                pending.logits[pending.label_index], pending.targets
+                pending.logits.index_select(0, pending.label_index), pending.targets
             )
             for parameter in self._parameters:
                 parameter.grad = None
@@ -219,9 +219,9 @@ class LSTMLearner:
             self._last_loss = loss.detach()
         store = self.keys
         slot_index = torch.as_tensor(pending.slots, device=self._device)
-        store.h0[slot_index] = pending.new_h0
-        store.c0[slot_index] = pending.new_c0
-        store.window[slot_index] = pending.new_window
+        store.h0.index_copy_(0, slot_index, pending.new_h0)
+        store.c0.index_copy_(0, slot_index, pending.new_c0)
+        store.window.index_copy_(0, slot_index, pending.new_window)
         store.window_len[pending.slots] = pending.new_window_len
         store.prev_label[pending.slots] = pending.last_label
         store.last_ts[pending.slots] = pending.last_ts
@@ -422,10 +422,12 @@ class LSTMLearner:
             )
             forget = torch.cat([forget[:, :shift], forget[:, shift:] * forget[:, :-shift]], 1)
             shift *= 2
-        rows = torch.as_tensor(key_row, device=sequences.device)
-        steps_index = torch.as_tensor(positions - 1, device=sequences.device)
-        c_all = forget[rows, steps_index] * c0[rows] + added[rows, steps_index]
-        return outputs[rows, steps_index], c_all
+        before = positions - 1
+        c0_rows = c0.index_select(0, torch.as_tensor(key_row, device=sequences.device))
+        c_all = torch.addcmul(
+            _gather_steps(added, key_row, before), _gather_steps(forget, key_row, before), c0_rows
+        )
+        return _gather_steps(outputs, key_row, before), c_all
 
     def _run_lstm(
         self, inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
