@@ -7,10 +7,9 @@ partition is the NEXT offset to read, i.e. the last processed offset plus one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -266,11 +265,6 @@ class KafkaIO:
             producer.init_transactions()
         return producer
 
-    @property
-    def unacknowledged(self) -> int:
-        """Records queued but not yet known to be acknowledged."""
-        return len(self._pending)
-
     # ------------------------------------------------------------------ offsets
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
@@ -324,29 +318,6 @@ class KafkaIO:
             self.producer.close(timeout=timeout_s)
         finally:
             self.consumer.close(autocommit=False)
-
-
-def consumer_config_for_tests() -> dict[str, int]:
-    """Group timings that make a consumer group join quickly on the embedded broker."""
-    return {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 1_000, "max_poll_interval_ms": 5_000}
-
-
-def ensure_topics(bootstrap_servers: str, topics: Sequence[str], partitions: int = 1) -> None:
-    """Create topics that do not exist yet."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-    from kafka.errors import TopicAlreadyExistsError
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers.split(","), client_id="stream-lstm-admin")
-    try:
-        existing = set(admin.list_topics())
-        missing = [
-            NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing
-        ]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process was faster
-                admin.create_topics(missing)
-    finally:
-        admin.close()
 
 
 class EventWriter:
