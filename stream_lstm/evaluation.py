@@ -121,6 +121,9 @@ class Scorer:
         """Score labelled events; ``reference_correct`` says where no-change was right on them."""
         if labels.size == 0:
             return
+        if labels.size == 1:  # strict per-event learning: plain floats beat a dozen array ops
+            self._update_one(int(labels[0]), float(probabilities[0]), bool(reference_correct[0]))
+            return
         correct = (probabilities >= 0.5) == (labels == 1)
         self.count += labels.size
         self.correct += int(correct.sum())
@@ -136,6 +139,21 @@ class Scorer:
         self._probabilities[positions] = probabilities[tail]
         self._reference[positions] = reference_correct[tail]
         self._next = (self._next + labels.size) % self.window
+
+    def _update_one(self, label: int, probability: float, reference_correct: bool) -> None:
+        """:meth:`update` for a single event, with the same arithmetic."""
+        self.count += 1
+        self.correct += (probability >= 0.5) == (label == 1)
+        p = min(max(probability, EPS), 1 - EPS)
+        self.log_loss_sum += -(math.log(p) if label == 1 else math.log1p(-p))
+        self.reference_correct += reference_correct
+        bins = self.positive_bins if label == 1 else self.negative_bins
+        bins[min(int(probability * self.auc_bins), self.auc_bins - 1)] += 1
+        position = self._next
+        self._labels[position] = label
+        self._probabilities[position] = probability
+        self._reference[position] = reference_correct
+        self._next = (position + 1) % self.window
 
     def whole(self) -> dict[str, float]:
         """Scores over every labelled event so far (NaN before the first)."""

@@ -237,7 +237,13 @@ class LSTMLearner:
         """
         grads = [p.grad for p in self._parameters if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        torch._foreach_mul_(grads, torch.clamp(self.clip_grad_norm / (norm + 1e-6), max=1.0))
+        if self._device.type == "cpu":
+            # Reading the norm costs nothing on the CPU, and most steps need no scaling at all.
+            total = float(norm)
+            if total > self.clip_grad_norm:
+                torch._foreach_mul_(grads, self.clip_grad_norm / (total + 1e-6))
+        else:
+            torch._foreach_mul_(grads, torch.clamp(self.clip_grad_norm / (norm + 1e-6), max=1.0))
         return norm
 
     def device_memory_bytes(self) -> int:
@@ -279,6 +285,8 @@ class LSTMLearner:
         total_len = window_len + np.asarray(counts, dtype=np.int64)
         device = self._device
         slot_index = torch.as_tensor(slots, device=device)
+        if k > 1 and n_events == n_keys and (window_len == window_steps).all():
+            return self._forward_one_step(events, slot_index, slots, raw, inputs, last_label, last_ts)
 
         seq_len = max(int(total_len.max(initial=0)), window_steps)
         sequences = torch.cat(
@@ -303,11 +311,7 @@ class LSTMLearner:
         event_chunk = np.where(after_first < 0, 0, 1 + after_first // k)
         event_step = np.where(after_first < 0, event_pos, after_first % k)
 
-        labels = [(i, e.label) for i, e in enumerate(events) if e.label is not None]
-        label_index = targets = None
-        if labels:
-            label_index = torch.as_tensor([i for i, _ in labels], device=device)
-            targets = torch.as_tensor([y for _, y in labels], dtype=torch.float32, device=device)
+        label_index, targets = self._label_tensors(events)
 
         h = self.keys.h0[slot_index]
         c = self.keys.c0[slot_index]
@@ -345,7 +349,7 @@ class LSTMLearner:
             last_rows = torch.as_tensor(row_of_key + per_key - 1, device=device)
             new_h0, new_c0 = start_h.index_select(0, last_rows), start_c.index_select(0, last_rows)
 
-        with torch.set_grad_enabled(bool(labels)):
+        with torch.set_grad_enabled(label_index is not None):
             outputs, _ = self._run_lstm(chunk_inputs, chunk_len, chunk_state)
             picked = _gather_steps(outputs, event_chunk_row, event_step)
             logits = self.network.head(picked).squeeze(-1)
@@ -383,6 +387,62 @@ class LSTMLearner:
             last_ts=last_ts,
             label_index=label_index,
             targets=targets,
+        )
+
+    def _forward_one_step(
+        self,
+        events: Sequence[Event],
+        slot_index: torch.Tensor,
+        slots: np.ndarray,
+        raw: np.ndarray,
+        inputs: np.ndarray,
+        last_label: np.ndarray,
+        last_ts: np.ndarray,
+    ) -> _Pending:
+        """The steady state of :meth:`_forward`, in far fewer operations: every key of the batch
+        has a full window and one new event, so each sequence is its window plus that event (one
+        chunk of exactly ``tbptt_steps``), the prediction is the last output, and the next window
+        is the sequence without its first input."""
+        device = self._device
+        sequences = torch.cat(
+            [
+                self.keys.window.index_select(0, slot_index),
+                torch.as_tensor(inputs, device=device).unsqueeze(1),
+            ],
+            1,
+        )
+        h, c = self.keys.h0.index_select(0, slot_index), self.keys.c0.index_select(0, slot_index)
+        label_index, targets = self._label_tensors(events)
+        with torch.set_grad_enabled(label_index is not None):
+            outputs, _, _ = self._lstm_call(sequences, h, c)
+            logits = self.network.head(outputs[:, -1]).squeeze(-1)
+        with torch.no_grad():
+            new_h0, new_c0 = torch.lstm_cell(sequences[:, 0], (h, c), *self._lstm_weights)
+        return _Pending(
+            events=events,
+            logits=logits,
+            probabilities=torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64),
+            slots=slots,
+            raw_features=raw,
+            new_h0=new_h0,
+            new_c0=new_c0,
+            new_window=sequences[:, 1:],
+            new_window_len=np.full(len(events), self.keys.window_steps, dtype=np.int64),
+            last_label=last_label,
+            last_ts=last_ts,
+            label_index=label_index,
+            targets=targets,
+        )
+
+    def _label_tensors(self, events: Sequence[Event]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Indices of the labelled events and their labels, as tensors (``None`` without labels)."""
+        labels = [(i, e.label) for i, e in enumerate(events) if e.label is not None]
+        if not labels:
+            return None, None
+        device = self._device
+        return (
+            torch.as_tensor([i for i, _ in labels], device=device),
+            torch.as_tensor([y for _, y in labels], dtype=torch.float32, device=device),
         )
 
     @torch.no_grad()

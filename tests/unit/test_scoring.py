@@ -69,3 +69,19 @@ def test_empty_scorer_reports_nan() -> None:
     scorer = Scorer()
     assert all(math.isnan(v) for v in scorer.whole().values())
     assert all(math.isnan(v) for v in scorer.rolling().values())
+
+
+def test_one_event_at_a_time_scores_the_same_as_batches() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 700).astype(np.int8)
+    probabilities = rng.random(700)
+    reference = rng.random(700) < 0.6
+    single, batched = Scorer(window=50), Scorer(window=50)
+    for i in range(700):
+        single.update(labels[i : i + 1], probabilities[i : i + 1], reference[i : i + 1])
+    for i in range(0, 700, 9):
+        batched.update(labels[i : i + 9], probabilities[i : i + 9], reference[i : i + 9])
+    for scope in ("whole", "rolling"):
+        got, expected = getattr(single, scope)(), getattr(batched, scope)()
+        assert got == pytest.approx(expected, rel=1e-12), scope
+    np.testing.assert_array_equal(single.positive_bins, batched.positive_bins)
