@@ -39,6 +39,7 @@ demo-evaluate: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_evaluate.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_learner.py
 	$(BIN)/python benchmarks/bench_service.py
 
 clean:
