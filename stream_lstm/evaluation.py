@@ -250,13 +250,18 @@ class PrequentialEvaluator:
 
     def learn(self, events: Sequence[Event], predictions: Mapping[str, np.ndarray]) -> None:
         """Score the batch's predictions against its labels, then let every model learn it."""
-        labelled = np.array([e.label is not None for e in events], dtype=bool)
-        if labelled.any():
-            labels = np.array([e.label for e in events if e.label is not None], dtype=np.int8)
-            reference = self.reference.predict_proba_many(events)[labelled]
+        raw_labels = [e.label for e in events]
+        every = None not in raw_labels
+        labelled = None if every else np.array([y is not None for y in raw_labels], dtype=bool)
+        n_labelled = len(events) if every else int(labelled.sum())
+        if n_labelled:
+            labels = np.array([y for y in raw_labels if y is not None], dtype=np.int8)
+            reference = self.reference.predict_proba_many(events)
+            if not every:
+                reference = reference[labelled]
             reference_correct = (reference >= 0.5) == (labels == 1)
             for name, scorer in self.scores.items():
-                probabilities = predictions[name][labelled]
+                probabilities = predictions[name] if every else predictions[name][labelled]
                 scorer.update(labels, probabilities, reference_correct)
                 if self.keep_trace:
                     self.trace[name].append((probabilities >= 0.5) == (labels == 1))
@@ -266,7 +271,7 @@ class PrequentialEvaluator:
             model.learn_many(events)
             self.seconds[name] += time.perf_counter() - started
         self.events += len(events)
-        self.labelled += int(labelled.sum())
+        self.labelled += n_labelled
 
     def process(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
         """Predict, score and learn one micro-batch; return the predictions."""

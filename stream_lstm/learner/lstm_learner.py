@@ -50,7 +50,7 @@ class _Pending:
     new_window_len: np.ndarray
     last_label: np.ndarray
     last_ts: np.ndarray
-    label_index: torch.Tensor | None
+    label_index: torch.Tensor | None  # None with targets: every event is labelled
     targets: torch.Tensor | None
 
 
@@ -205,10 +205,11 @@ class LSTMLearner:
         if pending is None or pending.events is not events:
             pending = self._forward(events)
         self._pending = None
-        if pending.label_index is not None:
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                pending.logits.index_select(0, pending.label_index), pending.targets
-            )
+        if pending.targets is not None:
+            logits = pending.logits
+            if pending.label_index is not None:
+                logits = logits.index_select(0, pending.label_index)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, pending.targets)
             for parameter in self._parameters:
                 parameter.grad = None
             loss.backward()
@@ -349,7 +350,7 @@ class LSTMLearner:
             last_rows = torch.as_tensor(row_of_key + per_key - 1, device=device)
             new_h0, new_c0 = start_h.index_select(0, last_rows), start_c.index_select(0, last_rows)
 
-        with torch.set_grad_enabled(label_index is not None):
+        with torch.set_grad_enabled(targets is not None):
             outputs, _ = self._run_lstm(chunk_inputs, chunk_len, chunk_state)
             picked = _gather_steps(outputs, event_chunk_row, event_step)
             logits = self.network.head(picked).squeeze(-1)
@@ -413,7 +414,7 @@ class LSTMLearner:
         )
         h, c = self.keys.h0.index_select(0, slot_index), self.keys.c0.index_select(0, slot_index)
         label_index, targets = self._label_tensors(events)
-        with torch.set_grad_enabled(label_index is not None):
+        with torch.set_grad_enabled(targets is not None):
             outputs, _, _ = self._lstm_call(sequences, h, c)
             logits = self.network.head(outputs[:, -1]).squeeze(-1)
         with torch.no_grad():
@@ -435,14 +436,21 @@ class LSTMLearner:
         )
 
     def _label_tensors(self, events: Sequence[Event]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Indices of the labelled events and their labels, as tensors (``None`` without labels)."""
-        labels = [(i, e.label) for i, e in enumerate(events) if e.label is not None]
-        if not labels:
-            return None, None
+        """The labels of the batch as a tensor, and the indices of the labelled events.
+
+        Without labels both are ``None``; when every event is labelled the index is ``None`` too
+        (the loss then takes all logits, without a gather).
+        """
+        labels = [e.label for e in events]
         device = self._device
+        if None not in labels:
+            return None, torch.as_tensor(labels, dtype=torch.float32, device=device)
+        known = [(i, y) for i, y in enumerate(labels) if y is not None]
+        if not known:
+            return None, None
         return (
-            torch.as_tensor([i for i, _ in labels], device=device),
-            torch.as_tensor([y for _, y in labels], dtype=torch.float32, device=device),
+            torch.as_tensor([i for i, _ in known], device=device),
+            torch.as_tensor([y for _, y in known], dtype=torch.float32, device=device),
         )
 
     @torch.no_grad()
