@@ -351,7 +351,7 @@ class LSTMLearner:
             new_h0, new_c0 = start_h.index_select(0, last_rows), start_c.index_select(0, last_rows)
 
         with torch.set_grad_enabled(targets is not None):
-            outputs, _ = self._run_lstm(chunk_inputs, chunk_len, chunk_state)
+            outputs = self._run_lstm(chunk_inputs, chunk_len, chunk_state)
             picked = _gather_steps(outputs, event_chunk_row, event_step)
             logits = self.network.head(picked).squeeze(-1)
         probabilities = torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64)
@@ -499,8 +499,8 @@ class LSTMLearner:
 
     def _run_lstm(
         self, inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Run the LSTM over padded sequences of the given lengths; return outputs and end states.
+    ) -> torch.Tensor:
+        """Run the LSTM over padded sequences of the given lengths; return the outputs.
 
         ``state`` is ``(h, c)``, one row per sequence. Rows are run in groups of equal length,
         one fused call per group: packed sequences would do it in one call, but they bypass the
@@ -510,22 +510,17 @@ class LSTMLearner:
         h, c = state
         steps = inputs.shape[1]
         if lengths.min() == steps:  # every row is full length: one call
-            outputs, h_n, c_n = self._lstm_call(inputs, h, c)
-            return outputs, (h_n, c_n)
-        distinct = np.unique(lengths)
+            return self._lstm_call(inputs, h, c)[0]
         outputs = inputs.new_zeros(inputs.shape[0], steps, self.hidden_size)
-        h_n, c_n = h, c
-        for length in distinct.tolist():
+        for length in np.unique(lengths).tolist():
             rows = torch.as_tensor(np.flatnonzero(lengths == length), device=inputs.device)
-            out_g, h_g, c_g = self._lstm_call(
+            out_g = self._lstm_call(
                 inputs.index_select(0, rows)[:, :length], h.index_select(0, rows), c.index_select(0, rows)
-            )
+            )[0]
             if length < steps:
                 out_g = torch.nn.functional.pad(out_g, (0, 0, 0, steps - length))
             outputs = outputs.index_copy(0, rows, out_g)
-            h_n = h_n.index_copy(0, rows, h_g)
-            c_n = c_n.index_copy(0, rows, c_g)
-        return outputs, (h_n, c_n)
+        return outputs
 
     def _lstm_call(
         self, inputs: torch.Tensor, h: torch.Tensor, c: torch.Tensor
