@@ -192,7 +192,7 @@ class StreamService:
                 backoff.reset()
             else:
                 self._stop.wait(backoff.next())
-        self._publish_scores()
+        self._publish_metrics()
 
     def _shutdown(self) -> None:
         assert self.kafka is not None
@@ -492,7 +492,7 @@ class StreamService:
         if connected != self._broker_connected:
             self._set_connected(connected, None if connected else "no connection to any broker")
 
-    def _publish_scores(self) -> None:
+    def _publish_metrics(self) -> None:
         now = time.monotonic()
         if now - self._last_scores >= self.settings.scores_interval_s:
             self._last_scores = now
