@@ -37,10 +37,13 @@ demo-evaluate: install
 	$(BIN)/stream-lstm evaluate $(DEMO_DIR)/stream.csv --label label --key key --ts ts \
 		--json $(DEMO_DIR)/report.json --plot $(DEMO_DIR)/rolling-accuracy.png
 
+# Rewrites benchmarks/RESULTS.md: the first script starts the file, the others append to it.
 bench: install
 	$(BIN)/python benchmarks/bench_evaluate.py --markdown benchmarks/RESULTS.md
-	$(BIN)/python benchmarks/bench_learner.py
-	$(BIN)/python benchmarks/bench_service.py
+	$(BIN)/python benchmarks/bench_deep_river.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_learner.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_service.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_latency.py --markdown benchmarks/RESULTS.md
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .bench-venv

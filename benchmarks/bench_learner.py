@@ -1,26 +1,111 @@
-"""The LSTM learner alone: events/s by key count and batch size, and memory per tracked key.
+"""The LSTM learner alone: events/s by key count and batch size, per device, and its memory.
 
-Usage: ``python benchmarks/bench_learner.py [--device cpu|cuda] [--events N] [--keys 1,1000,100000]
-[--batch-sizes 1,32,256,4096] [--million-keys]``. Memory per key is measured from the key-state
-tensors and arrays; ``--million-keys`` also reports the process's resident memory after tracking
-1,000,000 keys.
+Why: the service and ``evaluate`` benchmarks mix the learner with I/O, parsing, the baselines and
+scoring; this one times only ``predict_proba_many`` + ``learn_many`` (one optimizer step per
+batch) on pre-built events of the project's generated stream, so it shows what the LSTM itself
+costs per event, how that depends on the batch size and the number of keys, and what a GPU
+changes. One torch CPU thread, as the service uses by default.
+
+Throughput. For each device, key count and batch size: a fresh learner (``max_keys`` raised to
+cover the keys), a few batches to warm up (allocations, kernel choice), then ``--events`` events
+timed (fewer for small batches, which are slow: at least 2,000 and at most 250 batches). On CUDA
+the device is synchronised before the clock starts and before it is read. Each cell is the median
+of ``--repeats`` runs (default 3; the machine may be shared). The stream's keys interleave at
+random, so with 100,000 keys most timed events are among the first few of their key (short
+windows, zero start state) rather than in the steady state.
+
+Memory. In a fresh process per device (so that the baseline is not inflated by the throughput
+runs), a learner with ``max_keys`` at ``--memory-keys`` (default 1,000,000) is fed one event of
+every key, in batches of 4,096, so that it ends up tracking that many keys. Reported: the bytes
+of key state per tracked key (the store's tensors and arrays, per allocated slot: the LSTM state
+``h0``, ``c0``, the window of ``tbptt_steps - 1`` input vectors, previous label and timestamp),
+the process's resident memory (VmRSS) before and after and its growth per key (which adds the
+key index: Python strings and an ordered dict), the peak (VmHWM: the store grows its tensors by
+doubling, with the old and the new ones alive together for a moment), and on CUDA the GPU
+memory torch holds.
+
+Usage: ``python benchmarks/bench_learner.py [--device auto|cpu|cuda] [--events N]
+[--repeats 3] [--keys 1,1000,100000] [--batch-sizes 1,8,64,256,1024,4096] [--memory-keys N]
+[--markdown OUT.md]``. ``--device auto`` (the default) runs the CPU, and CUDA too when torch
+sees a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch
 from machine import describe_machine
 
+from stream_lstm.events import Event
 from stream_lstm.generator import temporal_stream
 from stream_lstm.learner import LSTMLearner, set_cpu_threads
 from stream_lstm.report import render_table
+
+#: Batch size of the memory run.
+MEMORY_BATCH = 4096
+
+
+def devices(option: str) -> list[str]:
+    """The devices to benchmark: ``auto`` is the CPU, and CUDA too when there is a GPU."""
+    if option == "auto":
+        return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    return [option]
+
+
+def synchronize(learner: LSTMLearner) -> None:
+    """Wait for the learner's device to finish its queued work (a no-op on the CPU)."""
+    if learner.torch_device.type == "cuda":
+        torch.cuda.synchronize(learner.torch_device)
+
+
+def step(learner: LSTMLearner, batch: list[Event]) -> None:
+    learner.predict_proba_many(batch)
+    learner.learn_many(batch)
+
+
+def rate(device: str, keys: int, batch: int, events: int) -> float:
+    """Events per second of predict + learn over ``events`` events, in batches of ``batch``."""
+    learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch))
+    warm = list(temporal_stream(4 * batch, n_keys=keys, seed=1))
+    stream = list(temporal_stream(events, n_keys=keys, seed=2))
+    for start in range(0, len(warm), batch):  # the first calls allocate and pick kernels
+        step(learner, warm[start : start + batch])
+    synchronize(learner)
+    started = time.perf_counter()
+    for start in range(0, len(stream), batch):
+        step(learner, stream[start : start + batch])
+    synchronize(learner)
+    return len(stream) / (time.perf_counter() - started)
+
+
+def events_for(batch: int, cap: int) -> int:
+    """Events to time at one batch size: at most ``cap`` and 250 batches, at least 2,000."""
+    return max(2_000, min(cap, 250 * batch))
+
+
+def memory_status() -> dict[str, int]:
+    """The process's current (VmRSS) and peak (VmHWM) resident memory, in bytes."""
+    status = {}
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                name, _, value = line.partition(":")
+                if name in ("VmRSS", "VmHWM"):
+                    status[name] = int(value.split()[0]) * 1024  # reported in kB
+    except OSError:  # no /proc: the peak is all getrusage knows (kB on Linux, bytes on macOS)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        status["VmHWM"] = peak if sys.platform == "darwin" else peak * 1024
+    return status
 
 
 def key_state_bytes(learner: LSTMLearner) -> int:
@@ -31,69 +116,141 @@ def key_state_bytes(learner: LSTMLearner) -> int:
     return sum(t.element_size() * t.nelement() for t in tensors) + sum(a.nbytes for a in arrays)
 
 
-def rate(device: str, keys: int, batch: int, events: int) -> float:
-    learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch))
-    stream = list(temporal_stream(events, n_keys=keys, seed=2))
-    warm = stream[: min(len(stream), 4 * batch)]
-    for start in range(0, len(warm), batch):  # first calls allocate and pick kernels
-        learner.predict_proba_many(warm[start : start + batch])
-        learner.learn_many(warm[start : start + batch])
+def memory_probe(device: str, n_keys: int) -> dict[str, float]:
+    """Track ``n_keys`` keys in a fresh learner; what it cost in memory and time."""
+    learner = LSTMLearner(device=device, max_keys=n_keys)
+    step(learner, list(temporal_stream(64, n_keys=64, seed=4)))  # allocate what every run allocates
+    synchronize(learner)
+    before = memory_status()
+    device_before = learner.device_memory_bytes()
     started = time.perf_counter()
-    for start in range(0, len(stream), batch):
-        part = stream[start : start + batch]
-        learner.predict_proba_many(part)
-        learner.learn_many(part)
-    if learner.torch_device.type == "cuda":
-        import torch
+    # Key k<i> for the i-th event: every key once, in order (the generator draws keys at random).
+    batch: list[Event] = []
+    for i, event in enumerate(temporal_stream(n_keys, n_keys=1, seed=3)):
+        batch.append(Event(key=f"k{i}", ts=event.ts, features=event.features, label=event.label))
+        if len(batch) == MEMORY_BATCH:
+            step(learner, batch)
+            batch = []
+    if batch:
+        step(learner, batch)
+    synchronize(learner)
+    seconds = time.perf_counter() - started
+    after = memory_status()
+    return {
+        "keys": len(learner.keys),
+        "slots": learner.keys.h0.shape[0],
+        "state_bytes_per_key": key_state_bytes(learner) / learner.keys.h0.shape[0],
+        "hidden_size": learner.hidden_size,
+        "window_steps": learner.keys.window_steps,
+        "input_size": learner.input_size,
+        "rss_before": before.get("VmRSS", float("nan")),
+        "rss_after": after.get("VmRSS", float("nan")),
+        "peak": after.get("VmHWM", float("nan")),
+        "device_before": device_before,
+        "device_after": learner.device_memory_bytes(),
+        "device_peak": torch.cuda.max_memory_allocated(learner.torch_device) if device != "cpu" else 0,
+        "seconds": seconds,
+    }
 
-        torch.cuda.synchronize()
-    return len(stream) / (time.perf_counter() - started)
+
+def memory_in_fresh_process(device: str, n_keys: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--memory-probe", "--device", device, "--memory-keys", str(n_keys)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the memory run on {device} failed:\n{done.stderr}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def mib(value: float) -> str:
+    return f"{value / 2**20:,.0f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--events", type=int, default=40_000)
-    parser.add_argument("--keys", default="1,1000,100000")
-    parser.add_argument("--batch-sizes", default="1,32,256,4096")
-    parser.add_argument("--million-keys", action="store_true")
-    args = parser.parse_args()
-    set_cpu_threads(1)
-    print(f"Machine: {describe_machine()}; device {args.device}", flush=True)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
-    rows = []
-    for keys in (int(k) for k in args.keys.split(",")):
-        cells = []
-        for batch in sizes:
-            events = min(args.events, 2_000) if batch == 1 else args.events
-            cells.append(f"{rate(args.device, keys, batch, events):,.0f}")
-            print(f"  {keys:,} keys, batch {batch}: {cells[-1]} events/s", flush=True)
-        rows.append([f"{keys:,}", *cells])
-    print("\nLearner events/s (predict + learn), by keys and batch size\n")
-    print(render_table(["keys", *(f"batch {b}" for b in sizes)], rows))
-
-    learner = LSTMLearner(device=args.device, max_keys=1_000_000)
-    tracked = 100_000 if not args.million_keys else 1_000_000
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    stream = temporal_stream(tracked, n_keys=tracked, seed=3)
-    batch: list = []
-    for event in stream:  # every key once: the store ends up tracking `tracked` keys
-        batch.append(event)
-        if len(batch) == 4096:
-            learner.predict_proba_many(batch)
-            learner.learn_many(batch)
-            batch = []
-    if batch:
-        learner.predict_proba_many(batch)
-        learner.learn_many(batch)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    per_key = key_state_bytes(learner) / learner.keys.h0.shape[0]  # bytes per allocated slot
-    window = f"window {learner.keys.window_steps} x {learner.input_size} inputs"
-    print(
-        f"\nKey state: {per_key:,.0f} bytes per tracked key (hidden {learner.hidden_size}, {window}); "
-        f"{len(learner.keys):,} keys tracked; peak RSS grew by {(after - before) / 1024:,.0f} MiB "
-        f"(to {after / 1024:,.0f} MiB)"
+    parser.add_argument(
+        "--device", default="auto", help="auto (CPU, and CUDA when present), cpu, cuda, cuda:N"
     )
+    parser.add_argument("--events", type=int, default=40_000, help="most events timed per cell")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is shown")
+    parser.add_argument("--keys", default="1,1000,100000", help="comma-separated key counts")
+    parser.add_argument("--batch-sizes", default="1,8,64,256,1024,4096", help="comma-separated batch sizes")
+    parser.add_argument(
+        "--memory-keys", type=int, default=1_000_000, help="keys tracked in the memory run (0: none)"
+    )
+    parser.add_argument("--markdown", metavar="OUT.md", help="append the tables to this Markdown file")
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)  # the child run
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA GPU (torch {torch.__version__})")
+    set_cpu_threads(1)
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args.device, args.memory_keys)))
+        return
+
+    machine = f"Machine: {describe_machine()}; one torch CPU thread"
+    print(machine, flush=True)
+    started = time.monotonic()
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    key_counts = [int(k) for k in args.keys.split(",")]
+    sections = []
+    for device in devices(args.device):
+        rows = []
+        for keys in key_counts:
+            cells = []
+            for batch in sizes:
+                runs = [
+                    rate(device, keys, batch, events_for(batch, args.events)) for _ in range(args.repeats)
+                ]
+                cells.append(f"{statistics.median(runs):,.0f}")
+                spread = ", ".join(f"{r:,.0f}" for r in runs)
+                print(
+                    f"  {device}: {keys:,} keys, batch {batch}: {cells[-1]} events/s ({spread})", flush=True
+                )
+            rows.append([f"{keys:,}", *cells])
+        title = (
+            f"Learner events/s on {device} (predict + learn), by keys and batch size; "
+            f"median of {args.repeats} runs"
+        )
+        sections.append(f"{title}\n\n{render_table(['keys', *(f'batch {b}' for b in sizes)], rows)}")
+        print(f"\n{sections[-1]}\n", flush=True)
+
+    if args.memory_keys > 0:
+        rows = []
+        shape = ""
+        for device in devices(args.device):
+            print(f"  {device}: tracking {args.memory_keys:,} keys ...", flush=True)
+            m = memory_in_fresh_process(device, args.memory_keys)
+            shape = (
+                f"hidden {m['hidden_size']}, window {m['window_steps']} x {m['input_size']} inputs, float32"
+            )
+            growth = m["rss_after"] - m["rss_before"]
+            rows.append(
+                [
+                    device,
+                    f"{m['keys']:,}",
+                    f"{m['state_bytes_per_key']:,.0f}",
+                    f"{growth / m['keys']:,.0f}",
+                    mib(m["rss_before"]),
+                    mib(m["rss_after"]),
+                    mib(m["peak"]),
+                    mib(m["device_after"]) if device != "cpu" else "-",
+                    f"{m['seconds']:.1f}",
+                ]
+            )
+        headers = ["device", "keys tracked", "state B/key", "RSS growth B/key", "RSS before MiB",
+                   "RSS after MiB", "peak RSS MiB", "GPU MiB", "seconds"]  # fmt: skip
+        title = (
+            f"Memory at {args.memory_keys:,} tracked keys ({shape}); state B/key: key-state tensors "
+            f"and arrays per slot; RSS growth B/key adds the key index and allocator overhead"
+        )
+        sections.append(f"{title}\n\n{render_table(headers, rows)}")
+        print(f"\n{sections[-1]}\n")
+    print(f"({time.monotonic() - started:.0f} s in all)")
+    if args.markdown:
+        body = "\n\n".join(f"```\n{section}\n```" for section in sections)
+        with open(args.markdown, "a") as handle:
+            handle.write(f"\n# learner benchmark\n\n{machine}\n\n{body}\n")
+        print(f"appended to {args.markdown}")
 
 
 if __name__ == "__main__":

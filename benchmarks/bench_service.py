@@ -4,8 +4,9 @@ On the embedded broker and one topic per key count, in one run: the rate of cons
 decoding the events (raw), of a relay written with the same client that consumes, decodes,
 encodes a prediction-sized record and produces it (the I/O floor of any such service), and of
 the full service (three models, learning, checkpoints) as a `stream-lstm run` process, timed from
-its first processed event to its last. Usage: ``python benchmarks/bench_service.py [--events N]
-[--keys 1,1000,100000]``.
+its first processed event to its last; all of it once per Kafka client library (kafka-python, and
+confluent-kafka when installed). Usage: ``python benchmarks/bench_service.py [--events N]
+[--keys 1,1000,100000] [--clients kafka-python,confluent] [--markdown FILE]``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ from stream_lstm.kafka_io import EventWriter
 from stream_lstm.report import render_table
 
 
-def consume_all(bootstrap: str, topic: str, total: int, handle=None) -> float:
+def consume_all(client: str, bootstrap: str, topic: str, total: int, handle=None) -> float:
     """Read ``total`` records from the start of ``topic``; return the seconds it took."""
+    if client == "confluent":
+        return _consume_all_confluent(bootstrap, topic, total, handle)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=2000)
     consumer.assign([TopicPartition(topic, 0)])
     consumer.seek_to_beginning()
@@ -46,42 +49,96 @@ def consume_all(bootstrap: str, topic: str, total: int, handle=None) -> float:
             for record in records:
                 event = decode_event(record.value, record.key)
                 if handle is not None:
-                    handle(record, event)
-            seen += sum(1 for _ in records)
+                    handle(record.topic, record.partition, record.offset, event)
+            seen += len(records)
     if handle is not None:
-        handle(None, None)
+        handle(None, None, None, None)
     seconds = time.perf_counter() - started
     consumer.close()
     return seconds
 
 
-def relay(bootstrap: str, topic: str, total: int) -> float:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+def _consume_all_confluent(bootstrap: str, topic: str, total: int, handle=None) -> float:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer
+    from confluent_kafka import TopicPartition as ConfluentPartition
 
-    def forward(record, event) -> None:
-        if record is None:
-            producer.flush()
-            return
-        value = {
-            "key": event.key, "ts": event.ts, "label": event.label,
-            "source": {"topic": record.topic, "partition": record.partition, "offset": record.offset},
-            "predictions": {"lstm": 0.5, "logreg": 0.5, "no_change": 0.5}, "model_step": 0,
-        }  # fmt: skip
-        producer.send(topic + "-relay", key=event.key.encode(), value=json.dumps(value).encode())
-
-    seconds = consume_all(bootstrap, topic, total, forward)
-    producer.close()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.list_topics(topic, timeout=10)  # connect and fetch metadata before the clock
+    consumer.assign([ConfluentPartition(topic, 0, OFFSET_BEGINNING)])
+    seen = 0
+    started = time.perf_counter()
+    while seen < total:
+        for record in consumer.consume(num_messages=2000, timeout=1.0):
+            if record.error() is not None:
+                continue
+            event = decode_event(record.value(), record.key())
+            if handle is not None:
+                handle(record.topic(), record.partition(), record.offset(), event)
+            seen += 1
+    if handle is not None:
+        handle(None, None, None, None)
+    seconds = time.perf_counter() - started
+    consumer.close()
     return seconds
 
 
-def service(bootstrap: str, topic: str, total: int, workdir: Path) -> float:
+def relay(client: str, bootstrap: str, topic: str, total: int) -> float:
+    """Consume, decode, encode a prediction-sized record and produce it, with the same client."""
+    if client == "confluent":
+        from confluent_kafka import Producer
+
+        confluent = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+
+        def send(key: bytes, value: bytes) -> None:
+            while True:
+                try:
+                    confluent.produce(topic + "-relay", key=key, value=value)
+                    return
+                except BufferError:
+                    confluent.poll(0.05)
+
+        def finish() -> None:
+            confluent.flush(60)
+    else:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+
+        def send(key: bytes, value: bytes) -> None:
+            producer.send(topic + "-relay", key=key, value=value)
+
+        def finish() -> None:
+            producer.flush()
+            producer.close()
+
+    def forward(source_topic, partition, offset, event) -> None:
+        if event is None:
+            finish()
+            return
+        value = {
+            "key": event.key, "ts": event.ts, "label": event.label,
+            "source": {"topic": source_topic, "partition": partition, "offset": offset},
+            "predictions": {"lstm": 0.5, "logreg": 0.5, "no_change": 0.5}, "model_step": 0,
+        }  # fmt: skip
+        send(event.key.encode(), json.dumps(value).encode())
+
+    return consume_all(client, bootstrap, topic, total, forward)
+
+
+def service(client: str, bootstrap: str, topic: str, total: int, workdir: Path) -> float:
     port = free_port()
     log = (workdir / f"service-{topic}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "stream_lstm", "run", "--bootstrap-servers", bootstrap, "--input-topic", topic,
-         "--output-topic", topic + "-out", "--dead-letter-topic", topic + "-dead", "--group-id", topic,
-         "--checkpoint-dir", str(workdir / topic), "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
-         "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000", "--log-level", "WARNING"],
+         "--output-topic", topic + "-out", "--dead-letter-topic", topic + "-dead",
+         "--group-id", f"{topic}-{client}", "--checkpoint-dir", str(workdir / f"{topic}-{client}"),
+         "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+         "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000", "--log-level", "WARNING",
+         "--kafka-client", client],
         stdout=log, stderr=subprocess.STDOUT,
         env={k: v for k, v in os.environ.items() if not k.startswith("STREAM_LSTM_")},
     )  # fmt: skip
@@ -115,12 +172,28 @@ def service(bootstrap: str, topic: str, total: int, workdir: Path) -> float:
         process.wait(timeout=30)
 
 
+def available_clients(requested: str) -> list[str]:
+    clients = []
+    for name in requested.split(","):
+        if name == "confluent":
+            try:
+                import confluent_kafka  # noqa: F401
+            except ImportError:
+                print("confluent-kafka is not installed: skipping it (pip install confluent-kafka)")
+                continue
+        clients.append(name)
+    return clients
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--keys", default="1,1000,100000")
+    parser.add_argument("--clients", default="kafka-python,confluent")
+    parser.add_argument("--markdown", type=Path, help="append the table to this markdown file")
     args = parser.parse_args()
-    print(f"Machine: {describe_machine()}; client: kafka-python; broker: embedded (Tansu)", flush=True)
+    machine = f"Machine: {describe_machine()}; broker: embedded (Tansu)"
+    print(machine, flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as work, EmbeddedBroker() as broker:
         workdir = Path(work)
@@ -131,14 +204,23 @@ def main() -> None:
             for event in temporal_stream(args.events, n_keys=keys, seed=1):
                 writer.send(event.key, encode_event(event))
             writer.close()
-            raw = args.events / consume_all(broker.bootstrap_servers, topic, args.events)
-            relayed = args.events / relay(broker.bootstrap_servers, topic, args.events)
-            full = args.events / service(broker.bootstrap_servers, topic, args.events, workdir)
-            rows.append([f"{keys:,}", f"{raw:,.0f}", f"{relayed:,.0f}", f"{full:,.0f}",
-                         f"{full / relayed:.2f}", f"{full / raw:.2f}"])  # fmt: skip
-            print(f"  {keys:,} keys done", flush=True)
-    headers = ["keys", "raw events/s", "relay events/s", "service events/s", "service/relay", "service/raw"]
-    print(f"\n{args.events:,} events per key count, one partition\n\n{render_table(headers, rows)}")
+            for client in available_clients(args.clients):
+                bootstrap = broker.bootstrap_servers
+                raw = args.events / consume_all(client, bootstrap, topic, args.events)
+                relayed = args.events / relay(client, bootstrap, topic, args.events)
+                full = args.events / service(client, bootstrap, topic, args.events, workdir)
+                rows.append([client, f"{keys:,}", f"{raw:,.0f}", f"{relayed:,.0f}", f"{full:,.0f}",
+                             f"{full / relayed:.2f}", f"{full / raw:.2f}"])  # fmt: skip
+                print(f"  {client}, {keys:,} keys done", flush=True)
+    headers = [
+        "client", "keys", "raw events/s", "relay events/s", "service events/s", "service/relay", "service/raw"
+    ]  # fmt: skip
+    title = f"{args.events:,} events per key count, one partition"
+    table = render_table(headers, rows)
+    print(f"\n{title}\n\n{table}")
+    if args.markdown:
+        with args.markdown.open("a") as out:
+            out.write(f"\n# service benchmark\n\n{machine}\n\n```\n{title}\n\n{table}\n```\n")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ was learned from earlier batches plus, for ``no_change``, earlier labels of the 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from river import linear_model, optim, preprocessing
@@ -104,3 +104,35 @@ class NoChangeBaseline:
                 stored.move_to_end(event.key)
         while len(stored) > self.max_keys:
             stored.popitem(last=False)
+
+    def tracked_keys(self) -> Collection[str]:
+        """The keys whose latest label is known."""
+        return self.last_label.keys()
+
+    def export_keys(self, keys: Sequence[str]) -> dict[str, int]:
+        """The latest label of those of ``keys`` that have one (see :meth:`import_keys`)."""
+        wanted = set(keys)
+        return {key: label for key, label in self.last_label.items() if key in wanted}
+
+    def import_keys(self, state: dict[str, int]) -> None:
+        """Take over the latest labels of an :meth:`export_keys`."""
+        stored = self.last_label
+        for key, label in state.items():
+            stored[key] = label
+            stored.move_to_end(key)
+        while len(stored) > self.max_keys:
+            stored.popitem(last=False)
+
+    def forget_keys(self, keys: Sequence[str]) -> None:
+        """Drop the latest label of ``keys``."""
+        for key in keys:
+            self.last_label.pop(key, None)
+
+    def detach_keys(self) -> OrderedDict[str, int]:
+        """Take out every key's label, leaving none; :meth:`attach_keys` puts them back."""
+        labels, self.last_label = self.last_label, OrderedDict()
+        return labels
+
+    def attach_keys(self, labels: OrderedDict[str, int]) -> None:
+        """Put back what :meth:`detach_keys` took out."""
+        self.last_label = labels

@@ -25,8 +25,26 @@ RUNTIME_SETTINGS: tuple[Setting, ...] = (
     Setting("torch_threads", positive_int, 1, "CPU threads torch may use for the LSTM"),
 )
 
+
+def kafka_client(value: str) -> str:
+    """A ``--kafka-client`` value whose library is installed."""
+    from stream_lstm.kafka_io import check_kafka_client
+
+    try:
+        return check_kafka_client(value)
+    except ConfigError as error:  # argparse turns ValueError into a usage message
+        raise ValueError(str(error)) from None
+
+
 KAFKA_SETTINGS: tuple[Setting, ...] = (
     Setting("bootstrap_servers", str, "127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT]"),
+    Setting(
+        "kafka_client",
+        kafka_client,
+        "kafka-python",
+        "Kafka client library: kafka-python (pure Python) or confluent (librdkafka, faster; "
+        "pip install 'stream-lstm[confluent]')",
+    ),
 )
 
 RUN_SETTINGS: tuple[Setting, ...] = (
@@ -35,7 +53,20 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting("output_topic", str, "predictions", "topic the predictions are written to"),
     Setting("dead_letter_topic", str, "dead-letters", "topic malformed messages are written to"),
     Setting("group_id", str, "stream-lstm", "Kafka consumer group of the service"),
-    Setting("checkpoint_dir", str, "checkpoints", "directory of the checkpoint (learner state and offsets)"),
+    Setting(
+        "checkpoint_dir",
+        str,
+        "checkpoints",
+        "checkpoint store: per-partition offsets and key states, per-instance weights "
+        "(share it between the instances of a group)",
+    ),
+    Setting(
+        "instance_id",
+        str,
+        None,
+        "this instance's name in the checkpoint store (default: the host name); "
+        "unique among running instances",
+    ),
     Setting("checkpoint_every", positive_int, 10_000, "checkpoint after this many messages"),
     Setting("checkpoint_interval", positive_float, 5.0, "checkpoint at least this often, in seconds"),
     Setting("metrics_port", non_negative_int, 9100, "port of /metrics and /healthz (0: any free port)"),
@@ -45,7 +76,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "transactional_id",
         str,
         None,
-        "--exactly-once: transactional id (default: stream-lstm-GROUP-HOSTNAME)",
+        "--exactly-once: transactional id (default: stream-lstm-GROUP-INSTANCE_ID)",
     ),
     Setting("max_message_bytes", positive_int, 1_000_000, "larger messages go to the dead-letter topic"),
     Setting("session_timeout_ms", positive_int, 10_000, "consumer group session timeout"),
@@ -297,6 +328,7 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
     from stream_lstm.evaluation import PrequentialEvaluator, build_models
     from stream_lstm.kafka_io import KafkaSettings
     from stream_lstm.service import ServiceSettings, StreamService
+    from stream_lstm.state_store import check_instance_id, default_instance_id
     from stream_lstm.telemetry import MetricsServer, Telemetry
 
     logging.basicConfig(
@@ -316,6 +348,7 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         )
         return PrequentialEvaluator(models, window=settings["window"], max_keys=settings["max_keys"])
 
+    instance_id = check_instance_id(settings["instance_id"] or default_instance_id())
     kafka = KafkaSettings(
         bootstrap_servers=settings["bootstrap_servers"],
         input_topic=settings["input_topic"],
@@ -323,10 +356,11 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         dead_letter_topic=settings["dead_letter_topic"],
         group_id=settings["group_id"],
         exactly_once=settings["exactly_once"],
-        transactional_id=settings["transactional_id"],
+        transactional_id=settings["transactional_id"] or f"stream-lstm-{settings['group_id']}-{instance_id}",
         session_timeout_ms=settings["session_timeout_ms"],
         heartbeat_interval_ms=settings["heartbeat_interval_ms"],
         max_poll_interval_ms=settings["max_poll_interval_ms"],
+        client=settings["kafka_client"],
     )
     service = StreamService(
         ServiceSettings(
@@ -336,6 +370,7 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
             checkpoint_every=settings["checkpoint_every"],
             checkpoint_interval_s=settings["checkpoint_interval"],
             max_message_bytes=settings["max_message_bytes"],
+            instance_id=instance_id,
         ),
         new_evaluator=new_evaluator,
         telemetry=(telemetry := Telemetry()),
@@ -408,7 +443,7 @@ def _produce(args: argparse.Namespace, settings: dict[str, Any], parser: argpars
                 return
 
     events: Iterator[Event] = islice(stream(), args.limit) if args.limit else stream()
-    writer = EventWriter(settings["bootstrap_servers"], settings["topic"])
+    writer = EventWriter(settings["bootstrap_servers"], settings["topic"], client=settings["kafka_client"])
     rate = settings["rate"]
     progress = ProgressLine(args.limit)
     started = time.monotonic()

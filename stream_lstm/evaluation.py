@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,6 +33,26 @@ class OnlineClassifier(Protocol):
     def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray: ...
 
     def learn_many(self, events: Sequence[Event]) -> None: ...
+
+
+class KeyedState(Protocol):
+    """What a model with per-key state offers so that keys can move between processes."""
+
+    def tracked_keys(self) -> Collection[str]: ...
+
+    def export_keys(self, keys: Sequence[str]) -> Any: ...
+
+    def import_keys(self, state: Any) -> None: ...
+
+    def forget_keys(self, keys: Sequence[str]) -> None: ...
+
+    def detach_keys(self) -> Any: ...
+
+    def attach_keys(self, store: Any) -> None: ...
+
+
+#: The name under which the kappa-temporal reference's key state is exported.
+REFERENCE = "_reference"
 
 
 def build_models(
@@ -239,6 +260,14 @@ class PrequentialEvaluator:
         self.keep_trace = keep_trace
         self.trace: dict[str, list[np.ndarray]] = {name: [] for name in self.models}
 
+    def reset_scores(self) -> None:
+        """Start the scores and counts afresh, keeping the models (a warm start from another run)."""
+        self.scores = {name: Scorer(window=self.window) for name in self.models}
+        self.seconds = dict.fromkeys(self.models, 0.0)
+        self.events = 0
+        self.labelled = 0
+        self.trace = {name: [] for name in self.models}
+
     def predict(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
         """Every model's probabilities for the batch, before any of it is learned."""
         predictions = {}
@@ -278,6 +307,50 @@ class PrequentialEvaluator:
         predictions = self.predict(events)
         self.learn(events, predictions)
         return predictions
+
+    # ------------------------------------------------------------------ per-key state
+
+    def _keyed(self) -> dict[str, KeyedState]:
+        keyed: dict[str, Any] = {
+            name: model for name, model in self.models.items() if hasattr(model, "export_keys")
+        }
+        keyed[REFERENCE] = self.reference
+        return keyed
+
+    def export_keys(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Every model's state of ``keys`` (recurrent states, previous labels), by model name.
+
+        This is what a Kafka partition's next owner needs besides the offsets; weights and
+        scores are not part of it.
+        """
+        return {name: model.export_keys(keys) for name, model in self._keyed().items()}
+
+    def held_keys(self, keys: Iterable[str]) -> set[str]:
+        """Those of ``keys`` that some model still tracks (the others were evicted everywhere)."""
+        tracked = [model.tracked_keys() for model in self._keyed().values()]
+        return {key for key in keys if any(key in held for held in tracked)}
+
+    def import_keys(self, state: Mapping[str, Any]) -> None:
+        """Continue the keys of an :meth:`export_keys` (models absent from it are skipped)."""
+        for name, model in self._keyed().items():
+            if name in state:
+                model.import_keys(state[name])
+
+    def forget_keys(self, keys: Sequence[str]) -> None:
+        """Drop every model's state of ``keys``."""
+        for model in self._keyed().values():
+            model.forget_keys(keys)
+
+    @contextmanager
+    def keys_set_aside(self) -> Iterator[None]:
+        """Inside the block no model tracks any key (to save weights without key states)."""
+        keyed = self._keyed()
+        stores = {name: model.detach_keys() for name, model in keyed.items()}
+        try:
+            yield
+        finally:
+            for name, model in keyed.items():
+                model.attach_keys(stores[name])
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per model: whole-stream scores, rolling scores and the model's own events/s."""

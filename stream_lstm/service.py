@@ -2,16 +2,18 @@
 
 This is the one module where the learner and Kafka meet, and it sees neither torch nor
 kafka-python: models come through :class:`~stream_lstm.evaluation.PrequentialEvaluator`, Kafka
-through :class:`~stream_lstm.kafka_io.KafkaIO`.
+through :class:`~stream_lstm.kafka_io.KafkaClient` (kafka-python or confluent-kafka).
 
 Delivery semantics. Predictions are produced asynchronously. Every ``checkpoint_every`` events or
 ``checkpoint_interval_s`` seconds (and on partition revocation and shutdown) the service waits
-until the broker has acknowledged every prediction, writes a checkpoint holding the whole learner
-state together with the next offset of every partition, and only then commits those offsets. On
-start and on assignment it seeks each partition to the checkpoint's offset, so after a crash the
-events since the last checkpoint are processed again: they get a second prediction (the same
-source coordinates identify it) but the restored learner learns them once. If predictions cannot
-be delivered, the service rolls back to its last checkpoint the same way.
+until the broker has acknowledged every prediction, writes a checkpoint of every partition it
+changed (next offset, counts, the state of the partition's keys) and of its own weights to the
+checkpoint store (:mod:`stream_lstm.state_store`), and only then commits those offsets. On
+assignment it loads each partition's checkpoint (written by itself or by the partition's previous
+owner) and seeks to its offset, so after a crash or a takeover the events since the last
+checkpoint are processed again: they get a second prediction (the same source coordinates
+identify it) but the restored key states learn them once. If predictions cannot be delivered,
+the service rolls back to its last checkpoint the same way.
 
 With ``exactly_once``, predictions and offsets go in one Kafka transaction per checkpoint
 interval, committed just before the checkpoint is written; after a crash between the two, the
@@ -31,16 +33,22 @@ from pathlib import Path
 from typing import Any
 
 from stream_lstm import __version__
-from stream_lstm.checkpoint import load_checkpoint, save_checkpoint
-from stream_lstm.errors import CheckpointError, EventError
+from stream_lstm.errors import CheckpointError, ConfigError, EventError
 from stream_lstm.evaluation import PrequentialEvaluator
 from stream_lstm.events import MAX_MESSAGE_BYTES, Event, decode_event
-from stream_lstm.kafka_io import DeliveryPending, KafkaIO, KafkaIOError, KafkaSettings, Message, Partition
+from stream_lstm.kafka_io import (
+    DeliveryPending,
+    KafkaClient,
+    KafkaIOError,
+    KafkaSettings,
+    Message,
+    Partition,
+    open_kafka,
+)
+from stream_lstm.state_store import DirectoryStore, InstanceState, PartitionState, default_instance_id
 from stream_lstm.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "state.ckpt"
 
 #: Consumer lag needs a request to the broker: refresh it this often, in seconds.
 LAG_REFRESH_S = 5.0
@@ -62,19 +70,18 @@ class ServiceSettings:
     flush_timeout_s: float = 10.0
     max_message_bytes: int = MAX_MESSAGE_BYTES
     scores_interval_s: float = 1.0
+    instance_id: str = field(default_factory=default_instance_id)
 
 
 @dataclass
-class _State:
-    """What a checkpoint holds: the learner and the exact point in the stream it has reached."""
+class _PartitionProgress:
+    """What this instance holds of one partition between checkpoints."""
 
-    evaluator: PrequentialEvaluator
-    # Next offset to read per partition, i.e. last processed offset + 1.
-    offsets: dict[Partition, int] = field(default_factory=dict)
-    # Messages processed (predicted or dead-lettered) per partition: equals the offsets when every
-    # message was handled exactly once from offset 0.
-    processed: dict[Partition, int] = field(default_factory=dict)
-    version: str = __version__
+    offset: int  # next offset to read, i.e. last handled offset + 1
+    events: int = 0  # messages predicted and learned
+    dead_letters: int = 0
+    keys: set[str] = field(default_factory=set)  # keys seen here whose state may be tracked
+    dirty: bool = False  # changed since its last checkpoint
 
 
 class StreamService:
@@ -98,15 +105,23 @@ class StreamService:
         *,
         new_evaluator: Callable[[], PrequentialEvaluator],
         telemetry: Telemetry,
-        kafka_factory: Callable[..., KafkaIO] = KafkaIO,
+        kafka_factory: Callable[..., KafkaClient] = open_kafka,
     ) -> None:
         self.settings = settings
         self.new_evaluator = new_evaluator
         self.telemetry = telemetry
         self.kafka_factory = kafka_factory
-        self.checkpoint_path = Path(settings.checkpoint_dir) / CHECKPOINT_FILE
-        self.state = self._load_state()
-        self.kafka: KafkaIO | None = None
+        self.instance_id = settings.instance_id
+        self.store = DirectoryStore(settings.checkpoint_dir)
+        self.store.lock_instance(self.instance_id)
+        try:
+            self.evaluator = self._load_evaluator()
+        except Exception:
+            self.store.unlock_instance(self.instance_id)
+            raise
+        self._instance_saved = self.store.load_instance(self.instance_id) is not None
+        self.partitions: dict[Partition, _PartitionProgress] = {}
+        self.kafka: KafkaClient | None = None
         self._stop = threading.Event()
         self._replay_until: dict[Partition, int] = {}
         self._unchecked: set[Partition] = set()  # assigned partitions whose committed offset is unread
@@ -139,12 +154,15 @@ class StreamService:
                 self.kafka = self.kafka_factory(
                     self.settings.kafka, on_assigned=self._on_assigned, on_revoked=self._on_revoked
                 )
+            except ConfigError:
+                raise  # a setting the client refuses: retrying cannot help
             except Exception as error:  # kafka-python raises several types for "no broker"
                 self._set_connected(
                     False, f"cannot connect to {self.settings.kafka.bootstrap_servers}: {error}"
                 )
                 self._stop.wait(backoff.next())
         if self.kafka is None:
+            self.store.unlock_instance(self.instance_id)
             return
         self._set_connected(True)
         self.telemetry.learner_info.info(self.learner_info())
@@ -205,6 +223,7 @@ class StreamService:
         except Exception as error:
             log.warning("closing the Kafka client: %s", error)
         self.kafka = None
+        self.store.unlock_instance(self.instance_id)
 
     # ------------------------------------------------------------------ the data path
 
@@ -216,12 +235,19 @@ class StreamService:
         events: list[Event] = []
         sources: list[Message] = []
         replayed: list[bool] = []
+        partitions = self.partitions
         for message in messages:
             partition = (message.topic, message.partition)
+            progress = partitions.get(partition)
+            if progress is None:
+                progress = partitions[partition] = _PartitionProgress(offset=message.offset)
+            progress.offset = message.offset + 1
+            progress.dirty = True
             replay = message.offset < self._replay_until.get(partition, -1)
             try:
                 event = decode_event(message.value, message.key, max_bytes=settings.max_message_bytes)
             except EventError as error:
+                progress.dead_letters += 1
                 if not replay:
                     self._dead_letter(message, error)
                 continue
@@ -229,16 +255,19 @@ class StreamService:
                 log.exception(
                     "unexpected error decoding %s:%d@%d", message.topic, message.partition, message.offset
                 )
+                progress.dead_letters += 1
                 if not replay:
                     self._dead_letter(message, EventError(f"cannot decode: {error!r}", "invalid"))
                 continue
+            progress.events += 1
+            progress.keys.add(event.key)
             events.append(event)
             sources.append(message)
             replayed.append(replay)
         decoded = time.perf_counter()
         stage.labels(stage="decode").observe(decoded - started)
         if events:
-            predictions = self.state.evaluator.predict(events)
+            predictions = self.evaluator.predict(events)
             predicted = time.perf_counter()
             stage.labels(stage="predict").observe(predicted - decoded)
             step = self._model_step()
@@ -273,16 +302,12 @@ class StreamService:
             published = len(events) - sum(replayed)
             for name in names:
                 self.telemetry.predictions.labels(model=name).inc(published)
-            self.state.evaluator.learn(events, predictions)
+            self.evaluator.learn(events, predictions)
             stage.labels(stage="learn").observe(time.perf_counter() - produced)
             self.telemetry.events.labels(outcome="processed").inc(len(events))
             unlabelled = sum(1 for event in events if event.label is None)
             if unlabelled:
                 self.telemetry.unlabelled.inc(unlabelled)
-        for message in messages:
-            partition = (message.topic, message.partition)
-            self.state.offsets[partition] = message.offset + 1
-            self.state.processed[partition] = self.state.processed.get(partition, 0) + 1
         self._since_checkpoint += len(messages)
 
     def _dead_letter(self, message: Message, error: EventError) -> None:
@@ -309,8 +334,8 @@ class StreamService:
         log.debug("dead letter %s:%d@%d: %s", message.topic, message.partition, message.offset, error)
 
     def _model_step(self) -> int:
-        lstm = self.state.evaluator.models.get("lstm")
-        return int(getattr(lstm, "steps", self.state.evaluator.events))
+        lstm = self.evaluator.models.get("lstm")
+        return int(getattr(lstm, "steps", self.evaluator.events))
 
     # ------------------------------------------------------------------ checkpoints and offsets
 
@@ -327,9 +352,9 @@ class StreamService:
     ) -> bool:
         """Flush, commit (exactly-once: the transaction), checkpoint, commit; True on success."""
         assert self.kafka is not None
-        if self._since_checkpoint == 0 and self.checkpoint_path.exists():
+        if self._since_checkpoint == 0 and self._instance_saved:
             return True
-        offsets = dict(self.state.offsets)
+        offsets = {p: progress.offset for p, progress in self.partitions.items()}
         # While replaying, the group's committed offset is ahead of the learner: never move it back.
         committed = {p: max(o, self._replay_until.get(p, 0)) for p, o in offsets.items()}
         try:
@@ -350,7 +375,7 @@ class StreamService:
             return False
         started = time.perf_counter()
         try:
-            save_checkpoint(self.checkpoint_path, self.state)
+            self._save_checkpoints()
         except CheckpointError as error:
             self.telemetry.checkpoints.labels(result="failed").inc()
             log.error("%s", error)
@@ -364,29 +389,102 @@ class StreamService:
             try:
                 self.kafka.commit(committed)
             except KafkaIOError as error:
-                # The checkpoint holds the offsets; the group's copy only lags behind.
-                log.warning("offset commit failed (the checkpoint has them): %s", error)
+                # The checkpoints hold the offsets; the group's copy only lags behind.
+                log.warning("offset commit failed (the checkpoints have them): %s", error)
                 return True
         self._set_connected(True)
         return True
 
-    def _load_state(self) -> _State:
-        if self.checkpoint_path.exists():
-            state = load_checkpoint(self.checkpoint_path)
-            if not isinstance(state, _State):
-                raise CheckpointError(f"{self.checkpoint_path} does not hold a service checkpoint")
-            log.info(
-                "resuming from %s: %d events learned, offsets %s",
-                self.checkpoint_path,
-                state.evaluator.events,
-                {f"{t}:{p}": o for (t, p), o in sorted(state.offsets.items())},
+    def _save_checkpoints(self) -> None:
+        """Write every changed partition's checkpoint, then this instance's weights."""
+        evaluator = self.evaluator
+        changed = [p for p, progress in self.partitions.items() if progress.dirty]
+        for partition in changed:
+            progress = self.partitions[partition]
+            key_state = evaluator.export_keys(sorted(progress.keys))
+            progress.keys = evaluator.held_keys(progress.keys)
+            self.store.save_partition(
+                PartitionState(
+                    topic=partition[0],
+                    partition=partition[1],
+                    offset=progress.offset,
+                    events=progress.events,
+                    dead_letters=progress.dead_letters,
+                    keys=sorted(progress.keys),
+                    key_state=key_state,
+                    instance=self.instance_id,
+                )
             )
-            return state
-        log.info("no checkpoint at %s: starting a fresh learner", self.checkpoint_path)
-        return _State(evaluator=self.new_evaluator())
+            progress.dirty = False
+        with evaluator.keys_set_aside():
+            self.store.save_instance(InstanceState(evaluator=evaluator, instance=self.instance_id))
+        self._instance_saved = True
+
+    def _load_evaluator(self) -> PrequentialEvaluator:
+        """This instance's last weights; else warm-start from another instance's; else fresh."""
+        own = self.store.load_instance(self.instance_id)
+        if own is not None:
+            log.info(
+                "instance %s resumes its learner from %s (%d events learned)",
+                self.instance_id,
+                self.store.describe(),
+                own.evaluator.events,
+            )
+            return own.evaluator
+        other = self.store.newest_other_instance(self.instance_id)
+        if other is not None:
+            log.info(
+                "instance %s starts from the weights of instance %s (%d events learned) in %s",
+                self.instance_id,
+                other.instance,
+                other.evaluator.events,
+                self.store.describe(),
+            )
+            other.evaluator.reset_scores()
+            return other.evaluator
+        log.info(
+            "no checkpoint in %s: instance %s starts a fresh learner", self.store.describe(), self.instance_id
+        )
+        return self.new_evaluator()
+
+    def _restore_partition(self, partition: Partition) -> None:
+        """Take ``partition``'s checkpoint from the store: its offset, counts and key states."""
+        try:
+            saved = self.store.load_partition(partition)
+        except CheckpointError as error:
+            # Without its key states the partition cannot continue exactly; the keys restart
+            # from zero state at the group's committed offset rather than stopping the stream.
+            log.error("partition %s:%d: %s; its keys start afresh", *partition, error)
+            saved = None
+        if saved is None:
+            return
+        self.evaluator.import_keys(saved.key_state)
+        self.partitions[partition] = _PartitionProgress(
+            offset=saved.offset,
+            events=saved.events,
+            dead_letters=saved.dead_letters,
+            keys=set(saved.keys),
+        )
+        log.info(
+            "partition %s:%d: continuing at offset %d with %d keys (checkpoint of instance %s)",
+            *partition,
+            saved.offset,
+            len(saved.keys),
+            saved.instance or "?",
+        )
+
+    def _release_partitions(self, partitions: Sequence[Partition]) -> None:
+        """Forget what this instance holds of ``partitions`` (their next owner loads it)."""
+        for partition in partitions:
+            progress = self.partitions.pop(partition, None)
+            if progress is not None:
+                self.evaluator.forget_keys(list(progress.keys))
+            self._replay_until.pop(partition, None)
+            self._unchecked.discard(partition)
+            self._needs_seek.discard(partition)
 
     def _rollback(self) -> None:
-        """Go back to the last checkpoint: its learner, and its offsets for every partition."""
+        """Go back to the last checkpoints: this instance's weights, and every owned partition."""
         assert self.kafka is not None
         log.warning("rolling back to the last checkpoint; events since then will be processed again")
         try:
@@ -397,11 +495,16 @@ class StreamService:
             self.kafka.reset_producer()
         except Exception as error:  # the next failure rolls back again and retries this
             log.warning("recreating the producer failed: %s", error)
-        self.state = self._load_state()
+        self.evaluator = self._load_evaluator()
+        self.partitions = {}
+        self._replay_until = {}
         self._evictions_seen = self._lstm_evictions()
         self._since_checkpoint = 0
         self._rollback_requested = False
-        self._needs_seek.update(self.kafka.assignment())
+        owned = self.kafka.assignment()
+        for partition in owned:
+            self._restore_partition(partition)
+        self._needs_seek.update(owned)
         self._seek_pending()
 
     def _seek_pending(self) -> None:
@@ -409,7 +512,7 @@ class StreamService:
         assert self.kafka is not None
         for partition in sorted(self._needs_seek):
             try:
-                if partition in self.state.offsets:
+                if partition in self.partitions:
                     self._seek_to_resume_point(partition)
                 else:
                     self._seek_without_checkpoint(partition)
@@ -421,9 +524,9 @@ class StreamService:
     def _seek_to_resume_point(self, partition: Partition) -> None:
         """Seek to the checkpoint's offset; without one, the group's committed offset applies."""
         assert self.kafka is not None
-        offset = self.state.offsets.get(partition)
-        if offset is not None:
-            self.kafka.seek(partition, offset)
+        progress = self.partitions.get(partition)
+        if progress is not None:
+            self.kafka.seek(partition, progress.offset)
         elif self.settings.kafka.exactly_once:
             # The learner has never seen this partition, but a crashed run may have committed
             # some of it: learn it from the start; the replay below keeps it from being re-published.
@@ -449,27 +552,33 @@ class StreamService:
         while self._unchecked:
             partition = self._unchecked.pop()
             committed = self.kafka.committed(partition)
-            if committed is not None and committed > self.state.offsets.get(partition, 0):
+            progress = self.partitions.get(partition)
+            if committed is not None and committed > (progress.offset if progress else 0):
                 # Learn these again without publishing them again.
                 self._replay_until[partition] = committed
 
     def _on_assigned(self, partitions: list[Partition]) -> None:
-        # Called inside poll(), on kafka-python's network thread: seek only (it does not block).
+        # Called inside poll(): load from the store and seek only (no blocking broker calls).
         log.info("assigned %s", partitions)
         for partition in partitions:
+            if partition not in self.partitions:
+                self._restore_partition(partition)
             self._seek_to_resume_point(partition)
 
     def _on_revoked(self, partitions: list[Partition]) -> None:
         log.info("revoked %s", partitions)
         if self.settings.kafka.exactly_once:
-            # The transaction cannot be committed from kafka-python's network thread; the next
-            # commit fails for the revoked partitions and rolls back to the checkpoint instead.
-            return
-        if partitions and self._since_checkpoint and not self.stopping:
+            # The transaction cannot be committed from inside poll(): drop the open interval (its
+            # records were never sent) and go back to the checkpoints, which the next owner of
+            # the revoked partitions loads too.
+            if self._since_checkpoint:
+                self._rollback_requested = True
+        elif partitions and self._since_checkpoint and not self.stopping:
             # Consumer calls cannot block here: checkpoint (the source of truth for offsets) and
             # let the group's offsets catch up at the next commit. Keep the flush well inside the
             # session timeout, since heartbeats wait for this callback.
             self._checkpoint_and_commit(commit_offsets=False, in_callback=True, flush_timeout_s=2.0)
+        self._release_partitions(partitions)
 
     # ------------------------------------------------------------------ health and scores
 
@@ -496,8 +605,8 @@ class StreamService:
         now = time.monotonic()
         if now - self._last_scores >= self.settings.scores_interval_s:
             self._last_scores = now
-            self.telemetry.set_scores(self.state.evaluator.report())
-            self.telemetry.learned_events.set(self.state.evaluator.events)
+            self.telemetry.set_scores(self.evaluator.report())
+            self.telemetry.learned_events.set(self.evaluator.events)
             self._publish_learner_stats()
         if now >= self._next_lag_refresh and self.kafka is not None:
             self._next_lag_refresh = now + LAG_REFRESH_S
@@ -511,7 +620,7 @@ class StreamService:
 
     def _publish_learner_stats(self) -> None:
         """Training loss, gradient norm, key counts and device memory of the LSTM, if it runs."""
-        lstm = self.state.evaluator.models.get("lstm")
+        lstm = self.evaluator.models.get("lstm")
         if lstm is None:
             return
         stats = lstm.training_stats()  # reads two device values: once a second, not per batch
@@ -526,13 +635,17 @@ class StreamService:
         self.telemetry.gpu_memory.set(lstm.device_memory_bytes())
 
     def _lstm_evictions(self) -> int:
-        lstm = self.state.evaluator.models.get("lstm")
+        lstm = self.evaluator.models.get("lstm")
         return lstm.keys.evictions if lstm is not None else 0
 
     def learner_info(self) -> dict[str, str]:
         """Device, models and hyperparameters, for the info metric."""
-        info = {"version": __version__, "models": ",".join(self.state.evaluator.models)}
-        lstm = self.state.evaluator.models.get("lstm")
+        info = {
+            "version": __version__,
+            "instance_id": self.instance_id,
+            "models": ",".join(self.evaluator.models),
+        }
+        lstm = self.evaluator.models.get("lstm")
         if lstm is not None:
             info["device"] = str(lstm.torch_device)
             info.update(
@@ -541,7 +654,7 @@ class StreamService:
         else:
             info["device"] = "none"
         info["batch_size"] = str(self.settings.batch_size)
-        info["window"] = str(self.state.evaluator.window)
+        info["window"] = str(self.evaluator.window)
         return info
 
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -551,7 +664,7 @@ class StreamService:
             "broker_connected": self._broker_connected,
             "stopping": self.stopping,
             "last_error": self._last_error,
-            "events_learned": self.state.evaluator.events,
+            "events_learned": self.evaluator.events,
         }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,10 @@ class KeyStateStore:
 
     def __contains__(self, key: object) -> bool:
         return key in self._slots
+
+    def tracked(self) -> Collection[str]:
+        """A live view of the tracked keys (cheap membership tests)."""
+        return self._slots.keys()
 
     def keys(self) -> list[str]:
         """Tracked keys, least recently used first."""
@@ -126,6 +130,53 @@ class KeyStateStore:
         self.window_len[slots] = 0
         self.prev_label[slots] = NO_LABEL
         self.last_ts[slots] = np.nan
+
+    def export(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The state of those of ``keys`` that are tracked, on the CPU, oldest first.
+
+        What a partition's new owner passes to :meth:`import_` to continue these keys exactly.
+        """
+        wanted = set(keys)
+        kept = [(key, slot) for key, slot in self._slots.items() if key in wanted]
+        slots = np.asarray([slot for _, slot in kept], dtype=np.int64)
+        index = torch.as_tensor(slots, device=self.device)
+        return {
+            "keys": [key for key, _ in kept],
+            "h0": self.h0.index_select(0, index).cpu(),
+            "c0": self.c0.index_select(0, index).cpu(),
+            "window": self.window.index_select(0, index).cpu(),
+            "window_len": self.window_len[slots].copy(),
+            "prev_label": self.prev_label[slots].copy(),
+            "last_ts": self.last_ts[slots].copy(),
+        }
+
+    def import_(self, state: dict[str, Any]) -> None:
+        """Track the keys of an :meth:`export`, replacing what is held for them (LRU applies)."""
+        keys = state["keys"]
+        if not keys:
+            return
+        if state["window"].shape[1:] != self.window.shape[1:] or state["h0"].shape[1] != self.hidden_size:
+            raise ConfigError(
+                "key states were saved with other sizes (hidden_size, tbptt_steps or max_features "
+                "differ); they cannot be continued"
+            )
+        keys = keys[-self.max_keys :]  # the most recently used ones, if there are too many
+        count = len(keys)
+        slots = self.lookup(keys)
+        index = torch.as_tensor(slots, device=self.device)
+        self.h0.index_copy_(0, index, state["h0"][-count:].to(self.device))
+        self.c0.index_copy_(0, index, state["c0"][-count:].to(self.device))
+        self.window.index_copy_(0, index, state["window"][-count:].to(self.device))
+        self.window_len[slots] = state["window_len"][-count:]
+        self.prev_label[slots] = state["prev_label"][-count:]
+        self.last_ts[slots] = state["last_ts"][-count:]
+
+    def forget(self, keys: Sequence[str]) -> None:
+        """Stop tracking ``keys`` (not counted as evictions): their slots are free again."""
+        freed = [slot for key in keys if (slot := self._slots.pop(key, None)) is not None]
+        if freed:
+            self._reset(np.asarray(freed, dtype=np.int64))
+            self._free.extend(freed)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the store exactly, tensors moved to the CPU."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,13 +147,7 @@ class LSTMLearner:
         lstm = self.network.lstm
         self._lstm_weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
         self.optimizer = torch.optim.Adam(self._parameters, lr=self.learning_rate, fused=True)
-        self.keys = KeyStateStore(
-            max_keys=self.max_keys,
-            hidden_size=self.hidden_size,
-            window_steps=max(self.tbptt_steps - 1, 1),
-            input_size=self.input_size,
-            device=self._device,
-        )
+        self.keys = self._new_key_store()
         # The log time gap is standardised like a feature, in the last scaler column.
         self.scaler = RunningScaler(self.max_features + 1)
         self.feature_columns: dict[str, int] = {}
@@ -165,6 +159,15 @@ class LSTMLearner:
         self._last_loss: torch.Tensor | None = None
         self._last_grad_norm: torch.Tensor | None = None
         self._pending: _Pending | None = None
+
+    def _new_key_store(self) -> KeyStateStore:
+        return KeyStateStore(
+            max_keys=self.max_keys,
+            hidden_size=self.hidden_size,
+            window_steps=max(self.tbptt_steps - 1, 1),
+            input_size=self.input_size,
+            device=self._device,
+        )
 
     @property
     def torch_device(self) -> torch.device:
@@ -584,6 +587,48 @@ class LSTMLearner:
         column = len(self.feature_columns)
         self.feature_columns[name] = column
         return column
+
+    # ------------------------------------------------------------------ per-key state
+
+    def tracked_keys(self) -> Collection[str]:
+        """The keys that hold a state now."""
+        return self.keys.tracked()
+
+    def export_keys(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The recurrent state and window of those of ``keys`` that are tracked (CPU tensors).
+
+        With :meth:`import_keys` this moves keys between learners (a Kafka partition changing
+        owner): the receiver continues them exactly where this learner left them.
+        """
+        self._check_no_pending()
+        return self.keys.export(keys)
+
+    def import_keys(self, state: dict[str, Any]) -> None:
+        """Continue the keys of an :meth:`export_keys`, replacing their current state."""
+        self._check_no_pending()
+        self.keys.import_(state)
+
+    def forget_keys(self, keys: Sequence[str]) -> None:
+        """Drop the state of ``keys``: they restart from a zero state if they come back."""
+        self._check_no_pending()
+        self.keys.forget(keys)
+
+    def detach_keys(self) -> KeyStateStore:
+        """Take out every key's state, leaving none tracked; :meth:`attach_keys` puts it back.
+
+        Lets the weights be saved without the key states, which are saved per partition.
+        """
+        self._check_no_pending()
+        store, self.keys = self.keys, self._new_key_store()
+        return store
+
+    def attach_keys(self, store: KeyStateStore) -> None:
+        """Put back what :meth:`detach_keys` took out."""
+        self.keys = store
+
+    def _check_no_pending(self) -> None:
+        if self._pending is not None:
+            raise RuntimeError("key states cannot change between predict_proba_many and learn_many")
 
     # ------------------------------------------------------------------ persistence
 

@@ -155,6 +155,10 @@ def test_compose_matches_the_service_flags_files_ports_and_topics() -> None:
     assert any(
         v.endswith(":" + env["STREAM_LSTM_CHECKPOINT_DIR"]) for v in services["stream-lstm"]["volumes"]
     )
+    # `docker compose up --scale stream-lstm=2`: no fixed container name or host port to collide
+    # on, and each replica names itself in the shared checkpoint store by its host name.
+    assert "container_name" not in services["stream-lstm"] and "ports" not in services["stream-lstm"]
+    assert "STREAM_LSTM_INSTANCE_ID" not in env
     # The GPU overlay reserves an NVIDIA GPU with the compose device syntax and selects CUDA.
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["stream-lstm"]
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]

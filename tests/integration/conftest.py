@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from stream_lstm.broker import EmbeddedBroker, free_port
+from stream_lstm.kafka_io import KAFKA_CLIENTS
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +37,13 @@ def topic_name() -> str:
 def group_id() -> str:
     """A consumer-group id no other test uses."""
     return f"group-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=KAFKA_CLIENTS)
+def kafka_client(request: pytest.FixtureRequest) -> str:
+    """Each Kafka-facing service test runs once per client library (``--kafka-client``)."""
+    if request.param == "confluent":
+        pytest.importorskip(
+            "confluent_kafka", reason="confluent-kafka is not installed (the dev extra has it)"
+        )
+    return request.param

@@ -35,7 +35,7 @@ def read_all(bootstrap: str, topic: str, expected: int) -> list:
 
 
 def test_produce_replays_a_csv_in_file_order_keyed_by_entity(
-    broker: EmbeddedBroker, topic_name: str, tmp_path: Path, capsys: pytest.CaptureFixture
+    broker: EmbeddedBroker, topic_name: str, tmp_path: Path, capsys: pytest.CaptureFixture, kafka_client: str
 ) -> None:
     broker.create_topics([topic_name])
     events = list(temporal_stream(120, n_keys=4, seed=12))
@@ -44,6 +44,7 @@ def test_produce_replays_a_csv_in_file_order_keyed_by_entity(
     with path.open("a") as handle:
         handle.write("k1,1.0,1,zzz,1,1\n")  # a bad row: reported, skipped
     argv = ["produce", str(path), "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic_name]
+    argv += ["--kafka-client", kafka_client]
     assert main([*argv, "--label", "label", "--key", "key", "--ts", "ts"]) == 0
     out, err = capsys.readouterr()
     assert "produced 120 events" in out and "events.csv:122: skipped" in err
@@ -58,6 +59,13 @@ def test_produce_synthetic_with_limit(broker: EmbeddedBroker, topic_name: str) -
     assert main([*argv, "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic_name]) == 0
     records = read_all(broker.bootstrap_servers, topic_name, 50)
     assert len(records) == 50 and {r.key for r in records} <= {b"k0", b"k1", b"k2"}
+
+
+def test_an_unknown_kafka_client_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["produce", "--synthetic", "--kafka-client", "librdkafka"])
+    assert exit_info.value.code == 2
+    assert "unknown Kafka client 'librdkafka'; choose from kafka-python, confluent" in capsys.readouterr().err
 
 
 def test_produce_needs_a_source(capsys: pytest.CaptureFixture) -> None:

@@ -34,7 +34,9 @@ def scalar(port: int, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def test_prometheus_scrapes_consistent_metrics(broker: EmbeddedBroker, group_id: str, tmp_path: Path) -> None:
+def test_prometheus_scrapes_consistent_metrics(
+    broker: EmbeddedBroker, group_id: str, tmp_path: Path, kafka_client: str
+) -> None:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.skip("prometheus is not installed (.ci/run installs it with apt-get)")
@@ -45,7 +47,14 @@ def test_prometheus_scrapes_consistent_metrics(broker: EmbeddedBroker, group_id:
     produce(broker.bootstrap_servers, topics["input"], temporal_stream(good, n_keys=5, seed=4))
     produce_raw(broker.bootstrap_servers, topics["input"], [(b"k", b"not json")] * bad)
     service = ServiceProcess(
-        broker.bootstrap_servers, topics, group_id, tmp_path, "--checkpoint-interval", "1"
+        broker.bootstrap_servers,
+        topics,
+        group_id,
+        tmp_path,
+        "--checkpoint-interval",
+        "1",
+        "--kafka-client",
+        kafka_client,
     ).start()
     port = free_port()
     config = tmp_path / "prometheus.yml"
