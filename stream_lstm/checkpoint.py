@@ -27,8 +27,11 @@ def save_checkpoint(path: str | Path, state: Any) -> int:
     except Exception as error:  # pickling can fail in many ways; all mean "cannot save"
         raise CheckpointError(f"cannot serialise the checkpoint state: {error}") from error
     data = MAGIC + FORMAT_VERSION.to_bytes(2, "big") + payload
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)

@@ -84,6 +84,13 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_poll_interval_ms", positive_int, 300_000, "longest time between polls before leaving the group"
     ),
+    Setting(
+        "fetch_max_wait_ms",
+        positive_int,
+        100,
+        "longest time the broker may hold a fetch that finds nothing new (bounds latency on brokers "
+        "that wait it out, like the embedded one)",
+    ),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     *LEARNER_SETTINGS,
     Setting("torch_threads", positive_int, 1, "CPU threads torch may use for the LSTM"),
@@ -360,6 +367,7 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         session_timeout_ms=settings["session_timeout_ms"],
         heartbeat_interval_ms=settings["heartbeat_interval_ms"],
         max_poll_interval_ms=settings["max_poll_interval_ms"],
+        fetch_max_wait_ms=settings["fetch_max_wait_ms"],
         client=settings["kafka_client"],
     )
     service = StreamService(

@@ -14,7 +14,7 @@ exactly-once commit cannot block a shutdown.
 from __future__ import annotations
 
 import logging
-import threading
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -56,11 +56,12 @@ class ConfluentIO:
         *,
         on_assigned: Callable[[list[Partition]], None],
         on_revoked: Callable[[list[Partition]], None],
+        on_lost: Callable[[list[Partition]], None] | None = None,
     ) -> None:
         self.settings = settings
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
-        self._broker_down = threading.Event()
+        self._on_lost = on_lost or on_revoked
         common: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
             "client.id": settings.client_id,
@@ -85,6 +86,7 @@ class ConfluentIO:
                 # accepts it): a poll interval that short can only mean "as short as possible".
                 "max.poll.interval.ms": max(settings.max_poll_interval_ms, settings.session_timeout_ms),
                 "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
+                "fetch.wait.max.ms": settings.fetch_max_wait_ms,
                 "enable.partition.eof": False,
             },
         )
@@ -101,7 +103,7 @@ class ConfluentIO:
         }
         if settings.exactly_once:
             self._producer_config["transactional.id"] = (
-                settings.transactional_id or f"stream-lstm-{settings.group_id}"
+                settings.transactional_id or f"stream-lstm-{settings.group_id}-{socket.gethostname()}"
             )
         self._failures: list[str] = []
         self._assigning: dict[Partition, int] | None = None  # start offsets while in on_assign
@@ -116,33 +118,38 @@ class ConfluentIO:
             [settings.input_topic],
             on_assign=self._assign,
             on_revoke=self._revoke,
-            on_lost=self._revoke,
+            on_lost=self._lose,
         )
 
     # ------------------------------------------------------------------ callbacks
 
     def _on_error(self, error: KafkaError) -> None:
-        if error.code() == KafkaError._ALL_BROKERS_DOWN:
-            self._broker_down.set()
         log.debug("librdkafka: %s", error)
 
     def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._assigning = {}
+        start: dict[Partition, int] = {}
+        self._assigning = start
         try:
             self._on_assigned(sorted((tp.topic, tp.partition) for tp in partitions))
-            start = self._assigning
         finally:
             self._assigning = None
-        consumer.assign(
-            [
-                TopicPartition(tp.topic, tp.partition, start.get((tp.topic, tp.partition), tp.offset))
-                for tp in partitions
-            ]
-        )
+            # Assign even if the callback failed, with the start offsets it chose so far.
+            consumer.assign(
+                [
+                    TopicPartition(tp.topic, tp.partition, start.get((tp.topic, tp.partition), tp.offset))
+                    for tp in partitions
+                ]
+            )
 
     def _revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
             self._on_revoked(sorted((tp.topic, tp.partition) for tp in partitions))
+        finally:
+            consumer.unassign()
+
+    def _lose(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        try:
+            self._on_lost(sorted((tp.topic, tp.partition) for tp in partitions))
         finally:
             consumer.unassign()
 
@@ -173,8 +180,6 @@ class ConfluentIO:
                     timestamp if timestamp >= 0 else None,
                 )
             )
-        if records:
-            self._broker_down.clear()
         return messages
 
     def seek(self, partition: Partition, offset: int) -> None:
@@ -206,6 +211,8 @@ class ConfluentIO:
             [found] = self.consumer.committed([TopicPartition(*partition)], timeout=_BLOCKING_TIMEOUT_S)
         except KafkaException as error:
             raise KafkaIOError(f"cannot read the committed offset of {partition}: {error}") from error
+        if found.error is not None:
+            raise KafkaIOError(f"cannot read the committed offset of {partition}: {found.error}")
         return found.offset if found.offset >= 0 else None
 
     def lag(self) -> dict[Partition, int]:
@@ -217,8 +224,10 @@ class ConfluentIO:
         for tp in self.consumer.position(owned):
             if tp.offset == OFFSET_INVALID or tp.offset < 0:
                 continue
-            _, high = self.consumer.get_watermark_offsets(tp, timeout=_BLOCKING_TIMEOUT_S, cached=False)
-            lag[(tp.topic, tp.partition)] = max(high - tp.offset, 0)
+            # The cached high watermark comes with every fetch: no request, no blocking.
+            watermarks = self.consumer.get_watermark_offsets(tp, cached=True)
+            if watermarks is not None and watermarks[1] >= 0:
+                lag[(tp.topic, tp.partition)] = max(watermarks[1] - tp.offset, 0)
         return lag
 
     # ------------------------------------------------------------------ producing
@@ -264,13 +273,14 @@ class ConfluentIO:
     def reset_producer(self) -> None:
         """Replace the producer (after a failure it may be stuck); unacknowledged records are dropped."""
         self._held = []
-        self._failures = []
         self._in_transaction = False
         try:
             self.producer.purge()
             self.producer.flush(0)
         except Exception as error:
             log.debug("dropping the old producer: %s", error)
+        # After the purge: its "purged" delivery reports are not failures of the new producer.
+        self._failures = []
         self.producer = self._new_producer()
 
     def _new_producer(self) -> Producer:
@@ -303,7 +313,10 @@ class ConfluentIO:
                 self._in_transaction = False
                 self._held = []
             elif kafka_offsets:
-                self.consumer.commit(offsets=kafka_offsets, asynchronous=False)
+                results = self.consumer.commit(offsets=kafka_offsets, asynchronous=False) or []
+                failed = [tp for tp in results if tp.error is not None]
+                if failed:
+                    raise KafkaIOError(f"commit failed for {len(failed)} partitions: {failed[0].error}")
         except KafkaException as error:
             raise KafkaIOError(f"commit failed: {error}") from error
 
@@ -324,7 +337,6 @@ class ConfluentIO:
             self.consumer.list_topics(self.settings.input_topic, timeout=0.5)
         except KafkaException:
             return False
-        self._broker_down.clear()
         return True
 
     def close(self, timeout_s: float = 5.0) -> None:

@@ -344,13 +344,14 @@ class PrequentialEvaluator:
     @contextmanager
     def keys_set_aside(self) -> Iterator[None]:
         """Inside the block no model tracks any key (to save weights without key states)."""
-        keyed = self._keyed()
-        stores = {name: model.detach_keys() for name, model in keyed.items()}
+        detached: list[tuple[KeyedState, Any]] = []
         try:
+            for model in self._keyed().values():
+                detached.append((model, model.detach_keys()))
             yield
         finally:
-            for name, model in keyed.items():
-                model.attach_keys(stores[name])
+            for model, store in detached:
+                model.attach_keys(store)
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per model: whole-stream scores, rolling scores and the model's own events/s."""

@@ -65,6 +65,10 @@ class KafkaSettings:
     max_poll_interval_ms: int = 300_000
     request_timeout_ms: int = 30_000
     max_partition_fetch_bytes: int = 1_048_576
+    #: How long the broker may hold a fetch that finds nothing new. Apache Kafka answers as soon
+    #: as records arrive; some brokers (the embedded one) wait the full time, which then bounds
+    #: the latency of a consumer that keeps up.
+    fetch_max_wait_ms: int = 100
     transactional_id: str | None = None
     client: str = KAFKA_CLIENTS[0]
 
@@ -72,9 +76,11 @@ class KafkaSettings:
 class KafkaClient(Protocol):
     """A consumer in a group reading the input topic without auto-commit, and one producer.
 
-    Built as ``Client(settings, on_assigned=..., on_revoked=...)``; the two callbacks are called
-    from inside :meth:`poll` when the group gives or takes partitions, and may only seek there
-    (no blocking broker calls).
+    Built as ``Client(settings, on_assigned=..., on_revoked=..., on_lost=...)``; the callbacks
+    are called from inside :meth:`poll` when the group gives partitions, takes them back, or
+    takes them without a revocation (the session was lost: another member may own them already;
+    clients that cannot tell revoke them instead). They may only seek there (no blocking broker
+    calls).
     """
 
     def poll(self, max_records: int, timeout_s: float) -> list[Message]:
@@ -139,12 +145,13 @@ def open_kafka(
     *,
     on_assigned: Callable[[list[Partition]], None],
     on_revoked: Callable[[list[Partition]], None],
+    on_lost: Callable[[list[Partition]], None] | None = None,
 ) -> KafkaClient:
     """Connect with the client library ``settings.client`` names."""
     if settings.client == "confluent":
         from stream_lstm.confluent_client import ConfluentIO
 
-        return ConfluentIO(settings, on_assigned=on_assigned, on_revoked=on_revoked)
+        return ConfluentIO(settings, on_assigned=on_assigned, on_revoked=on_revoked, on_lost=on_lost)
     from stream_lstm.kafka_python_client import KafkaPythonIO
 
     return KafkaPythonIO(settings, on_assigned=on_assigned, on_revoked=on_revoked)

@@ -58,6 +58,7 @@ class KafkaPythonIO:
         *,
         on_assigned: Callable[[list[Partition]], None],
         on_revoked: Callable[[list[Partition]], None],
+        on_lost: Callable[[list[Partition]], None] | None = None,  # kafka-python revokes instead
     ) -> None:
         self.settings = settings
         common = {
@@ -78,6 +79,7 @@ class KafkaPythonIO:
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             max_poll_interval_ms=settings.max_poll_interval_ms,
             max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
             **common,
         )
         self._producer_config: dict[str, Any] = {

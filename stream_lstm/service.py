@@ -119,8 +119,10 @@ class StreamService:
         except Exception:
             self.store.unlock_instance(self.instance_id)
             raise
-        self._instance_saved = self.store.load_instance(self.instance_id) is not None
+        self._instance_saved = self.store.has_instance(self.instance_id)
         self.partitions: dict[Partition, _PartitionProgress] = {}
+        self._owned: set[Partition] = set()  # what the group gave this instance, per the callbacks
+        self._fatal: str | None = None  # a reason to stop that a restart would not fix
         self.kafka: KafkaClient | None = None
         self._stop = threading.Event()
         self._replay_until: dict[Partition, int] = {}
@@ -152,7 +154,10 @@ class StreamService:
         while not self.stopping and self.kafka is None:
             try:
                 self.kafka = self.kafka_factory(
-                    self.settings.kafka, on_assigned=self._on_assigned, on_revoked=self._on_revoked
+                    self.settings.kafka,
+                    on_assigned=self._on_assigned,
+                    on_revoked=self._on_revoked,
+                    on_lost=self._on_lost,
                 )
             except ConfigError:
                 raise  # a setting the client refuses: retrying cannot help
@@ -166,11 +171,17 @@ class StreamService:
             return
         self._set_connected(True)
         self.telemetry.learner_info.info(self.learner_info())
+        failed = True
         try:
             while not self.stopping:
                 self._step(backoff)
+            failed = self._fatal is not None
         finally:
-            self._shutdown()
+            # After an unexpected error or a fatal one, the state in memory may be half-updated:
+            # keep the last good checkpoint rather than overwrite it.
+            self._shutdown(checkpoint=not failed)
+        if self._fatal is not None:
+            raise CheckpointError(self._fatal)
 
     def _step(self, backoff: _Backoff) -> None:
         assert self.kafka is not None
@@ -180,6 +191,8 @@ class StreamService:
             self._set_connected(False, f"poll failed: {error}")
             self._stop.wait(backoff.next())
             return
+        if self._fatal is not None:
+            return  # stopping: nothing from this poll is processed
         if self._rollback_requested:
             self._rollback()
             return
@@ -212,12 +225,17 @@ class StreamService:
                 self._stop.wait(backoff.next())
         self._publish_metrics()
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, *, checkpoint: bool = True) -> None:
         assert self.kafka is not None
-        log.info("stopping: flushing, checkpointing and committing")
-        # SIGTERM promises an exit within 10 s: with the broker away, give up on the flush early.
-        if not self._checkpoint_and_commit(flush_timeout_s=min(self.settings.flush_timeout_s, 5.0)):
-            log.warning("final checkpoint failed; the next start resumes from the previous one")
+        if self._rollback_requested:
+            checkpoint = False  # what is in memory is what a rollback would have thrown away
+        if checkpoint:
+            log.info("stopping: flushing, checkpointing and committing")
+            # SIGTERM promises an exit within 10 s: with the broker away, give up on the flush early.
+            if not self._checkpoint_and_commit(flush_timeout_s=min(self.settings.flush_timeout_s, 5.0)):
+                log.warning("final checkpoint failed; the next start resumes from the previous one")
+        else:
+            log.warning("stopping without a final checkpoint; the next start resumes from the last one")
         try:
             self.kafka.close(timeout_s=1.0)
         except Exception as error:
@@ -235,19 +253,20 @@ class StreamService:
         events: list[Event] = []
         sources: list[Message] = []
         replayed: list[bool] = []
-        partitions = self.partitions
+        owned = self._owned
+        # Applied to the partitions' progress only once the batch is learned.
+        dead: dict[Partition, int] = {}
+        handled: list[Message] = []
         for message in messages:
             partition = (message.topic, message.partition)
-            progress = partitions.get(partition)
-            if progress is None:
-                progress = partitions[partition] = _PartitionProgress(offset=message.offset)
-            progress.offset = message.offset + 1
-            progress.dirty = True
+            if partition not in owned:
+                continue  # a late record of a partition given away: its new owner reads it
+            handled.append(message)
             replay = message.offset < self._replay_until.get(partition, -1)
             try:
                 event = decode_event(message.value, message.key, max_bytes=settings.max_message_bytes)
             except EventError as error:
-                progress.dead_letters += 1
+                dead[partition] = dead.get(partition, 0) + 1
                 if not replay:
                     self._dead_letter(message, error)
                 continue
@@ -255,12 +274,10 @@ class StreamService:
                 log.exception(
                     "unexpected error decoding %s:%d@%d", message.topic, message.partition, message.offset
                 )
-                progress.dead_letters += 1
+                dead[partition] = dead.get(partition, 0) + 1
                 if not replay:
                     self._dead_letter(message, EventError(f"cannot decode: {error!r}", "invalid"))
                 continue
-            progress.events += 1
-            progress.keys.add(event.key)
             events.append(event)
             sources.append(message)
             replayed.append(replay)
@@ -308,7 +325,21 @@ class StreamService:
             unlabelled = sum(1 for event in events if event.label is None)
             if unlabelled:
                 self.telemetry.unlabelled.inc(unlabelled)
-        self._since_checkpoint += len(messages)
+        partitions = self.partitions
+        for message in handled:
+            partition = (message.topic, message.partition)
+            progress = partitions.get(partition)
+            if progress is None:
+                progress = partitions[partition] = _PartitionProgress(offset=message.offset)
+            progress.offset = message.offset + 1
+            progress.dirty = True
+        for message, event in zip(sources, events, strict=True):
+            progress = partitions[(message.topic, message.partition)]
+            progress.events += 1
+            progress.keys.add(event.key)
+        for partition, count in dead.items():
+            partitions[partition].dead_letters += count
+        self._since_checkpoint += len(handled)
 
     def _dead_letter(self, message: Message, error: EventError) -> None:
         assert self.kafka is not None
@@ -442,23 +473,35 @@ class StreamService:
             )
             other.evaluator.reset_scores()
             return other.evaluator
+        if (self.store.root / "state.ckpt").exists():
+            log.warning(
+                "%s holds a checkpoint of stream-lstm 0.1's single-file format, which this version "
+                "does not read: starting a fresh learner",
+                self.store.root / "state.ckpt",
+            )
         log.info(
             "no checkpoint in %s: instance %s starts a fresh learner", self.store.describe(), self.instance_id
         )
         return self.new_evaluator()
 
     def _restore_partition(self, partition: Partition) -> None:
-        """Take ``partition``'s checkpoint from the store: its offset, counts and key states."""
+        """Take ``partition``'s checkpoint from the store: its offset, counts and key states.
+
+        A checkpoint that cannot be read or continued (damaged, or written with other model
+        sizes) stops the service: going on would overwrite it with state that lost its keys.
+        """
         try:
             saved = self.store.load_partition(partition)
-        except CheckpointError as error:
-            # Without its key states the partition cannot continue exactly; the keys restart
-            # from zero state at the group's committed offset rather than stopping the stream.
-            log.error("partition %s:%d: %s; its keys start afresh", *partition, error)
-            saved = None
-        if saved is None:
+            if saved is None:
+                return
+            self.evaluator.import_keys(saved.key_state)
+        except Exception as error:
+            self._fail(
+                f"cannot continue partition {partition[0]}:{partition[1]} from its checkpoint: {error}. "
+                "Fix the cause (e.g. instances with different model settings), or move the file "
+                "aside to start that partition's keys afresh."
+            )
             return
-        self.evaluator.import_keys(saved.key_state)
         self.partitions[partition] = _PartitionProgress(
             offset=saved.offset,
             events=saved.events,
@@ -472,6 +515,13 @@ class StreamService:
             len(saved.keys),
             saved.instance or "?",
         )
+
+    def _fail(self, reason: str) -> None:
+        """Stop without writing checkpoints, and exit with an error."""
+        if self._fatal is None:
+            log.error("%s", reason)
+            self._fatal = reason
+        self._stop.set()
 
     def _release_partitions(self, partitions: Sequence[Partition]) -> None:
         """Forget what this instance holds of ``partitions`` (their next owner loads it)."""
@@ -501,10 +551,9 @@ class StreamService:
         self._evictions_seen = self._lstm_evictions()
         self._since_checkpoint = 0
         self._rollback_requested = False
-        owned = self.kafka.assignment()
-        for partition in owned:
+        for partition in sorted(self._owned):
             self._restore_partition(partition)
-        self._needs_seek.update(owned)
+        self._needs_seek.update(self._owned)
         self._seek_pending()
 
     def _seek_pending(self) -> None:
@@ -560,10 +609,15 @@ class StreamService:
     def _on_assigned(self, partitions: list[Partition]) -> None:
         # Called inside poll(): load from the store and seek only (no blocking broker calls).
         log.info("assigned %s", partitions)
+        self._owned.update(partitions)
         for partition in partitions:
             if partition not in self.partitions:
                 self._restore_partition(partition)
-            self._seek_to_resume_point(partition)
+            try:
+                self._seek_to_resume_point(partition)
+            except Exception as error:  # retried after the poll, outside the callback
+                log.warning("cannot seek %s yet: %s", partition, error)
+                self._needs_seek.add(partition)
 
     def _on_revoked(self, partitions: list[Partition]) -> None:
         log.info("revoked %s", partitions)
@@ -573,11 +627,26 @@ class StreamService:
             # the revoked partitions loads too.
             if self._since_checkpoint:
                 self._rollback_requested = True
-        elif partitions and self._since_checkpoint and not self.stopping:
+        elif (
+            partitions
+            and self._since_checkpoint
+            and not self.stopping
+            and self._fatal is None
             # Consumer calls cannot block here: checkpoint (the source of truth for offsets) and
             # let the group's offsets catch up at the next commit. Keep the flush well inside the
             # session timeout, since heartbeats wait for this callback.
-            self._checkpoint_and_commit(commit_offsets=False, in_callback=True, flush_timeout_s=2.0)
+            and not self._checkpoint_and_commit(commit_offsets=False, in_callback=True, flush_timeout_s=2.0)
+        ):
+            # The partitions go back to their last checkpoints, so the weights must too, or they
+            # would learn the replayed events twice.
+            self._rollback_requested = True
+        self._owned.difference_update(partitions)
+        self._release_partitions(partitions)
+
+    def _on_lost(self, partitions: list[Partition]) -> None:
+        """The group took partitions away without a revocation (session lost): never write them."""
+        log.warning("lost %s; another member may own them already", partitions)
+        self._owned.difference_update(partitions)
         self._release_partitions(partitions)
 
     # ------------------------------------------------------------------ health and scores

@@ -125,6 +125,10 @@ class DirectoryStore:
             return None
         return _expect(load_checkpoint(path), InstanceState, path)
 
+    def has_instance(self, instance_id: str) -> bool:
+        """Whether ``instance_id`` has a checkpoint."""
+        return self._instance_path(instance_id).exists()
+
     def newest_other_instance(self, instance_id: str) -> InstanceState | None:
         """The most recently written checkpoint of another instance (to warm-start a new one)."""
         directory = self.root / "instances"

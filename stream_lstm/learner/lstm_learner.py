@@ -584,7 +584,9 @@ class LSTMLearner:
         if len(self.feature_columns) >= self.max_features:
             self.dropped_features.add(name)
             return None
-        column = len(self.feature_columns)
+        # The lowest free column (imported key states may have taken some out of order).
+        used = set(self.feature_columns.values())
+        column = next(c for c in range(self.max_features) if c not in used)
         self.feature_columns[name] = column
         return column
 
@@ -601,12 +603,32 @@ class LSTMLearner:
         owner): the receiver continues them exactly where this learner left them.
         """
         self._check_no_pending()
-        return self.keys.export(keys)
+        return {**self.keys.export(keys), "feature_columns": dict(self.feature_columns)}
 
     def import_keys(self, state: dict[str, Any]) -> None:
-        """Continue the keys of an :meth:`export_keys`, replacing their current state."""
+        """Continue the keys of an :meth:`export_keys`, replacing their current state.
+
+        The stored windows are input vectors in the exporter's feature layout: features this
+        learner has not met yet take the exporter's columns; a feature that sits in different
+        columns in the two learners makes the windows unreadable (:class:`ConfigError`).
+        """
         self._check_no_pending()
+        theirs: dict[str, int] = state.get("feature_columns", {})
+        taken = {column: name for name, column in self.feature_columns.items()}
+        clashes = [
+            name
+            for name, column in theirs.items()
+            if self.feature_columns.get(name, column) != column
+            or (name not in self.feature_columns and taken.get(column, name) != name)
+        ]
+        if clashes:
+            raise ConfigError(
+                f"key states were saved with another feature layout (features {sorted(clashes)[:5]} "
+                "sit in other input columns); they cannot be continued by this learner"
+            )
         self.keys.import_(state)
+        for name, column in theirs.items():
+            self.feature_columns.setdefault(name, column)
 
     def forget_keys(self, keys: Sequence[str]) -> None:
         """Drop the state of ``keys``: they restart from a zero state if they come back."""

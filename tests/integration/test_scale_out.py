@@ -8,6 +8,7 @@ equals the partition's offsets (the killed instance's unsaved work redone once, 
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 import uuid
@@ -16,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from stream_lstm.broker import EmbeddedBroker
-from stream_lstm.events import encode_event
+from stream_lstm.events import Event, encode_event
 from stream_lstm.generator import temporal_stream
 from stream_lstm.kafka_io import EventWriter
 from stream_lstm.state_store import DirectoryStore
 
-from .service_harness import ServiceProcess, TopicReader, wait_for
+from .service_harness import ServiceProcess, TopicReader, produce, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -29,13 +30,15 @@ PARTITIONS = 4
 EVENTS = 6000
 
 
-def produce_steadily(bootstrap: str, topic: str, rate: float, stop: threading.Event) -> threading.Thread:
-    """Produce the generated stream at about ``rate`` events/s from a background thread."""
+def produce_steadily(
+    bootstrap: str, topic: str, events: list[Event], rate: float, stop: threading.Event
+) -> threading.Thread:
+    """Produce ``events`` at about ``rate`` events/s from a background thread."""
 
     def run() -> None:
         writer = EventWriter(bootstrap, topic, linger_ms=5)
         started = time.monotonic()
-        for i, event in enumerate(temporal_stream(EVENTS, n_keys=64, seed=17)):
+        for i, event in enumerate(events):
             if stop.is_set():
                 break
             writer.send(event.key, encode_event(event))
@@ -70,6 +73,7 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
     )
     store = DirectoryStore(tmp_path / "checkpoints")
     stop_producing = threading.Event()
+    reader = TopicReader(broker.bootstrap_servers, topics["output"])
     try:
         doomed.start()
         survivor.start()
@@ -80,33 +84,40 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
             60,
             "both instances to own partitions",
         )
-        producer = produce_steadily(broker.bootstrap_servers, topics["input"], 600, stop_producing)
+        events = list(temporal_stream(EVENTS, n_keys=64, seed=17))
+        half = EVENTS // 2
+        producer = produce_steadily(
+            broker.bootstrap_servers, topics["input"], events[:half], 600, stop_producing
+        )
 
-        def doomed_checkpointed() -> bool:
+        def doomed_partitions() -> list[int]:
             states = [store.load_partition(p) for p in store.partitions()]
-            return any(s is not None and s.instance == "a" and s.offset > 100 for s in states)
+            return [s.partition for s in states if s is not None and s.instance == "a" and s.offset > 100]
 
-        wait_for(doomed_checkpointed, 90, "the instance to be killed to checkpoint its partitions")
+        taken_over = wait_for(doomed_partitions, 90, "the instance to be killed to checkpoint its partitions")
         doomed.kill()  # mid-stream, between two of its checkpoints
         producer.join(timeout=60)
         assert not producer.is_alive()
+        # The second half comes after the kill, so every partition has work for the survivor.
+        produce(broker.bootstrap_servers, topics["input"], events[half:])
 
-        reader = TopicReader(broker.bootstrap_servers, topics["output"])
         reader.read_until(
             lambda r: len({(x["source"]["partition"], x["source"]["offset"]) for x in r}) >= EVENTS,
             120,
             "a prediction for every input offset",
         )
         assert survivor.terminate() < 10
+        records = reader.read()
     finally:
         stop_producing.set()
         doomed.cleanup()
         survivor.cleanup()
+        reader.close()
 
     ends = input_offsets(broker.bootstrap_servers, topics["input"])
     assert len(ends) == PARTITIONS  # every partition got events
     predicted = collections.defaultdict(set)
-    for record in reader.read():
+    for record in records:
         predicted[record["source"]["partition"]].add(record["source"]["offset"])
     for partition, end in ends.items():
         assert predicted[partition] == set(range(end)), f"partition {partition}"
@@ -115,9 +126,14 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
         assert state.offset == end
         assert state.events == end, f"partition {partition}: learned {state.events} of {end} events"
         assert state.instance == "b"  # the survivor owns and saved every partition in the end
-    log = survivor.log()
-    assert "(checkpoint of instance a)" in log  # it continued the killed instance's key states
-    reader.close()
+        assert state.keys and state.key_state["lstm"]["keys"]  # key states travel with it
+    # The survivor continued the killed instance's key states, not fresh ones.
+    continued = re.findall(
+        r"partition \S+:(\d+): continuing at offset \d+ with (\d+) keys \(checkpoint of instance a\)",
+        survivor.log(),
+    )
+    assert {int(p) for p, _ in continued} >= set(taken_over)
+    assert all(int(keys) > 0 for _, keys in continued)
 
 
 def input_offsets(bootstrap: str, topic: str) -> dict[int, int]:

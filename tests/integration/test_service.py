@@ -249,16 +249,28 @@ def test_exactly_once_predictions_survive_a_sigkill(
     broker: EmbeddedBroker, topics: dict[str, str], service_factory, tmp_path: Path
 ) -> None:
     events = list(temporal_stream(2000, n_keys=10, seed=5))
-    produce(broker.bootstrap_servers, topics["input"], events)
-    flags = ("--exactly-once", "--batch-size", "16", "--checkpoint-every", "300")
+    # A first part only: the service checkpoints at 608 (300-event checkpoints in batches of 16)
+    # and then holds the predictions of 608-749 in an open interval, which the kill throws away.
+    produce(broker.bootstrap_servers, topics["input"], events[:750])
+    flags = (
+        "--exactly-once",
+        "--batch-size",
+        "16",
+        "--checkpoint-every",
+        "300",
+        "--checkpoint-interval",
+        "30",
+    )
     first = service_factory(*flags).start()
     reader = TopicReader(broker.bootstrap_servers, topics["output"], read_committed=True)
-    # Kill after a checkpoint, not when predictions appear: the embedded broker shows records of
-    # an open transaction to read_committed readers (Apache Kafka does not), so a kill timed by
-    # their arrival would often land inside the commit, where that broker leaks aborted records.
+    # Kill on the checkpoint, not when predictions appear: the embedded broker shows records of an
+    # open transaction to read_committed readers (Apache Kafka does not), so a kill timed by their
+    # arrival could land inside the commit, where that broker leaks aborted records.
     partition = (topics["input"], 0)
     wait_for(lambda: checkpoint_of(tmp_path).offsets.get(partition, 0) >= 600, 90, "a checkpoint past 600")
     first.kill()
+    assert checkpoint_of(tmp_path).offsets[partition] < 750  # it died with work in hand
+    produce(broker.bootstrap_servers, topics["input"], events[750:])
     second = service_factory(*flags).start()
     records = reader.read_until(lambda r: len(r) >= 2000, 120, "all committed predictions")
     assert second.terminate() < 10

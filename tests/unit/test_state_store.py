@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,41 @@ def test_an_instance_id_is_held_by_one_process_at_a_time(tmp_path: Path) -> None
 def test_instance_ids_must_be_safe_file_names(bad: str) -> None:
     with pytest.raises(ConfigError):
         check_instance_id(bad)
+
+
+def test_import_refuses_windows_of_another_feature_layout_and_adopts_new_features() -> None:
+    from stream_lstm.events import Event
+
+    def learner_after(names: list[str]) -> PrequentialEvaluator:
+        evaluator = PrequentialEvaluator(build_models(["lstm"], lstm={"hidden_size": 4, "device": "cpu"}))
+        evaluator.process([Event(key="k", features={name: 1.0 for name in names}, label=1)])
+        return evaluator
+
+    exporter = learner_after(["a", "b"])
+    state = exporter.export_keys(["k"])
+    with pytest.raises(ConfigError, match="another feature layout"):
+        learner_after(["b", "a"]).import_keys(state)  # "a" is column 1 there, column 0 here
+    receiver = PrequentialEvaluator(build_models(["lstm"], lstm={"hidden_size": 4, "device": "cpu"}))
+    receiver.import_keys(state)  # a fresh learner takes the exporter's layout
+    assert receiver.models["lstm"].feature_columns == {"a": 0, "b": 1}
+
+
+def test_importing_into_a_full_store_evicts_the_least_recently_used_keys() -> None:
+    def small() -> PrequentialEvaluator:
+        return PrequentialEvaluator(
+            build_models(["lstm"], max_keys=6, lstm={"hidden_size": 4, "device": "cpu"})
+        )
+
+    source = small()
+    run(source, list(temporal_stream(200, n_keys=3, seed=2)))
+    receiver = small()
+    run(receiver, [replace(e, key="r" + e.key) for e in temporal_stream(200, n_keys=6, seed=3)])
+    receiver.forget_keys(["rk5"])
+    receiver.import_keys(source.export_keys(["k0", "k1", "k2"]))
+    store = receiver.models["lstm"].keys
+    assert len(store) == 6 and store.evictions == 2  # 5 kept + 3 imported: the 2 oldest went
+    assert {"k0", "k1", "k2"} <= set(store.keys())
+    mine, theirs = store, source.models["lstm"].keys
+    np.testing.assert_array_equal(
+        mine.h0[mine.lookup(["k1"])].numpy(), theirs.h0[theirs.lookup(["k1"])].numpy()
+    )
