@@ -287,7 +287,7 @@ class ConfluentIO:
         producer = _create(Producer, self._producer_config)
         if self.settings.exactly_once:
             try:
-                producer.init_transactions(_BLOCKING_TIMEOUT_S * 6)
+                producer.init_transactions(_BLOCKING_TIMEOUT_S * 2)  # within a SIGTERM's 10 s
             except KafkaException as error:
                 raise KafkaIOError(f"cannot initialise transactions: {error}") from error
         return producer
