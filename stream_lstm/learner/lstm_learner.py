@@ -159,6 +159,10 @@ class LSTMLearner:
         self._last_loss: torch.Tensor | None = None
         self._last_grad_norm: torch.Tensor | None = None
         self._pending: _Pending | None = None
+        # The optimizer's state tensors, once its first step made them (see _optimizer_step).
+        self._adam_state: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], dict] | None = (
+            None
+        )
 
     def _new_key_store(self) -> KeyStateStore:
         return KeyStateStore(
@@ -217,7 +221,7 @@ class LSTMLearner:
                 parameter.grad = None
             loss.backward()
             self._last_grad_norm = self._clip_gradients()
-            self.optimizer.step()
+            self._optimizer_step()
             self.steps += 1
             self.events_learned += pending.targets.numel()
             self._last_loss = loss.detach()
@@ -232,6 +236,53 @@ class LSTMLearner:
         if self.adapt_scaler:
             self.scaler.update(pending.raw_features)
         self.events_seen += len(events)
+
+    def _optimizer_step(self) -> None:
+        """``self.optimizer.step()`` in two calls, without the per-step Python of torch.optim.
+
+        The optimizer's first step creates its state, which is then used in place: the fused
+        Adam kernel with the optimizer's own hyperparameters and state tensors, exactly what
+        ``step`` runs for fused Adam on one device and dtype.
+        """
+        state = self._adam_state
+        if state is None:
+            self.optimizer.step()
+            group = self.optimizer.param_groups[0]
+            if (
+                group["amsgrad"]
+                or group["maximize"]
+                or group["weight_decay"]
+                or len(self.optimizer.param_groups) > 1
+            ):
+                return  # not the plain case below: keep torch.optim's own step
+            per_parameter = [self.optimizer.state[p] for p in self._parameters]
+            self._adam_state = (
+                [s["exp_avg"] for s in per_parameter],
+                [s["exp_avg_sq"] for s in per_parameter],
+                [s["step"] for s in per_parameter],
+                group,
+            )
+            return
+        exp_avgs, exp_avg_sqs, steps, group = state
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            self._parameters,
+            [p.grad for p in self._parameters],
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=0.0,
+            eps=group["eps"],
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
 
     def _clip_gradients(self) -> torch.Tensor:
         """Scale the gradients to a global norm of at most ``clip_grad_norm``; return the norm.

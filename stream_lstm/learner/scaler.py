@@ -40,6 +40,9 @@ class RunningScaler:
 
     def update(self, values: np.ndarray) -> None:
         """Fold the non-missing values of each column into its statistics."""
+        if values.shape[0] == 1:
+            self._update_one(values[0])
+            return
         present = ~np.isnan(values)
         batch_count = present.sum(axis=0)
         if not batch_count.any():
@@ -54,6 +57,20 @@ class RunningScaler:
         self.mean = self.mean + delta * batch_count / safe_total
         self.m2 = self.m2 + batch_m2 + delta**2 * self.count * batch_count / safe_total
         self.count = total
+        self._refresh_scale()
+
+    def _update_one(self, row: np.ndarray) -> None:
+        """:meth:`update` for one row (strict per-event learning): Welford's step, fewer array ops."""
+        present = row == row  # not NaN
+        total = self.count + present
+        delta = np.where(present, row - self.mean, 0.0)
+        self.mean = self.mean + delta / np.maximum(total, 1)
+        self.m2 = self.m2 + np.where(present, delta * (row - self.mean), 0.0)
+        self.count = total
+        self._refresh_scale()
+
+    def _refresh_scale(self) -> None:
+        total = self.count
         variance = self.m2 / np.maximum(total, 1)
         # A column seen fewer than twice, or constant, is only centred: no division by ~0.
         usable = (total > 1) & (variance > 1e-16)
