@@ -14,7 +14,6 @@ exactly-once commit cannot block a shutdown.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -102,9 +101,7 @@ class ConfluentIO:
             "enable.idempotence": settings.exactly_once,
         }
         if settings.exactly_once:
-            self._producer_config["transactional.id"] = (
-                settings.transactional_id or f"stream-lstm-{settings.group_id}-{socket.gethostname()}"
-            )
+            self._producer_config["transactional.id"] = settings.transactional_id_or_default()
         self._failures: list[str] = []
         self._assigning: dict[Partition, int] | None = None  # start offsets while in on_assign
         self._held: list[tuple[str, bytes | None, bytes]] = []  # exactly-once: the open interval
@@ -244,14 +241,10 @@ class ConfluentIO:
         self._send(topic, key, value)
 
     def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
-                return
-            except BufferError:  # the local queue is full: serve delivery reports, then retry
-                self.producer.poll(0.05)
-            except KafkaException as error:
-                raise DeliveryFailed(f"cannot send to {topic}: {error}") from error
+        try:
+            _produce(self.producer, topic, key, value, self._delivered)
+        except KafkaException as error:
+            raise DeliveryFailed(f"cannot send to {topic}: {error}") from error
 
     def _delivered(self, error: KafkaError | None, _message: Any) -> None:
         if error is not None:
@@ -347,6 +340,22 @@ class ConfluentIO:
             self.consumer.close()
 
 
+def _produce(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes,
+    on_delivery: Callable[[KafkaError | None, Any], None],
+) -> None:
+    """Queue one record, waiting while librdkafka's local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:  # the local queue is full: serve delivery reports, then retry
+            producer.poll(0.05)
+
+
 def _create(kind: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
     """A librdkafka client; a configuration it refuses is a :class:`ConfigError`, not an outage."""
     try:
@@ -377,12 +386,7 @@ class ConfluentEventWriter:
 
     def send(self, key: str, value: bytes) -> None:
         """Queue one message."""
-        while True:
-            try:
-                self.producer.produce(self.topic, value=value, key=key.encode(), on_delivery=self._delivered)
-                break
-            except BufferError:
-                self.producer.poll(0.05)
+        _produce(self.producer, self.topic, key.encode(), value, self._delivered)
         self.producer.poll(0)
 
     def close(self, timeout_s: float = 30.0) -> None:

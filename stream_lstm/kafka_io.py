@@ -10,6 +10,7 @@ plus one.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -71,6 +72,14 @@ class KafkaSettings:
     fetch_max_wait_ms: int = 100
     transactional_id: str | None = None
     client: str = KAFKA_CLIENTS[0]
+
+    def transactional_id_or_default(self) -> str:
+        """The exactly-once transactional id: the one given, else one per group and host.
+
+        One id per instance: a restarted instance fences its own zombie, and instances of one
+        group do not fence each other.
+        """
+        return self.transactional_id or f"stream-lstm-{self.group_id}-{socket.gethostname()}"
 
 
 class KafkaClient(Protocol):

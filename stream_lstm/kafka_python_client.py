@@ -6,7 +6,6 @@ Implements :class:`stream_lstm.kafka_io.KafkaClient`; the only module that impor
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -94,11 +93,7 @@ class KafkaPythonIO:
             **common,
         }
         if settings.exactly_once:
-            # One id per instance (hostname): a restarted instance fences its own zombie, and
-            # instances of one group do not fence each other.
-            self._producer_config["transactional_id"] = (
-                settings.transactional_id or f"stream-lstm-{settings.group_id}-{socket.gethostname()}"
-            )
+            self._producer_config["transactional_id"] = settings.transactional_id_or_default()
         try:
             self.producer = self._new_producer()
         except Exception:

@@ -524,7 +524,8 @@ class StreamService:
         self._stop.set()
 
     def _release_partitions(self, partitions: Sequence[Partition]) -> None:
-        """Forget what this instance holds of ``partitions`` (their next owner loads it)."""
+        """Give ``partitions`` up: forget what this instance holds of them (their next owner loads it)."""
+        self._owned.difference_update(partitions)
         for partition in partitions:
             progress = self.partitions.pop(partition, None)
             if progress is not None:
@@ -640,13 +641,11 @@ class StreamService:
             # The partitions go back to their last checkpoints, so the weights must too, or they
             # would learn the replayed events twice.
             self._rollback_requested = True
-        self._owned.difference_update(partitions)
         self._release_partitions(partitions)
 
     def _on_lost(self, partitions: list[Partition]) -> None:
         """The group took partitions away without a revocation (session lost): never write them."""
         log.warning("lost %s; another member may own them already", partitions)
-        self._owned.difference_update(partitions)
         self._release_partitions(partitions)
 
     # ------------------------------------------------------------------ health and scores
