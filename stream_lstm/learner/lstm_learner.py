@@ -159,6 +159,8 @@ class LSTMLearner:
         self._last_loss: torch.Tensor | None = None
         self._last_grad_norm: torch.Tensor | None = None
         self._pending: _Pending | None = None
+        # Tests switch the steady-state path off to compare it with the general chunked one.
+        self._full_window_path = True
         # The optimizer's state tensors, once its first step made them (see _optimizer_step).
         self._adam_state: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], dict] | None = (
             None
@@ -340,8 +342,10 @@ class LSTMLearner:
         total_len = window_len + np.asarray(counts, dtype=np.int64)
         device = self._device
         slot_index = torch.as_tensor(slots, device=device)
-        if k > 1 and n_events == n_keys and (window_len == window_steps).all():
-            return self._forward_one_step(events, slot_index, slots, raw, inputs, last_label, last_ts)
+        if self._full_window_path and k > 1 and max(counts) <= k and (window_len == window_steps).all():
+            return self._forward_full_windows(
+                events, slot_index, slots, raw, inputs, last_label, last_ts, event_row, event_rank, counts
+            )
 
         seq_len = max(int(total_len.max(initial=0)), window_steps)
         sequences = torch.cat(
@@ -444,7 +448,7 @@ class LSTMLearner:
             targets=targets,
         )
 
-    def _forward_one_step(
+    def _forward_full_windows(
         self,
         events: Sequence[Event],
         slot_index: torch.Tensor,
@@ -453,26 +457,58 @@ class LSTMLearner:
         inputs: np.ndarray,
         last_label: np.ndarray,
         last_ts: np.ndarray,
+        event_row: np.ndarray,
+        event_rank: np.ndarray,
+        counts: list[int],
     ) -> _Pending:
-        """The steady state of :meth:`_forward`, in far fewer operations: every key of the batch
-        has a full window and one new event, so each sequence is its window plus that event (one
-        chunk of exactly ``tbptt_steps``), the prediction is the last output, and the next window
-        is the sequence without its first input."""
+        """The steady state of :meth:`_forward`, in far fewer operations.
+
+        Every key of the batch has a full window (``k - 1`` inputs) and ``m <= k`` new events, so
+        its sequence of ``k - 1 + m`` inputs splits, from the end, into a first chunk of ``m - 1``
+        window inputs and a last chunk of exactly ``k`` inputs that holds every new event. Only the
+        last chunks run with gradients, all keys in one fused call: each starts from the key's
+        state advanced ``m - 1`` steps without gradients (no steps at all in the commonest case,
+        ``m = 1``). A key's next window is its last chunk without its first input.
+        """
         device = self._device
-        sequences = torch.cat(
-            [
-                self.keys.window.index_select(0, slot_index),
-                torch.as_tensor(inputs, device=device).unsqueeze(1),
-            ],
-            1,
-        )
+        k = self.tbptt_steps
+        window = self.keys.window.index_select(0, slot_index)
         h, c = self.keys.h0.index_select(0, slot_index), self.keys.c0.index_select(0, slot_index)
+        new_inputs = torch.as_tensor(inputs, device=device)
+        most = max(counts)
+        if most == 1:
+            chunks = torch.cat([window, new_inputs.unsqueeze(1)], 1)
+            event_step: np.ndarray | int = k - 1
+        else:
+            window_steps = k - 1
+            seq_len = window_steps + most
+            sequences = torch.cat([window, window.new_zeros(len(counts), most, self.input_size)], 1)
+            sequences.view(-1, self.input_size).index_copy_(
+                0, torch.as_tensor(event_row * seq_len + window_steps + event_rank, device=device), new_inputs
+            )
+            skipped = np.asarray(counts, dtype=np.int64) - 1  # window inputs before the last chunk
+            chunks = _gather_steps(sequences, np.arange(len(counts)), skipped[:, None] + np.arange(k))
+            with torch.no_grad():
+                for step in range(most - 1):
+                    rows = np.flatnonzero(skipped > step)
+                    row_index = torch.as_tensor(rows, device=device)
+                    h_step, c_step = torch.lstm_cell(
+                        _gather_steps(sequences, rows, np.full(rows.size, step)),
+                        (h.index_select(0, row_index), c.index_select(0, row_index)),
+                        *self._lstm_weights,
+                    )
+                    h, c = h.index_copy(0, row_index, h_step), c.index_copy(0, row_index, c_step)
+            event_step = k - 1 - skipped[event_row] + event_rank
         label_index, targets = self._label_tensors(events)
         with torch.set_grad_enabled(targets is not None):
-            outputs, _, _ = self._lstm_call(sequences, h, c)
-            logits = self.network.head(outputs[:, -1]).squeeze(-1)
+            outputs, _, _ = self._lstm_call(chunks, h, c)
+            if isinstance(event_step, int):
+                picked = outputs[:, event_step]
+            else:
+                picked = _gather_steps(outputs, event_row, event_step)
+            logits = self.network.head(picked).squeeze(-1)
         with torch.no_grad():
-            new_h0, new_c0 = torch.lstm_cell(sequences[:, 0], (h, c), *self._lstm_weights)
+            new_h0, new_c0 = torch.lstm_cell(chunks[:, 0], (h, c), *self._lstm_weights)
         return _Pending(
             events=events,
             logits=logits,
@@ -481,8 +517,8 @@ class LSTMLearner:
             raw_features=raw,
             new_h0=new_h0,
             new_c0=new_c0,
-            new_window=sequences[:, 1:],
-            new_window_len=np.full(len(events), self.keys.window_steps, dtype=np.int64),
+            new_window=chunks[:, 1:],
+            new_window_len=np.full(len(counts), self.keys.window_steps, dtype=np.int64),
             last_label=last_label,
             last_ts=last_ts,
             label_index=label_index,

@@ -63,3 +63,29 @@ def test_chunked_forward_matches_step_by_step(batch_size: int, tbptt_steps: int,
         got.append(learner.predict_proba_many(batch))
         learner.learn_many(batch)
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("batch_size", "n_keys"), [(64, 40), (48, 12), (16, 200)])
+def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_size: int, n_keys: int) -> None:
+    """Once keys have full windows, batches take a shortcut (keys with up to ``tbptt_steps`` new
+    events each); with learning on, it must give the same predictions, gradients and weights as the
+    general path, which the test above pins to a plain LSTM."""
+    events = list(temporal_stream(1500, n_keys=n_keys, seed=5))
+    fast = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
+    general = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
+    general._full_window_path = False
+    repeated_keys_batches = 0
+    for start in range(0, len(events), batch_size):
+        batch = events[start : start + batch_size]
+        keys = [e.key for e in batch]
+        repeated_keys_batches += len(set(keys)) < len(keys) <= 4 * len(set(keys))
+        np.testing.assert_allclose(
+            fast.predict_proba_many(batch), general.predict_proba_many(batch), rtol=0, atol=1e-5
+        )
+        fast.learn_many(batch)
+        general.learn_many(batch)
+        for mine, theirs in zip(fast.network.parameters(), general.network.parameters(), strict=True):
+            np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=0, atol=1e-5)
+    assert repeated_keys_batches > 5  # the shortcut with several events of one key was exercised
+    for mine, theirs in zip(fast.network.parameters(), general.network.parameters(), strict=True):
+        np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)
