@@ -19,14 +19,32 @@ MAGIC = b"STREAM-LSTM-CHECKPOINT\n"
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, state: Any) -> int:
-    """Write ``state`` atomically to ``path``; return the number of bytes written."""
-    path = Path(path)
+def encode_checkpoint(state: Any) -> bytes:
+    """``state`` as the bytes of a checkpoint (header and pickle)."""
     try:
         payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as error:  # pickling can fail in many ways; all mean "cannot save"
         raise CheckpointError(f"cannot serialise the checkpoint state: {error}") from error
-    data = MAGIC + FORMAT_VERSION.to_bytes(2, "big") + payload
+    return MAGIC + FORMAT_VERSION.to_bytes(2, "big") + payload
+
+
+def decode_checkpoint(data: bytes, where: str) -> Any:
+    """Read back what :func:`encode_checkpoint` made; ``where`` names the source in errors."""
+    if not data.startswith(MAGIC):
+        raise CheckpointError(f"{where} is not a stream-lstm checkpoint")
+    version = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 2], "big")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{where} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
+    try:
+        return pickle.loads(data[len(MAGIC) + 2 :])
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {where} is damaged: {error}") from error
+
+
+def save_checkpoint(path: str | Path, state: Any) -> int:
+    """Write ``state`` atomically to ``path``; return the number of bytes written."""
+    path = Path(path)
+    data = encode_checkpoint(state)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,15 +70,7 @@ def load_checkpoint(path: str | Path) -> Any:
         data = path.read_bytes()
     except OSError as error:
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
-    if not data.startswith(MAGIC):
-        raise CheckpointError(f"{path} is not a stream-lstm checkpoint")
-    version = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 2], "big")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
-    try:
-        return pickle.loads(data[len(MAGIC) + 2 :])
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {path} is damaged: {error}") from error
+    return decode_checkpoint(data, str(path))
 
 
 def _fsync_directory(directory: Path) -> None:

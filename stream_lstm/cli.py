@@ -61,6 +61,14 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "(share it between the instances of a group)",
     ),
     Setting(
+        "checkpoint_topic",
+        str,
+        None,
+        "keep the checkpoint store in this compacted Kafka topic instead of --checkpoint-dir, so "
+        "the instances of a group share no disk (created when missing)",
+        metavar="TOPIC",
+    ),
+    Setting(
         "instance_id",
         str,
         None,
@@ -374,6 +382,7 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         ServiceSettings(
             kafka=kafka,
             checkpoint_dir=Path(settings["checkpoint_dir"]),
+            checkpoint_topic=settings["checkpoint_topic"] or None,
             batch_size=settings["batch_size"],
             checkpoint_every=settings["checkpoint_every"],
             checkpoint_interval_s=settings["checkpoint_interval"],

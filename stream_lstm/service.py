@@ -45,7 +45,13 @@ from stream_lstm.kafka_io import (
     Partition,
     open_kafka,
 )
-from stream_lstm.state_store import DirectoryStore, InstanceState, PartitionState, default_instance_id
+from stream_lstm.state_store import (
+    CheckpointStore,
+    DirectoryStore,
+    InstanceState,
+    PartitionState,
+    default_instance_id,
+)
 from stream_lstm.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,8 @@ class ServiceSettings:
 
     kafka: KafkaSettings
     checkpoint_dir: Path
+    #: Keep the checkpoint store in this compacted Kafka topic instead of ``checkpoint_dir``.
+    checkpoint_topic: str | None = None
     batch_size: int = 64
     checkpoint_every: int = 10_000
     checkpoint_interval_s: float = 5.0
@@ -82,6 +90,15 @@ class _PartitionProgress:
     dead_letters: int = 0
     keys: set[str] = field(default_factory=set)  # keys seen here whose state may be tracked
     dirty: bool = False  # changed since its last checkpoint
+
+
+def open_store(settings: ServiceSettings) -> CheckpointStore:
+    """The checkpoint store the settings name: a compacted topic, else a directory."""
+    if settings.checkpoint_topic:
+        from stream_lstm.topic_store import KafkaTopicStore
+
+        return KafkaTopicStore(settings.kafka.bootstrap_servers, settings.checkpoint_topic)
+    return DirectoryStore(settings.checkpoint_dir)
 
 
 class StreamService:
@@ -112,12 +129,12 @@ class StreamService:
         self.telemetry = telemetry
         self.kafka_factory = kafka_factory
         self.instance_id = settings.instance_id
-        self.store = DirectoryStore(settings.checkpoint_dir)
-        self.store.lock_instance(self.instance_id)
+        self.store = open_store(settings)
         try:
+            self.store.lock_instance(self.instance_id)
             self.evaluator = self._load_evaluator()
         except Exception:
-            self.store.unlock_instance(self.instance_id)
+            self.store.close()
             raise
         self._instance_saved = self.store.has_instance(self.instance_id)
         self.partitions: dict[Partition, _PartitionProgress] = {}
@@ -167,7 +184,7 @@ class StreamService:
                 )
                 self._stop.wait(backoff.next())
         if self.kafka is None:
-            self.store.unlock_instance(self.instance_id)
+            self.store.close()
             return
         self._set_connected(True)
         self.telemetry.learner_info.info(self.learner_info())
@@ -241,7 +258,7 @@ class StreamService:
         except Exception as error:
             log.warning("closing the Kafka client: %s", error)
         self.kafka = None
-        self.store.unlock_instance(self.instance_id)
+        self.store.close()
 
     # ------------------------------------------------------------------ the data path
 
@@ -473,7 +490,7 @@ class StreamService:
             )
             other.evaluator.reset_scores()
             return other.evaluator
-        if (self.store.root / "state.ckpt").exists():
+        if self.store.root is not None and (self.store.root / "state.ckpt").exists():
             log.warning(
                 "%s holds a checkpoint of stream-lstm 0.1's single-file format, which this version "
                 "does not read: starting a fresh learner",

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from stream_lstm import __version__
 from stream_lstm.checkpoint import load_checkpoint, save_checkpoint
@@ -77,6 +77,37 @@ def check_instance_id(instance_id: str) -> str:
     return instance_id
 
 
+class CheckpointStore(Protocol):
+    """What the service needs of a checkpoint store: :class:`DirectoryStore`, or
+    :class:`~stream_lstm.topic_store.KafkaTopicStore` when no disk is shared."""
+
+    #: The store's directory, if it has one.
+    @property
+    def root(self) -> Path | None: ...
+
+    def describe(self) -> str: ...
+
+    def lock_instance(self, instance_id: str) -> None: ...
+
+    def unlock_instance(self, instance_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def load_instance(self, instance_id: str) -> InstanceState | None: ...
+
+    def has_instance(self, instance_id: str) -> bool: ...
+
+    def newest_other_instance(self, instance_id: str) -> InstanceState | None: ...
+
+    def save_instance(self, state: InstanceState) -> int: ...
+
+    def load_partition(self, partition: Partition) -> PartitionState | None: ...
+
+    def save_partition(self, state: PartitionState) -> int: ...
+
+    def partitions(self) -> list[Partition]: ...
+
+
 class DirectoryStore:
     """The checkpoint store as a directory of atomically written files (see the module doc)."""
 
@@ -117,6 +148,11 @@ class DirectoryStore:
         handle = self._locks.pop(instance_id, None)
         if handle is not None:
             handle.close()  # closing releases the lock
+
+    def close(self) -> None:
+        """Release every lock this store holds."""
+        for instance_id in list(self._locks):
+            self.unlock_instance(instance_id)
 
     def load_instance(self, instance_id: str) -> InstanceState | None:
         """This instance's last checkpoint, or ``None`` if it has none."""

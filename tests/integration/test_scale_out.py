@@ -20,7 +20,8 @@ from stream_lstm.broker import EmbeddedBroker
 from stream_lstm.events import Event, encode_event
 from stream_lstm.generator import temporal_stream
 from stream_lstm.kafka_io import EventWriter
-from stream_lstm.state_store import DirectoryStore
+from stream_lstm.state_store import CheckpointStore, DirectoryStore
+from stream_lstm.topic_store import KafkaTopicStore
 
 from .service_harness import ServiceProcess, TopicReader, produce, wait_for
 
@@ -56,22 +57,33 @@ def assigned_partitions(service: ServiceProcess) -> bool:
     return "assigned [('" in service.log()
 
 
+@pytest.mark.parametrize(
+    ("kafka_client", "store_kind"),
+    [("kafka-python", "directory"), ("confluent", "directory"), ("kafka-python", "topic")],
+    indirect=["kafka_client"],
+)
 def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_event_once(
-    broker: EmbeddedBroker, group_id: str, tmp_path: Path, kafka_client: str
+    broker: EmbeddedBroker, group_id: str, tmp_path: Path, kafka_client: str, store_kind: str
 ) -> None:
+    """With the checkpoint store in a shared directory, or in a compacted topic (no shared disk)."""
     suffix = uuid.uuid4().hex[:10]
     topics = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dead": f"dead-{suffix}"}
     broker.create_topics([topics["input"]], partitions=PARTITIONS)
     broker.create_topics([topics["output"], topics["dead"]], partitions=1)
     flags = ("--batch-size", "16", "--checkpoint-every", "200", "--checkpoint-interval", "1")
     flags += ("--kafka-client", kafka_client)
+    store: CheckpointStore
+    if store_kind == "topic":
+        flags += ("--checkpoint-topic", f"ckpt-{suffix}")
+        store = KafkaTopicStore(broker.bootstrap_servers, f"ckpt-{suffix}")
+    else:
+        store = DirectoryStore(tmp_path / "checkpoints")
     doomed = ServiceProcess(
         broker.bootstrap_servers, topics, group_id, tmp_path, "--instance-id", "a", *flags
     )
     survivor = ServiceProcess(
         broker.bootstrap_servers, topics, group_id, tmp_path, "--instance-id", "b", *flags
     )
-    store = DirectoryStore(tmp_path / "checkpoints")
     stop_producing = threading.Event()
     reader = TopicReader(broker.bootstrap_servers, topics["output"])
     try:
@@ -113,6 +125,8 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
         doomed.cleanup()
         survivor.cleanup()
         reader.close()
+    if store_kind == "topic":
+        assert not (tmp_path / "checkpoints").exists()  # nothing went to a shared disk
 
     ends = input_offsets(broker.bootstrap_servers, topics["input"])
     assert len(ends) == PARTITIONS  # every partition got events
@@ -134,6 +148,7 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
     )
     assert {int(p) for p, _ in continued} >= set(taken_over)
     assert all(int(keys) > 0 for _, keys in continued)
+    store.close()
 
 
 def input_offsets(bootstrap: str, topic: str) -> dict[int, int]:

@@ -1,0 +1,345 @@
+"""The checkpoint store as a compacted Kafka topic: scale out with no shared disk.
+
+:class:`KafkaTopicStore` keeps the same checkpoints as
+:class:`~stream_lstm.state_store.DirectoryStore` (per partition: offset, counts, key states;
+per instance: weights, optimizer, baselines, scores) in one single-partition topic with
+``cleanup.policy=compact``, so the instances of a group only need the Kafka cluster they already
+use. A checkpoint can be larger than a Kafka message (1 MB by default), so it is written as:
+
+* chunks, keyed ``NAME@VERSION/I``, of at most ``chunk_bytes`` each, then
+* once every chunk is acknowledged, a manifest keyed ``NAME`` (JSON: version, chunk count, size,
+  SHA-256, time written), then
+* tombstones for the chunks of every other version of ``NAME``, which compaction then removes.
+
+``NAME`` is ``instances/INSTANCE_ID`` or ``partitions/TOPIC/PARTITION``. A reader takes the
+latest manifest and the chunks of its version, and checks the hash. A writer that dies before its
+manifest leaves the previous version readable (its orphan chunks are tombstoned by the next
+write of that name); so, like the directory store, a crash leaves the old or the new version of
+each checkpoint, never a torn one.
+
+Readers keep an in-memory view of the topic (latest value per key) and bring it up to date
+before each load, reading only what is new. Unlike the directory store, this store cannot lock an
+instance id: give each running instance its own (the default, the host name, is unique per
+container); with ``--exactly-once`` the transactional id fences a second process with the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+from stream_lstm.checkpoint import decode_checkpoint, encode_checkpoint
+from stream_lstm.errors import CheckpointError
+from stream_lstm.state_store import InstanceState, Partition, PartitionState, check_instance_id
+
+log = logging.getLogger(__name__)
+
+#: Below the default 1 MB message limit of Kafka brokers, with room for the record's overhead.
+DEFAULT_CHUNK_BYTES = 512 * 1024
+MANIFEST_FORMAT = 1
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class KafkaTopicStore:
+    """Checkpoints in a compacted Kafka topic (see the module doc); the interface of
+    :class:`~stream_lstm.state_store.DirectoryStore`.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        The Kafka cluster, ``host:port[,host:port...]``.
+    topic
+        The store's topic; created (one partition, compacted) when missing.
+    chunk_bytes
+        The largest record value written; a checkpoint is cut into chunks of this size.
+    timeout_s
+        How long one write or one catch-up read may take before it fails.
+    connect_timeout_s
+        How long to keep trying to reach the cluster at start (it may still be starting).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 120.0,
+    ) -> None:
+        if chunk_bytes < 1:
+            raise CheckpointError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.chunk_bytes = chunk_bytes
+        self.timeout_s = timeout_s
+        self.root = None  # no directory (the service looks for stream-lstm 0.1's file in one)
+        self._latest: dict[str, bytes] = {}  # record key -> latest value seen in the topic
+        self._partition = TopicPartition(topic, 0)
+        deadline = time.monotonic() + connect_timeout_s
+        while True:
+            self._attempt_timeout_s = max(deadline - time.monotonic(), 1.0)
+            try:
+                self._connect()
+                break
+            except KafkaError as error:
+                if time.monotonic() + 2.0 > deadline:
+                    raise CheckpointError(
+                        f"cannot open the checkpoint topic {topic!r} on {bootstrap_servers}: {error}"
+                    ) from error
+                log.warning("checkpoint topic %s: %s; retrying", topic, error)
+                time.sleep(2.0)
+        self._consumer.assign([self._partition])
+        self._consumer.seek_to_beginning(self._partition)
+
+    def _connect(self) -> None:
+        self._ensure_topic()
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            linger_ms=0,
+            max_request_size=self.chunk_bytes + 64 * 1024,
+            client_id=f"stream-lstm-store-{self.topic}",
+        )
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                fetch_max_wait_ms=50,
+                max_partition_fetch_bytes=max(self.chunk_bytes + 64 * 1024, 1024 * 1024),
+                client_id=f"stream-lstm-store-{self.topic}",
+            )
+        except KafkaError:
+            producer.close(timeout=1.0)
+            raise
+        self._producer, self._consumer = producer, consumer
+
+    def describe(self) -> str:
+        return f"Kafka topic {self.topic} on {self.bootstrap_servers}"
+
+    def close(self) -> None:
+        """Close the store's producer and consumer."""
+        self._producer.close(timeout=self.timeout_s)
+        self._consumer.close()
+
+    # ------------------------------------------------------------------ instances
+
+    def lock_instance(self, instance_id: str) -> None:
+        """Check the id; a topic cannot hold a lock (see the module doc)."""
+        check_instance_id(instance_id)
+
+    def unlock_instance(self, instance_id: str) -> None:
+        """Nothing to release."""
+
+    def load_instance(self, instance_id: str) -> InstanceState | None:
+        """This instance's last checkpoint, or ``None`` if it has none."""
+        return self._load(_instance_name(instance_id), InstanceState)
+
+    def has_instance(self, instance_id: str) -> bool:
+        """Whether ``instance_id`` has a checkpoint."""
+        self._catch_up()
+        return _instance_name(instance_id) in self._latest
+
+    def newest_other_instance(self, instance_id: str) -> InstanceState | None:
+        """The most recently written checkpoint of another instance (to warm-start a new one)."""
+        self._catch_up()
+        own = _instance_name(instance_id)
+        candidates = []
+        for name in self._latest:
+            if name.startswith("instances/") and "@" not in name and name != own:
+                try:
+                    candidates.append((self._manifest(name)["written"], name))
+                except CheckpointError as error:
+                    log.warning("skipping %s in %s: %s", name, self.describe(), error)
+        for _, name in sorted(candidates, reverse=True):
+            try:
+                return self._load(name, InstanceState, catch_up=False)
+            except CheckpointError as error:
+                log.warning("skipping %s: %s", name, error)
+        return None
+
+    def save_instance(self, state: InstanceState) -> int:
+        """Write an instance's checkpoint; return its size in bytes."""
+        return self._save(_instance_name(state.instance), state)
+
+    # ------------------------------------------------------------------ partitions
+
+    def load_partition(self, partition: Partition) -> PartitionState | None:
+        """The partition's last checkpoint, or ``None`` if nobody has written one."""
+        return self._load(_partition_name(partition), PartitionState)
+
+    def save_partition(self, state: PartitionState) -> int:
+        """Write a partition's checkpoint; return its size in bytes."""
+        return self._save(_partition_name((state.topic, state.partition)), state)
+
+    def partitions(self) -> list[Partition]:
+        """Every partition with a checkpoint in the store."""
+        self._catch_up()
+        found = []
+        for name in self._latest:
+            if name.startswith("partitions/") and "@" not in name:
+                topic, _, number = name[len("partitions/") :].rpartition("/")
+                found.append((topic, int(number)))
+        return sorted(found)
+
+    # ------------------------------------------------------------------ reading
+
+    def _load(self, name: str, kind: type, *, catch_up: bool = True) -> Any:
+        if catch_up:
+            self._catch_up()
+        if name not in self._latest:
+            return None
+        manifest = self._manifest(name)
+        where = f"{name} in {self.describe()}"
+        parts = []
+        for index in range(manifest["chunks"]):
+            chunk = self._latest.get(_chunk_key(name, manifest["version"], index))
+            if chunk is None:
+                raise CheckpointError(
+                    f"checkpoint {where} is incomplete: chunk {index + 1} of {manifest['chunks']} "
+                    f"of version {manifest['version']} is missing"
+                )
+            parts.append(chunk)
+        data = b"".join(parts)
+        if len(data) != manifest["bytes"] or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+            raise CheckpointError(f"checkpoint {where} is damaged: its chunks do not match the manifest")
+        state = decode_checkpoint(data, where)
+        if not isinstance(state, kind):
+            raise CheckpointError(f"{where} does not hold a {kind.__name__}")
+        return state
+
+    def _manifest(self, name: str) -> dict[str, Any]:
+        try:
+            manifest = json.loads(self._latest[name])
+            if manifest["format"] != MANIFEST_FORMAT:
+                raise CheckpointError(
+                    f"{name} in {self.describe()} has store format {manifest['format']}; "
+                    f"this version reads {MANIFEST_FORMAT}"
+                )
+            for field, kind in (("version", str), ("chunks", int), ("bytes", int), ("sha256", str)):
+                if not isinstance(manifest[field], kind):
+                    raise TypeError(field)
+        except (ValueError, KeyError, TypeError) as error:
+            where = f"{name} in {self.describe()}"
+            raise CheckpointError(f"{where} has an unreadable manifest: {error!r}") from None
+        return manifest
+
+    def _catch_up(self) -> None:
+        """Read what was written to the topic since the last read (by any instance)."""
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            end = self._consumer.end_offsets([self._partition])[self._partition]
+            while True:
+                batches = self._consumer.poll(timeout_ms=100)
+                for records in batches.values():
+                    for record in records:
+                        key = record.key.decode() if record.key is not None else None
+                        if key is None:
+                            continue
+                        if record.value is None:
+                            self._latest.pop(key, None)
+                        else:
+                            self._latest[key] = record.value
+                if self._consumer.position(self._partition) >= end and not batches:
+                    return  # at the end, and nothing was left in the fetch buffer
+                if time.monotonic() > deadline:
+                    raise CheckpointError(
+                        f"cannot read {self.describe()} to its end within {self.timeout_s:g} s "
+                        f"(at offset {self._consumer.position(self._partition)} of {end})"
+                    )
+        except KafkaError as error:
+            raise CheckpointError(f"cannot read {self.describe()}: {error}") from error
+
+    # ------------------------------------------------------------------ writing
+
+    def _save(self, name: str, state: Any) -> int:
+        data = encode_checkpoint(state)
+        version = uuid.uuid4().hex
+        size = self.chunk_bytes
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        # Every earlier version of this name, orphans of a crashed writer included: the view holds
+        # what this store last read (a partition's owner loads it before writing) and what it
+        # wrote since, so no read is needed here.
+        stale = [key for key in self._latest if key.startswith(f"{name}@")]
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": version,
+            "chunks": len(chunks),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "written": time.time(),
+        }
+        # The view takes each step once it is acknowledged (so that chunks left behind by a failed
+        # write are tombstoned by the next); the consumer reads them again later, changing nothing.
+        written = [(_chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
+        self._send(written, name)
+        self._latest.update(written)
+        manifest_value = json.dumps(manifest).encode()
+        self._send([(name, manifest_value)], name)  # only now is the new version live
+        self._latest[name] = manifest_value
+        self._send([(key, None) for key in stale], name)
+        for key in stale:
+            self._latest.pop(key, None)
+        return len(data)
+
+    def _send(self, records: list[tuple[str, bytes | None]], name: str) -> None:
+        """Produce ``records`` and wait until the broker acknowledged every one."""
+        if not records:
+            return
+        try:
+            send = self._producer.send
+            futures = [send(self.topic, key=key.encode(), value=value) for key, value in records]
+            self._producer.flush(timeout=self.timeout_s)
+            for future in futures:
+                future.get(timeout=self.timeout_s)
+        except KafkaError as error:
+            raise CheckpointError(f"cannot write checkpoint {name} to {self.describe()}: {error}") from error
+
+    def _ensure_topic(self) -> None:
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id="stream-lstm-store",
+            bootstrap_timeout_ms=int(min(self._attempt_timeout_s, self.timeout_s) * 1000),
+        )
+        try:
+            response = admin.create_topics(
+                {
+                    self.topic: {
+                        "num_partitions": 1,
+                        "replication_factor": -1,
+                        "configs": {"cleanup.policy": "compact"},
+                    }
+                },
+                timeout_ms=int(self.timeout_s * 1000),
+                raise_errors=False,
+            )
+            for result in response["topics"]:
+                code = result["error_code"]
+                if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    raise CheckpointError(
+                        f"cannot create the checkpoint topic {self.topic!r}: "
+                        f"{result.get('error_message') or 'no message'} (Kafka error code {code})"
+                    )
+        finally:
+            admin.close()
+
+
+def _instance_name(instance_id: str) -> str:
+    return f"instances/{check_instance_id(instance_id)}"
+
+
+def _partition_name(partition: Partition) -> str:
+    topic, number = partition
+    return f"partitions/{topic}/{int(number)}"
+
+
+def _chunk_key(name: str, version: str, index: int) -> str:
+    return f"{name}@{version}/{index}"

@@ -1,0 +1,163 @@
+"""The checkpoint store in a compacted Kafka topic, against the embedded broker."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from stream_lstm.broker import EmbeddedBroker, free_port
+from stream_lstm.errors import CheckpointError
+from stream_lstm.evaluation import PrequentialEvaluator, build_models
+from stream_lstm.events import Event
+from stream_lstm.state_store import InstanceState, PartitionState
+from stream_lstm.topic_store import KafkaTopicStore
+
+
+@pytest.fixture
+def store_topic() -> str:
+    return f"ckpt-{uuid.uuid4().hex[:12]}"
+
+
+def raw_records(bootstrap: str, topic: str) -> list[tuple[str, bytes | None]]:
+    """Every record of the store topic, in order, as (key, value)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+    partition = TopicPartition(topic, 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    end = consumer.end_offsets([partition])[partition]
+    records: list[tuple[str, bytes | None]] = []
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            batch = consumer.poll(timeout_ms=100)
+            records += [(r.key.decode(), r.value) for rs in batch.values() for r in rs]
+            if consumer.position(partition) >= end and not batch:
+                return records
+            assert time.monotonic() < deadline, "reading the store topic timed out"
+    finally:
+        consumer.close()
+
+
+def instance_state(instance: str, events: int) -> InstanceState:
+    evaluator = PrequentialEvaluator(build_models(["no_change"]))
+    evaluator.process([Event(key="k", label=1)] * events)
+    return InstanceState(evaluator=evaluator, instance=instance)
+
+
+def test_checkpoints_written_by_one_store_are_read_by_another(
+    broker: EmbeddedBroker, store_topic: str
+) -> None:
+    writer = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+    reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+    try:
+        assert reader.load_partition(("in", 0)) is None and reader.partitions() == []
+        writer.save_partition(
+            PartitionState(topic="in", partition=2, offset=7, events=7, keys=["a"], instance="x")
+        )
+        writer.save_instance(instance_state("x", 3))
+        time.sleep(0.01)  # distinct write times for the "newest" order below
+        writer.save_instance(instance_state("y", 5))
+
+        state = reader.load_partition(("in", 2))
+        assert (state.offset, state.events, state.keys, state.instance) == (7, 7, ["a"], "x")
+        assert reader.partitions() == [("in", 2)]
+        assert reader.has_instance("x") and not reader.has_instance("z")
+        assert reader.load_instance("x").evaluator.events == 3
+        assert reader.newest_other_instance("z").instance == "y"  # the most recently written
+        assert reader.newest_other_instance("y").instance == "x"  # never one's own
+
+        writer.save_partition(PartitionState(topic="in", partition=2, offset=9, instance="x"))
+        assert reader.load_partition(("in", 2)).offset == 9  # the reader catches up
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_a_checkpoint_larger_than_a_message_is_chunked_and_old_versions_are_tombstoned(
+    broker: EmbeddedBroker, store_topic: str
+) -> None:
+    store = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=100_000)
+    try:
+        payload = os.urandom(350_000)
+        store.save_partition(PartitionState(topic="in", partition=0, offset=1, key_state={"blob": payload}))
+        first = raw_records(broker.bootstrap_servers, store_topic)
+        first_chunks = [key for key, _ in first if "@" in key]
+        assert len(first_chunks) == 4  # 350 kB and a header in chunks of 100 kB
+        assert all(len(value) <= 100_000 for _, value in first)
+
+        store.save_partition(PartitionState(topic="in", partition=0, offset=2, key_state={"blob": b"small"}))
+        second = raw_records(broker.bootstrap_servers, store_topic)[len(first) :]
+        tombstoned = {key for key, value in second if value is None}
+        assert tombstoned == set(first_chunks)  # compaction can drop the old version entirely
+
+        fresh = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+        try:
+            assert fresh.load_partition(("in", 0)).key_state == {"blob": b"small"}
+        finally:
+            fresh.close()
+    finally:
+        store.close()
+
+
+def test_a_writer_dying_before_its_manifest_leaves_the_previous_version(
+    broker: EmbeddedBroker, store_topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=1000)
+    try:
+        store.save_partition(
+            PartitionState(topic="in", partition=0, offset=10, key_state={"v": b"old" * 1000})
+        )
+        send = store._send
+
+        def die_at_the_manifest(records: list[tuple[str, bytes | None]], name: str) -> None:
+            if any("@" not in key for key, _ in records):
+                raise CheckpointError("killed")
+            send(records, name)
+
+        monkeypatch.setattr(store, "_send", die_at_the_manifest)
+        with pytest.raises(CheckpointError):
+            store.save_partition(
+                PartitionState(topic="in", partition=0, offset=20, key_state={"v": b"new" * 1000})
+            )
+        monkeypatch.undo()
+
+        reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+        try:
+            assert reader.load_partition(("in", 0)).offset == 10  # its chunks are there, unused
+            store.save_partition(PartitionState(topic="in", partition=0, offset=30))
+            reader.load_partition(("in", 0))
+            live_chunks = [key for key in reader._latest if "@" in key]
+            assert len(live_chunks) == 1  # the orphans and the old version were tombstoned
+            assert reader.load_partition(("in", 0)).offset == 30
+        finally:
+            reader.close()
+    finally:
+        store.close()
+
+
+def test_a_damaged_chunk_is_an_error_not_a_wrong_state(broker: EmbeddedBroker, store_topic: str) -> None:
+    store = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+    try:
+        store.save_partition(PartitionState(topic="in", partition=0, offset=5))
+        chunk_key, chunk = next(
+            (key, value) for key, value in raw_records(broker.bootstrap_servers, store_topic) if "@" in key
+        )
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+        damaged = bytes(b ^ 0x01 for b in chunk)  # same size, other bytes: only the hash can tell
+        producer.send(store_topic, key=chunk_key.encode(), value=damaged).get(timeout=10)
+        producer.close()
+        with pytest.raises(CheckpointError, match="damaged"):
+            store.load_partition(("in", 0))
+    finally:
+        store.close()
+
+
+def test_an_unreachable_cluster_is_a_clear_error() -> None:
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match="cannot open the checkpoint topic"):
+        KafkaTopicStore(f"127.0.0.1:{free_port()}", "ckpt", connect_timeout_s=1.0)
+    assert time.monotonic() - started < 60
