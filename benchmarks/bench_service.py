@@ -4,7 +4,8 @@ On the embedded broker and one topic per key count, in one run: the rate of cons
 decoding the events (raw), of a relay written with the same client that consumes, decodes,
 encodes a prediction-sized record and produces it (the I/O floor of any such service), and of
 the full service (three models, learning, checkpoints) as a `stream-lstm run` process, timed from
-its first processed event to its last; all of it once per Kafka client library (kafka-python, and
+its first prediction to its last by the records' timestamps (its metrics are read only twice a
+second: each scrape costs the service CPU); all of it once per Kafka client library (kafka-python, and
 confluent-kafka when installed). Usage: ``python benchmarks/bench_service.py [--events N]
 [--keys 1,1000,100000] [--clients kafka-python,confluent] [--markdown FILE]``.
 """
@@ -134,7 +135,7 @@ def service(client: str, bootstrap: str, topic: str, total: int, workdir: Path) 
     log = (workdir / f"service-{topic}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "stream_lstm", "run", "--bootstrap-servers", bootstrap, "--input-topic", topic,
-         "--output-topic", topic + "-out", "--dead-letter-topic", topic + "-dead",
+         "--output-topic", f"{topic}-out-{client}", "--dead-letter-topic", topic + "-dead",
          "--group-id", f"{topic}-{client}", "--checkpoint-dir", str(workdir / f"{topic}-{client}"),
          "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
          "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000", "--log-level", "WARNING",
@@ -155,21 +156,32 @@ def service(client: str, bootstrap: str, topic: str, total: int, workdir: Path) 
 
     try:
         deadline = time.monotonic() + 600
-        while processed() == 0:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the service did not start; see {log.name}")
-            time.sleep(0.01)
-        started = time.perf_counter()
-        first = processed()
         while processed() < total:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the service stopped early; see {log.name}")
-            time.sleep(0.02)
-        # Rate over the events seen after the clock started (the first poll's are excluded).
-        return (time.perf_counter() - started) * total / max(total - first, 1)
+            time.sleep(0.5)  # a scrape costs the service CPU: look rarely, time by the records
     finally:
         process.terminate()
         process.wait(timeout=30)
+    return produce_span(bootstrap, f"{topic}-out-{client}", total)
+
+
+def produce_span(bootstrap: str, topic: str, total: int) -> float:
+    """Seconds from the first to the last of the ``total`` records of ``topic``, by their
+    timestamps (set by the producing client when it sent each), scaled to ``total`` intervals."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=5000)
+    consumer.assign([TopicPartition(topic, 0)])
+    consumer.seek_to_beginning()
+    stamps: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(stamps) < total:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(stamps)} of {total} predictions in {topic}")
+        for records in consumer.poll(timeout_ms=500).values():
+            stamps += [record.timestamp for record in records]
+    consumer.close()
+    stamps = stamps[:total]
+    return (max(stamps) - min(stamps)) / 1000 * total / max(total - 1, 1)
 
 
 def available_clients(requested: str) -> list[str]:
@@ -199,7 +211,8 @@ def main() -> None:
         workdir = Path(work)
         for keys in (int(k) for k in args.keys.split(",")):
             topic = f"bench-{keys}"
-            broker.create_topics([topic, topic + "-relay", topic + "-out", topic + "-dead"])
+            outputs = [f"{topic}-out-{client}" for client in available_clients(args.clients)]
+            broker.create_topics([topic, topic + "-relay", topic + "-dead", *outputs])
             writer = EventWriter(broker.bootstrap_servers, topic)
             for event in temporal_stream(args.events, n_keys=keys, seed=1):
                 writer.send(event.key, encode_event(event))

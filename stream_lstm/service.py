@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 #: Consumer lag needs a request to the broker: refresh it this often, in seconds.
 LAG_REFRESH_S = 5.0
 
+#: One encoder for every prediction record: ``json.dumps`` with options builds a new one per call.
+_RECORD_ENCODER = json.JSONEncoder(allow_nan=False)
+
 #: At most this much of a malformed message's value is copied into its dead letter.
 DEAD_LETTER_VALUE_BYTES = 64 * 1024
 
@@ -325,7 +328,7 @@ class StreamService:
                 self.kafka.produce(
                     settings.kafka.output_topic,
                     event.key.encode(),
-                    json.dumps(record, allow_nan=False).encode(),
+                    _RECORD_ENCODER.encode(record).encode(),
                 )
             produced = time.perf_counter()
             stage.labels(stage="produce").observe(produced - predicted)

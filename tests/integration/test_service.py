@@ -194,6 +194,28 @@ def test_graceful_stop_within_10_s_and_restart_resumes_without_replaying(
     assert checkpoint_of(tmp_path).evaluator.events == 501
 
 
+def test_an_unreadable_partition_checkpoint_stops_the_service_and_is_left_as_it_was(
+    broker: EmbeddedBroker, topics: dict[str, str], service_factory, tmp_path: Path
+) -> None:
+    """Going on would overwrite the partition's checkpoint with state that lost its keys."""
+    produce(broker.bootstrap_servers, topics["input"], list(temporal_stream(300, n_keys=5, seed=4)))
+    first = service_factory().start()
+    reader = TopicReader(broker.bootstrap_servers, topics["output"])
+    reader.read_until(lambda r: len(r) >= 300, 90, "300 predictions")
+    assert first.terminate() < 10
+    checkpoint = tmp_path / "checkpoints" / "partitions" / topics["input"] / "0.ckpt"
+    damaged = checkpoint.read_bytes()[:-200]  # a torn copy, say, restored from a bad backup
+    checkpoint.write_bytes(damaged)
+
+    second = service_factory().start()
+    assert second.process is not None
+    wait_for(lambda: second.process.poll() is not None, 60, f"the service to stop; log:\n{second.log()}")
+    assert second.process.returncode == 2
+    assert "cannot continue partition" in second.log() and "damaged" in second.log()
+    assert checkpoint.read_bytes() == damaged  # not overwritten
+    assert len(reader.read()) == 300  # and nothing was predicted from a fresh state
+
+
 def test_service_survives_the_broker_going_away_and_coming_back(
     tmp_path: Path, group_id: str, kafka_client: str
 ) -> None:
