@@ -299,10 +299,17 @@ class ConfluentIO:
                 for topic, key, value in self._held:
                     self._send(topic, key, value)
                 if kafka_offsets:
-                    self.producer.send_offsets_to_transaction(
-                        kafka_offsets, self.consumer.consumer_group_metadata(), _BLOCKING_TIMEOUT_S
+                    metadata = self.consumer.consumer_group_metadata()
+                    retry_retriable(
+                        lambda: self.producer.send_offsets_to_transaction(
+                            kafka_offsets, metadata, _BLOCKING_TIMEOUT_S
+                        ),
+                        "sending the offsets to the transaction",
                     )
-                self.producer.commit_transaction(_BLOCKING_TIMEOUT_S * 2)
+                commit_timeout = _BLOCKING_TIMEOUT_S * 2
+                retry_retriable(
+                    lambda: self.producer.commit_transaction(commit_timeout), "committing the transaction"
+                )
                 self._in_transaction = False
                 self._held = []
             elif kafka_offsets:
@@ -338,6 +345,22 @@ class ConfluentIO:
             self.producer.flush(timeout_s)
         finally:
             self.consumer.close()
+
+
+def retry_retriable(call: Callable[[], Any], what: str, *, attempts: int = 3) -> Any:
+    """Run a transactional call, again while librdkafka says its error is retriable (a timeout,
+    say), as its documentation asks; an error that requires an abort, a fatal one, or the last
+    attempt's is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except KafkaException as error:
+            kafka_error = error.args[0] if error.args else None
+            retriable = isinstance(kafka_error, KafkaError) and kafka_error.retriable()
+            if not retriable or kafka_error.txn_requires_abort() or attempt == attempts:
+                raise
+            log.warning("%s: %s; trying again (%d of %d)", what, kafka_error, attempt + 1, attempts)
+    raise AssertionError("unreachable")
 
 
 def _produce(
