@@ -46,6 +46,10 @@ class KeyStateStore:
         self._slots: OrderedDict[str, int] = OrderedDict()  # least recently used first
         self._free: list[int] = []
         self._capacity = 0
+        # Per slot, when its key was last used (the order of _slots), so that exporting a few keys
+        # needs no walk over all of them.
+        self._last_used = np.zeros(0, dtype=np.int64)
+        self._tick = 0
         self.h0 = torch.zeros(0, hidden_size, device=device)
         self.c0 = torch.zeros(0, hidden_size, device=device)
         self.window = torch.zeros(0, window_steps, input_size, device=device)
@@ -86,14 +90,21 @@ class KeyStateStore:
             if slot is not None:
                 self._slots.move_to_end(key)
                 slots[i] = slot
+        new_rows = np.flatnonzero(slots < 0)
         fresh: list[int] = []
-        for i in np.flatnonzero(slots < 0):
+        for i in new_rows:
             slot = self._take_slot()
             self._slots[keys[i]] = slot
             slots[i] = slot
             fresh.append(slot)
+        touched = slots
         if fresh:
             self._reset(np.asarray(fresh, dtype=np.int64))
+            was_tracked = np.ones(slots.size, dtype=bool)
+            was_tracked[new_rows] = False
+            touched = np.concatenate([slots[was_tracked], slots[new_rows]])  # the order of _slots
+        self._last_used[touched] = self._tick + np.arange(touched.size)
+        self._tick += touched.size
         return slots
 
     def _take_slot(self) -> int:
@@ -119,6 +130,7 @@ class KeyStateStore:
         self.window_len = np.concatenate([self.window_len, np.zeros(extra, dtype=np.int64)])
         self.prev_label = np.concatenate([self.prev_label, np.full(extra, NO_LABEL, np.int8)])
         self.last_ts = np.concatenate([self.last_ts, np.full(extra, np.nan)])
+        self._last_used = np.concatenate([self._last_used, np.zeros(extra, dtype=np.int64)])
         # Hand out low slots first so that a fresh store fills its slots in order.
         self._free = list(range(capacity - 1, self._capacity - 1, -1)) + self._free
         self._capacity = capacity
@@ -136,8 +148,9 @@ class KeyStateStore:
 
         What a partition's new owner passes to :meth:`import_` to continue these keys exactly.
         """
-        wanted = set(keys)
-        kept = [(key, slot) for key, slot in self._slots.items() if key in wanted]
+        tracked = self._slots
+        kept = [(key, slot) for key in dict.fromkeys(keys) if (slot := tracked.get(key)) is not None]
+        kept.sort(key=lambda item: self._last_used[item[1]])
         slots = np.asarray([slot for _, slot in kept], dtype=np.int64)
         index = torch.as_tensor(slots, device=self.device)
         return {
@@ -198,6 +211,9 @@ class KeyStateStore:
         self._slots = OrderedDict(state["slots"])
         self._free = list(state["free"])
         self._capacity = state["capacity"]
+        self._last_used = np.zeros(self._capacity, dtype=np.int64)
+        self._last_used[list(self._slots.values())] = np.arange(len(self._slots))
+        self._tick = len(self._slots)
         self.evictions = state["evictions"]
         self.h0 = state["h0"].to(self.device)
         self.c0 = state["c0"].to(self.device)

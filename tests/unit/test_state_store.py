@@ -156,3 +156,19 @@ def test_importing_into_a_full_store_evicts_the_least_recently_used_keys() -> No
     np.testing.assert_array_equal(
         mine.h0[mine.lookup(["k1"])].numpy(), theirs.h0[theirs.lookup(["k1"])].numpy()
     )
+
+
+def test_export_lists_the_asked_keys_least_recently_used_first_whatever_the_order_asked() -> None:
+    from stream_lstm.learner.key_state import KeyStateStore
+
+    store = KeyStateStore(max_keys=10, hidden_size=2, window_steps=1, input_size=1, device="cpu")
+    store.lookup(["a", "b", "c", "d"])
+    store.lookup(["b", "e"])  # b is now newer than c and d; e is new
+    store.lookup(["a"])
+    lru = store.keys()
+    assert lru == ["c", "d", "b", "e", "a"]
+    exported = store.export(["a", "e", "c", "zz", "b", "a"])
+    assert exported["keys"] == ["c", "b", "e", "a"]  # untracked and repeated keys left out
+    restored = KeyStateStore(max_keys=10, hidden_size=2, window_steps=1, input_size=1, device="cpu")
+    restored.load_state_dict(store.state_dict())
+    assert restored.export(["a", "d", "c"])["keys"] == ["c", "d", "a"]  # the order survives a save
