@@ -66,3 +66,25 @@ def test_missing_columns_and_files_are_clear_errors(tmp_path: Path) -> None:
         CsvEventSource(tmp_path / "nope.csv", label="label")
     with pytest.raises(ConfigError, match="empty"):
         CsvEventSource(write(tmp_path, ""), label="label")
+
+
+def test_every_label_and_timestamp_form_is_read_and_bad_ones_are_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "time,label\n"
+        "10,1\n"
+        " 11.5 ,1.0\n"
+        "1970-01-01T00:00:12Z, 0\n"
+        "13,true\n"
+        "inf,1\n"  # line 6: not finite
+        "nan,1\n"  # line 7: not finite
+        "yesterday,1\n"  # line 8: not a time
+        "14,2\n"  # line 9: bad label
+        ",\n",  # no time, no label: an unlabelled event without a timestamp
+    )
+    source = CsvEventSource(path, label="label", ts="time")
+    events = list(source)
+    assert [(e.ts, e.label) for e in events] == [(10.0, 1), (11.5, 1), (12.0, 0), (13.0, 1), (None, None)]
+    assert [bad.line for bad in source.bad_rows] == [6, 7, 8, 9]
+    assert all("ts must be" in bad.reason for bad in source.bad_rows[:3])
+    assert "label must be 0, 1 or empty" in source.bad_rows[3].reason
