@@ -174,12 +174,14 @@ def produce_span(bootstrap: str, topic: str, total: int) -> float:
     consumer.seek_to_beginning()
     stamps: list[int] = []
     deadline = time.monotonic() + 120
-    while len(stamps) < total:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {len(stamps)} of {total} predictions in {topic}")
-        for records in consumer.poll(timeout_ms=500).values():
-            stamps += [record.timestamp for record in records]
-    consumer.close()
+    try:
+        while len(stamps) < total:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {len(stamps)} of {total} predictions in {topic}")
+            for records in consumer.poll(timeout_ms=500).values():
+                stamps += [record.timestamp for record in records]
+    finally:
+        consumer.close()
     stamps = stamps[:total]
     return (max(stamps) - min(stamps)) / 1000 * total / max(total - 1, 1)
 

@@ -111,8 +111,9 @@ class NoChangeBaseline:
 
     def export_keys(self, keys: Sequence[str]) -> dict[str, int]:
         """The latest label of those of ``keys`` that have one (see :meth:`import_keys`)."""
-        stored = self.last_label
-        return {key: stored[key] for key in keys if key in stored}
+        wanted = set(keys)
+        # In least-recently-used order, which import_keys keeps.
+        return {key: label for key, label in self.last_label.items() if key in wanted}
 
     def import_keys(self, state: dict[str, int]) -> None:
         """Take over the latest labels of an :meth:`export_keys`."""

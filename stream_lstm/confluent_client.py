@@ -14,6 +14,7 @@ exactly-once commit cannot block a shutdown.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -298,17 +299,23 @@ class ConfluentIO:
                 self._in_transaction = True
                 for topic, key, value in self._held:
                     self._send(topic, key, value)
+                # No longer than the two calls took before they were retried.
+                deadline = time.monotonic() + 3 * _BLOCKING_TIMEOUT_S
                 if kafka_offsets:
                     metadata = self.consumer.consumer_group_metadata()
                     retry_retriable(
-                        lambda: self.producer.send_offsets_to_transaction(
-                            kafka_offsets, metadata, _BLOCKING_TIMEOUT_S
+                        lambda timeout: self.producer.send_offsets_to_transaction(
+                            kafka_offsets, metadata, timeout
                         ),
                         "sending the offsets to the transaction",
+                        timeout_s=_BLOCKING_TIMEOUT_S,
+                        deadline=deadline,
                     )
-                commit_timeout = _BLOCKING_TIMEOUT_S * 2
                 retry_retriable(
-                    lambda: self.producer.commit_transaction(commit_timeout), "committing the transaction"
+                    self.producer.commit_transaction,
+                    "committing the transaction",
+                    timeout_s=2 * _BLOCKING_TIMEOUT_S,
+                    deadline=deadline,
                 )
                 self._in_transaction = False
                 self._held = []
@@ -347,17 +354,22 @@ class ConfluentIO:
             self.consumer.close()
 
 
-def retry_retriable(call: Callable[[], Any], what: str, *, attempts: int = 3) -> Any:
+def retry_retriable(
+    call: Callable[[float], Any], what: str, *, timeout_s: float, deadline: float, attempts: int = 3
+) -> Any:
     """Run a transactional call, again while librdkafka says its error is retriable (a timeout,
-    say), as its documentation asks; an error that requires an abort, a fatal one, or the last
-    attempt's is raised."""
+    say), as its documentation asks. ``call`` gets the seconds it may block: ``timeout_s``, or
+    less as ``deadline`` (``time.monotonic()``) nears, so retries never make the whole longer.
+    An error that requires an abort, a fatal one, or the last possible attempt's is raised."""
     for attempt in range(1, attempts + 1):
+        remaining = deadline - time.monotonic()
         try:
-            return call()
+            return call(max(min(timeout_s, remaining), 0.1))
         except KafkaException as error:
             kafka_error = error.args[0] if error.args else None
             retriable = isinstance(kafka_error, KafkaError) and kafka_error.retriable()
-            if not retriable or kafka_error.txn_requires_abort() or attempt == attempts:
+            out_of_time = deadline - time.monotonic() < 0.5
+            if not retriable or kafka_error.txn_requires_abort() or attempt == attempts or out_of_time:
                 raise
             log.warning("%s: %s; trying again (%d of %d)", what, kafka_error, attempt + 1, attempts)
     raise AssertionError("unreachable")

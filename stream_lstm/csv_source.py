@@ -105,10 +105,6 @@ class CsvEventSource:
                     features = self._features(row, features_at)
                     # The common cells first, read directly; anything else goes through the
                     # parsers, which accept every form and explain what they reject.
-                    cell = row[label_at]
-                    label = _PLAIN_LABELS.get(cell)
-                    if label is None and cell != "":
-                        label = parse_label(cell)
                     ts = None
                     if ts_at is not None:
                         cell = row[ts_at]
@@ -119,6 +115,10 @@ class CsvEventSource:
                         else:
                             if ts - ts != 0.0:  # NaN or infinite
                                 ts = parse_timestamp(cell)
+                    cell = row[label_at]
+                    label = _PLAIN_LABELS.get(cell)
+                    if label is None and cell != "":
+                        label = parse_label(cell)
                     event = Event(
                         key=row[key_at] if key_at is not None else DEFAULT_KEY,
                         ts=ts,

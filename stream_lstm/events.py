@@ -157,7 +157,8 @@ def decode_event(
     if len(value) > max_bytes:
         raise EventError(f"message of {len(value):,} bytes exceeds the limit of {max_bytes:,}", "too_large")
     try:
-        data = _DECODER.decode(value.decode("utf-8"))
+        # What json.loads does with bytes: UTF-8, -16 or -32, a BOM, escaped lone surrogates.
+        data = _DECODER.decode(value.decode(json.detect_encoding(value), "surrogatepass"))
     except EventError:
         raise
     except (ValueError, UnicodeDecodeError) as error:

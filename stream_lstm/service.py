@@ -136,10 +136,10 @@ class StreamService:
         try:
             self.store.lock_instance(self.instance_id)
             self.evaluator = self._load_evaluator()
+            self._instance_saved = self.store.has_instance(self.instance_id)
         except Exception:
             self.store.close()
             raise
-        self._instance_saved = self.store.has_instance(self.instance_id)
         self.partitions: dict[Partition, _PartitionProgress] = {}
         self._owned: set[Partition] = set()  # what the group gave this instance, per the callbacks
         self._fatal: str | None = None  # a reason to stop that a restart would not fix
@@ -471,9 +471,12 @@ class StreamService:
             self.store.save_instance(InstanceState(evaluator=evaluator, instance=self.instance_id))
         self._instance_saved = True
 
-    def _load_evaluator(self) -> PrequentialEvaluator:
-        """This instance's last weights; else warm-start from another instance's; else fresh."""
-        own = self.store.load_instance(self.instance_id)
+    def _load_evaluator(self, *, latest: bool = True) -> PrequentialEvaluator:
+        """This instance's last weights; else warm-start from another instance's; else fresh.
+
+        ``latest=False`` (a rollback) lets the store answer from what it already holds.
+        """
+        own = self.store.load_instance(self.instance_id, latest=latest)
         if own is not None:
             log.info(
                 "instance %s resumes its learner from %s (%d events learned)",
@@ -482,7 +485,7 @@ class StreamService:
                 own.evaluator.events,
             )
             return own.evaluator
-        other = self.store.newest_other_instance(self.instance_id)
+        other = self.store.newest_other_instance(self.instance_id, latest=latest)
         if other is not None:
             log.info(
                 "instance %s starts from the weights of instance %s (%d events learned) in %s",
@@ -504,22 +507,22 @@ class StreamService:
         )
         return self.new_evaluator()
 
-    def _restore_partition(self, partition: Partition) -> None:
+    def _restore_partition(self, partition: Partition, *, latest: bool = True) -> None:
         """Take ``partition``'s checkpoint from the store: its offset, counts and key states.
 
         A checkpoint that cannot be read or continued (damaged, or written with other model
         sizes) stops the service: going on would overwrite it with state that lost its keys.
         """
         try:
-            saved = self.store.load_partition(partition)
+            saved = self.store.load_partition(partition, latest=latest)
             if saved is None:
                 return
             self.evaluator.import_keys(saved.key_state)
         except Exception as error:
             self._fail(
                 f"cannot continue partition {partition[0]}:{partition[1]} from its checkpoint: {error}. "
-                "Fix the cause (e.g. instances with different model settings), or move the file "
-                "aside to start that partition's keys afresh."
+                "Fix the cause (e.g. instances with different model settings), or move that "
+                "checkpoint aside to start the partition's keys afresh."
             )
             return
         self.partitions[partition] = _PartitionProgress(
@@ -566,14 +569,16 @@ class StreamService:
             self.kafka.reset_producer()
         except Exception as error:  # the next failure rolls back again and retries this
             log.warning("recreating the producer failed: %s", error)
-        self.evaluator = self._load_evaluator()
+        # Only this instance's own last checkpoints are needed, which a store already holds: a
+        # rollback must not depend on a broker that may be the reason for it.
+        self.evaluator = self._load_evaluator(latest=False)
         self.partitions = {}
         self._replay_until = {}
         self._evictions_seen = self._lstm_evictions()
         self._since_checkpoint = 0
         self._rollback_requested = False
         for partition in sorted(self._owned):
-            self._restore_partition(partition)
+            self._restore_partition(partition, latest=False)
         self._needs_seek.update(self._owned)
         self._seek_pending()
 

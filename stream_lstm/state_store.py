@@ -79,7 +79,12 @@ def check_instance_id(instance_id: str) -> str:
 
 class CheckpointStore(Protocol):
     """What the service needs of a checkpoint store: :class:`DirectoryStore`, or
-    :class:`~stream_lstm.topic_store.KafkaTopicStore` when no disk is shared."""
+    :class:`~stream_lstm.topic_store.KafkaTopicStore` when no disk is shared.
+
+    ``latest=False`` on a load allows a store to answer from what it already knows instead of
+    asking its backend (a rollback only needs this instance's own last writes, and may happen
+    while the backend is away); a directory always reads its files.
+    """
 
     #: The store's directory, if it has one.
     @property
@@ -93,15 +98,15 @@ class CheckpointStore(Protocol):
 
     def close(self) -> None: ...
 
-    def load_instance(self, instance_id: str) -> InstanceState | None: ...
+    def load_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None: ...
 
     def has_instance(self, instance_id: str) -> bool: ...
 
-    def newest_other_instance(self, instance_id: str) -> InstanceState | None: ...
+    def newest_other_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None: ...
 
     def save_instance(self, state: InstanceState) -> int: ...
 
-    def load_partition(self, partition: Partition) -> PartitionState | None: ...
+    def load_partition(self, partition: Partition, *, latest: bool = True) -> PartitionState | None: ...
 
     def save_partition(self, state: PartitionState) -> int: ...
 
@@ -154,7 +159,7 @@ class DirectoryStore:
         for instance_id in list(self._locks):
             self.unlock_instance(instance_id)
 
-    def load_instance(self, instance_id: str) -> InstanceState | None:
+    def load_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None:
         """This instance's last checkpoint, or ``None`` if it has none."""
         path = self._instance_path(instance_id)
         if not path.exists():
@@ -165,7 +170,7 @@ class DirectoryStore:
         """Whether ``instance_id`` has a checkpoint."""
         return self._instance_path(instance_id).exists()
 
-    def newest_other_instance(self, instance_id: str) -> InstanceState | None:
+    def newest_other_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None:
         """The most recently written checkpoint of another instance (to warm-start a new one)."""
         directory = self.root / "instances"
         if not directory.is_dir():
@@ -194,7 +199,7 @@ class DirectoryStore:
             raise CheckpointError(f"topic name {topic!r} cannot name a checkpoint file")
         return self.root / "partitions" / topic / f"{int(number)}.ckpt"
 
-    def load_partition(self, partition: Partition) -> PartitionState | None:
+    def load_partition(self, partition: Partition, *, latest: bool = True) -> PartitionState | None:
         """The partition's last checkpoint, or ``None`` if nobody has written one."""
         path = self._partition_path(partition)
         if not path.exists():

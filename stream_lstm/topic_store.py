@@ -71,7 +71,7 @@ class KafkaTopicStore:
         topic: str,
         *,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        timeout_s: float = 30.0,
+        timeout_s: float = 10.0,
         connect_timeout_s: float = 120.0,
     ) -> None:
         if chunk_bytes < 1:
@@ -82,6 +82,8 @@ class KafkaTopicStore:
         self.timeout_s = timeout_s
         self.root = None  # no directory (the service looks for stream-lstm 0.1's file in one)
         self._latest: dict[str, bytes] = {}  # record key -> latest value seen in the topic
+        # Per name, the chunk keys this store wrote or tried to write and has not tombstoned yet.
+        self._own_chunks: dict[str, set[str]] = {}
         self._partition = TopicPartition(topic, 0)
         deadline = time.monotonic() + connect_timeout_s
         while True:
@@ -96,8 +98,6 @@ class KafkaTopicStore:
                     ) from error
                 log.warning("checkpoint topic %s: %s; retrying", topic, error)
                 time.sleep(2.0)
-        self._consumer.assign([self._partition])
-        self._consumer.seek_to_beginning(self._partition)
 
     def _connect(self) -> None:
         self._ensure_topic()
@@ -113,12 +113,23 @@ class KafkaTopicStore:
                 bootstrap_servers=self.bootstrap_servers,
                 group_id=None,
                 enable_auto_commit=False,
-                fetch_max_wait_ms=50,
+                fetch_max_wait_ms=10,
+                request_timeout_ms=int(self.timeout_s * 1000),
                 max_partition_fetch_bytes=max(self.chunk_bytes + 64 * 1024, 1024 * 1024),
                 client_id=f"stream-lstm-store-{self.topic}",
             )
-        except KafkaError:
+            partitions = consumer.partitions_for_topic(self.topic) or set()
+            if len(partitions) > 1:
+                raise CheckpointError(
+                    f"checkpoint topic {self.topic!r} has {len(partitions)} partitions; it needs "
+                    "exactly one (the order of chunks and manifests matters): use another topic"
+                )
+            consumer.assign([self._partition])
+            consumer.seek_to_beginning(self._partition)
+        except BaseException:
             producer.close(timeout=1.0)
+            if "consumer" in locals():
+                consumer.close()
             raise
         self._producer, self._consumer = producer, consumer
 
@@ -127,8 +138,10 @@ class KafkaTopicStore:
 
     def close(self) -> None:
         """Close the store's producer and consumer."""
-        self._producer.close(timeout=self.timeout_s)
-        self._consumer.close()
+        try:
+            self._producer.close(timeout=self.timeout_s)
+        finally:
+            self._consumer.close()
 
     # ------------------------------------------------------------------ instances
 
@@ -139,18 +152,22 @@ class KafkaTopicStore:
     def unlock_instance(self, instance_id: str) -> None:
         """Nothing to release."""
 
-    def load_instance(self, instance_id: str) -> InstanceState | None:
-        """This instance's last checkpoint, or ``None`` if it has none."""
-        return self._load(_instance_name(instance_id), InstanceState)
+    def load_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None:
+        """This instance's last checkpoint, or ``None`` if it has none.
+
+        ``latest=False`` answers from the view without reading the topic (see the protocol).
+        """
+        return self._load(_instance_name(instance_id), InstanceState, catch_up=latest)
 
     def has_instance(self, instance_id: str) -> bool:
         """Whether ``instance_id`` has a checkpoint."""
         self._catch_up()
         return _instance_name(instance_id) in self._latest
 
-    def newest_other_instance(self, instance_id: str) -> InstanceState | None:
+    def newest_other_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None:
         """The most recently written checkpoint of another instance (to warm-start a new one)."""
-        self._catch_up()
+        if latest:
+            self._catch_up()
         own = _instance_name(instance_id)
         candidates = []
         for name in self._latest:
@@ -172,9 +189,9 @@ class KafkaTopicStore:
 
     # ------------------------------------------------------------------ partitions
 
-    def load_partition(self, partition: Partition) -> PartitionState | None:
+    def load_partition(self, partition: Partition, *, latest: bool = True) -> PartitionState | None:
         """The partition's last checkpoint, or ``None`` if nobody has written one."""
-        return self._load(_partition_name(partition), PartitionState)
+        return self._load(_partition_name(partition), PartitionState, catch_up=latest)
 
     def save_partition(self, state: PartitionState) -> int:
         """Write a partition's checkpoint; return its size in bytes."""
@@ -239,6 +256,8 @@ class KafkaTopicStore:
             end = self._consumer.end_offsets([self._partition])[self._partition]
             while True:
                 batches = self._consumer.poll(timeout_ms=100)
+                if batches:
+                    deadline = time.monotonic() + self.timeout_s  # a long backlog is fine while it moves
                 for records in batches.values():
                     for record in records:
                         key = record.key.decode() if record.key is not None else None
@@ -252,7 +271,7 @@ class KafkaTopicStore:
                     return  # at the end, and nothing was left in the fetch buffer
                 if time.monotonic() > deadline:
                     raise CheckpointError(
-                        f"cannot read {self.describe()} to its end within {self.timeout_s:g} s "
+                        f"cannot read {self.describe()} to its end: nothing new for {self.timeout_s:g} s "
                         f"(at offset {self._consumer.position(self._partition)} of {end})"
                     )
         except KafkaError as error:
@@ -265,10 +284,19 @@ class KafkaTopicStore:
         version = uuid.uuid4().hex
         size = self.chunk_bytes
         chunks = [data[i : i + size] for i in range(0, len(data), size)]
-        # Every earlier version of this name, orphans of a crashed writer included: the view holds
-        # what this store last read (a partition's owner loads it before writing) and what it
-        # wrote since, so no read is needed here.
-        stale = [key for key in self._latest if key.startswith(f"{name}@")]
+        # What this write replaces: the version the view's manifest names, and every chunk this
+        # store wrote or tried to write before (a failed write's included). Versions only seen in
+        # the view are left alone: another writer of the same name (a partition's old owner still
+        # saving it, say) may be writing one that its manifest will name next.
+        own = self._own_chunks.setdefault(name, set())
+        stale = set(own)
+        if name in self._latest:
+            try:
+                replaced = self._manifest(name)
+            except CheckpointError:
+                pass  # an unreadable manifest: nothing to tell which chunks were its
+            else:
+                stale.update(_chunk_key(name, replaced["version"], i) for i in range(replaced["chunks"]))
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": version,
@@ -277,17 +305,20 @@ class KafkaTopicStore:
             "sha256": hashlib.sha256(data).hexdigest(),
             "written": time.time(),
         }
-        # The view takes each step once it is acknowledged (so that chunks left behind by a failed
-        # write are tombstoned by the next); the consumer reads them again later, changing nothing.
         written = [(_chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
+        own.update(key for key, _ in written)
         self._send(written, name)
+        # The view takes each step once it is acknowledged; the consumer reads the same records
+        # again later, which changes nothing.
         self._latest.update(written)
         manifest_value = json.dumps(manifest).encode()
         self._send([(name, manifest_value)], name)  # only now is the new version live
         self._latest[name] = manifest_value
-        self._send([(key, None) for key in stale], name)
+        stale.difference_update(key for key, _ in written)
+        self._send([(key, None) for key in sorted(stale)], name)
         for key in stale:
             self._latest.pop(key, None)
+        own.intersection_update(key for key, _ in written)
         return len(data)
 
     def _send(self, records: list[tuple[str, bytes | None]], name: str) -> None:
@@ -315,7 +346,13 @@ class KafkaTopicStore:
                     self.topic: {
                         "num_partitions": 1,
                         "replication_factor": -1,
-                        "configs": {"cleanup.policy": "compact"},
+                        # Compaction never touches the active segment: roll it hourly, and clean
+                        # early, so that what a new reader must read stays small.
+                        "configs": {
+                            "cleanup.policy": "compact",
+                            "segment.ms": str(3600 * 1000),
+                            "min.cleanable.dirty.ratio": "0.1",
+                        },
                     }
                 },
                 timeout_ms=int(self.timeout_s * 1000),

@@ -120,22 +120,24 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
         )
         assert survivor.terminate() < 10
         records = reader.read()
+        ends = input_offsets(broker.bootstrap_servers, topics["input"])
+        states = {partition: store.load_partition((topics["input"], partition)) for partition in ends}
     finally:
         stop_producing.set()
         doomed.cleanup()
         survivor.cleanup()
         reader.close()
+        store.close()
     if store_kind == "topic":
         assert not (tmp_path / "checkpoints").exists()  # nothing went to a shared disk
 
-    ends = input_offsets(broker.bootstrap_servers, topics["input"])
     assert len(ends) == PARTITIONS  # every partition got events
     predicted = collections.defaultdict(set)
     for record in records:
         predicted[record["source"]["partition"]].add(record["source"]["offset"])
     for partition, end in ends.items():
         assert predicted[partition] == set(range(end)), f"partition {partition}"
-        state = store.load_partition((topics["input"], partition))
+        state = states[partition]
         assert state is not None
         assert state.offset == end
         assert state.events == end, f"partition {partition}: learned {state.events} of {end} events"
@@ -148,7 +150,6 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
     )
     assert {int(p) for p, _ in continued} >= set(taken_over)
     assert all(int(keys) > 0 for _, keys in continued)
-    store.close()
 
 
 def input_offsets(bootstrap: str, topic: str) -> dict[int, int]:

@@ -161,3 +161,72 @@ def test_an_unreachable_cluster_is_a_clear_error() -> None:
     with pytest.raises(CheckpointError, match="cannot open the checkpoint topic"):
         KafkaTopicStore(f"127.0.0.1:{free_port()}", "ckpt", connect_timeout_s=1.0)
     assert time.monotonic() - started < 60
+
+
+def test_two_writers_of_one_name_never_leave_a_manifest_without_its_chunks(
+    broker: EmbeddedBroker, store_topic: str
+) -> None:
+    """A partition's old owner may still be saving it while the new owner does: whichever
+    manifest lands last must find its chunks."""
+    import threading
+
+    new_owner = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=1000)
+    old_owner = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=1000)
+    try:
+        new_owner.save_partition(
+            PartitionState(topic="in", partition=0, offset=1, key_state={"v": b"1" * 3000})
+        )
+        assert old_owner.load_partition(("in", 0)).offset == 1
+        at_manifest, go_on = threading.Event(), threading.Event()
+        send = old_owner._send
+
+        def pause_before_the_manifest(records: list[tuple[str, bytes | None]], name: str) -> None:
+            if any("@" not in key and value is not None for key, value in records):
+                at_manifest.set()
+                go_on.wait(30)
+            send(records, name)
+
+        old_owner._send = pause_before_the_manifest  # type: ignore[method-assign]
+        late = threading.Thread(
+            target=old_owner.save_partition,
+            args=(PartitionState(topic="in", partition=0, offset=2, key_state={"v": b"2" * 3000}),),
+        )
+        late.start()
+        assert at_manifest.wait(30)  # its chunks are in the topic, its manifest not yet
+        assert new_owner.load_partition(("in", 0)).offset == 1  # sees those chunks, unnamed
+        new_owner.save_partition(
+            PartitionState(topic="in", partition=0, offset=3, key_state={"v": b"3" * 3000})
+        )
+        go_on.set()
+        late.join(30)
+        assert not late.is_alive()
+
+        reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+        try:
+            assert reader.load_partition(("in", 0)).offset == 2  # the last manifest, complete
+        finally:
+            reader.close()
+    finally:
+        new_owner.close()
+        old_owner.close()
+
+
+def test_a_load_from_the_view_needs_no_broker(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What a rollback does after a Kafka error: it must not need the broker it may have lost."""
+    own = EmbeddedBroker(log_path=tmp_path / "broker.log")
+    own.start(timeout=30)
+    try:
+        store = KafkaTopicStore(own.bootstrap_servers, "ckpt", timeout_s=2.0)
+        store.save_partition(PartitionState(topic="in", partition=0, offset=4))
+        store.save_instance(instance_state("me", 2))
+    finally:
+        own.stop()
+    try:
+        assert store.load_partition(("in", 0), latest=False).offset == 4
+        assert store.load_instance("me", latest=False).evaluator.events == 2
+        started = time.monotonic()
+        with pytest.raises(CheckpointError):
+            store.load_partition(("in", 0))  # the latest needs the topic
+        assert time.monotonic() - started < 30
+    finally:
+        store.close()

@@ -65,7 +65,7 @@ def test_chunked_forward_matches_step_by_step(batch_size: int, tbptt_steps: int,
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize(("batch_size", "n_keys"), [(64, 40), (48, 12), (16, 200)])
+@pytest.mark.parametrize(("batch_size", "n_keys"), [(64, 40), (48, 24), (16, 30)])
 def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_size: int, n_keys: int) -> None:
     """Once keys have full windows, batches take a shortcut (keys with up to ``tbptt_steps`` new
     events each); with learning on, it must give the same predictions, gradients and weights as the
@@ -74,11 +74,18 @@ def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_si
     fast = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     general = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     general._full_window_path = False
-    repeated_keys_batches = 0
+    short_path = fast._forward_full_windows
+    short_path_with_repeats = 0
+
+    def counting(batch, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal short_path_with_repeats
+        keys = [e.key for e in batch]
+        short_path_with_repeats += len(set(keys)) < len(keys)
+        return short_path(batch, *args, **kwargs)
+
+    fast._forward_full_windows = counting  # type: ignore[method-assign]
     for start in range(0, len(events), batch_size):
         batch = events[start : start + batch_size]
-        keys = [e.key for e in batch]
-        repeated_keys_batches += len(set(keys)) < len(keys) <= 4 * len(set(keys))
         np.testing.assert_allclose(
             fast.predict_proba_many(batch), general.predict_proba_many(batch), rtol=0, atol=1e-5
         )
@@ -86,6 +93,6 @@ def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_si
         general.learn_many(batch)
         for mine, theirs in zip(fast.network.parameters(), general.network.parameters(), strict=True):
             np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=0, atol=1e-5)
-    assert repeated_keys_batches > 5  # the shortcut with several events of one key was exercised
+    assert short_path_with_repeats >= 3  # the short path ran on batches where keys repeat
     for mine, theirs in zip(fast.network.parameters(), general.network.parameters(), strict=True):
         np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)

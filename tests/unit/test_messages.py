@@ -69,3 +69,10 @@ def test_numbers_too_large_for_a_float_are_errors_not_crashes() -> None:
     with pytest.raises(EventError) as ts_error:
         decode_event(b'{"features": {}, "ts": 1' + b"0" * 400 + b"}")
     assert ts_error.value.code == "bad_ts"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32"])
+def test_every_json_text_encoding_is_read(encoding: str) -> None:
+    """What json.loads reads from bytes: UTF-8 with or without a BOM, UTF-16 and UTF-32."""
+    value = '{"key": "é", "features": {"x": 1.5}, "label": 1}'.encode(encoding)
+    assert decode_event(value) == Event(key="é", features={"x": 1.5}, label=1)
