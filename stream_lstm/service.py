@@ -436,6 +436,8 @@ class StreamService:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._replay_until = {p: o for p, o in self._replay_until.items() if o > offsets.get(p, 0)}
+        if not in_callback:
+            self._refresh_store()
         if commit_offsets and not self.settings.kafka.exactly_once:
             try:
                 self.kafka.commit(committed)
@@ -470,6 +472,14 @@ class StreamService:
         with evaluator.keys_set_aside():
             self.store.save_instance(InstanceState(evaluator=evaluator, instance=self.instance_id))
         self._instance_saved = True
+
+    def _refresh_store(self) -> None:
+        """Read what other instances wrote to the store since the last time (a topic store), so
+        that taking a partition over in a rebalance callback has little left to read."""
+        try:
+            self.store.refresh()
+        except CheckpointError as error:
+            log.warning("%s", error)  # the next load reads it, or fails with the reason
 
     def _load_evaluator(self, *, latest: bool = True) -> PrequentialEvaluator:
         """This instance's last weights; else warm-start from another instance's; else fresh.

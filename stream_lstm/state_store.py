@@ -112,6 +112,8 @@ class CheckpointStore(Protocol):
 
     def partitions(self) -> list[Partition]: ...
 
+    def refresh(self) -> None: ...
+
 
 class DirectoryStore:
     """The checkpoint store as a directory of atomically written files (see the module doc)."""
@@ -209,6 +211,9 @@ class DirectoryStore:
     def save_partition(self, state: PartitionState) -> int:
         """Write a partition's checkpoint; return its size in bytes."""
         return save_checkpoint(self._partition_path((state.topic, state.partition)), state)
+
+    def refresh(self) -> None:
+        """Nothing to do: every load reads the files."""
 
     def partitions(self) -> list[Partition]:
         """Every partition with a checkpoint in the store."""

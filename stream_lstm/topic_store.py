@@ -209,6 +209,11 @@ class KafkaTopicStore:
 
     # ------------------------------------------------------------------ reading
 
+    def refresh(self) -> None:
+        """Read what was written since the last read (the service calls this after each
+        checkpoint, so that a partition taken over in a rebalance has little left to read)."""
+        self._catch_up()
+
     def _load(self, name: str, kind: type, *, catch_up: bool = True) -> Any:
         if catch_up:
             self._catch_up()

@@ -71,7 +71,11 @@ def test_checkpoints_written_by_one_store_are_read_by_another(
         assert reader.newest_other_instance("y").instance == "x"  # never one's own
 
         writer.save_partition(PartitionState(topic="in", partition=2, offset=9, instance="x"))
-        assert reader.load_partition(("in", 2)).offset == 9  # the reader catches up
+        assert reader.load_partition(("in", 2), latest=False).offset == 7  # its view, unread
+        reader.refresh()
+        assert reader.load_partition(("in", 2), latest=False).offset == 9  # read by refresh
+        writer.save_partition(PartitionState(topic="in", partition=2, offset=11, instance="x"))
+        assert reader.load_partition(("in", 2)).offset == 11  # a load catches up itself
     finally:
         writer.close()
         reader.close()
