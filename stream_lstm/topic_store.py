@@ -9,16 +9,20 @@ use. A checkpoint can be larger than a Kafka message (1 MB by default), so it is
 * chunks, keyed ``NAME@VERSION/I``, of at most ``chunk_bytes`` each, then
 * once every chunk is acknowledged, a manifest keyed ``NAME`` (JSON: version, chunk count, size,
   SHA-256, time written), then
-* tombstones for the chunks of every other version of ``NAME``, which compaction then removes.
+* tombstones for the chunks of the version that manifest replaced and of this store's own
+  earlier attempts, which compaction then removes. Versions another writer of the same name may
+  still be naming (a partition's old owner still saving it) are left alone, so the last manifest
+  written always finds its chunks.
 
 ``NAME`` is ``instances/INSTANCE_ID`` or ``partitions/TOPIC/PARTITION``. A reader takes the
 latest manifest and the chunks of its version, and checks the hash. A writer that dies before its
-manifest leaves the previous version readable (its orphan chunks are tombstoned by the next
-write of that name); so, like the directory store, a crash leaves the old or the new version of
-each checkpoint, never a torn one.
+manifest leaves the previous version readable; so, like the directory store, a crash leaves the
+old or the new version of each checkpoint, never a torn one. (The dead writer's chunks stay
+behind; a failed write of a live store is cleaned up by its next write.)
 
 Readers keep an in-memory view of the topic (latest value per key) and bring it up to date
-before each load, reading only what is new. Unlike the directory store, this store cannot lock an
+before each load, reading only what is new; ``latest=False`` loads answer from the view alone
+(a rollback, which must not need the broker). Unlike the directory store, this store cannot lock an
 instance id: give each running instance its own (the default, the host name, is unique per
 container); with ``--exactly-once`` the transactional id fences a second process with the same id.
 """
