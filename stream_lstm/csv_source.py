@@ -11,9 +11,6 @@ from pathlib import Path
 from stream_lstm.errors import ConfigError, EventError
 from stream_lstm.events import DEFAULT_KEY, Event, parse_label, parse_number, parse_timestamp
 
-#: Label cells read without :func:`parse_label` (which reads these and other forms alike).
-_PLAIN_LABELS = {"0": 0, "1": 1}
-
 
 @dataclass(frozen=True)
 class BadRow:
@@ -103,27 +100,11 @@ class CsvEventSource:
                     if len(row) != width:
                         raise EventError(f"expected {width} cells, found {len(row)}")
                     features = self._features(row, features_at)
-                    # The common cells first, read directly; anything else goes through the
-                    # parsers, which accept every form and explain what they reject.
-                    ts = None
-                    if ts_at is not None:
-                        cell = row[ts_at]
-                        try:
-                            ts = float(cell)
-                        except ValueError:
-                            ts = parse_timestamp(cell)
-                        else:
-                            if ts - ts != 0.0:  # NaN or infinite
-                                ts = parse_timestamp(cell)
-                    cell = row[label_at]
-                    label = _PLAIN_LABELS.get(cell)
-                    if label is None and cell != "":
-                        label = parse_label(cell)
                     event = Event(
                         key=row[key_at] if key_at is not None else DEFAULT_KEY,
-                        ts=ts,
+                        ts=parse_timestamp(row[ts_at]) if ts_at is not None else None,
                         features=features,
-                        label=label,
+                        label=parse_label(row[label_at]),
                     )
                 except EventError as error:
                     self._record(BadRow(reader.line_num, str(error)))

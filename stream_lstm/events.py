@@ -47,12 +47,19 @@ class Event:
     label: int | None = None
 
 
+_PLAIN_LABELS = {"0": 0, "1": 1}
+
+
 def parse_label(value: Any) -> int | None:
     """Read a label: 0, 1 (also as ``"0"``, ``"1.0"``, booleans), or ``None``/``""`` for none.
 
     >>> parse_label("1"), parse_label(0.0), parse_label(None), parse_label("")
     (1, 0, None, None)
     """
+    if type(value) is str:  # the common case first: a CSV cell or a JSON string "0" or "1"
+        plain = _PLAIN_LABELS.get(value)
+        if plain is not None:
+            return plain
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -93,10 +100,13 @@ def parse_timestamp(value: Any) -> float | None:
         return None
     if isinstance(value, str):
         try:
-            return parse_number(value, "ts")
-        except EventError as error:
-            if error.code == "non_finite":
-                raise EventError(str(error), "bad_ts") from None
+            number = float(value)
+        except ValueError:
+            pass  # not a number: an ISO-8601 time, or nothing readable
+        else:
+            if not math.isfinite(number):
+                raise EventError(f"ts must be finite, got {value!r}", "bad_ts")
+            return number
         try:
             moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
