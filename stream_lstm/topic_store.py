@@ -112,6 +112,7 @@ class KafkaTopicStore:
             max_request_size=self.chunk_bytes + 64 * 1024,
             client_id=f"stream-lstm-store-{self.topic}",
         )
+        consumer = None
         try:
             consumer = KafkaConsumer(
                 bootstrap_servers=self.bootstrap_servers,
@@ -132,7 +133,7 @@ class KafkaTopicStore:
             consumer.seek_to_beginning(self._partition)
         except BaseException:
             producer.close(timeout=1.0)
-            if "consumer" in locals():
+            if consumer is not None:
                 consumer.close()
             raise
         self._producer, self._consumer = producer, consumer
