@@ -234,3 +234,10 @@ def test_a_load_from_the_view_needs_no_broker(tmp_path) -> None:  # type: ignore
         assert time.monotonic() - started < 30
     finally:
         store.close()
+
+
+def test_a_topic_of_several_partitions_is_refused(broker: EmbeddedBroker, store_topic: str) -> None:
+    """Chunks and manifests must keep their order, which only one partition guarantees."""
+    broker.create_topics([store_topic], partitions=2)
+    with pytest.raises(CheckpointError, match="needs exactly one"):
+        KafkaTopicStore(broker.bootstrap_servers, store_topic, connect_timeout_s=5.0)
