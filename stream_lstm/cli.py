@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -119,6 +120,12 @@ EVALUATE_SETTINGS: tuple[Setting, ...] = (
     Setting("ts", str, None, "name of the timestamp column (seconds or ISO-8601)"),
     *LEARNER_SETTINGS,
     *RUNTIME_SETTINGS,
+    Setting(
+        "parallel",
+        parse_bool,
+        True,
+        "run the baselines in a second process beside the LSTM (same scores; used with 2+ CPUs)",
+    ),
 )
 
 
@@ -249,13 +256,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = resolve_settings(args, args.settings)
-        return int(args.handler(args, settings, parser) or 0)
+        status = int(args.handler(args, settings, parser) or 0)
+        sys.stdout.flush()  # a closed pipe is met here, not in the interpreter's exit
+        return status
     except StreamLSTMError as error:
         print(f"stream-lstm: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stream-lstm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whoever read stdout has gone (`stream-lstm evaluate ... | head`): stop quietly, as a
+        # Unix tool killed by SIGPIPE would, and keep the exit flush from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def lstm_arguments(settings: dict[str, Any]) -> dict[str, Any]:
@@ -264,11 +278,9 @@ def lstm_arguments(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
-    from itertools import islice
-
     from stream_lstm.csv_source import BadRow, CsvEventSource
     from stream_lstm.evaluation import PrequentialEvaluator, build_models
-    from stream_lstm.offline import evaluate_stream, evaluation_report
+    from stream_lstm.offline import CsvSpec, SideLane, evaluate_stream, evaluation_report, usable_cpus
     from stream_lstm.progress import ProgressLine
     from stream_lstm.report import format_table, plot_rolling_accuracy, write_json
 
@@ -283,43 +295,75 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
         elif source.skipped == shown_bad_rows + 1:
             print("\r\033[K(further bad rows are counted, not shown)", file=sys.stderr)
 
-    source = CsvEventSource(
-        args.file, label=settings["label"], key=settings["key"], ts=settings["ts"], on_bad_row=report_bad_row
+    spec = CsvSpec(
+        args.file, label=settings["label"], key=settings["key"], ts=settings["ts"], limit=args.limit
     )
+    source = CsvEventSource(spec.path, label=spec.label, key=spec.key, ts=spec.ts, on_bad_row=report_bad_row)
     names = settings["models"]
-    if "lstm" in names:
-        from stream_lstm.learner import set_cpu_threads
+    # The LSTM keeps this process; the baselines, when there are any, may learn beside it.
+    side_names = [name for name in names if name != "lstm"]
+    parallel = settings["parallel"] and "lstm" in names and bool(side_names) and usable_cpus() > 1
+    keep_trace = bool(args.plot)
+    side_lane = None
+    if parallel:
+        side_lane = SideLane(
+            spec,
+            side_names,
+            batch_size=settings["batch_size"],
+            window=settings["window"],
+            max_keys=settings["max_keys"],
+            keep_trace=keep_trace,
+        )
+    try:
+        if "lstm" in names:
+            from stream_lstm.learner import set_cpu_threads
 
-        set_cpu_threads(settings["torch_threads"])
-    models = build_models(names, max_keys=settings["max_keys"], lstm=lstm_arguments(settings))
-    evaluator = PrequentialEvaluator(
-        models, window=settings["window"], max_keys=settings["max_keys"], keep_trace=bool(args.plot)
-    )
-    total = source.count_rows()
-    if args.limit:
-        total = min(total, args.limit)
-    progress = ProgressLine(total, enabled=not args.no_progress)
-    events = islice(source, args.limit) if args.limit else iter(source)
-    seconds = evaluate_stream(events, evaluator, batch_size=settings["batch_size"], progress=progress)
+            set_cpu_threads(settings["torch_threads"])
+        here = ["lstm"] if parallel else names
+        models = build_models(here, max_keys=settings["max_keys"], lstm=lstm_arguments(settings))
+        evaluator = PrequentialEvaluator(
+            models, window=settings["window"], max_keys=settings["max_keys"], keep_trace=keep_trace
+        )
+        total = source.count_rows()
+        if args.limit:
+            total = min(total, args.limit)
+        progress = ProgressLine(total, enabled=not args.no_progress)
+        seconds = evaluate_stream(
+            spec.events(source),
+            evaluator,
+            batch_size=settings["batch_size"],
+            progress=progress,
+            side_lane=side_lane,
+            order=names,
+        )
+    finally:
+        if side_lane is not None:
+            side_lane.close()
 
     learner = models.get("lstm")
     learner_info = None
     if learner is not None:
         learner_info = {**learner.hyperparameters(), "torch_device": str(learner.torch_device)}
     report = evaluation_report(
-        source, evaluator, seconds=seconds, batch_size=settings["batch_size"], learner=learner_info
+        source,
+        evaluator,
+        seconds=seconds,
+        batch_size=settings["batch_size"],
+        learner=learner_info,
+        processes=2 if parallel else 1,
     )
     rate = f"{report['events_per_second']:,.0f}" if report["events_per_second"] else "n/a"
     print(
         f"{report['events']:,} events ({report['labelled']:,} labelled, {report['skipped']:,} bad rows "
         f"skipped) in {seconds:.2f} s: {rate} events/s, batch size {settings['batch_size']}"
+        + (", baselines in a second process" if parallel else "")
     )
     print(format_table(report["models"], window=settings["window"]))
     if args.json:
         write_json(args.json, report)
         print(f"report written to {args.json}")
     if args.plot:
-        curves = {name: evaluator.rolling_accuracy_curve(name) for name in evaluator.models}
+        curves = {name: evaluator.rolling_accuracy_curve(name) for name in evaluator.scores}
         plot_rolling_accuracy(
             curves, args.plot, window=settings["window"], title=f"{args.file}: rolling accuracy"
         )

@@ -23,3 +23,7 @@ class ConfigError(StreamLSTMError, ValueError):
 
 class CheckpointError(StreamLSTMError):
     """A checkpoint could not be written or read back."""
+
+
+class EvaluationError(StreamLSTMError):
+    """An offline evaluation could not finish (e.g. its second process failed)."""

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from stream_lstm.baselines import LogisticRegressionBaseline, NoChangeBaseline
-from stream_lstm.errors import ConfigError
+from stream_lstm.errors import ConfigError, EvaluationError
 from stream_lstm.events import Event
 
 MODEL_NAMES = ("lstm", "logreg", "no_change")
@@ -352,6 +352,45 @@ class PrequentialEvaluator:
         finally:
             for model, store in detached:
                 model.attach_keys(store)
+
+    def results(self) -> dict[str, Any]:
+        """Scores, model seconds, traces and counts: what :meth:`add_results` takes.
+
+        Lets models run by another evaluator (in another process, on the same events) be
+        reported beside this one's.
+        """
+        return {
+            "events": self.events,
+            "labelled": self.labelled,
+            "scores": self.scores,
+            "seconds": self.seconds,
+            "trace": self.trace,
+        }
+
+    def add_results(self, results: Mapping[str, Any], order: Sequence[str] = ()) -> None:
+        """Report the models of another evaluator's :meth:`results` beside this one's.
+
+        Both must have seen the same events; ``order`` lists model names in the order the
+        report should show them (names not in it come last).
+        """
+        if (results["events"], results["labelled"]) != (self.events, self.labelled):
+            raise EvaluationError(
+                f"the two evaluations saw different events ({self.events:,} events, "
+                f"{self.labelled:,} labelled here; {results['events']:,} and "
+                f"{results['labelled']:,} there): did the file change while it was read?"
+            )
+        clash = set(results["scores"]) & set(self.scores)
+        if clash:
+            raise EvaluationError(f"model(s) {', '.join(sorted(clash))} were evaluated twice")
+        rank = {name: i for i, name in enumerate(order)}
+
+        def ordered(mine: dict[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+            merged = {**mine, **theirs}
+            return {name: merged[name] for name in sorted(merged, key=lambda n: rank.get(n, len(rank)))}
+
+        self.scores = ordered(self.scores, results["scores"])
+        self.seconds = ordered(self.seconds, results["seconds"])
+        self.trace = ordered(self.trace, results["trace"])
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per model: whole-stream scores, rolling scores and the model's own events/s."""

@@ -1,14 +1,27 @@
-"""The work of ``stream-lstm evaluate``: stream a CSV file through the models, test-then-train."""
+"""The work of ``stream-lstm evaluate``: stream a CSV file through the models, test-then-train.
+
+The models never read each other's predictions, so they can be evaluated apart on the same
+events: :class:`SideLane` runs the baselines in a second process, which reads the file itself,
+while this process runs the LSTM. Each process evaluates its models exactly as one process
+would; the two sets of scores are then reported together.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import time
-from collections.abc import Iterable
-from dataclasses import asdict
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from itertools import islice
+from multiprocessing.connection import Connection
 from typing import Any
 
 from stream_lstm.csv_source import CsvEventSource
-from stream_lstm.evaluation import PrequentialEvaluator
+from stream_lstm.errors import EvaluationError
+from stream_lstm.evaluation import PrequentialEvaluator, build_models
 from stream_lstm.events import Event
 from stream_lstm.progress import ProgressLine
 
@@ -25,31 +38,173 @@ def batches(events: Iterable[Event], size: int) -> Iterable[list[Event]]:
         yield batch
 
 
+@dataclass(frozen=True)
+class CsvSpec:
+    """How to read a CSV file of events, enough for another process to read it again."""
+
+    path: str
+    label: str
+    key: str | None = None
+    ts: str | None = None
+    limit: int | None = None
+
+    def events(self, source: CsvEventSource | None = None) -> Iterable[Event]:
+        """The file's events (the first ``limit`` of them), from ``source`` or a new reader."""
+        if source is None:
+            source = CsvEventSource(self.path, label=self.label, key=self.key, ts=self.ts)
+        return islice(source, self.limit) if self.limit else iter(source)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class SideLane:
+    """Evaluates some models in a second process, on its own reading of the same CSV file.
+
+    Reading the file again costs far less than passing events between processes, and the
+    baselines (pure Python) then learn on a second CPU while this process runs the LSTM. The
+    process ignores Ctrl-C (this one stops it) and reports a failure with its traceback.
+
+    Parameters
+    ----------
+    spec
+        The file and how to read it.
+    names
+        The models to run there.
+    batch_size, window, max_keys, keep_trace
+        As for the evaluation in this process.
+    """
+
+    def __init__(
+        self,
+        spec: CsvSpec,
+        names: Sequence[str],
+        *,
+        batch_size: int,
+        window: int,
+        max_keys: int,
+        keep_trace: bool,
+    ) -> None:
+        self.names = tuple(names)
+        context = multiprocessing.get_context("spawn")  # no fork of a process running torch
+        self._results, sender = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_run_side_lane,
+            args=(sender, spec, self.names, batch_size, window, max_keys, keep_trace),
+            name="stream-lstm-baselines",
+            daemon=True,
+        )
+        self._process.start()
+        sender.close()
+        self._answer: tuple[str, Any] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the second process."""
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the second process is still alive."""
+        return self._process.is_alive()
+
+    def check(self) -> None:
+        """Raise :class:`EvaluationError` now if the process has already failed."""
+        if self._answer is None and self._results.poll():
+            self._answer = self._receive()
+        if self._answer is not None and self._answer[0] == "error":
+            raise EvaluationError(
+                f"the process evaluating {', '.join(self.names)} failed:\n{self._answer[1]}"
+            )
+
+    def results(self) -> dict[str, Any]:
+        """Wait for the process to finish; its evaluator's :meth:`PrequentialEvaluator.results`."""
+        if self._answer is None:
+            self._answer = self._receive()
+        self.check()
+        return self._answer[1]
+
+    def close(self) -> None:
+        """Stop the process if it still runs."""
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join(timeout=10)
+        self._results.close()
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            return self._results.recv()
+        except EOFError:
+            self._process.join(timeout=10)
+            return ("error", f"it exited with code {self._process.exitcode} before sending its scores")
+
+
+def _run_side_lane(
+    results: Connection,
+    spec: CsvSpec,
+    names: Sequence[str],
+    batch_size: int,
+    window: int,
+    max_keys: int,
+    keep_trace: bool,
+) -> None:
+    """The body of the :class:`SideLane` process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        evaluator = PrequentialEvaluator(
+            build_models(names, max_keys=max_keys), window=window, max_keys=max_keys, keep_trace=keep_trace
+        )
+        for batch in batches(spec.events(), batch_size):
+            evaluator.process(batch)
+        results.send(("ok", evaluator.results()))
+    except BaseException as error:  # whatever it is, the parent reports it
+        results.send(("error", "".join(traceback.format_exception(error)).rstrip()))
+    finally:
+        results.close()
+
+
 def evaluate_stream(
     events: Iterable[Event],
     evaluator: PrequentialEvaluator,
     *,
     batch_size: int,
     progress: ProgressLine | None = None,
+    side_lane: SideLane | None = None,
+    order: Sequence[str] = (),
 ) -> float:
-    """Run every event through ``evaluator`` in micro-batches; return the seconds it took."""
+    """Run every event through ``evaluator`` in micro-batches; return the seconds it took.
+
+    With a ``side_lane`` (started on the same events), its models' results are added to
+    ``evaluator`` at the end, in ``order``, and the time includes waiting for them.
+    """
     started = time.perf_counter()
-    for batch in batches(events, batch_size):
+    for count, batch in enumerate(batches(events, batch_size)):
         evaluator.process(batch)
         if progress is not None:
-            progress.update(evaluator.events, lambda: _status(evaluator))
+            progress.update(evaluator.events, lambda: _status(evaluator, side_lane))
+        if side_lane is not None and count % 256 == 0:
+            side_lane.check()
+    if side_lane is not None:
+        evaluator.add_results(side_lane.results(), order)
     seconds = time.perf_counter() - started
     if progress is not None:
-        progress.update(evaluator.events, lambda: _status(evaluator), force=True)
+        progress.update(evaluator.events, lambda: _status(evaluator, None), force=True)
         progress.close()
     return seconds
 
 
-def _status(evaluator: PrequentialEvaluator) -> str:
+def _status(evaluator: PrequentialEvaluator, side_lane: SideLane | None) -> str:
     parts = []
     for name, scorer in evaluator.scores.items():
         accuracy = scorer.rolling()["accuracy"]
         parts.append(f"{name} {accuracy:.3f}" if accuracy == accuracy else f"{name} n/a")
+    if side_lane is not None:  # their scores arrive at the end
+        parts.append(f"({', '.join(side_lane.names)}: in a second process)")
     return "rolling acc: " + "  ".join(parts)
 
 
@@ -60,8 +215,9 @@ def evaluation_report(
     seconds: float,
     batch_size: int,
     learner: dict[str, Any] | None,
+    processes: int = 1,
 ) -> dict[str, Any]:
-    """The JSON report of an evaluation run."""
+    """The JSON report of an evaluation run (``processes``: 2 when a :class:`SideLane` ran)."""
     events = evaluator.events
     return {
         "file": str(source.path),
@@ -72,6 +228,7 @@ def evaluation_report(
         "seconds": seconds,
         "events_per_second": events / seconds if seconds > 0 else None,
         "batch_size": batch_size,
+        "processes": processes,
         "window": evaluator.window,
         "models": evaluator.report(),
         "lstm": learner,

@@ -134,3 +134,54 @@ def test_console_script_help_documents_every_flag_with_default() -> None:
     for flag in ("--label", "--batch-size", "--tbptt-steps", "--json", "--plot", "--models", "--device"):
         assert flag in result.stdout
     assert "STREAM_LSTM_BATCH_SIZE" in result.stdout and "(default: 64;" in result.stdout
+
+
+def _scores(report: dict) -> dict:
+    """Each model's scores, without its (timing-dependent) events/s."""
+    return {
+        name: {metric: value for metric, value in scores.items() if metric != "events_per_second"}
+        for name, scores in report["models"].items()
+    }
+
+
+def test_baselines_in_a_second_process_score_exactly_as_in_one(
+    stream_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--parallel` (the default with 2+ CPUs) runs the baselines beside the LSTM; the report,
+    the bad rows, the model order and the plotted curves must be those of a single process."""
+    monkeypatch.setattr("stream_lstm.offline.usable_cpus", lambda: 2)  # also on a 1-CPU machine
+    reports = {}
+    for parallel in ("true", "false"):
+        report_path = tmp_path / f"{parallel}.json"
+        argv = [
+            "evaluate", str(stream_csv), "--label", "label", "--key", "key", "--ts", "ts",
+            "--batch-size", "16", "--hidden-size", "8", "--device", "cpu", "--limit", "590",
+            "--models", "logreg,lstm,no_change", "--plot", str(tmp_path / f"{parallel}.png"),
+            "--json", str(report_path), "--no-progress", "--parallel", parallel,
+        ]  # fmt: skip
+        assert main(argv) == 0
+        reports[parallel] = json.loads(report_path.read_text())
+    together, apart = reports["false"], reports["true"]
+    assert (apart["processes"], together["processes"]) == (2, 1)
+    assert list(apart["models"]) == list(together["models"]) == ["logreg", "lstm", "no_change"]
+    assert _scores(apart) == _scores(together)
+    assert apart["events"] == together["events"] == 590
+    assert all(
+        report["models"][name]["events_per_second"] > 0
+        for report in reports.values()
+        for name in report["models"]
+    )
+    assert (tmp_path / "true.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_closed_stdout_ends_the_command_quietly(stream_csv: Path) -> None:
+    """`stream-lstm evaluate ... | head -1`: the reader going away is no crash with a traceback."""
+    command = [sys.executable, "-m", "stream_lstm", "evaluate", str(stream_csv), "--label", "label"]
+    process = subprocess.Popen(
+        [*command, "--models", "no_change", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the command prints anything
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141
+    assert "Traceback" not in err, err
