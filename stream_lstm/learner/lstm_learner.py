@@ -20,6 +20,8 @@ from stream_lstm.learner.scaler import RunningScaler
 # Input vector layout: the scaled features, then the scaled log time gap, then the previous label
 # as -1/+1 (0 when there is none) and a flag for "no previous label".
 _EXTRA_INPUTS = 3
+# torch's reduction enum value for "mean".
+_MEAN = 1
 
 
 def resolve_device(device: str) -> torch.device:
@@ -218,7 +220,8 @@ class LSTMLearner:
             logits = pending.logits
             if pending.label_index is not None:
                 logits = logits.index_select(0, pending.label_index)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, pending.targets)
+            # The aten op itself: the functional wrapper's checks cost more than the op here.
+            loss = torch.binary_cross_entropy_with_logits(logits, pending.targets, None, None, _MEAN)
             for parameter in self._parameters:
                 parameter.grad = None
             loss.backward()
@@ -258,16 +261,20 @@ class LSTMLearner:
             ):
                 return  # not the plain case below: keep torch.optim's own step
             per_parameter = [self.optimizer.state[p] for p in self._parameters]
+            # Every parameter has taken the same steps: one shared counter is one add per step.
+            step = per_parameter[0]["step"]
+            for parameter_state in per_parameter:
+                parameter_state["step"] = step
             self._adam_state = (
                 [s["exp_avg"] for s in per_parameter],
                 [s["exp_avg_sq"] for s in per_parameter],
-                [s["step"] for s in per_parameter],
+                [step] * len(per_parameter),
                 group,
             )
             return
         exp_avgs, exp_avg_sqs, steps, group = state
         beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
+        steps[0].add_(1)
         torch._fused_adam_(
             self._parameters,
             [p.grad for p in self._parameters],
@@ -411,7 +418,7 @@ class LSTMLearner:
         with torch.set_grad_enabled(targets is not None):
             outputs = self._run_lstm(chunk_inputs, chunk_len, chunk_state)
             picked = _gather_steps(outputs, event_chunk_row, event_step)
-            logits = self.network.head(picked).squeeze(-1)
+            logits = self._head(picked)
         probabilities = torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64)
 
         # The next window is the last k - 1 inputs; its start state is one step into the last
@@ -506,7 +513,7 @@ class LSTMLearner:
                 picked = outputs[:, event_step]
             else:
                 picked = _gather_steps(outputs, event_row, event_step)
-            logits = self.network.head(picked).squeeze(-1)
+            logits = self._head(picked)
         with torch.no_grad():
             new_h0, new_c0 = torch.lstm_cell(chunks[:, 0], (h, c), *self._lstm_weights)
         return _Pending(
@@ -611,6 +618,11 @@ class LSTMLearner:
                 out_g = torch.nn.functional.pad(out_g, (0, 0, 0, steps - length))
             outputs = outputs.index_copy(0, rows, out_g)
         return outputs
+
+    def _head(self, outputs: torch.Tensor) -> torch.Tensor:
+        """One logit per row of LSTM outputs (the linear head without nn.Module's call overhead)."""
+        head = self.network.head
+        return torch.nn.functional.linear(outputs, head.weight, head.bias).squeeze(-1)
 
     def _lstm_call(
         self, inputs: torch.Tensor, h: torch.Tensor, c: torch.Tensor
@@ -748,7 +760,7 @@ class LSTMLearner:
         torch.save(
             {
                 "network": self.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self._optimizer_state(),
                 "keys": self.keys.state_dict(),
                 "last_loss": self._last_loss,
                 "last_grad_norm": self._last_grad_norm,
@@ -765,6 +777,19 @@ class LSTMLearner:
             "events_learned": self.events_learned,
             "steps": self.steps,
         }
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state dict with a step counter of its own per parameter.
+
+        The parameters share one counter in memory (see :meth:`_optimizer_step`); saved shared,
+        it would come back as one tensor that torch.optim's next step adds to once per parameter.
+        """
+        saved = self.optimizer.state_dict()
+        saved["state"] = {
+            index: {**entry, "step": entry["step"].clone()} if "step" in entry else entry
+            for index, entry in saved["state"].items()
+        }
+        return saved
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state["hyperparameters"].items():
