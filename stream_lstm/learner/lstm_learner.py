@@ -599,25 +599,15 @@ class LSTMLearner:
     ) -> torch.Tensor:
         """Run the LSTM over padded sequences of the given lengths; return the outputs.
 
-        ``state`` is ``(h, c)``, one row per sequence. Rows are run in groups of equal length,
-        one fused call per group: packed sequences would do it in one call, but they bypass the
-        fast (oneDNN) kernel and cost many times more on the CPU. Outputs past a row's length
-        are zero.
+        ``state`` is ``(h, c)``, one row per sequence. Every row runs to the longest length in one
+        fused call: the padding comes after a row's real steps, so it changes none of their
+        outputs, and no loss is taken past a row's end, so no gradient flows through the padding
+        either (its contributions are exact zeros). Packed sequences would skip the padding, but
+        they bypass the fast (oneDNN) kernel, and a call per length costs more than the padding
+        on the CPU. Outputs past a row's length are meaningless.
         """
         h, c = state
-        steps = inputs.shape[1]
-        if lengths.min() == steps:  # every row is full length: one call
-            return self._lstm_call(inputs, h, c)[0]
-        outputs = inputs.new_zeros(inputs.shape[0], steps, self.hidden_size)
-        for length in np.unique(lengths).tolist():
-            rows = torch.as_tensor(np.flatnonzero(lengths == length), device=inputs.device)
-            out_g = self._lstm_call(
-                inputs.index_select(0, rows)[:, :length], h.index_select(0, rows), c.index_select(0, rows)
-            )[0]
-            if length < steps:
-                out_g = torch.nn.functional.pad(out_g, (0, 0, 0, steps - length))
-            outputs = outputs.index_copy(0, rows, out_g)
-        return outputs
+        return self._lstm_call(inputs, h, c)[0]
 
     def _head(self, outputs: torch.Tensor) -> torch.Tensor:
         """One logit per row of LSTM outputs (the linear head without nn.Module's call overhead)."""

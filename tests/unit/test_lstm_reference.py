@@ -96,3 +96,58 @@ def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_si
     assert short_path_with_repeats >= 3  # the short path ran on batches where keys repeat
     for mine, theirs in zip(fast.network.parameters(), general.network.parameters(), strict=True):
         np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)
+
+
+def _run_lstm_grouped_by_length(learner: LSTMLearner):  # type: ignore[no-untyped-def]
+    """The learner's ``_run_lstm`` as one fused call per distinct length, with no padding: the
+    plain way, to which the learner's one padded call must be equal."""
+
+    def run(
+        inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        h, c = state
+        outputs = inputs.new_zeros(inputs.shape[0], inputs.shape[1], learner.hidden_size)
+        for length in np.unique(lengths).tolist():
+            rows = torch.as_tensor(np.flatnonzero(lengths == length))
+            out, _, _ = learner._lstm_call(inputs[rows, :length], h[rows], c[rows])
+            outputs = outputs.index_copy(
+                0, rows, torch.nn.functional.pad(out, (0, 0, 0, inputs.shape[1] - length))
+            )
+        return outputs
+
+    return run
+
+
+@pytest.mark.parametrize(("batch_size", "n_keys", "tbptt_steps"), [(64, 40, 8), (16, 100, 3), (50, 200, 5)])
+def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
+    batch_size: int, n_keys: int, tbptt_steps: int
+) -> None:
+    """While windows fill up, a batch's sequences have many lengths; running them as one padded
+    call must give the predictions, gradients and weights of a call per length."""
+    events = list(temporal_stream(1200, n_keys=n_keys, seed=9))
+    padded = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
+    grouped = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
+    grouped._run_lstm = _run_lstm_grouped_by_length(grouped)  # type: ignore[method-assign]
+    mixed_lengths = 0
+    run_padded = padded._run_lstm
+
+    def counting(
+        inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        nonlocal mixed_lengths
+        mixed_lengths += len(np.unique(lengths)) > 1
+        return run_padded(inputs, lengths, state)
+
+    padded._run_lstm = counting  # type: ignore[method-assign]
+    for start in range(0, len(events), batch_size):
+        batch = events[start : start + batch_size]
+        np.testing.assert_allclose(
+            padded.predict_proba_many(batch), grouped.predict_proba_many(batch), rtol=0, atol=1e-6
+        )
+        padded.learn_many(batch)
+        grouped.learn_many(batch)
+        for mine, theirs in zip(padded.network.parameters(), grouped.network.parameters(), strict=True):
+            np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=0, atol=1e-6)
+    assert mixed_lengths >= 3  # calls over sequences of different lengths
+    for mine, theirs in zip(padded.network.parameters(), grouped.network.parameters(), strict=True):
+        np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)
