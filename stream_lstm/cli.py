@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -266,10 +267,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stream-lstm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        if not _stdout_is_closed():
+            raise  # a socket or a child process, not our reader: a real error
         # Whoever read stdout has gone (`stream-lstm evaluate ... | head`): stop quietly, as a
         # Unix tool killed by SIGPIPE would, and keep the exit flush from raising again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _stdout_is_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (its write end then polls as an error)."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file (a test's capture, a redirect)
+        return False
+    poller = select.poll()
+    poller.register(descriptor, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def lstm_arguments(settings: dict[str, Any]) -> dict[str, Any]:
@@ -304,6 +318,21 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
     side_names = [name for name in names if name != "lstm"]
     parallel = settings["parallel"] and "lstm" in names and bool(side_names) and usable_cpus() > 1
     keep_trace = bool(args.plot)
+    if "lstm" in names:
+        from stream_lstm.learner import set_cpu_threads
+
+        set_cpu_threads(settings["torch_threads"])
+    models = build_models(
+        ["lstm"] if parallel else names, max_keys=settings["max_keys"], lstm=lstm_arguments(settings)
+    )
+    evaluator = PrequentialEvaluator(
+        models, window=settings["window"], max_keys=settings["max_keys"], keep_trace=keep_trace
+    )
+    total = source.count_rows()
+    if args.limit:
+        total = min(total, args.limit)
+    progress = ProgressLine(total, enabled=not args.no_progress)
+    # Started just before the clock, which then counts all of the second process's work.
     side_lane = None
     if parallel:
         side_lane = SideLane(
@@ -315,19 +344,6 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
             keep_trace=keep_trace,
         )
     try:
-        if "lstm" in names:
-            from stream_lstm.learner import set_cpu_threads
-
-            set_cpu_threads(settings["torch_threads"])
-        here = ["lstm"] if parallel else names
-        models = build_models(here, max_keys=settings["max_keys"], lstm=lstm_arguments(settings))
-        evaluator = PrequentialEvaluator(
-            models, window=settings["window"], max_keys=settings["max_keys"], keep_trace=keep_trace
-        )
-        total = source.count_rows()
-        if args.limit:
-            total = min(total, args.limit)
-        progress = ProgressLine(total, enabled=not args.no_progress)
         seconds = evaluate_stream(
             spec.events(source),
             evaluator,

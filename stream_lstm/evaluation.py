@@ -239,6 +239,9 @@ class PrequentialEvaluator:
     0.667
     """
 
+    #: Set by :meth:`add_results` (a class default, so that checkpoints of older versions load).
+    _report_only = False
+
     def __init__(
         self,
         models: Mapping[str, OnlineClassifier],
@@ -270,6 +273,8 @@ class PrequentialEvaluator:
 
     def predict(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
         """Every model's probabilities for the batch, before any of it is learned."""
+        if self._report_only:
+            raise EvaluationError("this evaluator holds another's results: it only reports now")
         predictions = {}
         for name, model in self.models.items():
             started = time.perf_counter()
@@ -371,13 +376,15 @@ class PrequentialEvaluator:
         """Report the models of another evaluator's :meth:`results` beside this one's.
 
         Both must have seen the same events; ``order`` lists model names in the order the
-        report should show them (names not in it come last).
+        report should show them (names not in it come last). The evaluator then only reports:
+        it cannot process more events, since the added models are not here.
         """
         if (results["events"], results["labelled"]) != (self.events, self.labelled):
             raise EvaluationError(
                 f"the two evaluations saw different events ({self.events:,} events, "
                 f"{self.labelled:,} labelled here; {results['events']:,} and "
-                f"{results['labelled']:,} there): did the file change while it was read?"
+                f"{results['labelled']:,} there): did the file change while it was read? "
+                "(--parallel false reads it once)"
             )
         clash = set(results["scores"]) & set(self.scores)
         if clash:
@@ -388,6 +395,7 @@ class PrequentialEvaluator:
             merged = {**mine, **theirs}
             return {name: merged[name] for name in sorted(merged, key=lambda n: rank.get(n, len(rank)))}
 
+        self._report_only = True
         self.scores = ordered(self.scores, results["scores"])
         self.seconds = ordered(self.seconds, results["seconds"])
         self.trace = ordered(self.trace, results["trace"])

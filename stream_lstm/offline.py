@@ -95,11 +95,17 @@ class SideLane:
         self._results, sender = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_run_side_lane,
-            args=(sender, spec, self.names, batch_size, window, max_keys, keep_trace),
+            args=(sender, spec, self.names, batch_size, window, max_keys, keep_trace, os.getpid()),
             name="stream-lstm-baselines",
             daemon=True,
         )
-        self._process.start()
+        # Started with Ctrl-C ignored, which the new interpreter keeps: this process handles it
+        # (and stops the other), also while the other is still importing.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._process.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         sender.close()
         self._answer: tuple[str, Any] | None = None
 
@@ -133,6 +139,9 @@ class SideLane:
         """Stop the process if it still runs."""
         if self._process.is_alive():
             self._process.terminate()
+            self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
         self._process.join(timeout=10)
         self._results.close()
 
@@ -152,18 +161,25 @@ def _run_side_lane(
     window: int,
     max_keys: int,
     keep_trace: bool,
+    parent: int,
 ) -> None:
-    """The body of the :class:`SideLane` process."""
+    """The body of the :class:`SideLane` process; it gives up if its parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         evaluator = PrequentialEvaluator(
             build_models(names, max_keys=max_keys), window=window, max_keys=max_keys, keep_trace=keep_trace
         )
-        for batch in batches(spec.events(), batch_size):
+        for count, batch in enumerate(batches(spec.events(), batch_size)):
+            if count % 256 == 0 and os.getppid() != parent:
+                return
             evaluator.process(batch)
-        results.send(("ok", evaluator.results()))
+        answer: tuple[str, Any] = ("ok", evaluator.results())
     except BaseException as error:  # whatever it is, the parent reports it
-        results.send(("error", "".join(traceback.format_exception(error)).rstrip()))
+        answer = ("error", "".join(traceback.format_exception(error)).rstrip())
+    try:
+        results.send(answer)
+    except OSError:
+        pass  # the parent is gone: nobody to tell
     finally:
         results.close()
 

@@ -22,6 +22,9 @@ from stream_lstm.learner.scaler import RunningScaler
 _EXTRA_INPUTS = 3
 # torch's reduction enum value for "mean".
 _MEAN = 1
+# Up to this many sequences always run as one padded call (see LSTMLearner._run_lstm); beyond
+# it, only when padding at most doubles the steps run.
+PADDED_CALL_MAX_ROWS = 512
 
 
 def resolve_device(device: str) -> torch.device:
@@ -599,15 +602,29 @@ class LSTMLearner:
     ) -> torch.Tensor:
         """Run the LSTM over padded sequences of the given lengths; return the outputs.
 
-        ``state`` is ``(h, c)``, one row per sequence. Every row runs to the longest length in one
-        fused call: the padding comes after a row's real steps, so it changes none of their
-        outputs, and no loss is taken past a row's end, so no gradient flows through the padding
-        either (its contributions are exact zeros). Packed sequences would skip the padding, but
-        they bypass the fast (oneDNN) kernel, and a call per length costs more than the padding
-        on the CPU. Outputs past a row's length are meaningless.
+        ``state`` is ``(h, c)``, one row per sequence. Usually every row runs to the longest
+        length in one fused call: the padding comes after a row's real steps, so it changes none
+        of their outputs, and no loss is taken past a row's end, so no gradient flows through the
+        padding either (its contributions are exact zeros). When many rows would mostly run
+        padding (a large batch of new keys beside a few long sequences), rows run instead in a
+        fused call per length. Packed sequences would skip the padding, but they bypass the fast
+        (oneDNN) kernel. Outputs past a row's length are meaningless.
         """
         h, c = state
-        return self._lstm_call(inputs, h, c)[0]
+        steps = inputs.shape[1]
+        padded_steps = lengths.size * steps
+        if lengths.size <= PADDED_CALL_MAX_ROWS or padded_steps <= 2 * int(lengths.sum()):
+            return self._lstm_call(inputs, h, c)[0]
+        outputs = inputs.new_zeros(inputs.shape[0], steps, self.hidden_size)
+        for length in np.unique(lengths).tolist():
+            rows = torch.as_tensor(np.flatnonzero(lengths == length), device=inputs.device)
+            out = self._lstm_call(
+                inputs.index_select(0, rows)[:, :length], h.index_select(0, rows), c.index_select(0, rows)
+            )[0]
+            if length < steps:
+                out = torch.nn.functional.pad(out, (0, 0, 0, steps - length))
+            outputs = outputs.index_copy(0, rows, out)
+        return outputs
 
     def _head(self, outputs: torch.Tensor) -> torch.Tensor:
         """One logit per row of LSTM outputs (the linear head without nn.Module's call overhead)."""

@@ -145,7 +145,7 @@ def _scores(report: dict) -> dict:
 
 
 def test_baselines_in_a_second_process_score_exactly_as_in_one(
-    stream_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stream_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """`--parallel` (the default with 2+ CPUs) runs the baselines beside the LSTM; the report,
     the bad rows, the model order and the plotted curves must be those of a single process."""
@@ -155,17 +155,20 @@ def test_baselines_in_a_second_process_score_exactly_as_in_one(
         report_path = tmp_path / f"{parallel}.json"
         argv = [
             "evaluate", str(stream_csv), "--label", "label", "--key", "key", "--ts", "ts",
-            "--batch-size", "16", "--hidden-size", "8", "--device", "cpu", "--limit", "590",
+            "--batch-size", "16", "--hidden-size", "8", "--device", "cpu",
             "--models", "logreg,lstm,no_change", "--plot", str(tmp_path / f"{parallel}.png"),
             "--json", str(report_path), "--no-progress", "--parallel", parallel,
         ]  # fmt: skip
         assert main(argv) == 0
         reports[parallel] = json.loads(report_path.read_text())
+        err = capsys.readouterr().err
+        assert err.count(":602: skipped") == err.count(":603: skipped") == 1  # reported once
     together, apart = reports["false"], reports["true"]
     assert (apart["processes"], together["processes"]) == (2, 1)
     assert list(apart["models"]) == list(together["models"]) == ["logreg", "lstm", "no_change"]
     assert _scores(apart) == _scores(together)
-    assert apart["events"] == together["events"] == 590
+    assert apart["events"] == together["events"] == 600
+    assert apart["skipped"] == together["skipped"] == 2
     assert all(
         report["models"][name]["events_per_second"] > 0
         for report in reports.values()

@@ -11,6 +11,7 @@ import torch
 from stream_lstm.events import Event
 from stream_lstm.generator import temporal_stream
 from stream_lstm.learner import LSTMLearner
+from stream_lstm.learner.lstm_learner import PADDED_CALL_MAX_ROWS
 
 
 def reference_probabilities(learner: LSTMLearner, events: list[Event]) -> np.ndarray:
@@ -118,9 +119,18 @@ def _run_lstm_grouped_by_length(learner: LSTMLearner):  # type: ignore[no-untype
     return run
 
 
-@pytest.mark.parametrize(("batch_size", "n_keys", "tbptt_steps"), [(64, 40, 8), (16, 100, 3), (50, 200, 5)])
+@pytest.mark.parametrize(
+    ("batch_size", "n_keys", "tbptt_steps", "least_mixed"),
+    [
+        (64, 40, 8, 3),
+        (16, 100, 3, 3),
+        (50, 200, 5, 3),
+        (64, 2, 5, 1),  # many events per key: chunks after the first, from boundary states
+        (1500, 5000, 6, 1),  # many rows of new keys: a call per length (see _run_lstm)
+    ],
+)
 def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
-    batch_size: int, n_keys: int, tbptt_steps: int
+    batch_size: int, n_keys: int, tbptt_steps: int, least_mixed: int
 ) -> None:
     """While windows fill up, a batch's sequences have many lengths; running them as one padded
     call must give the predictions, gradients and weights of a call per length."""
@@ -128,15 +138,26 @@ def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
     padded = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
     grouped = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
     grouped._run_lstm = _run_lstm_grouped_by_length(grouped)  # type: ignore[method-assign]
-    mixed_lengths = 0
-    run_padded = padded._run_lstm
+    mixed_lengths = per_length_calls = 0
+    run_padded, lstm_call = padded._run_lstm, padded._lstm_call
+    calls = 0
+
+    def counting_calls(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        return lstm_call(*args)
 
     def counting(
         inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
     ) -> torch.Tensor:
-        nonlocal mixed_lengths
+        nonlocal mixed_lengths, per_length_calls, calls
         mixed_lengths += len(np.unique(lengths)) > 1
-        return run_padded(inputs, lengths, state)
+        calls = 0
+        outputs = run_padded(inputs, lengths, state)
+        per_length_calls += calls > 1
+        return outputs
+
+    padded._lstm_call = counting_calls  # type: ignore[method-assign]
 
     padded._run_lstm = counting  # type: ignore[method-assign]
     for start in range(0, len(events), batch_size):
@@ -148,6 +169,7 @@ def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
         grouped.learn_many(batch)
         for mine, theirs in zip(padded.network.parameters(), grouped.network.parameters(), strict=True):
             np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=0, atol=1e-6)
-    assert mixed_lengths >= 3  # calls over sequences of different lengths
+    assert mixed_lengths >= least_mixed  # calls over sequences of different lengths
+    assert (per_length_calls > 0) == (batch_size > PADDED_CALL_MAX_ROWS)  # the path meant here ran
     for mine, theirs in zip(padded.network.parameters(), grouped.network.parameters(), strict=True):
         np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)

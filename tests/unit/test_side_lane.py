@@ -56,9 +56,7 @@ def test_an_error_in_the_side_process_is_reported_with_its_traceback(tmp_path: P
 
 
 def test_a_killed_side_process_is_an_error_not_a_hang(stream_csv: Path) -> None:
-    big = stream_csv.with_name("big.csv")
-    write_csv(temporal_stream(200_000, n_keys=20, seed=3), big)
-    lane = _lane(CsvSpec(str(big), label="label", key="key"), ["logreg"])
+    lane = _lane(CsvSpec(str(stream_csv), label="label", key="key"), ["logreg"])
     try:
         os.kill(lane.pid, signal.SIGKILL)
         with pytest.raises(EvaluationError, match="exited with code -9 before sending its scores"):
@@ -69,8 +67,9 @@ def test_a_killed_side_process_is_an_error_not_a_hang(stream_csv: Path) -> None:
 
 def test_close_stops_a_running_side_process(stream_csv: Path) -> None:
     big = stream_csv.with_name("big.csv")
-    write_csv(temporal_stream(200_000, n_keys=20, seed=3), big)
+    write_csv(temporal_stream(100_000, n_keys=20, seed=3), big)
     lane = _lane(CsvSpec(str(big), label="label", key="key"), ["logreg"])
+    assert lane.running
     lane.close()
     deadline = time.monotonic() + 10
     while lane.running and time.monotonic() < deadline:
