@@ -91,13 +91,11 @@ class SideLane:
         keep_trace: bool,
     ) -> None:
         self.names = tuple(names)
+        job = _SideJob(spec, self.names, batch_size, window, max_keys, keep_trace, parent=os.getpid())
         context = multiprocessing.get_context("spawn")  # no fork of a process running torch
         self._results, sender = context.Pipe(duplex=False)
         self._process = context.Process(
-            target=_run_side_lane,
-            args=(sender, spec, self.names, batch_size, window, max_keys, keep_trace, os.getpid()),
-            name="stream-lstm-baselines",
-            daemon=True,
+            target=_run_side_lane, args=(sender, job), name="stream-lstm-baselines", daemon=True
         )
         # Started with Ctrl-C ignored, which the new interpreter keeps: this process handles it
         # (and stops the other), also while the other is still importing.
@@ -153,24 +151,31 @@ class SideLane:
             return ("error", f"it exited with code {self._process.exitcode} before sending its scores")
 
 
-def _run_side_lane(
-    results: Connection,
-    spec: CsvSpec,
-    names: Sequence[str],
-    batch_size: int,
-    window: int,
-    max_keys: int,
-    keep_trace: bool,
-    parent: int,
-) -> None:
+@dataclass(frozen=True)
+class _SideJob:
+    """What the :class:`SideLane` process is to do, and who its parent is."""
+
+    spec: CsvSpec
+    names: tuple[str, ...]
+    batch_size: int
+    window: int
+    max_keys: int
+    keep_trace: bool
+    parent: int
+
+
+def _run_side_lane(results: Connection, job: _SideJob) -> None:
     """The body of the :class:`SideLane` process; it gives up if its parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         evaluator = PrequentialEvaluator(
-            build_models(names, max_keys=max_keys), window=window, max_keys=max_keys, keep_trace=keep_trace
+            build_models(job.names, max_keys=job.max_keys),
+            window=job.window,
+            max_keys=job.max_keys,
+            keep_trace=job.keep_trace,
         )
-        for count, batch in enumerate(batches(spec.events(), batch_size)):
-            if count % 256 == 0 and os.getppid() != parent:
+        for count, batch in enumerate(batches(job.spec.events(), job.batch_size)):
+            if count % 256 == 0 and os.getppid() != job.parent:
                 return
             evaluator.process(batch)
         answer: tuple[str, Any] = ("ok", evaluator.results())

@@ -66,6 +66,24 @@ def test_chunked_forward_matches_step_by_step(batch_size: int, tbptt_steps: int,
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=0, atol=1e-5)
 
 
+def learn_side_by_side(
+    first: LSTMLearner, second: LSTMLearner, events: list[Event], batch_size: int, *, atol: float
+) -> None:
+    """Stream ``events`` through both learners; every batch's predictions and gradients, and the
+    final weights, must agree to ``atol``."""
+    for start in range(0, len(events), batch_size):
+        batch = events[start : start + batch_size]
+        np.testing.assert_allclose(
+            first.predict_proba_many(batch), second.predict_proba_many(batch), rtol=0, atol=atol
+        )
+        first.learn_many(batch)
+        second.learn_many(batch)
+        for mine, theirs in zip(first.network.parameters(), second.network.parameters(), strict=True):
+            np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=0, atol=atol)
+    for mine, theirs in zip(first.network.parameters(), second.network.parameters(), strict=True):
+        np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize(("batch_size", "n_keys"), [(64, 40), (48, 24), (16, 30)])
 def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_size: int, n_keys: int) -> None:
     """Once keys have full windows, batches take a shortcut (keys with up to ``tbptt_steps`` new
@@ -85,18 +103,8 @@ def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_si
         return short_path(batch, *args, **kwargs)
 
     fast._forward_full_windows = counting  # type: ignore[method-assign]
-    for start in range(0, len(events), batch_size):
-        batch = events[start : start + batch_size]
-        np.testing.assert_allclose(
-            fast.predict_proba_many(batch), general.predict_proba_many(batch), rtol=0, atol=1e-5
-        )
-        fast.learn_many(batch)
-        general.learn_many(batch)
-        for mine, theirs in zip(fast.network.parameters(), general.network.parameters(), strict=True):
-            np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=0, atol=1e-5)
+    learn_side_by_side(fast, general, events, batch_size, atol=1e-5)
     assert short_path_with_repeats >= 3  # the short path ran on batches where keys repeat
-    for mine, theirs in zip(fast.network.parameters(), general.network.parameters(), strict=True):
-        np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)
 
 
 def _run_lstm_grouped_by_length(learner: LSTMLearner):  # type: ignore[no-untyped-def]
@@ -160,16 +168,6 @@ def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
     padded._lstm_call = counting_calls  # type: ignore[method-assign]
 
     padded._run_lstm = counting  # type: ignore[method-assign]
-    for start in range(0, len(events), batch_size):
-        batch = events[start : start + batch_size]
-        np.testing.assert_allclose(
-            padded.predict_proba_many(batch), grouped.predict_proba_many(batch), rtol=0, atol=1e-6
-        )
-        padded.learn_many(batch)
-        grouped.learn_many(batch)
-        for mine, theirs in zip(padded.network.parameters(), grouped.network.parameters(), strict=True):
-            np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=0, atol=1e-6)
+    learn_side_by_side(padded, grouped, events, batch_size, atol=1e-6)
     assert mixed_lengths >= least_mixed  # calls over sequences of different lengths
     assert (per_length_calls > 0) == (batch_size > PADDED_CALL_MAX_ROWS)  # the path meant here ran
-    for mine, theirs in zip(padded.network.parameters(), grouped.network.parameters(), strict=True):
-        np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)
