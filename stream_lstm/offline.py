@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 from collections.abc import Iterable, Sequence
@@ -98,12 +99,15 @@ class SideLane:
             target=_run_side_lane, args=(sender, job), name="stream-lstm-baselines", daemon=True
         )
         # Started with Ctrl-C ignored, which the new interpreter keeps: this process handles it
-        # (and stops the other), also while the other is still importing.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # (and stops the other), also while the other is still importing. Only the main thread
+        # may change signal handlers; elsewhere the child ignores Ctrl-C once it runs.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
         try:
             self._process.start()
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
         sender.close()
         self._answer: tuple[str, Any] | None = None
 

@@ -89,3 +89,24 @@ def test_results_of_other_events_are_refused(stream_csv: Path) -> None:
     evaluate_stream(spec.events(), again, batch_size=32)
     with pytest.raises(EvaluationError, match="logreg were evaluated twice"):
         again.add_results(first.results())
+
+
+def test_a_side_lane_can_be_started_outside_the_main_thread(stream_csv: Path) -> None:
+    """Only the main thread may change signal handlers: elsewhere the lane starts without."""
+    import threading
+
+    outcome: list[object] = []
+
+    def run() -> None:
+        lane = _lane(CsvSpec(str(stream_csv), label="label", key="key", limit=500), ["no_change"])
+        try:
+            outcome.append(lane.results()["events"])
+        except Exception as error:
+            outcome.append(error)
+        finally:
+            lane.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=60)
+    assert outcome == [500]
