@@ -4,7 +4,9 @@ Runs the real command (CSV parsing, three models, scoring) for several batch siz
 table per stream: each model's accuracy, log loss, kappa-temporal and own events/s, and the
 events/s of the whole run. The default batch size runs ``--repeats`` times (the machine's speed
 varies from minute to minute): its row shows the median whole-run rate and the range. The runs
-use `evaluate`'s defaults, so the baselines run in a second process beside the LSTM. Usage:
+use `evaluate`'s defaults, so the baselines run in a second process beside the LSTM; below each
+table, pairs of default-batch runs in one process and in two, alternating, show what the second
+process brings. Usage:
 ``python benchmarks/bench_evaluate.py [--batch-sizes 1,32,64,256] [--repeats 3]
 [--generated-events N] [--markdown OUT.md]``.
 """
@@ -116,7 +118,19 @@ def main() -> None:
                     again = [run(path, size, extra, workdir) for _ in range(args.repeats - 1)]
                     report["run_rates"] = [r["events_per_second"] for r in (report, *again)]
                 reports.append(report)
-            sections.append(table(title, reports))
+            # The same default run in one process, alternating with the default two, to show
+            # what the second process brings in the same minutes.
+            pairs = []
+            for _ in range(max(args.repeats, 1)):
+                alone = run(path, DEFAULT_BATCH, [*extra, "--parallel", "false"], workdir)
+                beside = run(path, DEFAULT_BATCH, extra, workdir)
+                pairs.append((alone["events_per_second"], beside["events_per_second"]))
+            sections.append(
+                table(title, reports)
+                + f"\n\nbatch {DEFAULT_BATCH}, whole run, one process (--parallel false) / two processes"
+                + " (the default), alternating: "
+                + ", ".join(f"{alone:,.0f} / {beside:,.0f}" for alone, beside in pairs)
+            )
             print("\n" + sections[-1] + "\n", flush=True)
     if args.markdown:
         body = "\n\n".join(f"```\n{section}\n```" if i else section for i, section in enumerate(sections))
