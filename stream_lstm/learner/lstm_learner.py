@@ -264,20 +264,16 @@ class LSTMLearner:
             ):
                 return  # not the plain case below: keep torch.optim's own step
             per_parameter = [self.optimizer.state[p] for p in self._parameters]
-            # Every parameter has taken the same steps: one shared counter is one add per step.
-            step = per_parameter[0]["step"]
-            for parameter_state in per_parameter:
-                parameter_state["step"] = step
             self._adam_state = (
                 [s["exp_avg"] for s in per_parameter],
                 [s["exp_avg_sq"] for s in per_parameter],
-                [step] * len(per_parameter),
+                [s["step"] for s in per_parameter],
                 group,
             )
             return
         exp_avgs, exp_avg_sqs, steps, group = state
         beta1, beta2 = group["betas"]
-        steps[0].add_(1)
+        torch._foreach_add_(steps, 1)
         torch._fused_adam_(
             self._parameters,
             [p.grad for p in self._parameters],
@@ -767,7 +763,7 @@ class LSTMLearner:
         torch.save(
             {
                 "network": self.network.state_dict(),
-                "optimizer": self._optimizer_state(),
+                "optimizer": self.optimizer.state_dict(),
                 "keys": self.keys.state_dict(),
                 "last_loss": self._last_loss,
                 "last_grad_norm": self._last_grad_norm,
@@ -784,19 +780,6 @@ class LSTMLearner:
             "events_learned": self.events_learned,
             "steps": self.steps,
         }
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        """The optimizer's state dict with a step counter of its own per parameter.
-
-        The parameters share one counter in memory (see :meth:`_optimizer_step`); saved shared,
-        it would come back as one tensor that torch.optim's next step adds to once per parameter.
-        """
-        saved = self.optimizer.state_dict()
-        saved["state"] = {
-            index: {**entry, "step": entry["step"].clone()} if "step" in entry else entry
-            for index, entry in saved["state"].items()
-        }
-        return saved
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for name, value in state["hyperparameters"].items():
