@@ -111,26 +111,31 @@ def main() -> None:
         )
         for title, path, extra in streams:
             reports = []
+            pairs = []
             for size in sizes:
                 print(f"  {title}: batch size {size} ...", flush=True)
-                report = run(path, size, extra, workdir)
-                if size == DEFAULT_BATCH and args.repeats > 1:
-                    again = [run(path, size, extra, workdir) for _ in range(args.repeats - 1)]
-                    report["run_rates"] = [r["events_per_second"] for r in (report, *again)]
+                if size != DEFAULT_BATCH:
+                    reports.append(run(path, size, extra, workdir))
+                    continue
+                # The default runs alternate with runs in one process, to show what the second
+                # process brings in the same minutes; its row shows the default runs.
+                for _ in range(max(args.repeats, 1)):
+                    alone = run(path, size, [*extra, "--parallel", "false"], workdir)
+                    pairs.append((alone, run(path, size, extra, workdir)))
+                report = pairs[0][1]
+                report["run_rates"] = [beside["events_per_second"] for _, beside in pairs]
                 reports.append(report)
-            # The same default run in one process, alternating with the default two, to show
-            # what the second process brings in the same minutes.
-            pairs = []
-            for _ in range(max(args.repeats, 1)):
-                alone = run(path, DEFAULT_BATCH, [*extra, "--parallel", "false"], workdir)
-                beside = run(path, DEFAULT_BATCH, extra, workdir)
-                pairs.append((alone["events_per_second"], beside["events_per_second"]))
-            sections.append(
-                table(title, reports)
-                + f"\n\nbatch {DEFAULT_BATCH}, whole run, one process (--parallel false) / two processes"
-                + " (the default), alternating: "
-                + ", ".join(f"{alone:,.0f} / {beside:,.0f}" for alone, beside in pairs)
-            )
+            section = table(title, reports)
+            if pairs:
+                section += (
+                    f"\n\nbatch {DEFAULT_BATCH}, whole run, one process (--parallel false) / two "
+                    "processes (the default), alternating: "
+                    + ", ".join(
+                        f"{alone['events_per_second']:,.0f} / {beside['events_per_second']:,.0f}"
+                        for alone, beside in pairs
+                    )
+                )
+            sections.append(section)
             print("\n" + sections[-1] + "\n", flush=True)
     if args.markdown:
         body = "\n\n".join(f"```\n{section}\n```" if i else section for i, section in enumerate(sections))

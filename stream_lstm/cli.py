@@ -292,7 +292,7 @@ def lstm_arguments(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
-    from stream_lstm.csv_source import BadRow, CsvEventSource
+    from stream_lstm.csv_source import BadRow
     from stream_lstm.evaluation import PrequentialEvaluator, build_models
     from stream_lstm.offline import CsvSpec, SideLane, evaluate_stream, evaluation_report, usable_cpus
     from stream_lstm.progress import ProgressLine
@@ -312,7 +312,7 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
     spec = CsvSpec(
         args.file, label=settings["label"], key=settings["key"], ts=settings["ts"], limit=args.limit
     )
-    source = CsvEventSource(spec.path, label=spec.label, key=spec.key, ts=spec.ts, on_bad_row=report_bad_row)
+    source = spec.reader(on_bad_row=report_bad_row)
     names = settings["models"]
     # The LSTM keeps this process; the baselines, when there are any, may learn beside it.
     side_names = [name for name in names if name != "lstm"]

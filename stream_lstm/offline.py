@@ -14,13 +14,13 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
 from multiprocessing.connection import Connection
 from typing import Any
 
-from stream_lstm.csv_source import CsvEventSource
+from stream_lstm.csv_source import BadRow, CsvEventSource
 from stream_lstm.errors import EvaluationError
 from stream_lstm.evaluation import PrequentialEvaluator, build_models
 from stream_lstm.events import Event
@@ -49,10 +49,14 @@ class CsvSpec:
     ts: str | None = None
     limit: int | None = None
 
+    def reader(self, on_bad_row: Callable[[BadRow], None] | None = None) -> CsvEventSource:
+        """A new reader of the file (``on_bad_row`` as for :class:`CsvEventSource`)."""
+        return CsvEventSource(self.path, label=self.label, key=self.key, ts=self.ts, on_bad_row=on_bad_row)
+
     def events(self, source: CsvEventSource | None = None) -> Iterable[Event]:
         """The file's events (the first ``limit`` of them), from ``source`` or a new reader."""
         if source is None:
-            source = CsvEventSource(self.path, label=self.label, key=self.key, ts=self.ts)
+            source = self.reader()
         return islice(source, self.limit) if self.limit else iter(source)
 
 
