@@ -16,12 +16,17 @@ from stream_lstm.config import (
     Setting,
     add_settings,
     non_negative_int,
+    parse_auto_bool,
     parse_bool,
     positive_float,
     positive_int,
     resolve_settings,
 )
 from stream_lstm.errors import ConfigError, StreamLSTMError
+
+#: ``evaluate --parallel auto`` uses a second process from this many events on (see
+#: _use_second_process).
+PARALLEL_MIN_EVENTS = 25_000
 
 RUNTIME_SETTINGS: tuple[Setting, ...] = (
     Setting("torch_threads", positive_int, 1, "CPU threads torch may use for the LSTM"),
@@ -123,9 +128,11 @@ EVALUATE_SETTINGS: tuple[Setting, ...] = (
     *RUNTIME_SETTINGS,
     Setting(
         "parallel",
-        parse_bool,
-        True,
-        "run the baselines in a second process beside the LSTM (same scores; used with 2+ CPUs)",
+        parse_auto_bool,
+        "auto",
+        "run the baselines in a second process beside the LSTM (same scores); auto: when this "
+        f"process may use 2+ CPUs and the file has at least {PARALLEL_MIN_EVENTS:,} events",
+        metavar="auto|true|false",
     ),
 )
 
@@ -291,10 +298,23 @@ def lstm_arguments(settings: dict[str, Any]) -> dict[str, Any]:
     return {name: settings[name] for name in LSTM_HYPERPARAMETERS}
 
 
+def _use_second_process(parallel: bool | str, events: int) -> bool:
+    """Whether ``evaluate`` runs the baselines in a second process (``--parallel``).
+
+    ``auto`` needs a second CPU and a file long enough to repay the second process's start (about
+    0.7 s of imports, which the baselines make up at about 25,000 events on 2 cores).
+    """
+    from stream_lstm.offline import usable_cpus
+
+    if parallel == "auto":
+        return events >= PARALLEL_MIN_EVENTS and usable_cpus() > 1
+    return bool(parallel)
+
+
 def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
     from stream_lstm.csv_source import BadRow
     from stream_lstm.evaluation import PrequentialEvaluator, build_models
-    from stream_lstm.offline import CsvSpec, SideLane, evaluate_stream, evaluation_report, usable_cpus
+    from stream_lstm.offline import CsvSpec, SideLane, evaluate_stream, evaluation_report
     from stream_lstm.progress import ProgressLine
     from stream_lstm.report import format_table, plot_rolling_accuracy, write_json
 
@@ -316,7 +336,10 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
     names = settings["models"]
     # The LSTM keeps this process; the baselines, when there are any, may learn beside it.
     side_names = [name for name in names if name != "lstm"]
-    parallel = settings["parallel"] and "lstm" in names and bool(side_names) and usable_cpus() > 1
+    total = source.count_rows()
+    if args.limit:
+        total = min(total, args.limit)
+    parallel = "lstm" in names and bool(side_names) and _use_second_process(settings["parallel"], total)
     keep_trace = bool(args.plot)
     if "lstm" in names:
         from stream_lstm.learner import set_cpu_threads
@@ -328,9 +351,6 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
     evaluator = PrequentialEvaluator(
         models, window=settings["window"], max_keys=settings["max_keys"], keep_trace=keep_trace
     )
-    total = source.count_rows()
-    if args.limit:
-        total = min(total, args.limit)
     progress = ProgressLine(total, enabled=not args.no_progress)
     # Started just before the clock, which then counts all of the second process's work.
     side_lane = None

@@ -31,6 +31,16 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def parse_auto_bool(text: str) -> bool | str:
+    """``auto`` (returned as the string ``"auto"``), or a boolean as :func:`parse_bool` reads it."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise ValueError(f"expected auto, true or false, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
     """An integer of at least 1."""
     value = int(text)

@@ -177,6 +177,39 @@ def test_baselines_in_a_second_process_score_exactly_as_in_one(
     assert (tmp_path / "true.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize(
+    ("parallel", "threshold", "cpus", "processes"),
+    [
+        ("auto", 600, 2, 2),  # a file of at least the threshold, two CPUs
+        ("auto", 601, 2, 1),  # shorter than the threshold: the second process would not pay off
+        ("auto", 600, 1, 1),  # one CPU
+        ("true", 10**9, 1, 2),  # asked for: used whatever the file and the CPUs
+        ("false", 600, 2, 1),
+    ],
+)
+def test_parallel_auto_uses_a_second_process_only_where_it_pays_off(
+    stream_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    parallel: str,
+    threshold: int,
+    cpus: int,
+    processes: int,
+) -> None:
+    """The file has 602 data rows (600 events, 2 bad rows); `auto` counts rows, and needs at
+    least PARALLEL_MIN_EVENTS of them and 2 usable CPUs."""
+    monkeypatch.setattr("stream_lstm.cli.PARALLEL_MIN_EVENTS", threshold)
+    monkeypatch.setattr("stream_lstm.offline.usable_cpus", lambda: cpus)
+    report_path = tmp_path / "report.json"
+    argv = [
+        "evaluate", str(stream_csv), "--label", "label", "--key", "key", "--limit", "600",
+        "--hidden-size", "8", "--device", "cpu", "--json", str(report_path), "--no-progress",
+        "--parallel", parallel,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(report_path.read_text())["processes"] == processes
+
+
 def test_a_closed_stdout_ends_the_command_quietly(stream_csv: Path) -> None:
     """`stream-lstm evaluate ... | head -1`: the reader going away is no crash with a traceback."""
     command = [sys.executable, "-m", "stream_lstm", "evaluate", str(stream_csv), "--label", "label"]
