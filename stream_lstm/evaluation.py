@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 import numpy as np
-from scipy.stats import rankdata
 
 from stream_lstm.baselines import LogisticRegressionBaseline, NoChangeBaseline
 from stream_lstm.errors import ConfigError, EvaluationError
@@ -87,8 +86,26 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     negatives = labels.size - positives
     if positives == 0 or negatives == 0:
         return math.nan
-    ranks = rankdata(scores)
+    ranks = average_ranks(scores)
     return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``, ties sharing their average rank (``scipy.stats.rankdata``'s
+    default, without importing scipy.stats: half a second of every start).
+
+    >>> average_ranks(np.array([0.3, 0.1, 0.3, 0.2])).tolist()
+    [3.5, 1.0, 3.5, 2.0]
+    """
+    values = np.asarray(values)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first_of_tie = np.concatenate(([True], ordered[1:] != ordered[:-1]))
+    starts = np.flatnonzero(first_of_tie)
+    ends = np.append(starts[1:], values.size)
+    ranks = np.empty(values.size)
+    ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(first_of_tie) - 1]
+    return ranks
 
 
 def log_loss_terms(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.events import Event
+from stream_lstm.learner.adam import FusedAdam
 from stream_lstm.learner.key_state import NO_LABEL, KeyStateStore
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.scaler import RunningScaler
@@ -151,7 +152,7 @@ class LSTMLearner:
         self._parameters = list(self.network.parameters())
         lstm = self.network.lstm
         self._lstm_weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
-        self.optimizer = torch.optim.Adam(self._parameters, lr=self.learning_rate, fused=True)
+        self.optimizer = FusedAdam(self._parameters, lr=self.learning_rate)
         self.keys = self._new_key_store()
         # The log time gap is standardised like a feature, in the last scaler column.
         self.scaler = RunningScaler(self.max_features + 1)
@@ -166,10 +167,6 @@ class LSTMLearner:
         self._pending: _Pending | None = None
         # Tests switch the steady-state path off to compare it with the general chunked one.
         self._full_window_path = True
-        # The optimizer's state tensors, once its first step made them (see _optimizer_step).
-        self._adam_state: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], dict] | None = (
-            None
-        )
 
     def _new_key_store(self) -> KeyStateStore:
         return KeyStateStore(
@@ -229,7 +226,7 @@ class LSTMLearner:
                 parameter.grad = None
             loss.backward()
             self._last_grad_norm = self._clip_gradients()
-            self._optimizer_step()
+            self.optimizer.step()
             self.steps += 1
             self.events_learned += pending.targets.numel()
             self._last_loss = loss.detach()
@@ -244,53 +241,6 @@ class LSTMLearner:
         if self.adapt_scaler:
             self.scaler.update(pending.raw_features)
         self.events_seen += len(events)
-
-    def _optimizer_step(self) -> None:
-        """``self.optimizer.step()`` in two calls, without the per-step Python of torch.optim.
-
-        The optimizer's first step creates its state, which is then used in place: the fused
-        Adam kernel with the optimizer's own hyperparameters and state tensors, exactly what
-        ``step`` runs for fused Adam on one device and dtype.
-        """
-        state = self._adam_state
-        if state is None:
-            self.optimizer.step()
-            group = self.optimizer.param_groups[0]
-            if (
-                group["amsgrad"]
-                or group["maximize"]
-                or group["weight_decay"]
-                or len(self.optimizer.param_groups) > 1
-            ):
-                return  # not the plain case below: keep torch.optim's own step
-            per_parameter = [self.optimizer.state[p] for p in self._parameters]
-            self._adam_state = (
-                [s["exp_avg"] for s in per_parameter],
-                [s["exp_avg_sq"] for s in per_parameter],
-                [s["step"] for s in per_parameter],
-                group,
-            )
-            return
-        exp_avgs, exp_avg_sqs, steps, group = state
-        beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(
-            self._parameters,
-            [p.grad for p in self._parameters],
-            exp_avgs,
-            exp_avg_sqs,
-            [],
-            steps,
-            amsgrad=False,
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            weight_decay=0.0,
-            eps=group["eps"],
-            maximize=False,
-            grad_scale=None,
-            found_inf=None,
-        )
 
     def _clip_gradients(self) -> torch.Tensor:
         """Scale the gradients to a global norm of at most ``clip_grad_norm``; return the norm.

@@ -1,34 +1,102 @@
-"""The learner's direct fused-Adam step takes exactly the step torch.optim.Adam would."""
+"""The learner's FusedAdam takes exactly the steps of torch.optim.Adam, and shares its checkpoints."""
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from stream_lstm.generator import temporal_stream
 from stream_lstm.learner import LSTMLearner
+from stream_lstm.learner.adam import FusedAdam
 
 
 class ThroughTorchOptim(LSTMLearner):
-    """The same learner, stepping through ``optimizer.step()`` every time."""
+    """The same learner, with torch.optim's fused Adam."""
 
-    def _optimizer_step(self) -> None:
-        self.optimizer.step()
+    def _build(self) -> None:
+        super()._build()
+        self.optimizer = torch.optim.Adam(self._parameters, lr=self.learning_rate, fused=True)  # type: ignore[assignment]
 
 
-def test_direct_adam_step_equals_torch_optim_step() -> None:
-    events = list(temporal_stream(400, n_keys=5, seed=9))
-    direct = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
-    reference = ThroughTorchOptim(hidden_size=8, tbptt_steps=4, device="cpu")
-    for start in range(0, len(events), 7):
-        batch = events[start : start + 7]
-        for learner in (direct, reference):
+def _learn(learners: list[LSTMLearner], events: list, batch_size: int = 7) -> None:
+    for start in range(0, len(events), batch_size):
+        batch = events[start : start + batch_size]
+        for learner in learners:
             learner.predict_proba_many(batch)
             learner.learn_many(batch)
-    assert direct.steps == reference.steps > 50
-    assert direct._adam_state is not None  # the direct path was taken after the first step
-    for mine, theirs in zip(direct.network.parameters(), reference.network.parameters(), strict=True):
-        torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
-    for mine, theirs in zip(direct._parameters, reference._parameters, strict=True):
-        state, expected = direct.optimizer.state[mine], reference.optimizer.state[theirs]
-        for name in ("exp_avg", "exp_avg_sq", "step"):
-            torch.testing.assert_close(state[name], expected[name], rtol=0, atol=0)
+
+
+def _assert_same(mine: LSTMLearner, theirs: LSTMLearner) -> None:
+    for a, b in zip(mine.network.parameters(), theirs.network.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ours, reference = mine.optimizer.state_dict(), theirs.optimizer.state_dict()
+    assert ours["param_groups"] == reference["param_groups"]
+    assert ours["state"].keys() == reference["state"].keys()
+    for index, state in ours["state"].items():
+        assert state.keys() == reference["state"][index].keys()
+        for name, value in state.items():
+            torch.testing.assert_close(value, reference["state"][index][name], rtol=0, atol=0)
+
+
+def test_fused_adam_steps_exactly_like_torch_optim_adam() -> None:
+    events = list(temporal_stream(400, n_keys=5, seed=9))
+    ours = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
+    reference = ThroughTorchOptim(hidden_size=8, tbptt_steps=4, device="cpu")
+    assert isinstance(ours.optimizer, FusedAdam)
+    assert ours.optimizer.state_dict() == reference.optimizer.state_dict()  # before any step
+    _learn([ours, reference], events)
+    assert ours.steps == reference.steps > 50
+    _assert_same(ours, reference)
+
+
+@pytest.mark.parametrize("direction", ["torch to ours", "ours to torch"])
+def test_optimizer_state_moves_between_fused_adam_and_torch_optim(direction: str) -> None:
+    """A checkpoint written with one optimizer continues, step for step, with the other."""
+    events = list(temporal_stream(300, n_keys=5, seed=3))
+    first, second = events[:150], events[150:]
+    writer_cls, reader_cls = (
+        (ThroughTorchOptim, LSTMLearner) if direction == "torch to ours" else (LSTMLearner, ThroughTorchOptim)
+    )
+    writer = writer_cls(hidden_size=8, tbptt_steps=4, device="cpu")
+    _learn([writer], first)
+    # The learner's own checkpoint path, with the reader's optimizer class.
+    reader = reader_cls.__new__(reader_cls)
+    reader.__setstate__(pickle.loads(pickle.dumps(writer.__getstate__())))
+    assert type(reader.optimizer) is not type(writer.optimizer)
+    _learn([writer, reader], second)
+    _assert_same(reader, writer) if reader_cls is LSTMLearner else _assert_same(writer, reader)
+
+
+def test_fused_adam_refuses_state_it_cannot_continue() -> None:
+    weight = torch.nn.Parameter(torch.ones(3))
+    adam = FusedAdam([weight], lr=0.1)
+    other = torch.optim.Adam([weight, torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match="other parameters"):
+        adam.load_state_dict(other.state_dict())
+    decaying = torch.optim.Adam([weight], lr=0.1, weight_decay=0.01)
+    with pytest.raises(ValueError, match="weight_decay"):
+        adam.load_state_dict(decaying.state_dict())
+    weight.grad = None
+    with pytest.raises(RuntimeError, match="needs a gradient"):
+        adam.step()
+
+
+def test_the_learner_does_not_import_torch_dynamo() -> None:
+    """torch.optim imports torch._dynamo on first use: about a second of every start."""
+    script = (
+        "import sys\n"
+        "from stream_lstm.generator import temporal_stream\n"
+        "from stream_lstm.learner import LSTMLearner\n"
+        "learner = LSTMLearner(hidden_size=4, device='cpu')\n"
+        "batch = list(temporal_stream(20, n_keys=2, seed=1))\n"
+        "learner.predict_proba_many(batch); learner.learn_many(batch)\n"
+        "learner.__setstate__(learner.__getstate__())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "False"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stream_lstm.evaluation import Scorer, kappa_temporal, log_loss_terms, roc_auc
+from stream_lstm.evaluation import Scorer, average_ranks, kappa_temporal, log_loss_terms, roc_auc
 
 
 def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -22,6 +22,16 @@ def test_roc_auc_matches_pairwise_definition_with_ties() -> None:
     scores = np.round(rng.random(200), 1)  # many ties
     assert roc_auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores))
     assert math.isnan(roc_auc(np.ones(5, dtype=int), scores[:5]))
+
+
+def test_average_ranks_equal_scipy_rankdata() -> None:
+    """The ranks behind the AUC, ties averaged, as scipy computes them (scipy comes with river)."""
+    rankdata = pytest.importorskip("scipy.stats").rankdata
+    rng = np.random.default_rng(2)
+    for size in (0, 1, 2, 7, 1000):
+        ties = rng.integers(0, 4, size).astype(float)
+        for values in (rng.random(size), ties, np.round(rng.random(size), 1)):
+            np.testing.assert_array_equal(average_ranks(values), rankdata(values))
 
 
 def test_whole_stream_scores() -> None:
