@@ -14,6 +14,11 @@ of ``--repeats`` runs (default 3; the machine may be shared). The stream's keys 
 random, so with 100,000 keys most timed events are among the first few of their key (short
 windows, zero start state) rather than in the steady state.
 
+Steady state. From a cold start, the first ``tbptt_steps`` events of every key take the general
+path (short windows, zero start state): at 1,000 keys that is half of a 16,000-event cell. A
+second table times key counts above 1 and up to ``--steady-max-keys`` (default 1,000) once every
+key is warm (20 events per key before the clock), as in a service that has run for a while.
+
 Memory. In a fresh process per device (so that the baseline is not inflated by the throughput
 runs), a learner with ``max_keys`` at ``--memory-keys`` (default 1,000,000) is fed one event of
 every key, in batches of 4,096, so that it ends up tracking that many keys. Reported: the bytes
@@ -26,8 +31,8 @@ memory torch holds.
 
 Usage: ``python benchmarks/bench_learner.py [--device auto|cpu|cuda] [--events N]
 [--repeats 3] [--keys 1,1000,100000] [--batch-sizes 1,8,64,256,1024,4096] [--memory-keys N]
-[--markdown OUT.md]``. ``--device auto`` (the default) runs the CPU, and CUDA too when torch
-sees a GPU.
+[--steady-max-keys N] [--markdown OUT.md]``. ``--device auto`` (the default) runs the CPU, and
+CUDA too when torch sees a GPU.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from stream_lstm.report import render_table
 
 #: Batch size of the memory run.
 MEMORY_BATCH = 4096
+#: Events per key before the clock in the steady-state table (see steady_rate).
+STEADY_WARM_EVENTS_PER_KEY = 20
 
 
 def devices(option: str) -> list[str]:
@@ -86,6 +93,30 @@ def rate(device: str, keys: int, batch: int, events: int) -> float:
         step(learner, stream[start : start + batch])
     synchronize(learner)
     return len(stream) / (time.perf_counter() - started)
+
+
+def steady_rate(device: str, keys: int, batch: int, events: int) -> float:
+    """:func:`rate` once every key is warm: before the clock, ``STEADY_WARM_EVENTS_PER_KEY`` events
+    per key on average, so that practically every key has a full window and a non-zero state
+    (a key of the generated stream is drawn at random for each event). The timed events continue
+    the same stream."""
+    learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch))
+    warm_events = STEADY_WARM_EVENTS_PER_KEY * keys
+    stream = list(temporal_stream(warm_events + events, n_keys=keys, seed=2))
+    warm_batch = max(batch, 256)  # fast, and a key's window fills the same way at any batch size
+    for start in range(0, warm_events, warm_batch):
+        step(learner, stream[start : min(start + warm_batch, warm_events)])
+    full = int((learner.keys.window_len[: len(learner.keys)] == learner.keys.window_steps).sum())
+    timed = stream[warm_events:]
+    synchronize(learner)
+    started = time.perf_counter()
+    for start in range(0, len(timed), batch):
+        step(learner, timed[start : start + batch])
+    synchronize(learner)
+    seconds = time.perf_counter() - started
+    if full < 0.99 * keys:
+        print(f"    (only {full:,} of {keys:,} keys had a full window when the clock started)")
+    return len(timed) / seconds
 
 
 def events_for(batch: int, cap: int) -> int:
@@ -177,6 +208,12 @@ def main() -> None:
     parser.add_argument(
         "--memory-keys", type=int, default=1_000_000, help="keys tracked in the memory run (0: none)"
     )
+    parser.add_argument(
+        "--steady-max-keys",
+        type=int,
+        default=1000,
+        help="key counts above 1 and up to this also get a steady-state row (default 1000)",
+    )
     parser.add_argument("--markdown", metavar="OUT.md", help="append the tables to this Markdown file")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)  # the child run
     args = parser.parse_args()
@@ -213,6 +250,26 @@ def main() -> None:
         )
         sections.append(f"{title}\n\n{render_table(['keys', *(f'batch {b}' for b in sizes)], rows)}")
         print(f"\n{sections[-1]}\n", flush=True)
+        steady_keys = [k for k in key_counts if 1 < k <= args.steady_max_keys]
+        if steady_keys:
+            rows = []
+            for keys in steady_keys:
+                cells = []
+                for batch in sizes:
+                    runs = [
+                        steady_rate(device, keys, batch, events_for(batch, args.events))
+                        for _ in range(args.repeats)
+                    ]
+                    cells.append(f"{statistics.median(runs):,.0f}")
+                    spread = ", ".join(f"{r:,.0f}" for r in runs)
+                    print(f"  {device}: {keys:,} warm keys, batch {batch}: {cells[-1]} events/s ({spread})")
+                rows.append([f"{keys:,}", *cells])
+            title = (
+                f"The same in the steady state: every key warm ({STEADY_WARM_EVENTS_PER_KEY} events per "
+                f"key before the clock); median of {args.repeats} runs"
+            )
+            sections.append(f"{title}\n\n{render_table(['keys', *(f'batch {b}' for b in sizes)], rows)}")
+            print(f"\n{sections[-1]}\n", flush=True)
 
     if args.memory_keys > 0:
         rows = []
