@@ -89,6 +89,8 @@ def test_the_learner_does_not_import_torch_dynamo() -> None:
     """torch.optim imports torch._dynamo on first use: about a second of every start."""
     script = (
         "import sys\n"
+        "import torch\n"
+        "print('torch._dynamo' in sys.modules)\n"
         "from stream_lstm.generator import temporal_stream\n"
         "from stream_lstm.learner import LSTMLearner\n"
         "learner = LSTMLearner(hidden_size=4, device='cpu')\n"
@@ -99,4 +101,7 @@ def test_the_learner_does_not_import_torch_dynamo() -> None:
     )
     command = [sys.executable, "-c", script]
     done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
-    assert done.stdout.strip() == "False"
+    with_torch, with_learner = done.stdout.split()
+    if with_torch == "True":
+        pytest.skip(f"this torch ({torch.__version__}) imports torch._dynamo by itself")
+    assert with_learner == "False"
