@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -196,6 +197,32 @@ def mib(value: float) -> str:
     return f"{value / 2**20:,.0f}"
 
 
+def rate_table(
+    title: str,
+    measure: Callable[[str, int, int, int], float],
+    device: str,
+    key_counts: list[int],
+    sizes: list[int],
+    args: argparse.Namespace,
+    *,
+    what: str,
+) -> str:
+    """A table of ``measure(device, keys, batch, events)`` (median of ``args.repeats`` runs),
+    printing each cell as it is measured; ``what`` names the rows in the progress lines."""
+    rows = []
+    for keys in key_counts:
+        cells = []
+        for batch in sizes:
+            runs = [measure(device, keys, batch, events_for(batch, args.events)) for _ in range(args.repeats)]
+            cells.append(f"{statistics.median(runs):,.0f}")
+            spread = ", ".join(f"{r:,.0f}" for r in runs)
+            print(f"  {device}: {keys:,} {what}, batch {batch}: {cells[-1]} events/s ({spread})", flush=True)
+        rows.append([f"{keys:,}", *cells])
+    section = f"{title}\n\n{render_table(['keys', *(f'batch {b}' for b in sizes)], rows)}"
+    print(f"\n{section}\n", flush=True)
+    return section
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -230,46 +257,27 @@ def main() -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     key_counts = [int(k) for k in args.keys.split(",")]
     sections = []
+    steady_keys = [k for k in key_counts if 1 < k <= args.steady_max_keys]
     for device in devices(args.device):
-        rows = []
-        for keys in key_counts:
-            cells = []
-            for batch in sizes:
-                runs = [
-                    rate(device, keys, batch, events_for(batch, args.events)) for _ in range(args.repeats)
-                ]
-                cells.append(f"{statistics.median(runs):,.0f}")
-                spread = ", ".join(f"{r:,.0f}" for r in runs)
-                print(
-                    f"  {device}: {keys:,} keys, batch {batch}: {cells[-1]} events/s ({spread})", flush=True
-                )
-            rows.append([f"{keys:,}", *cells])
-        title = (
-            f"Learner events/s on {device} (predict + learn), by keys and batch size; "
-            f"median of {args.repeats} runs"
-        )
-        sections.append(f"{title}\n\n{render_table(['keys', *(f'batch {b}' for b in sizes)], rows)}")
-        print(f"\n{sections[-1]}\n", flush=True)
-        steady_keys = [k for k in key_counts if 1 < k <= args.steady_max_keys]
-        if steady_keys:
-            rows = []
-            for keys in steady_keys:
-                cells = []
-                for batch in sizes:
-                    runs = [
-                        steady_rate(device, keys, batch, events_for(batch, args.events))
-                        for _ in range(args.repeats)
-                    ]
-                    cells.append(f"{statistics.median(runs):,.0f}")
-                    spread = ", ".join(f"{r:,.0f}" for r in runs)
-                    print(f"  {device}: {keys:,} warm keys, batch {batch}: {cells[-1]} events/s ({spread})")
-                rows.append([f"{keys:,}", *cells])
-            title = (
-                f"The same in the steady state: every key warm ({STEADY_WARM_EVENTS_PER_KEY} events per "
-                f"key before the clock); median of {args.repeats} runs"
-            )
-            sections.append(f"{title}\n\n{render_table(['keys', *(f'batch {b}' for b in sizes)], rows)}")
-            print(f"\n{sections[-1]}\n", flush=True)
+        tables = [
+            (
+                f"Learner events/s on {device} (predict + learn), by keys and batch size",
+                rate,
+                key_counts,
+                "keys",
+            ),
+            (
+                f"The same in the steady state: every key warm ({STEADY_WARM_EVENTS_PER_KEY} events per key "
+                "before the clock)",
+                steady_rate,
+                steady_keys,
+                "warm keys",
+            ),
+        ]
+        for title, measure, keys, what in tables:
+            if keys:
+                heading = f"{title}; median of {args.repeats} runs"
+                sections.append(rate_table(heading, measure, device, keys, sizes, args, what=what))
 
     if args.memory_keys > 0:
         rows = []
