@@ -115,7 +115,7 @@ def add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -
             "metavar": setting.metavar or setting.name.upper(),
             "help": f"{setting.help} (default: {_show(setting.default)}; env {setting.env})",
         }
-        if parse is parse_bool:
+        if parse is parse_bool or parse is parse_auto_bool:  # a bare flag means true
             kwargs["type"] = _argparse_type(parse)
             kwargs["nargs"] = "?"
             kwargs["const"] = True

@@ -47,6 +47,7 @@ class FusedAdam:
         self.exp_avg_sqs: list[torch.Tensor] = []
         self.step_counts: list[torch.Tensor] = []
 
+    @torch.no_grad()
     def step(self) -> None:
         """One Adam step of every parameter from its ``grad``."""
         if not self.step_counts:
@@ -106,6 +107,8 @@ class FusedAdam:
         if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
             raise ValueError("the saved optimizer state is for other parameters")
         group = groups[0]
+        if not {"lr", "betas", "eps"} <= group.keys():
+            raise ValueError("the saved optimizer state is not Adam's")
         unsupported = [
             name
             for name, plain in (("weight_decay", 0), ("amsgrad", False), ("maximize", False))
@@ -113,14 +116,18 @@ class FusedAdam:
         ]
         if unsupported:
             raise ValueError(f"the saved optimizer state uses what FusedAdam does not: {unsupported}")
-        self.lr, self.betas, self.eps = group["lr"], tuple(group["betas"]), group["eps"]
         state = saved["state"]
+        per_parameter = [state.get(index) for index in group["params"]]
+        if state and any(
+            s is None or not {"step", "exp_avg", "exp_avg_sq"} <= s.keys() for s in per_parameter
+        ):
+            raise ValueError("the saved optimizer state lacks some parameters' averages")
+        # Checked: from here on nothing raises, so a refused state changes nothing.
+        self.lr, self.betas, self.eps = group["lr"], tuple(group["betas"]), group["eps"]
         if not state:
             self.exp_avgs, self.exp_avg_sqs, self.step_counts = [], [], []
             return
-        if any(index not in state for index in group["params"]):
-            raise ValueError("the saved optimizer state lacks some parameters' averages")
-        pairs = list(zip((state[index] for index in group["params"]), self.params, strict=True))
+        pairs = list(zip(per_parameter, self.params, strict=True))
         self.exp_avgs = [s["exp_avg"].to(p.device, p.dtype).clone() for s, p in pairs]
         self.exp_avg_sqs = [s["exp_avg_sq"].to(p.device, p.dtype).clone() for s, p in pairs]
         self.step_counts = [

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stream_lstm.cli import main
+from stream_lstm.errors import ConfigError
 from stream_lstm.generator import temporal_stream, write_csv
 
 
@@ -89,6 +90,36 @@ def test_settings_come_from_env_and_toml_with_flags_winning(
 
 
 @pytest.mark.parametrize(
+    ("flags", "env", "toml", "expected"),
+    [
+        ([], None, None, "auto"),
+        (["--parallel"], None, None, True),  # a bare flag means true, as for every true/false flag
+        (["--parallel", "false"], "true", None, False),
+        ([], "AUTO", "parallel = false", "auto"),
+        ([], None, "parallel = true", True),
+        ([], None, 'parallel = "auto"', "auto"),
+    ],
+)
+def test_parallel_setting_from_flag_env_and_toml(
+    tmp_path: Path, flags: list[str], env: str | None, toml: str | None, expected: bool | str
+) -> None:
+    from stream_lstm.cli import EVALUATE_SETTINGS, build_parser
+    from stream_lstm.config import resolve_settings
+
+    argv = ["evaluate", "x.csv", "--label", "y", *flags]
+    if toml is not None:
+        (tmp_path / "s.toml").write_text(toml + "\n")
+        argv += ["--config", str(tmp_path / "s.toml")]
+    environ = {} if env is None else {"STREAM_LSTM_PARALLEL": env}
+    settings = resolve_settings(build_parser().parse_args(argv), EVALUATE_SETTINGS, environ=environ)
+    assert settings["parallel"] == expected
+    with pytest.raises(ConfigError, match="expected auto, true or false"):
+        resolve_settings(
+            build_parser().parse_args(argv[:4]), EVALUATE_SETTINGS, environ={"STREAM_LSTM_PARALLEL": "2"}
+        )
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["evaluate", "x.csv", "--label", "y", "--batch-size", "0"], "must be at least 1"),
@@ -147,7 +178,7 @@ def _scores(report: dict) -> dict:
 def test_baselines_in_a_second_process_score_exactly_as_in_one(
     stream_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    """`--parallel` (the default with 2+ CPUs) runs the baselines beside the LSTM; the report,
+    """`--parallel true` runs the baselines beside the LSTM; the report,
     the bad rows, the model order and the plotted curves must be those of a single process."""
     monkeypatch.setattr("stream_lstm.offline.usable_cpus", lambda: 2)  # also on a 1-CPU machine
     reports = {}

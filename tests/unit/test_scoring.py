@@ -22,6 +22,9 @@ def test_roc_auc_matches_pairwise_definition_with_ties() -> None:
     scores = np.round(rng.random(200), 1)  # many ties
     assert roc_auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores))
     assert math.isnan(roc_auc(np.ones(5, dtype=int), scores[:5]))
+    assert math.isnan(
+        roc_auc(np.array([1, 0, 1, 0]), np.array([0.2, np.nan, 0.1, np.nan]))
+    )  # as scipy's ranks
 
 
 def test_average_ranks_equal_scipy_rankdata() -> None:
