@@ -458,23 +458,32 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         fetch_max_wait_ms=settings["fetch_max_wait_ms"],
         client=settings["kafka_client"],
     )
-    service = StreamService(
-        ServiceSettings(
-            kafka=kafka,
-            checkpoint_dir=Path(settings["checkpoint_dir"]),
-            checkpoint_topic=settings["checkpoint_topic"] or None,
-            batch_size=settings["batch_size"],
-            checkpoint_every=settings["checkpoint_every"],
-            checkpoint_interval_s=settings["checkpoint_interval"],
-            max_message_bytes=settings["max_message_bytes"],
-            instance_id=instance_id,
-        ),
-        new_evaluator=new_evaluator,
-        telemetry=(telemetry := Telemetry()),
+    settings_of_service = ServiceSettings(
+        kafka=kafka,
+        checkpoint_dir=Path(settings["checkpoint_dir"]),
+        checkpoint_topic=settings["checkpoint_topic"] or None,
+        batch_size=settings["batch_size"],
+        checkpoint_every=settings["checkpoint_every"],
+        checkpoint_interval_s=settings["checkpoint_interval"],
+        max_message_bytes=settings["max_message_bytes"],
+        instance_id=instance_id,
     )
+    store_name = (
+        f"checkpoint topic {settings['checkpoint_topic']}"
+        if settings["checkpoint_topic"]
+        else f"checkpoint directory {settings['checkpoint_dir']}"
+    )
+
+    def starting() -> tuple[bool, dict[str, Any]]:
+        # Opening the store and loading the checkpoints may take a while (a checkpoint topic waits
+        # for its broker): /healthz and /metrics answer meanwhile, so a probe sees a starting
+        # service rather than none.
+        return False, {"starting": f"opening the {store_name} and loading this instance's checkpoint"}
+
+    telemetry = Telemetry()
     try:
         server = MetricsServer(
-            telemetry.registry, service.health, host=settings["metrics_host"], port=settings["metrics_port"]
+            telemetry.registry, starting, host=settings["metrics_host"], port=settings["metrics_port"]
         )
     except OSError as error:
         raise ConfigError(
@@ -489,6 +498,12 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         file=sys.stderr,
         flush=True,
     )
+    try:
+        service = StreamService(settings_of_service, new_evaluator=new_evaluator, telemetry=telemetry)
+    except BaseException:
+        server.stop()
+        raise
+    server.health = service.health
 
     def request_stop(signum: int, frame: object) -> None:
         service.stop()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_lstm.broker import EmbeddedBroker
+from stream_lstm.broker import EmbeddedBroker, free_port
 from stream_lstm.evaluation import PrequentialEvaluator, build_models
 from stream_lstm.events import Event, encode_event
 from stream_lstm.generator import temporal_stream
@@ -304,3 +304,34 @@ def test_exactly_once_predictions_survive_a_sigkill(
     final = checkpoint_of(tmp_path)
     assert final.offsets[partition] == 2000 and final.processed[partition] == 2000
     assert 2000 - 600 <= final.evaluator.events <= 2000  # weights never learn an event twice
+
+
+def test_a_service_waiting_for_its_checkpoint_topic_answers_healthz_then_runs(
+    tmp_path: Path, group_id: str
+) -> None:
+    """Opening a checkpoint topic waits for the broker (up to 120 s): meanwhile /healthz answers
+    503 with what the service waits for, rather than nothing (a probe would take it for dead)."""
+    late = EmbeddedBroker(port=free_port(), log_path=tmp_path / "late-broker.log")
+    topics = {"input": "late-in", "output": "late-out", "dead": "late-dead"}
+    service = ServiceProcess(
+        late.bootstrap_servers, topics, group_id, tmp_path, "--checkpoint-topic", "late-checkpoints"
+    ).start()
+    try:
+
+        def answered() -> tuple[int, dict[str, Any]] | None:
+            service.assert_alive()
+            return service.health()
+
+        status, body = wait_for(answered, 60, "/healthz while the broker is not up yet")
+        assert status == 503
+        assert "checkpoint topic late-checkpoints" in body["starting"]
+        late.start(timeout=30)
+        late.create_topics(list(topics.values()))
+        produce(late.bootstrap_servers, topics["input"], temporal_stream(50, n_keys=3, seed=2))
+        service.wait_ready(120)
+        reader = TopicReader(late.bootstrap_servers, topics["output"])
+        reader.read_until(lambda r: len(r) >= 50, 90, "50 predictions")
+        assert service.terminate() < 10
+    finally:
+        service.cleanup()
+        late.stop()
