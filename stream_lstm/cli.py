@@ -431,6 +431,10 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings["log_level"].upper() != "DEBUG":
+        from stream_lstm.log_repeats import quiet_repeats
+
+        quiet_repeats(["kafka"])  # kafka-python's reconnect errors: once a minute per kind
     _check_keys_cover_batch(settings)
     if "lstm" in settings["models"]:
         from stream_lstm.learner import set_cpu_threads
