@@ -17,8 +17,12 @@ use. A checkpoint can be larger than a Kafka message (1 MB by default), so it is
 ``NAME`` is ``instances/INSTANCE_ID`` or ``partitions/TOPIC/PARTITION``. A reader takes the
 latest manifest and the chunks of its version, and checks the hash. A writer that dies before its
 manifest leaves the previous version readable; so, like the directory store, a crash leaves the
-old or the new version of each checkpoint, never a torn one. (The dead writer's chunks stay
-behind; a failed write of a live store is cleaned up by its next write.)
+old or the new version of each checkpoint, never a torn one. A failed write of a live store is
+cleaned up by its next write. The chunks of a writer that died, or that stopped writing a name
+(a partition moved to another instance), are orphans: no manifest names their version. Every
+store sweeps them, at most every ``ORPHAN_SWEEP_INTERVAL_S``, when :meth:`KafkaTopicStore.refresh`
+runs. It tombstones orphaned chunks once they are ``orphan_grace_s`` old (an hour by default), far
+longer than any writer takes between its chunks and its manifest.
 
 Readers keep an in-memory view of the topic (latest value per key) and bring it up to date
 before each load, reading only what is new; ``latest=False`` loads answer from the view alone
@@ -48,6 +52,8 @@ log = logging.getLogger(__name__)
 #: Below the default 1 MB message limit of Kafka brokers, with room for the record's overhead.
 DEFAULT_CHUNK_BYTES = 512 * 1024
 MANIFEST_FORMAT = 1
+#: Seconds between two sweeps for orphaned chunks (see the module doc).
+ORPHAN_SWEEP_INTERVAL_S = 600.0
 _TOPIC_ALREADY_EXISTS = 36
 
 
@@ -67,6 +73,8 @@ class KafkaTopicStore:
         How long one write or one catch-up read may take before it fails.
     connect_timeout_s
         How long to keep trying to reach the cluster at start (it may still be starting).
+    orphan_grace_s
+        How old chunks that no manifest names must be before a sweep tombstones them.
     """
 
     def __init__(
@@ -77,6 +85,7 @@ class KafkaTopicStore:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         timeout_s: float = 10.0,
         connect_timeout_s: float = 120.0,
+        orphan_grace_s: float = 3600.0,
     ) -> None:
         if chunk_bytes < 1:
             raise CheckpointError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
@@ -88,6 +97,9 @@ class KafkaTopicStore:
         self._latest: dict[str, bytes] = {}  # record key -> latest value seen in the topic
         # Per name, the chunk keys this store wrote or tried to write and has not tombstoned yet.
         self._own_chunks: dict[str, set[str]] = {}
+        self.orphan_grace_s = orphan_grace_s
+        self._chunk_written_at: dict[str, float] = {}  # chunk key -> its record's time, Unix seconds
+        self._next_orphan_sweep = 0.0  # time.monotonic()
         self._partition = TopicPartition(topic, 0)
         deadline = time.monotonic() + connect_timeout_s
         while True:
@@ -216,8 +228,47 @@ class KafkaTopicStore:
 
     def refresh(self) -> None:
         """Read what was written since the last read (the service calls this after each
-        checkpoint, so that a partition taken over in a rebalance has little left to read)."""
+        checkpoint, so that a partition taken over in a rebalance has little left to read), and
+        sweep for orphaned chunks if the last sweep is ``ORPHAN_SWEEP_INTERVAL_S`` old."""
         self._catch_up()
+        if time.monotonic() >= self._next_orphan_sweep:
+            self._next_orphan_sweep = time.monotonic() + ORPHAN_SWEEP_INTERVAL_S
+            self.collect_orphans()
+
+    def collect_orphans(self) -> int:
+        """Tombstone the chunks that no manifest names and that are ``orphan_grace_s`` old;
+        return how many. Names whose manifest cannot be read are left alone."""
+        now = time.time()
+        named: dict[str, str | None] = {}  # name -> the version its manifest names (None: none)
+        unreadable: set[str] = set()
+        orphans = []
+        for key in self._latest:
+            name, at, rest = key.partition("@")
+            if not at or name in unreadable:
+                continue  # a manifest, or a name whose live version cannot be told
+            if name not in named:
+                try:
+                    named[name] = self._manifest(name)["version"] if name in self._latest else None
+                except CheckpointError:
+                    unreadable.add(name)
+                    continue
+            if rest.partition("/")[0] == named[name]:
+                continue
+            if now - self._chunk_written_at.get(key, now) >= self.orphan_grace_s:
+                orphans.append(key)
+        if orphans:
+            self._send([(key, None) for key in sorted(orphans)], "orphaned chunks")
+            for key in orphans:
+                self._forget_chunk(key)
+            log.info("%s: tombstoned %d orphaned checkpoint chunks", self.describe(), len(orphans))
+        return len(orphans)
+
+    def _forget_chunk(self, key: str) -> None:
+        self._latest.pop(key, None)
+        self._chunk_written_at.pop(key, None)
+        own = self._own_chunks.get(key.partition("@")[0])
+        if own is not None:
+            own.discard(key)
 
     def _load(self, name: str, kind: type, *, catch_up: bool = True) -> Any:
         if catch_up:
@@ -275,8 +326,12 @@ class KafkaTopicStore:
                             continue
                         if record.value is None:
                             self._latest.pop(key, None)
+                            self._chunk_written_at.pop(key, None)
                         else:
                             self._latest[key] = record.value
+                            if "@" in key:
+                                written = record.timestamp / 1000 if record.timestamp >= 0 else time.time()
+                                self._chunk_written_at.setdefault(key, written)
                 if self._consumer.position(self._partition) >= end and not batches:
                     return  # at the end, and nothing was left in the fetch buffer
                 if time.monotonic() > deadline:
@@ -321,6 +376,7 @@ class KafkaTopicStore:
         # The view takes each step once it is acknowledged; the consumer reads the same records
         # again later, which changes nothing.
         self._latest.update(written)
+        self._chunk_written_at.update((key, time.time()) for key, _ in written)
         manifest_value = json.dumps(manifest).encode()
         self._send([(name, manifest_value)], name)  # only now is the new version live
         self._latest[name] = manifest_value
@@ -328,6 +384,7 @@ class KafkaTopicStore:
         self._send([(key, None) for key in sorted(stale)], name)
         for key in stale:
             self._latest.pop(key, None)
+            self._chunk_written_at.pop(key, None)
         own.intersection_update(key for key, _ in written)
         return len(data)
 

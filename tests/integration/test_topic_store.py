@@ -143,6 +143,64 @@ def test_a_writer_dying_before_its_manifest_leaves_the_previous_version(
         store.close()
 
 
+def test_orphaned_chunks_are_swept_once_they_are_old_enough(
+    broker: EmbeddedBroker, store_topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that dies between its chunks and its manifest, and never writes that name again
+    (its partition moved on), leaves chunks no manifest names: another store's sweep removes them
+    once they are older than the grace, and never the live version's."""
+    writer = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=1000)
+    try:
+        writer.save_partition(
+            PartitionState(topic="in", partition=0, offset=10, key_state={"v": b"a" * 2500})
+        )
+        writer.save_partition(PartitionState(topic="in", partition=1, offset=5, key_state={"v": b"b" * 2500}))
+        send = writer._send
+
+        def die_at_the_manifest(records: list[tuple[str, bytes | None]], name: str) -> None:
+            if any("@" not in key for key, _ in records):
+                raise CheckpointError("killed")
+            send(records, name)
+
+        monkeypatch.setattr(writer, "_send", die_at_the_manifest)
+        with pytest.raises(CheckpointError):
+            writer.save_partition(
+                PartitionState(topic="in", partition=0, offset=20, key_state={"v": b"c" * 2500})
+            )
+        monkeypatch.undo()
+    finally:
+        writer.close()
+
+    def orphans_in(store: KafkaTopicStore) -> set[str]:
+        live = {name: store._manifest(name)["version"] for name in ("partitions/in/0", "partitions/in/1")}
+        chunks = [key.split("@") for key in store._latest if "@" in key]
+        return {f"{name}@{rest}" for name, rest in chunks if rest.split("/")[0] != live[name]}
+
+    patient = KafkaTopicStore(broker.bootstrap_servers, store_topic)  # the default grace: an hour
+    try:
+        patient.refresh()  # catches up, and sweeps: nothing is an hour old yet
+        orphans = orphans_in(patient)
+        assert len(orphans) >= 3  # the dead write's chunks (over 2,500 bytes in chunks of 1,000)
+        assert patient.collect_orphans() == 0 and orphans_in(patient) == orphans
+    finally:
+        patient.close()
+    sweeper = KafkaTopicStore(broker.bootstrap_servers, store_topic, orphan_grace_s=0.0)
+    try:
+        sweeper._catch_up()
+        assert orphans_in(sweeper) == orphans
+        assert sweeper.collect_orphans() == len(orphans)
+    finally:
+        sweeper.close()
+    reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+    try:
+        reader.refresh()
+        assert orphans_in(reader) == set()  # tombstoned in the topic, not only in one view
+        assert reader.load_partition(("in", 0)).offset == 10
+        assert reader.load_partition(("in", 1)).offset == 5
+    finally:
+        reader.close()
+
+
 def test_a_damaged_chunk_is_an_error_not_a_wrong_state(broker: EmbeddedBroker, store_topic: str) -> None:
     store = KafkaTopicStore(broker.bootstrap_servers, store_topic)
     try:
