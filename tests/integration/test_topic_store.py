@@ -107,6 +107,23 @@ def test_a_checkpoint_larger_than_a_message_is_chunked_and_old_versions_are_tomb
         store.close()
 
 
+def die_at_the_manifest(
+    store: KafkaTopicStore, state: PartitionState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Save ``state`` as a writer killed after its chunks and before its manifest would."""
+    send = store._send
+
+    def chunks_only(records: list[tuple[str, bytes | None]], name: str) -> None:
+        if any("@" not in key for key, _ in records):
+            raise CheckpointError("killed")
+        send(records, name)
+
+    monkeypatch.setattr(store, "_send", chunks_only)
+    with pytest.raises(CheckpointError):
+        store.save_partition(state)
+    monkeypatch.undo()
+
+
 def test_a_writer_dying_before_its_manifest_leaves_the_previous_version(
     broker: EmbeddedBroker, store_topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,19 +132,8 @@ def test_a_writer_dying_before_its_manifest_leaves_the_previous_version(
         store.save_partition(
             PartitionState(topic="in", partition=0, offset=10, key_state={"v": b"old" * 1000})
         )
-        send = store._send
-
-        def die_at_the_manifest(records: list[tuple[str, bytes | None]], name: str) -> None:
-            if any("@" not in key for key, _ in records):
-                raise CheckpointError("killed")
-            send(records, name)
-
-        monkeypatch.setattr(store, "_send", die_at_the_manifest)
-        with pytest.raises(CheckpointError):
-            store.save_partition(
-                PartitionState(topic="in", partition=0, offset=20, key_state={"v": b"new" * 1000})
-            )
-        monkeypatch.undo()
+        new = PartitionState(topic="in", partition=0, offset=20, key_state={"v": b"new" * 1000})
+        die_at_the_manifest(store, new, monkeypatch)
 
         reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
         try:
@@ -155,19 +161,8 @@ def test_orphaned_chunks_are_swept_once_they_are_old_enough(
             PartitionState(topic="in", partition=0, offset=10, key_state={"v": b"a" * 2500})
         )
         writer.save_partition(PartitionState(topic="in", partition=1, offset=5, key_state={"v": b"b" * 2500}))
-        send = writer._send
-
-        def die_at_the_manifest(records: list[tuple[str, bytes | None]], name: str) -> None:
-            if any("@" not in key for key, _ in records):
-                raise CheckpointError("killed")
-            send(records, name)
-
-        monkeypatch.setattr(writer, "_send", die_at_the_manifest)
-        with pytest.raises(CheckpointError):
-            writer.save_partition(
-                PartitionState(topic="in", partition=0, offset=20, key_state={"v": b"c" * 2500})
-            )
-        monkeypatch.undo()
+        dead = PartitionState(topic="in", partition=0, offset=20, key_state={"v": b"c" * 2500})
+        die_at_the_manifest(writer, dead, monkeypatch)
     finally:
         writer.close()
 
