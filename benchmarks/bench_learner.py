@@ -88,12 +88,18 @@ def rate(device: str, keys: int, batch: int, events: int) -> float:
     stream = list(temporal_stream(events, n_keys=keys, seed=2))
     for start in range(0, len(warm), batch):  # the first calls allocate and pick kernels
         step(learner, warm[start : start + batch])
+    return timed_rate(learner, stream, batch)
+
+
+def timed_rate(learner: LSTMLearner, events: list[Event], batch: int) -> float:
+    """Events per second of predict + learn over ``events``, in batches of ``batch``, with the
+    device synchronised before the clock starts and before it is read."""
     synchronize(learner)
     started = time.perf_counter()
-    for start in range(0, len(stream), batch):
-        step(learner, stream[start : start + batch])
+    for start in range(0, len(events), batch):
+        step(learner, events[start : start + batch])
     synchronize(learner)
-    return len(stream) / (time.perf_counter() - started)
+    return len(events) / (time.perf_counter() - started)
 
 
 def steady_rate(device: str, keys: int, batch: int, events: int) -> float:
@@ -108,16 +114,9 @@ def steady_rate(device: str, keys: int, batch: int, events: int) -> float:
     for start in range(0, warm_events, warm_batch):
         step(learner, stream[start : min(start + warm_batch, warm_events)])
     full = int((learner.keys.window_len[: len(learner.keys)] == learner.keys.window_steps).sum())
-    timed = stream[warm_events:]
-    synchronize(learner)
-    started = time.perf_counter()
-    for start in range(0, len(timed), batch):
-        step(learner, timed[start : start + batch])
-    synchronize(learner)
-    seconds = time.perf_counter() - started
     if full < 0.99 * keys:
         print(f"    (only {full:,} of {keys:,} keys had a full window when the clock started)")
-    return len(timed) / seconds
+    return timed_rate(learner, stream[warm_events:], batch)
 
 
 def events_for(batch: int, cap: int) -> int:

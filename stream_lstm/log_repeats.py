@@ -83,7 +83,7 @@ class RepeatFilter(logging.Filter):
 
 
 def quiet_repeats(prefixes: Sequence[str], *, interval_s: float = 60.0) -> None:
-    """Put a :class:`RepeatFilter` on every handler of the root logger."""
-    repeats = RepeatFilter(prefixes, interval_s=interval_s)
+    """Put a :class:`RepeatFilter` of its own on every handler of the root logger (a filter
+    shared by two handlers would hold a record back from the second one)."""
     for handler in logging.getLogger().handlers:
-        handler.addFilter(repeats)
+        handler.addFilter(RepeatFilter(prefixes, interval_s=interval_s))

@@ -383,8 +383,7 @@ class KafkaTopicStore:
         stale.difference_update(key for key, _ in written)
         self._send([(key, None) for key in sorted(stale)], name)
         for key in stale:
-            self._latest.pop(key, None)
-            self._chunk_written_at.pop(key, None)
+            self._forget_chunk(key)
         own.intersection_update(key for key, _ in written)
         return len(data)
 

@@ -52,3 +52,24 @@ def test_a_logger_merely_starting_with_the_prefix_is_not_filtered() -> None:
     assert [repeats.filter(record("kafkaesque")) for _ in range(3)] == [True, True, True]
     assert [repeats.filter(record("kafka")) for _ in range(2)] == [True, False]
     assert [repeats.filter(record("kafka.net")) for _ in range(2)] == [True, False]
+
+
+def test_quiet_repeats_gives_every_root_handler_its_own_filter() -> None:
+    """One filter shared by two handlers would hold each record back from the second one."""
+    from stream_lstm.log_repeats import quiet_repeats
+
+    root = logging.getLogger()
+    outs = [io.StringIO(), io.StringIO()]
+    handlers = [logging.StreamHandler(out) for out in outs]
+    saved = root.handlers[:], root.level
+    root.handlers[:] = handlers
+    root.setLevel(logging.INFO)
+    try:
+        quiet_repeats(["test-quiet.kafka"])
+        logger = logging.getLogger("test-quiet.kafka.net")
+        logger.error("connection 1 refused")
+        logger.error("connection 2 refused")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    assert [out.getvalue().splitlines() for out in outs] == [["connection 1 refused"]] * 2
