@@ -7,7 +7,9 @@ the full service (three models, learning, checkpoints) as a `stream-lstm run` pr
 its first prediction to its last by the records' timestamps (its metrics are read only twice a
 second: each scrape costs the service CPU); all of it once per Kafka client library (kafka-python, and
 confluent-kafka when installed). Usage: ``python benchmarks/bench_service.py [--events N]
-[--keys 1,1000,100000] [--clients kafka-python,confluent] [--markdown FILE]``.
+[--keys 1,1000,100000] [--clients kafka-python,confluent] [--learner-process true,false]
+[--markdown FILE]``; each service run is reported with the LSTM in its own process (true, the
+default on 2+ CPUs) and in the service's process (false).
 """
 
 from __future__ import annotations
@@ -130,16 +132,18 @@ def relay(client: str, bootstrap: str, topic: str, total: int) -> float:
     return consume_all(client, bootstrap, topic, total, forward)
 
 
-def service(client: str, bootstrap: str, topic: str, total: int, workdir: Path) -> float:
+def service(
+    client: str, bootstrap: str, topic: str, total: int, workdir: Path, learner_process: str, run: str
+) -> float:
     port = free_port()
-    log = (workdir / f"service-{topic}.log").open("wb")
+    log = (workdir / f"service-{run}.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "stream_lstm", "run", "--bootstrap-servers", bootstrap, "--input-topic", topic,
-         "--output-topic", f"{topic}-out-{client}", "--dead-letter-topic", topic + "-dead",
-         "--group-id", f"{topic}-{client}", "--checkpoint-dir", str(workdir / f"{topic}-{client}"),
+         "--output-topic", f"{run}-out", "--dead-letter-topic", topic + "-dead",
+         "--group-id", run, "--checkpoint-dir", str(workdir / run),
          "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
          "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000", "--log-level", "WARNING",
-         "--kafka-client", client],
+         "--kafka-client", client, "--learner-process", learner_process],
         stdout=log, stderr=subprocess.STDOUT,
         env={k: v for k, v in os.environ.items() if not k.startswith("STREAM_LSTM_")},
     )  # fmt: skip
@@ -163,7 +167,7 @@ def service(client: str, bootstrap: str, topic: str, total: int, workdir: Path) 
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return produce_span(bootstrap, f"{topic}-out-{client}", total)
+    return produce_span(bootstrap, f"{run}-out", total)
 
 
 def produce_span(bootstrap: str, topic: str, total: int) -> float:
@@ -204,6 +208,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--keys", default="1,1000,100000")
     parser.add_argument("--clients", default="kafka-python,confluent")
+    parser.add_argument(
+        "--learner-process",
+        default="true,false",
+        help="the service's --learner-process values to run, comma-separated (true: the LSTM in a "
+        "process of its own, the default on 2+ CPUs; false: in the service's process)",
+    )
     parser.add_argument("--markdown", type=Path, help="append the table to this markdown file")
     args = parser.parse_args()
     machine = f"Machine: {describe_machine()}; broker: embedded (Tansu)"
@@ -213,7 +223,12 @@ def main() -> None:
         workdir = Path(work)
         for keys in (int(k) for k in args.keys.split(",")):
             topic = f"bench-{keys}"
-            outputs = [f"{topic}-out-{client}" for client in available_clients(args.clients)]
+            placements = args.learner_process.split(",")
+            outputs = [
+                f"{topic}-{client}-{i}-out"
+                for client in available_clients(args.clients)
+                for i in range(len(placements))
+            ]
             broker.create_topics([topic, topic + "-relay", topic + "-dead", *outputs])
             writer = EventWriter(broker.bootstrap_servers, topic)
             for event in temporal_stream(args.events, n_keys=keys, seed=1):
@@ -223,12 +238,17 @@ def main() -> None:
                 bootstrap = broker.bootstrap_servers
                 raw = args.events / consume_all(client, bootstrap, topic, args.events)
                 relayed = args.events / relay(client, bootstrap, topic, args.events)
-                full = args.events / service(client, bootstrap, topic, args.events, workdir)
-                rows.append([client, f"{keys:,}", f"{raw:,.0f}", f"{relayed:,.0f}", f"{full:,.0f}",
-                             f"{full / relayed:.2f}", f"{full / raw:.2f}"])  # fmt: skip
+                for i, placement in enumerate(placements):
+                    run = f"{topic}-{client}-{i}"
+                    full = args.events / service(
+                        client, bootstrap, topic, args.events, workdir, placement, run
+                    )
+                    rows.append([client, f"{keys:,}", placement, f"{raw:,.0f}", f"{relayed:,.0f}",
+                                 f"{full:,.0f}", f"{full / relayed:.2f}", f"{full / raw:.2f}"])  # fmt: skip
                 print(f"  {client}, {keys:,} keys done", flush=True)
     headers = [
-        "client", "keys", "raw events/s", "relay events/s", "service events/s", "service/relay", "service/raw"
+        "client", "keys", "LSTM process", "raw events/s", "relay events/s", "service events/s",
+        "service/relay", "service/raw",
     ]  # fmt: skip
     title = f"{args.events:,} events per key count, one partition"
     table = render_table(headers, rows)

@@ -109,6 +109,15 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
     *LEARNER_SETTINGS,
     Setting("torch_threads", positive_int, 1, "CPU threads torch may use for the LSTM"),
+    Setting(
+        "learner_process",
+        parse_auto_bool,
+        "auto",
+        "run the LSTM in a process of its own, so that it learns on another CPU while this one "
+        "does the Kafka I/O and the baselines (same predictions); auto: when this process may "
+        "use 2+ CPUs",
+        metavar="auto|true|false",
+    ),
 )
 
 PRODUCE_SETTINGS: tuple[Setting, ...] = (
@@ -298,6 +307,19 @@ def lstm_arguments(settings: dict[str, Any]) -> dict[str, Any]:
     return {name: settings[name] for name in LSTM_HYPERPARAMETERS}
 
 
+def _use_learner_process(setting: bool | str) -> bool:
+    """Whether ``run`` gives the LSTM a process of its own (``--learner-process``).
+
+    ``auto`` does where a second CPU is there to run it: on one CPU the two processes would
+    only take turns, and pay for the pipe between them.
+    """
+    from stream_lstm.offline import usable_cpus
+
+    if setting == "auto":
+        return usable_cpus() > 1
+    return bool(setting)
+
+
 def _use_second_process(parallel: bool | str, events: int) -> bool:
     """Whether ``evaluate`` runs the baselines in a second process (``--parallel``).
 
@@ -471,6 +493,8 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         checkpoint_interval_s=settings["checkpoint_interval"],
         max_message_bytes=settings["max_message_bytes"],
         instance_id=instance_id,
+        learner_process=_use_learner_process(settings["learner_process"]),
+        torch_threads=settings["torch_threads"],
     )
     store_name = (
         f"checkpoint topic {settings['checkpoint_topic']}"

@@ -292,12 +292,37 @@ class PrequentialEvaluator:
         """Every model's probabilities for the batch, before any of it is learned."""
         if self._report_only:
             raise EvaluationError("this evaluator holds another's results: it only reports now")
+        # A model in another process predicts while the others run here; its seconds are its own.
+        remote = self._asynchronous()
+        for model in remote.values():
+            if not model.predicting(events):
+                model.start_predict(events)
         predictions = {}
         for name, model in self.models.items():
+            if name in remote:
+                continue
             started = time.perf_counter()
             predictions[name] = model.predict_proba_many(events)
             self.seconds[name] += time.perf_counter() - started
-        return predictions
+        for name, model in remote.items():
+            predictions[name], seconds = model.finish_predict()
+            self.seconds[name] += seconds
+        return {name: predictions[name] for name in self.models}
+
+    def send_ahead(self, events: Sequence[Event]) -> bool:
+        """Start the predictions of the models in other processes; False if there are none.
+
+        They work on ``events`` while this process finishes the previous batch: :meth:`predict`
+        of ``events`` (after :meth:`learn` of the batch before) collects them. The answers are
+        the same as without sending ahead, since such a model keeps the order of its batches.
+        """
+        remote = self._asynchronous()
+        for model in remote.values():
+            model.start_predict(events)
+        return bool(remote)
+
+    def _asynchronous(self) -> dict[str, Any]:
+        return {name: model for name, model in self.models.items() if getattr(model, "asynchronous", False)}
 
     def learn(self, events: Sequence[Event], predictions: Mapping[str, np.ndarray]) -> None:
         """Score the batch's predictions against its labels, then let every model learn it."""
@@ -320,7 +345,8 @@ class PrequentialEvaluator:
         for name, model in self.models.items():
             started = time.perf_counter()
             model.learn_many(events)
-            self.seconds[name] += time.perf_counter() - started
+            if not getattr(model, "asynchronous", False):
+                self.seconds[name] += time.perf_counter() - started
         self.events += len(events)
         self.labelled += n_labelled
 

@@ -45,6 +45,7 @@ from stream_lstm.kafka_io import (
     Partition,
     open_kafka,
 )
+from stream_lstm.learner_process import LearnerProcess
 from stream_lstm.state_store import (
     CheckpointStore,
     DirectoryStore,
@@ -82,6 +83,28 @@ class ServiceSettings:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     scores_interval_s: float = 1.0
     instance_id: str = field(default_factory=default_instance_id)
+    #: Run the LSTM in a child process (:mod:`stream_lstm.learner_process`), using another CPU.
+    learner_process: bool = False
+    #: CPU threads torch may use in that process.
+    torch_threads: int = 1
+
+
+@dataclass
+class _Batch:
+    """A decoded batch between :meth:`StreamService._begin` and :meth:`StreamService._finish`.
+
+    With the LSTM in a process of its own, a full batch is sent to it and left "in flight"
+    while the service finishes the batch before it and polls the next one: the LSTM predicts
+    and learns it meanwhile. Whatever needs the service's state to match the learner's (a
+    checkpoint, a rebalance, a stop) settles the batch in flight first; a rollback drops it.
+    """
+
+    events: list[Event]
+    sources: list[Message]
+    replayed: list[bool]
+    handled: list[Message]  # every message of the batch from an owned partition, dead or not
+    dead: dict[Partition, int]  # dead letters per partition
+    sent_ahead: bool = False
 
 
 @dataclass
@@ -133,11 +156,13 @@ class StreamService:
         self.kafka_factory = kafka_factory
         self.instance_id = settings.instance_id
         self.store = open_store(settings)
+        self._learner_process: LearnerProcess | None = None
         try:
             self.store.lock_instance(self.instance_id)
-            self.evaluator = self._load_evaluator()
+            self.evaluator = self._place_learner(self._load_evaluator())
             self._instance_saved = self.store.has_instance(self.instance_id)
         except Exception:
+            self._close_learner_process()
             self.store.close()
             raise
         self.partitions: dict[Partition, _PartitionProgress] = {}
@@ -149,6 +174,7 @@ class StreamService:
         self._unchecked: set[Partition] = set()  # assigned partitions whose committed offset is unread
         self._needs_seek: set[Partition] = set()  # partitions a rollback could not rewind yet
         self._rollback_requested = False
+        self._ahead: _Batch | None = None  # a batch whose LSTM predictions are on their way
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._last_scores = 0.0
@@ -187,6 +213,7 @@ class StreamService:
                 )
                 self._stop.wait(backoff.next())
         if self.kafka is None:
+            self._close_learner_process()
             self.store.close()
             return
         self._set_connected(True)
@@ -206,7 +233,9 @@ class StreamService:
     def _step(self, backoff: _Backoff) -> None:
         assert self.kafka is not None
         try:
-            messages = self.kafka.poll(self.settings.batch_size, self.settings.poll_timeout_s)
+            # With a batch in flight, take what the client holds already rather than wait for more.
+            timeout_s = 0.0 if self._ahead is not None else self.settings.poll_timeout_s
+            messages = self.kafka.poll(self.settings.batch_size, timeout_s)
         except Exception as error:  # the loop must survive whatever the client throws
             self._set_connected(False, f"poll failed: {error}")
             self._stop.wait(backoff.next())
@@ -229,14 +258,15 @@ class StreamService:
                 self._rollback()
                 self._stop.wait(backoff.next())
                 return
-        if messages:
-            try:
-                self._process(messages)
-            except KafkaIOError as error:
-                self._set_connected(False, str(error))
-                self._rollback()
-                self._stop.wait(backoff.next())
-                return
+        try:
+            self._process(messages)
+            if self._ahead is not None and self._checkpoint_due():
+                self._settle()
+        except KafkaIOError as error:
+            self._set_connected(False, str(error))
+            self._rollback()
+            self._stop.wait(backoff.next())
+            return
         self._probe_broker()
         if self._checkpoint_due():
             if self._checkpoint_and_commit():
@@ -250,6 +280,14 @@ class StreamService:
         if self._rollback_requested:
             checkpoint = False  # what is in memory is what a rollback would have thrown away
         if checkpoint:
+            try:
+                self._settle()
+            except KafkaIOError as error:
+                log.warning("publishing the last batch failed: %s", error)
+                checkpoint = False
+        else:
+            self._ahead = None
+        if checkpoint:
             log.info("stopping: flushing, checkpointing and committing")
             # SIGTERM promises an exit within 10 s: with the broker away, give up on the flush early.
             if not self._checkpoint_and_commit(flush_timeout_s=min(self.settings.flush_timeout_s, 5.0)):
@@ -261,14 +299,37 @@ class StreamService:
         except Exception as error:
             log.warning("closing the Kafka client: %s", error)
         self.kafka = None
+        self._close_learner_process()
         self.store.close()
 
     # ------------------------------------------------------------------ the data path
 
     def _process(self, messages: Sequence[Message]) -> None:
-        assert self.kafka is not None
+        """Decode ``messages``, and finish them or leave them in flight (see :class:`_Batch`)."""
+        batch = self._begin(messages) if messages else None
+        self._settle()
+        if batch is None:
+            return
+        # Only under load (a full poll) is a batch left in flight: at a low rate the next poll
+        # may be a while, and the batch's predictions would wait for it.
+        if (
+            batch.sent_ahead
+            and len(messages) >= self.settings.batch_size
+            and not self.settings.kafka.exactly_once
+        ):
+            self._ahead = batch
+        else:
+            self._finish(batch)
+
+    def _settle(self) -> None:
+        """Finish the batch left in flight, if there is one."""
+        if self._ahead is not None:
+            batch, self._ahead = self._ahead, None
+            self._finish(batch)
+
+    def _begin(self, messages: Sequence[Message]) -> _Batch:
+        """Decode the batch, dead-letter what is malformed, and send it to a learner process."""
         settings = self.settings
-        stage = self.telemetry.stage
         started = time.perf_counter()
         events: list[Event] = []
         sources: list[Message] = []
@@ -301,9 +362,20 @@ class StreamService:
             events.append(event)
             sources.append(message)
             replayed.append(replay)
-        decoded = time.perf_counter()
-        stage.labels(stage="decode").observe(decoded - started)
+        batch = _Batch(events, sources, replayed, handled, dead)
         if events:
+            batch.sent_ahead = self.evaluator.send_ahead(events)
+        self.telemetry.stage.labels(stage="decode").observe(time.perf_counter() - started)
+        return batch
+
+    def _finish(self, batch: _Batch) -> None:
+        """Predict (the other models), publish, score and learn the batch; record its progress."""
+        assert self.kafka is not None
+        settings = self.settings
+        stage = self.telemetry.stage
+        events, sources, replayed, handled = batch.events, batch.sources, batch.replayed, batch.handled
+        if events:
+            decoded = time.perf_counter()
             predictions = self.evaluator.predict(events)
             predicted = time.perf_counter()
             stage.labels(stage="predict").observe(predicted - decoded)
@@ -357,7 +429,7 @@ class StreamService:
             progress = partitions[(message.topic, message.partition)]
             progress.events += 1
             progress.keys.add(event.key)
-        for partition, count in dead.items():
+        for partition, count in batch.dead.items():
             partitions[partition].dead_letters += count
         self._since_checkpoint += len(handled)
 
@@ -403,6 +475,8 @@ class StreamService:
     ) -> bool:
         """Flush, commit (exactly-once: the transaction), checkpoint, commit; True on success."""
         assert self.kafka is not None
+        if self._ahead is not None:
+            raise RuntimeError("a checkpoint with a batch in flight: settle it first")
         if self._since_checkpoint == 0 and self._instance_saved:
             return True
         offsets = {p: progress.offset for p, progress in self.partitions.items()}
@@ -517,6 +591,24 @@ class StreamService:
         )
         return self.new_evaluator()
 
+    def _place_learner(self, evaluator: PrequentialEvaluator) -> PrequentialEvaluator:
+        """Move the evaluator's LSTM into the learner process, if the settings ask for one."""
+        learner = evaluator.models.get("lstm")
+        if not self.settings.learner_process or learner is None:
+            return evaluator
+        if self._learner_process is None:
+            self._learner_process = LearnerProcess(learner, torch_threads=self.settings.torch_threads)
+            log.info("the LSTM runs in process %s", self._learner_process.pid)
+        else:
+            self._learner_process.load(learner)
+        evaluator.models["lstm"] = self._learner_process
+        return evaluator
+
+    def _close_learner_process(self) -> None:
+        if self._learner_process is not None:
+            self._learner_process.close()
+            self._learner_process = None
+
     def _restore_partition(self, partition: Partition, *, latest: bool = True) -> None:
         """Take ``partition``'s checkpoint from the store: its offset, counts and key states.
 
@@ -561,7 +653,9 @@ class StreamService:
         self._owned.difference_update(partitions)
         for partition in partitions:
             progress = self.partitions.pop(partition, None)
-            if progress is not None:
+            # A rollback on its way reloads the learner without any key: nothing to forget then
+            # (and a learner process may still hold the batch whose publishing failed).
+            if progress is not None and not self._rollback_requested:
                 self.evaluator.forget_keys(list(progress.keys))
             self._replay_until.pop(partition, None)
             self._unchecked.discard(partition)
@@ -581,7 +675,8 @@ class StreamService:
             log.warning("recreating the producer failed: %s", error)
         # Only this instance's own last checkpoints are needed, which a store already holds: a
         # rollback must not depend on a broker that may be the reason for it.
-        self.evaluator = self._load_evaluator(latest=False)
+        self._ahead = None  # its events are read again
+        self.evaluator = self._place_learner(self._load_evaluator(latest=False))
         self.partitions = {}
         self._replay_until = {}
         self._evictions_seen = self._lstm_evictions()
@@ -645,6 +740,7 @@ class StreamService:
     def _on_assigned(self, partitions: list[Partition]) -> None:
         # Called inside poll(): load from the store and seek only (no blocking broker calls).
         log.info("assigned %s", partitions)
+        self._settle_in_callback()
         self._owned.update(partitions)
         for partition in partitions:
             if partition not in self.partitions:
@@ -657,7 +753,9 @@ class StreamService:
 
     def _on_revoked(self, partitions: list[Partition]) -> None:
         log.info("revoked %s", partitions)
-        if self.settings.kafka.exactly_once:
+        if not self._settle_in_callback():
+            pass  # the rollback requested goes back to the checkpoints, which the next owner loads
+        elif self.settings.kafka.exactly_once:
             # The transaction cannot be committed from inside poll(): drop the open interval (its
             # records were never sent) and go back to the checkpoints, which the next owner of
             # the revoked partitions loads too.
@@ -681,7 +779,21 @@ class StreamService:
     def _on_lost(self, partitions: list[Partition]) -> None:
         """The group took partitions away without a revocation (session lost): never write them."""
         log.warning("lost %s; another member may own them already", partitions)
+        self._settle_in_callback()
         self._release_partitions(partitions)
+
+    def _settle_in_callback(self) -> bool:
+        """Settle the batch in flight before the partitions change; on failure, ask for a rollback."""
+        try:
+            self._settle()
+        except KafkaIOError as error:
+            self._set_connected(False, str(error))
+            self._ahead = None
+            if self._learner_process is not None:
+                self._learner_process.drop_in_flight()  # the rollback reloads it
+            self._rollback_requested = True
+            return False
+        return True
 
     # ------------------------------------------------------------------ health and scores
 
@@ -730,8 +842,9 @@ class StreamService:
         self.telemetry.training_loss.set(stats["loss"])
         self.telemetry.gradient_norm.set(stats["grad_norm"])
         self.telemetry.model_step.set(lstm.steps)
-        self.telemetry.keys_tracked.set(len(lstm.keys))
-        evictions = lstm.keys.evictions
+        keys = lstm.key_stats()
+        self.telemetry.keys_tracked.set(keys["tracked"])
+        evictions = keys["evicted"]
         if evictions > self._evictions_seen:
             self.telemetry.keys_evicted.inc(evictions - self._evictions_seen)
         self._evictions_seen = evictions
@@ -739,7 +852,7 @@ class StreamService:
 
     def _lstm_evictions(self) -> int:
         lstm = self.evaluator.models.get("lstm")
-        return lstm.keys.evictions if lstm is not None else 0
+        return lstm.key_stats()["evicted"] if lstm is not None else 0
 
     def learner_info(self) -> dict[str, str]:
         """Device, models and hyperparameters, for the info metric."""

@@ -259,6 +259,10 @@ class LSTMLearner:
             torch._foreach_mul_(grads, torch.clamp(self.clip_grad_norm / (norm + 1e-6), max=1.0))
         return norm
 
+    def key_stats(self) -> dict[str, int]:
+        """How many keys hold a state now, and how many were evicted so far (LRU)."""
+        return {"tracked": len(self.keys), "evicted": self.keys.evictions}
+
     def device_memory_bytes(self) -> int:
         """GPU memory torch holds on this learner's device (0 on the CPU)."""
         if self._device.type != "cuda":
