@@ -305,7 +305,7 @@ class PrequentialEvaluator:
             predictions[name] = model.predict_proba_many(events)
             self.seconds[name] += time.perf_counter() - started
         for name, model in remote.items():
-            predictions[name], seconds = model.finish_predict()
+            predictions[name], seconds = model.finish_predict(events)
             self.seconds[name] += seconds
         return {name: predictions[name] for name in self.models}
 

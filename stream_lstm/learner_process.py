@@ -40,6 +40,8 @@ from stream_lstm.events import Event
 
 #: Seconds to wait for the child to start (it imports torch) and answer its first request.
 START_TIMEOUT_S = 120.0
+#: Seconds to wait for any later answer before taking the child for hung.
+ANSWER_TIMEOUT_S = 600.0
 #: Batches whose predictions may be asked for before the first of them is collected.
 MAX_IN_FLIGHT = 2
 
@@ -132,10 +134,15 @@ class LearnerProcess:
         if self._process.is_alive():
             with contextlib.suppress(OSError):
                 _send(self._connection, ("close", None))
-            self._process.join(timeout_s)
+            deadline = time.monotonic() + timeout_s
+            while self._process.is_alive() and time.monotonic() < deadline:
+                # Read what it still sends: a large answer must not keep it from reading "close".
+                with contextlib.suppress(EOFError, OSError):
+                    if self._connection.poll(0.05):
+                        self._connection.recv_bytes()
             if self._process.is_alive():
                 self._process.kill()
-                self._process.join(timeout_s)
+            self._process.join(timeout_s)
         self._connection.close()
 
     # ------------------------------------------------------------------ predict and learn
@@ -155,11 +162,16 @@ class LearnerProcess:
         """Whether ``events`` was sent by :meth:`start_predict` and not collected yet."""
         return any(batch.events is events and not batch.collected for batch in self._in_flight)
 
-    def finish_predict(self) -> tuple[np.ndarray, float]:
-        """The probabilities of the oldest batch not collected yet, and the child's seconds on it."""
+    def finish_predict(self, events: Sequence[Event]) -> tuple[np.ndarray, float]:
+        """The probabilities of ``events``, and the child's seconds on them (and on learning).
+
+        ``events`` must be the oldest batch sent and not collected yet.
+        """
         batch = next((batch for batch in self._in_flight if not batch.collected), None)
         if batch is None:
             raise RuntimeError("finish_predict without start_predict")
+        if batch.events is not events:
+            raise RuntimeError("finish_predict must collect the batches in the order they were sent")
         if batch.answer is None:
             batch.answer = self._receive()
         probabilities, seconds, self.steps = batch.answer
@@ -170,7 +182,7 @@ class LearnerProcess:
         """Probability that each event's label is 1 (see ``LSTMLearner.predict_proba_many``)."""
         if not self.predicting(events):
             self.start_predict(events)
-        return self.finish_predict()[0]
+        return self.finish_predict(events)[0]
 
     def learn_many(self, events: Sequence[Event]) -> None:
         """Learn ``events``: free for the oldest batch predicted (the child learned it already)."""
@@ -250,9 +262,14 @@ class LearnerProcess:
             self._fail(f"cannot reach the learner process: {error}")
 
     def _receive(self, timeout_s: float | None = None) -> Any:
+        timeout_s = ANSWER_TIMEOUT_S if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
         try:
-            if timeout_s is not None and not self._connection.poll(timeout_s):
-                self._fail(f"the learner process did not answer within {timeout_s:.0f} s")
+            while not self._connection.poll(1.0):
+                if not self._process.is_alive():
+                    raise EOFError
+                if time.monotonic() > deadline:
+                    self._fail(f"the learner process did not answer within {timeout_s:.0f} s")
             status, value = _receive(self._connection)
         except (EOFError, OSError):
             self._process.join(1.0)
@@ -282,7 +299,10 @@ def _receive(connection: Connection) -> Any:
 
 def _serve(connection: Connection, torch_threads: int) -> None:
     """The child: run requests in order until told to close or the parent is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C, or a stop sent to the whole process group, is the parent's to handle: it closes
+    # this process once its last checkpoint is written (the child also ends when the parent does).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from stream_lstm.learner import set_cpu_threads
 
     set_cpu_threads(torch_threads)

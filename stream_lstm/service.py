@@ -260,7 +260,9 @@ class StreamService:
                 return
         try:
             self._process(messages)
-            if self._ahead is not None and self._checkpoint_due():
+            # Decided once: a checkpoint falling due between two looks would find a batch in flight.
+            checkpoint_due = self._checkpoint_due()
+            if checkpoint_due:
                 self._settle()
         except KafkaIOError as error:
             self._set_connected(False, str(error))
@@ -268,7 +270,7 @@ class StreamService:
             self._stop.wait(backoff.next())
             return
         self._probe_broker()
-        if self._checkpoint_due():
+        if checkpoint_due:
             if self._checkpoint_and_commit():
                 backoff.reset()
             else:
@@ -277,6 +279,18 @@ class StreamService:
 
     def _shutdown(self, *, checkpoint: bool = True) -> None:
         assert self.kafka is not None
+        try:
+            self._final_checkpoint(checkpoint)
+        finally:
+            try:
+                self.kafka.close(timeout_s=1.0)
+            except Exception as error:
+                log.warning("closing the Kafka client: %s", error)
+            self.kafka = None
+            self._close_learner_process()
+            self.store.close()
+
+    def _final_checkpoint(self, checkpoint: bool) -> None:
         if self._rollback_requested:
             checkpoint = False  # what is in memory is what a rollback would have thrown away
         if checkpoint:
@@ -285,8 +299,7 @@ class StreamService:
             except KafkaIOError as error:
                 log.warning("publishing the last batch failed: %s", error)
                 checkpoint = False
-        else:
-            self._ahead = None
+        self._ahead = None
         if checkpoint:
             log.info("stopping: flushing, checkpointing and committing")
             # SIGTERM promises an exit within 10 s: with the broker away, give up on the flush early.
@@ -294,13 +307,6 @@ class StreamService:
                 log.warning("final checkpoint failed; the next start resumes from the previous one")
         else:
             log.warning("stopping without a final checkpoint; the next start resumes from the last one")
-        try:
-            self.kafka.close(timeout_s=1.0)
-        except Exception as error:
-            log.warning("closing the Kafka client: %s", error)
-        self.kafka = None
-        self._close_learner_process()
-        self.store.close()
 
     # ------------------------------------------------------------------ the data path
 
@@ -477,6 +483,8 @@ class StreamService:
         assert self.kafka is not None
         if self._ahead is not None:
             raise RuntimeError("a checkpoint with a batch in flight: settle it first")
+        if self._rollback_requested:
+            return False  # the learner may be ahead of the offsets: only the rollback fixes that
         if self._since_checkpoint == 0 and self._instance_saved:
             return True
         offsets = {p: progress.offset for p, progress in self.partitions.items()}
@@ -655,7 +663,8 @@ class StreamService:
             progress = self.partitions.pop(partition, None)
             # A rollback on its way reloads the learner without any key: nothing to forget then
             # (and a learner process may still hold the batch whose publishing failed).
-            if progress is not None and not self._rollback_requested:
+            # Nor when stopping: the keys go with the process.
+            if progress is not None and not self._rollback_requested and not self.stopping:
                 self.evaluator.forget_keys(list(progress.keys))
             self._replay_until.pop(partition, None)
             self._unchecked.discard(partition)

@@ -116,7 +116,7 @@ def test_key_states_move_out_and_back_in(process) -> None:
 def test_calls_out_of_order_are_refused(process) -> None:
     first, second, third = stream()[:3]
     with pytest.raises(RuntimeError, match="finish_predict without"):
-        process.finish_predict()
+        process.finish_predict(first)
     process.start_predict(first)
     with pytest.raises(RuntimeError, match="in flight"):
         process.export_keys(["k0"])  # the child is ahead of the caller
@@ -125,11 +125,13 @@ def test_calls_out_of_order_are_refused(process) -> None:
         process.start_predict(third)
     with pytest.raises(RuntimeError, match="oldest batch"):
         process.learn_many(first)  # not collected yet
-    process.finish_predict()
+    with pytest.raises(RuntimeError, match="in the order they were sent"):
+        process.finish_predict(second)
+    process.finish_predict(first)
     with pytest.raises(RuntimeError, match="oldest batch"):
         process.learn_many(second)
     process.learn_many(first)
-    process.finish_predict()
+    process.finish_predict(second)
     process.learn_many(second)
     assert process.in_flight == 0
     assert process.training_stats()  # still working after the refusals
@@ -147,6 +149,18 @@ def test_a_failure_in_the_child_is_reported_with_its_cause_and_is_final(process)
         process.predict_proba_many(chunk)  # its learner may be half-updated: nothing more
     with pytest.raises(LearnerProcessError):
         pickle.dumps(process)
+
+
+def test_a_stop_sent_to_the_process_group_is_left_to_the_parent(process) -> None:
+    # systemd, `kill -- -PGID` or Ctrl-C signal every process of the group: the child must live
+    # on until the parent has written its last checkpoint and closes it.
+    os.kill(process.pid, signal.SIGTERM)
+    os.kill(process.pid, signal.SIGINT)
+    chunk = stream()[0]
+    assert process.predict_proba_many(chunk).shape == (len(chunk),)
+    process.learn_many(chunk)
+    process.close()
+    assert not _alive(process.pid)
 
 
 def test_a_dead_child_is_reported(process) -> None:

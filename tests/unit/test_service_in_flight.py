@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import pytest
 import torch
 
 from stream_lstm.evaluation import PrequentialEvaluator, build_models
 from stream_lstm.events import encode_event
 from stream_lstm.generator import temporal_stream
 from stream_lstm.kafka_io import KafkaIOError, KafkaSettings, Message, Partition
+from stream_lstm.learner_process import LearnerProcessError
 from stream_lstm.service import ServiceSettings, StreamService
 from stream_lstm.state_store import DirectoryStore
 from stream_lstm.telemetry import Telemetry
@@ -35,7 +39,9 @@ class ScriptedKafka:
     every produce fails while the partitions are being revoked.
     """
 
-    def __init__(self, events_per_partition: int, *, rebalance_at: int | None = None) -> None:
+    def __init__(
+        self, events_per_partition: int, *, rebalance_at: int | None = None, kill_child_at: int | None = None
+    ) -> None:
         stream = list(temporal_stream(2 * events_per_partition, n_keys=6, seed=11))
         self.messages = {
             partition: [
@@ -48,6 +54,8 @@ class ScriptedKafka:
         self.committed_offsets: dict[Partition, int] = {}
         self.outputs: list[dict] = []
         self.rebalance_at = rebalance_at
+        self.kill_child_at = kill_child_at
+        self.killed_child: int | None = None
         self.fail_produce_in_rebalance = False
         self.failed_produces = 0
         self.polls = 0
@@ -74,6 +82,10 @@ class ScriptedKafka:
             self.timed_out = True
             self.service.stop()
             return []
+        if self.polls == self.kill_child_at:
+            assert self.service._learner_process is not None and self.service._ahead is not None
+            self.killed_child = self.service._learner_process.pid
+            os.kill(self.killed_child, signal.SIGKILL)
         if self.polls == 0:
             self.on_assigned(list(PARTITIONS))
         elif self.polls == self.rebalance_at:
@@ -212,3 +224,24 @@ def test_a_batch_in_flight_that_cannot_be_published_in_a_rebalance_is_rolled_bac
     assert kafka.in_flight_at_rebalance and kafka.failed_produces == 1
     assert_learned_exactly_once(store, kafka)
     assert sorted(predictions(kafka)) == [(p, o) for p in (0, 1) for o in range(160)]
+
+
+def test_a_checkpoint_falling_due_settles_the_batch_in_flight_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a checkpoint is due can change from one look to the next (it is also timed):
+    the loop decides once per step, and settles before it checkpoints."""
+    looks = iter(range(10**6))
+    monkeypatch.setattr(StreamService, "_checkpoint_due", lambda self: next(looks) % 2 == 1)
+    kafka = ScriptedKafka(160)
+    store = run_service(tmp_path, kafka, learner_process=True)
+    assert_learned_exactly_once(store, kafka)
+    assert len(predictions(kafka)) == 320 and all(len(p) == 1 for p in predictions(kafka).values())
+
+
+def test_a_dead_learner_process_stops_the_service_without_a_checkpoint(tmp_path: Path) -> None:
+    kafka = ScriptedKafka(160, kill_child_at=6)
+    with pytest.raises(LearnerProcessError, match="exited"):
+        run_service(tmp_path, kafka, learner_process=True, checkpoint_every=10**9)
+    assert not DirectoryStore(tmp_path / "checkpoints-True").partitions()  # nothing half-learned saved
+    assert kafka.killed_child is not None
