@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from stream_lstm.csv_source import BadRow, CsvEventSource
@@ -25,6 +26,9 @@ from stream_lstm.errors import EvaluationError
 from stream_lstm.evaluation import PrequentialEvaluator, build_models
 from stream_lstm.events import Event
 from stream_lstm.progress import ProgressLine
+
+#: Where a container's cgroup files are (its own cgroup, in its cgroup namespace).
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def batches(events: Iterable[Event], size: int) -> Iterable[list[Event]]:
@@ -60,12 +64,38 @@ class CsvSpec:
         return islice(source, self.limit) if self.limit else iter(source)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
+def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may use: its CPU affinity, capped by a container's CPU quota.
+
+    A quota of 1.5 CPUs counts as 1: the second process's work would mostly wait for it.
+    """
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cpu_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, int(quota)))
+    return cpus
+
+
+def cpu_quota(cgroup_root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU limit of this process's container in CPUs, or ``None`` without one.
+
+    Read from cgroup v2's ``cpu.max`` (``"150000 100000"`` is 1.5 CPUs, ``"max 100000"`` none),
+    else from cgroup v1's ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us`` (a quota of -1: none).
+    """
+    try:
+        quota, period = (cgroup_root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota_us = int((cgroup_root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((cgroup_root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class SideLane:
