@@ -342,10 +342,11 @@ class PrequentialEvaluator:
                 if self.keep_trace:
                     self.trace[name].append((probabilities >= 0.5) == (labels == 1))
         self.reference.learn_many(events)
+        remote = self._asynchronous()  # their seconds come with their predictions
         for name, model in self.models.items():
             started = time.perf_counter()
             model.learn_many(events)
-            if not getattr(model, "asynchronous", False):
+            if name not in remote:
                 self.seconds[name] += time.perf_counter() - started
         self.events += len(events)
         self.labelled += n_labelled

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from stream_lstm.child_process import start_without_ctrl_c
 from stream_lstm.errors import StreamLSTMError
 from stream_lstm.events import Event
 
@@ -85,7 +86,7 @@ class LearnerProcess:
         self._process = context.Process(
             target=_serve, args=(child_end, torch_threads), name="stream-lstm-learner", daemon=True
         )
-        self._process.start()
+        start_without_ctrl_c(self._process)
         child_end.close()
         self._failure: str | None = None
         self._in_flight: deque[_InFlight] = deque()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +20,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from stream_lstm.child_process import start_without_ctrl_c
 from stream_lstm.csv_source import BadRow, CsvEventSource
 from stream_lstm.errors import EvaluationError
 from stream_lstm.evaluation import PrequentialEvaluator, build_models
@@ -132,16 +132,7 @@ class SideLane:
         self._process = context.Process(
             target=_run_side_lane, args=(sender, job), name="stream-lstm-baselines", daemon=True
         )
-        # Started with Ctrl-C ignored, which the new interpreter keeps: this process handles it
-        # (and stops the other), also while the other is still importing. Only the main thread
-        # may change signal handlers; elsewhere the child ignores Ctrl-C once it runs.
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
-        try:
-            self._process.start()
-        finally:
-            if in_main_thread:
-                signal.signal(signal.SIGINT, previous)
+        start_without_ctrl_c(self._process)
         sender.close()
         self._answer: tuple[str, Any] | None = None
 
