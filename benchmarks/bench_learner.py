@@ -9,7 +9,9 @@ changes. One torch CPU thread, as the service uses by default.
 Throughput. For each device, key count and batch size: a fresh learner (``max_keys`` raised to
 cover the keys), a few batches to warm up (allocations, kernel choice), then ``--events`` events
 timed (fewer for small batches, which are slow: at least 2,000 and at most 250 batches). On CUDA
-the device is synchronised before the clock starts and before it is read. Each cell is the median
+the batch sizes are ``--cuda-batch-sizes`` and the cap ``--cuda-events``, since a GPU only pays
+off on large batches, and the device is synchronised before the clock starts and before it is
+read. Generated streams are kept for the next repeat of a cell. Each cell is the median
 of ``--repeats`` runs (default 3; the machine may be shared). The stream's keys interleave at
 random, so with 100,000 keys most timed events are among the first few of their key (short
 windows, zero start state) rather than in the steady state.
@@ -25,12 +27,13 @@ every key, in batches of 4,096, so that it ends up tracking that many keys. Repo
 of key state per tracked key (the store's tensors and arrays, per allocated slot: the LSTM state
 ``h0``, ``c0``, the window of ``tbptt_steps - 1`` input vectors, previous label and timestamp),
 the process's resident memory (VmRSS) before and after and its growth per key (which adds the
-key index: Python strings and an ordered dict), the peak (VmHWM: the store grows its tensors by
+key index: Python strings and a dict), the peak (VmHWM: the store grows its tensors by
 doubling, with the old and the new ones alive together for a moment), and on CUDA the GPU
 memory torch holds.
 
 Usage: ``python benchmarks/bench_learner.py [--device auto|cpu|cuda] [--events N]
-[--repeats 3] [--keys 1,1000,100000] [--batch-sizes 1,8,64,256,1024,4096] [--memory-keys N]
+[--repeats 3] [--keys 1,1000,100000] [--batch-sizes 1,8,64,256,1024,4096]
+[--cuda-batch-sizes 1,64,256,1024,4096,16384] [--cuda-events 400000] [--memory-keys N]
 [--steady-max-keys N] [--markdown OUT.md]``. ``--device auto`` (the default) runs the CPU, and
 CUDA too when torch sees a GPU.
 """
@@ -38,13 +41,14 @@ CUDA too when torch sees a GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,22 +80,28 @@ def synchronize(learner: LSTMLearner) -> None:
         torch.cuda.synchronize(learner.torch_device)
 
 
-def step(learner: LSTMLearner, batch: list[Event]) -> None:
+def step(learner: LSTMLearner, batch: Sequence[Event]) -> None:
     learner.predict_proba_many(batch)
     learner.learn_many(batch)
+
+
+@functools.lru_cache(maxsize=2)
+def generated(events: int, keys: int, seed: int) -> tuple[Event, ...]:
+    """The generated stream, kept for the next repeat of a cell (it takes seconds to make)."""
+    return tuple(temporal_stream(events, n_keys=keys, seed=seed))
 
 
 def rate(device: str, keys: int, batch: int, events: int) -> float:
     """Events per second of predict + learn over ``events`` events, in batches of ``batch``."""
     learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch))
-    warm = list(temporal_stream(4 * batch, n_keys=keys, seed=1))
-    stream = list(temporal_stream(events, n_keys=keys, seed=2))
+    warm = generated(4 * batch, keys, 1)
+    stream = generated(events, keys, 2)
     for start in range(0, len(warm), batch):  # the first calls allocate and pick kernels
         step(learner, warm[start : start + batch])
     return timed_rate(learner, stream, batch)
 
 
-def timed_rate(learner: LSTMLearner, events: list[Event], batch: int) -> float:
+def timed_rate(learner: LSTMLearner, events: Sequence[Event], batch: int) -> float:
     """Events per second of predict + learn over ``events``, in batches of ``batch``, with the
     device synchronised before the clock starts and before it is read."""
     synchronize(learner)
@@ -109,7 +119,7 @@ def steady_rate(device: str, keys: int, batch: int, events: int) -> float:
     the same stream."""
     learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch))
     warm_events = STEADY_WARM_EVENTS_PER_KEY * keys
-    stream = list(temporal_stream(warm_events + events, n_keys=keys, seed=2))
+    stream = generated(warm_events + events, keys, 2)
     warm_batch = max(batch, 256)  # fast, and a key's window fills the same way at any batch size
     for start in range(0, warm_events, warm_batch):
         step(learner, stream[start : min(start + warm_batch, warm_events)])
@@ -208,11 +218,12 @@ def rate_table(
 ) -> str:
     """A table of ``measure(device, keys, batch, events)`` (median of ``args.repeats`` runs),
     printing each cell as it is measured; ``what`` names the rows in the progress lines."""
+    cap = args.events if device == "cpu" else args.cuda_events
     rows = []
     for keys in key_counts:
         cells = []
         for batch in sizes:
-            runs = [measure(device, keys, batch, events_for(batch, args.events)) for _ in range(args.repeats)]
+            runs = [measure(device, keys, batch, events_for(batch, cap)) for _ in range(args.repeats)]
             cells.append(f"{statistics.median(runs):,.0f}")
             spread = ", ".join(f"{r:,.0f}" for r in runs)
             print(f"  {device}: {keys:,} {what}, batch {batch}: {cells[-1]} events/s ({spread})", flush=True)
@@ -231,6 +242,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is shown")
     parser.add_argument("--keys", default="1,1000,100000", help="comma-separated key counts")
     parser.add_argument("--batch-sizes", default="1,8,64,256,1024,4096", help="comma-separated batch sizes")
+    parser.add_argument(
+        "--cuda-batch-sizes",
+        default="1,64,256,1024,4096,16384",
+        help="batch sizes on a GPU, which needs large batches to pay off",
+    )
+    parser.add_argument(
+        "--cuda-events", type=int, default=400_000, help="most events timed per cell on a GPU"
+    )
     parser.add_argument(
         "--memory-keys", type=int, default=1_000_000, help="keys tracked in the memory run (0: none)"
     )
@@ -253,11 +272,11 @@ def main() -> None:
     machine = f"Machine: {describe_machine()}; one torch CPU thread"
     print(machine, flush=True)
     started = time.monotonic()
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
     key_counts = [int(k) for k in args.keys.split(",")]
     sections = []
     steady_keys = [k for k in key_counts if 1 < k <= args.steady_max_keys]
     for device in devices(args.device):
+        sizes = [int(b) for b in (args.batch_sizes if device == "cpu" else args.cuda_batch_sizes).split(",")]
         tables = [
             (
                 f"Learner events/s on {device} (predict + learn), by keys and batch size",

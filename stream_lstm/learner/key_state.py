@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import collections
+import itertools
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.learner.transfer import to_device
 
 NO_LABEL = -1
 
@@ -43,10 +45,12 @@ class KeyStateStore:
         self.input_size = input_size
         self.device = device
         self.evictions = 0
-        self._slots: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self._slots: dict[str, int] = {}
+        self._slot_keys = np.full(0, None, dtype=object)  # the key in each slot (None: free)
         self._free: list[int] = []
         self._capacity = 0
-        # Per slot, when its key was last used (the order of _slots), so that exporting a few keys
+        # Per slot, when its key was last used: the LRU order (an ordered dict's reordering costs
+        # more than the rest of a lookup), also so that exporting a few keys
         # needs no walk over all of them.
         self._last_used = np.zeros(0, dtype=np.int64)
         self._tick = 0
@@ -70,52 +74,78 @@ class KeyStateStore:
 
     def keys(self) -> list[str]:
         """Tracked keys, least recently used first."""
-        return list(self._slots)
+        return [key for key, _ in self._lru_items()]
+
+    def _lru_items(self) -> list[tuple[str, int]]:
+        """``(key, slot)`` of every tracked key, least recently used first."""
+        items = list(self._slots.items())
+        items.sort(key=lambda item: self._last_used[item[1]])
+        return items
 
     def lookup(self, keys: Sequence[str]) -> np.ndarray:
-        """Return the slot of each (distinct) key, making each the most recently used.
+        """Return the slot of each key (a key may repeat), making the keys the most recently used
+        in order of first appearance.
 
         New keys get a zeroed slot, evicting the least recently used keys not in ``keys``.
         """
-        if len(keys) > self.max_keys:
+        tracked = self._slots
+        slots = np.array(list(map(tracked.get, keys, itertools.repeat(-1))), dtype=np.int64)
+        is_new = slots < 0
+        new_keys: list[str] = []
+        if is_new.any():
+            new_events = list(itertools.compress(keys, is_new.tolist()))
+            new_keys = list(dict.fromkeys(new_events))
+        known = slots[~is_new] if new_keys else slots
+        distinct = list(dict.fromkeys(known.tolist()))  # in order of first appearance
+        if len(distinct) + len(new_keys) > self.max_keys:
             raise ConfigError(
-                f"a batch holds {len(keys)} distinct keys but max_keys is {self.max_keys}; "
-                "raise max_keys or lower the batch size"
+                f"a batch holds {len(distinct) + len(new_keys)} distinct keys but max_keys is "
+                f"{self.max_keys}; raise max_keys or lower the batch size"
             )
-        slots = np.full(len(keys), -1, dtype=np.int64)
-        # Touch the keys already tracked first, so that evicting from the front below can never
-        # drop a key of this batch (there are at most max_keys of them).
-        for i, key in enumerate(keys):
-            slot = self._slots.get(key)
-            if slot is not None:
-                self._slots.move_to_end(key)
-                slots[i] = slot
-        new_rows = np.flatnonzero(slots < 0)
-        fresh: list[int] = []
-        for i in new_rows:
-            slot = self._take_slot()
-            self._slots[keys[i]] = slot
-            slots[i] = slot
-            fresh.append(slot)
-        touched = slots
-        if fresh:
-            self._reset(np.asarray(fresh, dtype=np.int64))
-            was_tracked = np.ones(slots.size, dtype=bool)
-            was_tracked[new_rows] = False
-            touched = np.concatenate([slots[was_tracked], slots[new_rows]])  # the order of _slots
-        self._last_used[touched] = self._tick + np.arange(touched.size)
-        self._tick += touched.size
+        # Touch the keys already tracked first, so that the evictions below can never drop a key
+        # of this batch (there are at most max_keys of them).
+        self._touch(np.array(distinct, dtype=np.int64))
+        if not new_keys:
+            return slots
+        fresh = self._take_slots(len(new_keys))
+        fresh_list = fresh.tolist()
+        tracked.update(zip(new_keys, fresh_list, strict=True))
+        self._slot_keys[fresh] = new_keys
+        self._reset(fresh)
+        self._touch(fresh)
+        slots[is_new] = (
+            fresh if len(new_keys) == len(new_events) else list(map(tracked.__getitem__, new_events))
+        )
         return slots
 
-    def _take_slot(self) -> int:
-        if not self._free and len(self._slots) < self.max_keys:
-            self._grow(min(max(2 * self._capacity, 1), self.max_keys))
-        if self._free:
-            return self._free.pop()
-        # Evict the least recently used key (see lookup for why it is never one of the batch).
-        _, slot = self._slots.popitem(last=False)
-        self.evictions += 1
-        return slot
+    def _touch(self, slots: np.ndarray) -> None:
+        """Make ``slots`` the most recently used, in their order."""
+        self._last_used[slots] = self._tick + np.arange(slots.size)
+        self._tick += slots.size
+
+    def _take_slots(self, count: int) -> np.ndarray:
+        """``count`` slots for new keys: free ones (growing the tensors while under ``max_keys``),
+        then those of the least recently used keys, which are evicted."""
+        taken: list[int] = []
+        while len(taken) < count:
+            if not self._free and len(self._slots) + len(taken) < self.max_keys:
+                self._grow(min(max(2 * self._capacity, 1), self.max_keys))
+            if self._free:
+                n = min(count - len(taken), len(self._free))
+                taken.extend(reversed(self._free[-n:]))
+                del self._free[-n:]
+                continue
+            # Every other slot holds a key: evict the least recently used ones, oldest first.
+            n = count - len(taken)
+            last_used = self._last_used.copy()
+            last_used[taken] = np.iinfo(np.int64).max  # taken from the free list just now
+            oldest = np.argpartition(last_used, n - 1)[:n] if n < self._capacity else np.arange(n)
+            victims = oldest[np.argsort(last_used[oldest], kind="stable")]
+            collections.deque(map(self._slots.pop, self._slot_keys[victims].tolist()), maxlen=0)
+            self._slot_keys[victims] = None
+            taken.extend(victims.tolist())
+            self.evictions += n
+        return np.asarray(taken, dtype=np.int64)
 
     def _grow(self, capacity: int) -> None:
         extra = capacity - self._capacity
@@ -131,12 +161,13 @@ class KeyStateStore:
         self.prev_label = np.concatenate([self.prev_label, np.full(extra, NO_LABEL, np.int8)])
         self.last_ts = np.concatenate([self.last_ts, np.full(extra, np.nan)])
         self._last_used = np.concatenate([self._last_used, np.zeros(extra, dtype=np.int64)])
+        self._slot_keys = np.concatenate([self._slot_keys, np.full(extra, None, dtype=object)])
         # Hand out low slots first so that a fresh store fills its slots in order.
         self._free = list(range(capacity - 1, self._capacity - 1, -1)) + self._free
         self._capacity = capacity
 
     def _reset(self, slots: np.ndarray) -> None:
-        index = torch.as_tensor(slots, device=self.device)
+        index = to_device(slots, self.device)
         self.h0.index_fill_(0, index, 0.0)
         self.c0.index_fill_(0, index, 0.0)
         self.window_len[slots] = 0
@@ -152,7 +183,7 @@ class KeyStateStore:
         kept = [(key, slot) for key in dict.fromkeys(keys) if (slot := tracked.get(key)) is not None]
         kept.sort(key=lambda item: self._last_used[item[1]])
         slots = np.asarray([slot for _, slot in kept], dtype=np.int64)
-        index = torch.as_tensor(slots, device=self.device)
+        index = to_device(slots, self.device)
         return {
             "keys": [key for key, _ in kept],
             "h0": self.h0.index_select(0, index).cpu(),
@@ -176,7 +207,7 @@ class KeyStateStore:
         keys = keys[-self.max_keys :]  # the most recently used ones, if there are too many
         count = len(keys)
         slots = self.lookup(keys)
-        index = torch.as_tensor(slots, device=self.device)
+        index = to_device(slots, self.device)
         self.h0.index_copy_(0, index, state["h0"][-count:].to(self.device))
         self.c0.index_copy_(0, index, state["c0"][-count:].to(self.device))
         self.window.index_copy_(0, index, state["window"][-count:].to(self.device))
@@ -188,13 +219,14 @@ class KeyStateStore:
         """Stop tracking ``keys`` (not counted as evictions): their slots are free again."""
         freed = [slot for key in keys if (slot := self._slots.pop(key, None)) is not None]
         if freed:
+            self._slot_keys[freed] = None
             self._reset(np.asarray(freed, dtype=np.int64))
             self._free.extend(freed)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to rebuild the store exactly, tensors moved to the CPU."""
         return {
-            "slots": list(self._slots.items()),
+            "slots": self._lru_items(),
             "free": list(self._free),
             "capacity": self._capacity,
             "evictions": self.evictions,
@@ -208,9 +240,11 @@ class KeyStateStore:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, onto this store's device."""
-        self._slots = OrderedDict(state["slots"])
+        self._slots = dict(state["slots"])  # least recently used first
         self._free = list(state["free"])
         self._capacity = state["capacity"]
+        self._slot_keys = np.full(self._capacity, None, dtype=object)
+        self._slot_keys[list(self._slots.values())] = list(self._slots)
         self._last_used = np.zeros(self._capacity, dtype=np.int64)
         self._last_used[list(self._slots.values())] = np.arange(len(self._slots))
         self._tick = len(self._slots)

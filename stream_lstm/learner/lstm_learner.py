@@ -14,9 +14,22 @@ import torch
 from stream_lstm.errors import ConfigError
 from stream_lstm.events import Event
 from stream_lstm.learner.adam import FusedAdam
+from stream_lstm.learner.batch_columns import (
+    KeyGroups,
+    carry_forward,
+    feature_names,
+    feature_values,
+    group_by_slot,
+    optional_floats,
+    plain_feature_maps,
+    timestamps,
+)
+from stream_lstm.learner.batch_columns import keys as batch_keys
+from stream_lstm.learner.batch_columns import labels as batch_labels
 from stream_lstm.learner.key_state import NO_LABEL, KeyStateStore
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.scaler import RunningScaler
+from stream_lstm.learner.transfer import to_device
 
 # Input vector layout: the scaled features, then the scaled log time gap, then the previous label
 # as -1/+1 (0 when there is none) and a flag for "no previous label".
@@ -49,6 +62,7 @@ class _Pending:
     logits: torch.Tensor
     probabilities: np.ndarray
     slots: np.ndarray
+    slot_index: torch.Tensor  # slots, on the device
     raw_features: np.ndarray
     new_h0: torch.Tensor
     new_c0: torch.Tensor
@@ -231,7 +245,7 @@ class LSTMLearner:
             self.events_learned += pending.targets.numel()
             self._last_loss = loss.detach()
         store = self.keys
-        slot_index = torch.as_tensor(pending.slots, device=self._device)
+        slot_index = pending.slot_index
         store.h0.index_copy_(0, slot_index, pending.new_h0)
         store.c0.index_copy_(0, slot_index, pending.new_c0)
         store.window.index_copy_(0, slot_index, pending.new_window)
@@ -280,29 +294,20 @@ class LSTMLearner:
     # ------------------------------------------------------------------ the batched forward pass
 
     def _forward(self, events: Sequence[Event]) -> _Pending:
-        n_events = len(events)
-        key_row: dict[str, int] = {}
-        event_row = np.empty(n_events, dtype=np.int64)
-        event_rank = np.empty(n_events, dtype=np.int64)
-        counts: list[int] = []
-        for i, event in enumerate(events):
-            row = key_row.setdefault(event.key, len(key_row))
-            if row == len(counts):
-                counts.append(0)
-            event_row[i] = row
-            event_rank[i] = counts[row]
-            counts[row] += 1
-        slots = self.keys.lookup(list(key_row))
-        raw, inputs, last_label, last_ts = self._encode(events, event_row, slots)
+        groups = group_by_slot(self.keys.lookup(batch_keys(events)))
+        event_row, event_rank = groups.row, groups.rank
+        counts = groups.counts
+        slots = groups.slots
+        raw, inputs, last_label, last_ts = self._encode(events, groups, slots)
 
         k = self.tbptt_steps
         window_steps = self.keys.window_steps
         n_keys = len(counts)
         window_len = self.keys.window_len[slots]
-        total_len = window_len + np.asarray(counts, dtype=np.int64)
+        total_len = window_len + counts
         device = self._device
-        slot_index = torch.as_tensor(slots, device=device)
-        if self._full_window_path and k > 1 and max(counts) <= k and (window_len == window_steps).all():
+        slot_index = to_device(slots, device)
+        if self._full_window_path and k > 1 and int(counts.max()) <= k and (window_len == window_steps).all():
             return self._forward_full_windows(
                 events, slot_index, slots, raw, inputs, last_label, last_ts, event_row, event_rank, counts
             )
@@ -318,8 +323,8 @@ class LSTMLearner:
         event_pos = window_len[event_row] + event_rank
         sequences.view(-1, self.input_size).index_copy_(
             0,
-            torch.as_tensor(event_row * seq_len + event_pos, device=device),
-            torch.as_tensor(inputs, device=device),
+            to_device(event_row * seq_len + event_pos, device),
+            to_device(inputs, device),
         )
 
         # Chunks are counted from the end of each sequence, so a key's last chunk holds its last
@@ -351,12 +356,12 @@ class LSTMLearner:
             chunk_j = np.arange(chunk_key.size) - row_of_key[chunk_key] + first_new[chunk_key]
             chunk_start = np.where(chunk_j == 0, 0, first_len[chunk_key] + (chunk_j - 1) * k)
             chunk_len = np.where(chunk_j == 0, first_len[chunk_key], k)
-            key_index = torch.as_tensor(chunk_key, device=device)
+            key_index = to_device(chunk_key, device)
             start_h, start_c = h.index_select(0, key_index), c.index_select(0, key_index)
             # A chunk after chunk 0 starts from the state at its boundary (see _boundary_states).
             later = np.flatnonzero(chunk_j > 0)
             if later.size:
-                later_index = torch.as_tensor(later, device=device)
+                later_index = to_device(later, device)
                 h_b, c_b = self._boundary_states(sequences, chunk_key[later], chunk_start[later], h, c)
                 start_h = start_h.index_copy(0, later_index, h_b)
                 start_c = start_c.index_copy(0, later_index, c_b)
@@ -365,7 +370,7 @@ class LSTMLearner:
             chunk_inputs = _gather_steps(sequences, chunk_key, positions)
             chunk_state = (start_h, start_c)
             event_chunk_row = row_of_key[event_row] + event_chunk - first_new[event_row]
-            last_rows = torch.as_tensor(row_of_key + per_key - 1, device=device)
+            last_rows = to_device(row_of_key + per_key - 1, device)
             new_h0, new_c0 = start_h.index_select(0, last_rows), start_c.index_select(0, last_rows)
 
         with torch.set_grad_enabled(targets is not None):
@@ -378,7 +383,7 @@ class LSTMLearner:
         # chunk, which the fused LSTM does not return, so take that one step again here.
         long_rows = np.flatnonzero(total_len >= k)
         if long_rows.size:
-            long_index = torch.as_tensor(long_rows, device=device)
+            long_index = to_device(long_rows, device)
             with torch.no_grad():
                 h_step, c_step = torch.lstm_cell(
                     _gather_steps(sequences, long_rows, total_len[long_rows] - k),
@@ -397,6 +402,7 @@ class LSTMLearner:
             logits=logits,
             probabilities=probabilities,
             slots=slots,
+            slot_index=slot_index,
             raw_features=raw,
             new_h0=new_h0,
             new_c0=new_c0,
@@ -419,7 +425,7 @@ class LSTMLearner:
         last_ts: np.ndarray,
         event_row: np.ndarray,
         event_rank: np.ndarray,
-        counts: list[int],
+        counts: np.ndarray,
     ) -> _Pending:
         """The steady state of :meth:`_forward`, in far fewer operations.
 
@@ -434,8 +440,8 @@ class LSTMLearner:
         k = self.tbptt_steps
         window = self.keys.window.index_select(0, slot_index)
         h, c = self.keys.h0.index_select(0, slot_index), self.keys.c0.index_select(0, slot_index)
-        new_inputs = torch.as_tensor(inputs, device=device)
-        most = max(counts)
+        new_inputs = to_device(inputs, device)
+        most = int(counts.max())
         if most == 1:
             chunks = torch.cat([window, new_inputs.unsqueeze(1)], 1)
             event_step: np.ndarray | int = k - 1
@@ -444,14 +450,14 @@ class LSTMLearner:
             seq_len = window_steps + most
             sequences = torch.cat([window, window.new_zeros(len(counts), most, self.input_size)], 1)
             sequences.view(-1, self.input_size).index_copy_(
-                0, torch.as_tensor(event_row * seq_len + window_steps + event_rank, device=device), new_inputs
+                0, to_device(event_row * seq_len + window_steps + event_rank, device), new_inputs
             )
-            skipped = np.asarray(counts, dtype=np.int64) - 1  # window inputs before the last chunk
+            skipped = counts - 1  # window inputs before the last chunk
             chunks = _gather_steps(sequences, np.arange(len(counts)), skipped[:, None] + np.arange(k))
             with torch.no_grad():
                 for step in range(most - 1):
                     rows = np.flatnonzero(skipped > step)
-                    row_index = torch.as_tensor(rows, device=device)
+                    row_index = to_device(rows, device)
                     h_step, c_step = torch.lstm_cell(
                         _gather_steps(sequences, rows, np.full(rows.size, step)),
                         (h.index_select(0, row_index), c.index_select(0, row_index)),
@@ -474,6 +480,7 @@ class LSTMLearner:
             logits=logits,
             probabilities=torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64),
             slots=slots,
+            slot_index=slot_index,
             raw_features=raw,
             new_h0=new_h0,
             new_c0=new_c0,
@@ -491,17 +498,14 @@ class LSTMLearner:
         Without labels both are ``None``; when every event is labelled the index is ``None`` too
         (the loss then takes all logits, without a gather).
         """
-        labels = [e.label for e in events]
+        values = optional_floats(batch_labels(events)).astype(np.float32)
+        known = ~np.isnan(values)
         device = self._device
-        if None not in labels:
-            return None, torch.as_tensor(labels, dtype=torch.float32, device=device)
-        known = [(i, y) for i, y in enumerate(labels) if y is not None]
-        if not known:
+        if known.all():
+            return None, to_device(values, device)
+        if not known.any():
             return None, None
-        return (
-            torch.as_tensor([i for i, _ in known], device=device),
-            torch.as_tensor([y for _, y in known], dtype=torch.float32, device=device),
-        )
+        return to_device(np.flatnonzero(known), device), to_device(values[known], device)
 
     @torch.no_grad()
     def _boundary_states(
@@ -522,7 +526,7 @@ class LSTMLearner:
         """
         unique_keys, key_row = np.unique(keys, return_inverse=True)
         steps = int(positions.max())
-        key_index = torch.as_tensor(unique_keys, device=sequences.device)
+        key_index = to_device(unique_keys, sequences.device)
         inputs = sequences.index_select(0, key_index)[:, :steps]
         h0, c0 = h.index_select(0, key_index), c.index_select(0, key_index)
         outputs, _, _ = self._lstm_call(inputs, h0, c0)
@@ -541,7 +545,7 @@ class LSTMLearner:
             forget = torch.cat([forget[:, :shift], forget[:, shift:] * forget[:, :-shift]], 1)
             shift *= 2
         before = positions - 1
-        c0_rows = c0.index_select(0, torch.as_tensor(key_row, device=sequences.device))
+        c0_rows = c0.index_select(0, to_device(key_row, sequences.device))
         c_all = torch.addcmul(
             _gather_steps(added, key_row, before), _gather_steps(forget, key_row, before), c0_rows
         )
@@ -557,17 +561,22 @@ class LSTMLearner:
         of their outputs, and no loss is taken past a row's end, so no gradient flows through the
         padding either (its contributions are exact zeros). When many rows would mostly run
         padding (a large batch of new keys beside a few long sequences), rows run instead in a
-        fused call per length. Packed sequences would skip the padding, but they bypass the fast
-        (oneDNN) kernel. Outputs past a row's length are meaningless.
+        fused call per length (on the CPU: a GPU runs the padding on lanes that would idle anyway,
+        and pays for every extra call in launches). Packed sequences would skip the padding, but
+        they bypass the fast (oneDNN) kernel. Outputs past a row's length are meaningless.
         """
         h, c = state
         steps = inputs.shape[1]
         padded_steps = lengths.size * steps
-        if lengths.size <= PADDED_CALL_MAX_ROWS or padded_steps <= 2 * int(lengths.sum()):
+        if (
+            inputs.device.type == "cuda"  # padding is idle GPU lanes; each extra call costs launches
+            or lengths.size <= PADDED_CALL_MAX_ROWS
+            or padded_steps <= 2 * int(lengths.sum())
+        ):
             return self._lstm_call(inputs, h, c)[0]
         outputs = inputs.new_zeros(inputs.shape[0], steps, self.hidden_size)
         for length in np.unique(lengths).tolist():
-            rows = torch.as_tensor(np.flatnonzero(lengths == length), device=inputs.device)
+            rows = to_device(np.flatnonzero(lengths == length), inputs.device)
             out = self._lstm_call(
                 inputs.index_select(0, rows)[:, :length], h.index_select(0, rows), c.index_select(0, rows)
             )[0]
@@ -599,7 +608,7 @@ class LSTMLearner:
         return outputs, h_n[0], c_n[0]
 
     def _encode(
-        self, events: Sequence[Event], event_row: np.ndarray, slots: np.ndarray
+        self, events: Sequence[Event], groups: KeyGroups, slots: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Build the batch's input vectors on the host.
 
@@ -608,10 +617,37 @@ class LSTMLearner:
         """
         n_features = self.max_features
         raw = np.full((len(events), n_features + 1), np.nan)
+        self._fill_features(events, raw)
+        label_values = optional_floats(batch_labels(events))
+        prev_label, last_label = carry_forward(
+            label_values, np.isnan(label_values), groups, self.keys.prev_label[slots].astype(np.float64)
+        )
+        ts = timestamps(events)
+        prev_ts, last_ts = carry_forward(ts, np.isnan(ts), groups, self.keys.last_ts[slots])
+        # NaN (no gap) where the event or its key's earlier events have no timestamp.
+        raw[:, n_features] = np.log1p(np.maximum(ts - prev_ts, 0.0))
+        inputs = np.zeros((len(events), self.input_size), dtype=np.float32)
+        inputs[:, : n_features + 1] = self.scaler.transform(raw)
+        has_label = prev_label != NO_LABEL
+        inputs[:, n_features + 1] = np.where(has_label, 2.0 * prev_label - 1.0, 0.0)
+        inputs[:, n_features + 2] = ~has_label
+        return raw, inputs, last_label.astype(np.int8), last_ts
+
+    def _fill_features(self, events: Sequence[Event], raw: np.ndarray) -> None:
+        """Write each event's features into its row of ``raw``, in their columns (new names get a
+        column while there is one free)."""
         columns = self.feature_columns
-        last_label = self.keys.prev_label[slots].copy()
-        last_ts = self.keys.last_ts[slots].copy()
-        prev_label = np.empty(len(events), dtype=np.int8)
+        maps = plain_feature_maps(events)
+        if maps is not None:
+            names = feature_names(maps)
+            if all(name in columns or name in self.dropped_features for name in names):
+                # The usual batch, with no new names: a column at a time.
+                for name in names:
+                    column = columns.get(name)
+                    if column is not None:
+                        raw[:, column] = feature_values(maps, name)
+                return
+        # New names take the lowest free columns in order of first appearance.
         for i, event in enumerate(events):
             for name, value in event.features.items():
                 column = columns.get(name)
@@ -620,21 +656,6 @@ class LSTMLearner:
                     if column is None:
                         continue
                 raw[i, column] = value
-            row = event_row[i]
-            prev_label[i] = last_label[row]
-            if event.label is not None:
-                last_label[row] = event.label
-            if event.ts is not None:
-                previous = last_ts[row]
-                if previous == previous:  # not NaN
-                    raw[i, n_features] = math.log1p(max(event.ts - previous, 0.0))
-                last_ts[row] = event.ts
-        inputs = np.zeros((len(events), self.input_size), dtype=np.float32)
-        inputs[:, : n_features + 1] = self.scaler.transform(raw)
-        has_label = prev_label != NO_LABEL
-        inputs[:, n_features + 1] = np.where(has_label, 2.0 * prev_label - 1.0, 0.0)
-        inputs[:, n_features + 2] = ~has_label
-        return raw, inputs, last_label, last_ts
 
     def _add_feature(self, name: str) -> int | None:
         if len(self.feature_columns) >= self.max_features:
@@ -762,7 +783,5 @@ def _gather_steps(tensor: torch.Tensor, rows: np.ndarray, positions: np.ndarray)
     """
     n_steps, width = tensor.shape[1], tensor.shape[2]
     flat = rows.reshape((-1,) + (1,) * (positions.ndim - 1)) * n_steps + positions
-    picked = tensor.reshape(-1, width).index_select(
-        0, torch.as_tensor(flat.reshape(-1), device=tensor.device)
-    )
+    picked = tensor.reshape(-1, width).index_select(0, to_device(flat.reshape(-1), tensor.device))
     return picked.view(*positions.shape, width)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from stream_lstm.errors import ConfigError
 from stream_lstm.events import Event
 from stream_lstm.generator import temporal_stream
 from stream_lstm.learner import LSTMLearner
+from stream_lstm.learner.key_state import KeyStateStore
 
 
 def frozen(**kwargs: object) -> LSTMLearner:
@@ -76,3 +79,39 @@ def test_a_batch_never_evicts_its_own_keys() -> None:
     assert "a" in learner.keys and "b" in learner.keys and "z" not in learner.keys
     after = learner.predict_proba_many([Event(key="a", label=None)])[0]
     assert after == pytest.approx(before, abs=1e-7)
+
+
+def test_the_store_tracks_and_evicts_exactly_like_an_lru_dictionary() -> None:
+    # A reference LRU (an ordered dict, most recently used last) against the store, through random
+    # batches of new and known keys, forgotten keys and a save and load: the same keys tracked,
+    # in the same order, the same evictions, and each tracked key in a slot of its own.
+    rng = np.random.default_rng(5)
+    store = KeyStateStore(
+        max_keys=50, hidden_size=2, window_steps=1, input_size=1, device="cpu", initial_capacity=4
+    )
+    reference: OrderedDict[str, None] = OrderedDict()
+    evictions = 0
+    for round_ in range(300):
+        batch = list(dict.fromkeys(f"k{i}" for i in rng.integers(0, 120, size=rng.integers(1, 40))))
+        slots = store.lookup(batch)
+        for key in [k for k in batch if k in reference] + [k for k in batch if k not in reference]:
+            if key in reference:
+                reference.move_to_end(key)
+            else:
+                if len(reference) == 50:
+                    reference.popitem(last=False)
+                    evictions += 1
+                reference[key] = None
+        assert len(set(slots.tolist())) == len(batch)
+        if round_ % 7 == 0:
+            gone = [f"k{i}" for i in rng.integers(0, 120, size=5)]
+            store.forget(gone)
+            for key in gone:
+                reference.pop(key, None)
+        if round_ % 50 == 0:
+            saved = store.state_dict()
+            store = KeyStateStore(max_keys=50, hidden_size=2, window_steps=1, input_size=1, device="cpu")
+            store.load_state_dict(saved)
+        assert store.keys() == list(reference)
+        assert store.evictions == evictions
+    assert sorted(store.lookup(store.keys()).tolist()) == sorted(set(store.lookup(store.keys()).tolist()))
