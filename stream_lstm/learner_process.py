@@ -75,12 +75,18 @@ class LearnerProcess:
         The learner to run; it is copied to the child (the caller should drop its own).
     torch_threads
         CPU threads torch may use in the child.
+    answer_timeout_s
+        How long to wait for an answer before giving the child up as hung (the error is final,
+        like the child's death).
     """
 
     #: The evaluator calls :meth:`start_predict` before running the other models.
     asynchronous = True
 
-    def __init__(self, learner: Any, *, torch_threads: int = 1) -> None:
+    def __init__(
+        self, learner: Any, *, torch_threads: int = 1, answer_timeout_s: float = ANSWER_TIMEOUT_S
+    ) -> None:
+        self.answer_timeout_s = answer_timeout_s
         context = multiprocessing.get_context("spawn")  # never fork a process running torch
         self._connection, child_end = context.Pipe(duplex=True)
         self._process = context.Process(
@@ -263,7 +269,7 @@ class LearnerProcess:
             self._fail(f"cannot reach the learner process: {error}")
 
     def _receive(self, timeout_s: float | None = None) -> Any:
-        timeout_s = ANSWER_TIMEOUT_S if timeout_s is None else timeout_s
+        timeout_s = self.answer_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         try:
             while not self._connection.poll(1.0):

@@ -169,6 +169,21 @@ def test_a_dead_child_is_reported(process) -> None:
         process.predict_proba_many(stream()[0])
 
 
+def test_a_hung_child_is_given_up_after_the_answer_timeout() -> None:
+    hung = LearnerProcess(LSTMLearner(**SIZES), answer_timeout_s=2.0)
+    try:
+        os.kill(hung.pid, signal.SIGSTOP)  # alive, but it answers nothing
+        started = time.monotonic()
+        with pytest.raises(LearnerProcessError, match="did not answer within 2 s"):
+            hung.predict_proba_many(stream()[0])
+        assert time.monotonic() - started < 30
+        with pytest.raises(LearnerProcessError, match="did not answer"):
+            hung.predict_proba_many(stream()[0])  # final: no second wait
+    finally:
+        hung.close(timeout_s=1.0)
+    assert not _alive(hung.pid)
+
+
 def test_the_child_exits_when_its_parent_is_killed(tmp_path) -> None:
     script = (
         "import sys, time\n"
