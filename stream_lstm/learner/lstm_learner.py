@@ -63,7 +63,8 @@ class _Pending:
     probabilities: np.ndarray
     slots: np.ndarray
     slot_index: torch.Tensor  # slots, on the device
-    raw_features: np.ndarray
+    raw_features: np.ndarray  # the scaled columns only
+    raw_columns: np.ndarray  # which those are
     new_h0: torch.Tensor
     new_c0: torch.Tensor
     new_window: torch.Tensor
@@ -253,7 +254,7 @@ class LSTMLearner:
         store.prev_label[pending.slots] = pending.last_label
         store.last_ts[pending.slots] = pending.last_ts
         if self.adapt_scaler:
-            self.scaler.update(pending.raw_features)
+            self.scaler.update(pending.raw_features, pending.raw_columns)
         self.events_seen += len(events)
 
     def _clip_gradients(self) -> torch.Tensor:
@@ -403,7 +404,8 @@ class LSTMLearner:
             probabilities=probabilities,
             slots=slots,
             slot_index=slot_index,
-            raw_features=raw,
+            raw_features=raw[0],
+            raw_columns=raw[1],
             new_h0=new_h0,
             new_c0=new_c0,
             new_window=new_window,
@@ -419,7 +421,7 @@ class LSTMLearner:
         events: Sequence[Event],
         slot_index: torch.Tensor,
         slots: np.ndarray,
-        raw: np.ndarray,
+        raw: tuple[np.ndarray, np.ndarray],
         inputs: np.ndarray,
         last_label: np.ndarray,
         last_ts: np.ndarray,
@@ -481,7 +483,8 @@ class LSTMLearner:
             probabilities=torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64),
             slots=slots,
             slot_index=slot_index,
-            raw_features=raw,
+            raw_features=raw[0],
+            raw_columns=raw[1],
             new_h0=new_h0,
             new_c0=new_c0,
             new_window=chunks[:, 1:],
@@ -609,11 +612,12 @@ class LSTMLearner:
 
     def _encode(
         self, events: Sequence[Event], groups: KeyGroups, slots: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """Build the batch's input vectors on the host.
 
-        Returns the raw feature matrix (for the scaler update), the inputs, and each key's last
-        label and timestamp after the batch.
+        Returns the raw values of the columns that can hold any and which columns those are
+        (for the scaler update), the inputs, and each key's last label and timestamp after the
+        batch.
         """
         n_features = self.max_features
         raw = np.full((len(events), n_features + 1), np.nan)
@@ -627,11 +631,14 @@ class LSTMLearner:
         # NaN (no gap) where the event or its key's earlier events have no timestamp.
         raw[:, n_features] = np.log1p(np.maximum(ts - prev_ts, 0.0))
         inputs = np.zeros((len(events), self.input_size), dtype=np.float32)
-        inputs[:, : n_features + 1] = self.scaler.transform(raw)
+        # Only columns with a feature name (and the time gap) can hold values: the rest scale to 0.
+        used = np.array([*sorted(self.feature_columns.values()), n_features], dtype=np.int64)
+        raw = raw[:, used]
+        inputs[:, used] = self.scaler.transform(raw, used)
         has_label = prev_label != NO_LABEL
         inputs[:, n_features + 1] = np.where(has_label, 2.0 * prev_label - 1.0, 0.0)
         inputs[:, n_features + 2] = ~has_label
-        return raw, inputs, last_label.astype(np.int8), last_ts
+        return (raw, used), inputs, last_label.astype(np.int8), last_ts
 
     def _fill_features(self, events: Sequence[Event], raw: np.ndarray) -> None:
         """Write each event's features into its row of ``raw``, in their columns (new names get a

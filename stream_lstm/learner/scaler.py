@@ -32,16 +32,25 @@ class RunningScaler:
         self.m2 = np.zeros(n_columns)
         self._inverse_std = np.ones(n_columns)
 
-    def transform(self, values: np.ndarray) -> np.ndarray:
-        """Standardise ``values`` (rows x columns, NaN for missing) with the current statistics."""
-        scaled = (values - self.mean) * self._inverse_std
+    def transform(self, values: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """Standardise ``values`` (rows x columns, NaN for missing) with the current statistics.
+
+        ``columns``: the scaler's columns that ``values`` holds, when it holds only some (the
+        others would be all missing: skipping them saves most of the work on wide, sparse rows).
+        """
+        if columns is None:
+            scaled = (values - self.mean) * self._inverse_std
+        else:
+            scaled = (values - self.mean[columns]) * self._inverse_std[columns]
         scaled[np.isnan(scaled)] = 0.0
         return scaled
 
-    def update(self, values: np.ndarray) -> None:
-        """Fold the non-missing values of each column into its statistics."""
+    def update(self, values: np.ndarray, columns: np.ndarray | None = None) -> None:
+        """Fold the non-missing values of each column into its statistics (``columns`` as in
+        :meth:`transform`)."""
+        at = slice(None) if columns is None else columns
         if values.shape[0] == 1:
-            self._update_one(values[0])
+            self._update_one(values[0], at)
             return
         present = ~np.isnan(values)
         batch_count = present.sum(axis=0)
@@ -51,22 +60,29 @@ class RunningScaler:
         safe_count = np.maximum(batch_count, 1)
         batch_mean = filled.sum(axis=0) / safe_count
         batch_m2 = (np.where(present, filled - batch_mean, 0.0) ** 2).sum(axis=0)
-        total = self.count + batch_count
+        count, mean = self.count[at], self.mean[at]
+        total = count + batch_count
         safe_total = np.maximum(total, 1)
-        delta = batch_mean - self.mean
-        self.mean = self.mean + delta * batch_count / safe_total
-        self.m2 = self.m2 + batch_m2 + delta**2 * self.count * batch_count / safe_total
-        self.count = total
-        self._refresh_scale()
+        delta = batch_mean - mean
+        self._store(
+            at,
+            total,
+            mean + delta * batch_count / safe_total,
+            self.m2[at] + batch_m2 + delta**2 * count * batch_count / safe_total,
+        )
 
-    def _update_one(self, row: np.ndarray) -> None:
+    def _update_one(self, row: np.ndarray, at: slice | np.ndarray) -> None:
         """:meth:`update` for one row (strict per-event learning): Welford's step, fewer array ops."""
         present = row == row  # not NaN
-        total = self.count + present
-        delta = np.where(present, row - self.mean, 0.0)
-        self.mean = self.mean + delta / np.maximum(total, 1)
-        self.m2 = self.m2 + np.where(present, delta * (row - self.mean), 0.0)
-        self.count = total
+        total = self.count[at] + present
+        delta = np.where(present, row - self.mean[at], 0.0)
+        mean = self.mean[at] + delta / np.maximum(total, 1)
+        self._store(at, total, mean, self.m2[at] + np.where(present, delta * (row - mean), 0.0))
+
+    def _store(self, at: slice | np.ndarray, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
+        # New arrays rather than writes into the old ones, which a copy of the scaler may share.
+        self.count, self.mean, self.m2 = self.count.copy(), self.mean.copy(), self.m2.copy()
+        self.count[at], self.mean[at], self.m2[at] = count, mean, m2
         self._refresh_scale()
 
     def _refresh_scale(self) -> None:

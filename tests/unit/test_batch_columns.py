@@ -73,10 +73,11 @@ def test_encoding_carries_labels_and_timestamps_like_the_per_event_loop(
     groups = group_by_slot(learner.keys.lookup([e.key for e in events]))
     store_labels = learner.keys.prev_label[groups.slots].copy()
     store_ts = learner.keys.last_ts[groups.slots].copy()
-    raw, inputs, last_label, last_ts = learner._encode(events, groups, groups.slots)
+    (raw, columns), inputs, last_label, last_ts = learner._encode(events, groups, groups.slots)
     before, gap, want_label, want_ts = loop_reference(events, groups.row, store_labels, store_ts)
 
-    np.testing.assert_allclose(raw[:, learner.max_features], gap, rtol=1e-12)
+    assert columns.tolist() == [*sorted(learner.feature_columns.values()), learner.max_features]
+    np.testing.assert_allclose(raw[:, -1], gap, rtol=1e-12)
     np.testing.assert_array_equal(last_label, want_label)
     assert last_label.dtype == np.int8
     np.testing.assert_array_equal(last_ts, want_ts)
