@@ -55,8 +55,7 @@ def group_by_slot(event_slots: np.ndarray) -> KeyGroups:
     """
     n_events = event_slots.size
     # Small batches are checked in Python: np.unique's fixed cost is most of a one-event batch's.
-    small = n_events <= SMALL_BATCH
-    if small and len(set(event_slots.tolist())) == n_events:
+    if n_events <= SMALL_BATCH and len(set(event_slots.tolist())) == n_events:
         return _every_key_once(event_slots)
     distinct, first, inverse, counts = np.unique(
         event_slots, return_index=True, return_inverse=True, return_counts=True

@@ -78,7 +78,10 @@ class KeyStateStore:
 
     def _lru_items(self) -> list[tuple[str, int]]:
         """``(key, slot)`` of every tracked key, least recently used first."""
-        items = list(self._slots.items())
+        return self._oldest_first(list(self._slots.items()))
+
+    def _oldest_first(self, items: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """``(key, slot)`` pairs sorted by when their key was last used, least recently first."""
         items.sort(key=lambda item: self._last_used[item[1]])
         return items
 
@@ -180,8 +183,9 @@ class KeyStateStore:
         What a partition's new owner passes to :meth:`import_` to continue these keys exactly.
         """
         tracked = self._slots
-        kept = [(key, slot) for key in dict.fromkeys(keys) if (slot := tracked.get(key)) is not None]
-        kept.sort(key=lambda item: self._last_used[item[1]])
+        kept = self._oldest_first(
+            [(key, slot) for key in dict.fromkeys(keys) if (slot := tracked.get(key)) is not None]
+        )
         slots = np.asarray([slot for _, slot in kept], dtype=np.int64)
         index = to_device(slots, self.device)
         return {

@@ -299,7 +299,8 @@ class LSTMLearner:
         event_row, event_rank = groups.row, groups.rank
         counts = groups.counts
         slots = groups.slots
-        raw, inputs, last_label, last_ts = self._encode(events, groups, slots)
+        label_values = optional_floats(batch_labels(events))  # NaN: no label
+        raw, inputs, last_label, last_ts = self._encode(events, groups, slots, label_values)
 
         k = self.tbptt_steps
         window_steps = self.keys.window_steps
@@ -310,7 +311,17 @@ class LSTMLearner:
         slot_index = to_device(slots, device)
         if self._full_window_path and k > 1 and int(counts.max()) <= k and (window_len == window_steps).all():
             return self._forward_full_windows(
-                events, slot_index, slots, raw, inputs, last_label, last_ts, event_row, event_rank, counts
+                events,
+                slot_index,
+                slots,
+                raw,
+                inputs,
+                last_label,
+                last_ts,
+                label_values,
+                event_row,
+                event_rank,
+                counts,
             )
 
         seq_len = max(int(total_len.max(initial=0)), window_steps)
@@ -336,7 +347,7 @@ class LSTMLearner:
         event_chunk = np.where(after_first < 0, 0, 1 + after_first // k)
         event_step = np.where(after_first < 0, event_pos, after_first % k)
 
-        label_index, targets = self._label_tensors(events)
+        label_index, targets = self._label_tensors(label_values)
 
         h = self.keys.h0[slot_index]
         c = self.keys.c0[slot_index]
@@ -425,6 +436,7 @@ class LSTMLearner:
         inputs: np.ndarray,
         last_label: np.ndarray,
         last_ts: np.ndarray,
+        label_values: np.ndarray,
         event_row: np.ndarray,
         event_rank: np.ndarray,
         counts: np.ndarray,
@@ -467,7 +479,7 @@ class LSTMLearner:
                     )
                     h, c = h.index_copy(0, row_index, h_step), c.index_copy(0, row_index, c_step)
             event_step = k - 1 - skipped[event_row] + event_rank
-        label_index, targets = self._label_tensors(events)
+        label_index, targets = self._label_tensors(label_values)
         with torch.set_grad_enabled(targets is not None):
             outputs, _, _ = self._lstm_call(chunks, h, c)
             if isinstance(event_step, int):
@@ -495,13 +507,14 @@ class LSTMLearner:
             targets=targets,
         )
 
-    def _label_tensors(self, events: Sequence[Event]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The labels of the batch as a tensor, and the indices of the labelled events.
+    def _label_tensors(self, label_values: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The labels of the batch (NaN where an event has none) as a tensor, and the indices of
+        the labelled events.
 
         Without labels both are ``None``; when every event is labelled the index is ``None`` too
         (the loss then takes all logits, without a gather).
         """
-        values = optional_floats(batch_labels(events)).astype(np.float32)
+        values = label_values.astype(np.float32)
         known = ~np.isnan(values)
         device = self._device
         if known.all():
@@ -611,9 +624,10 @@ class LSTMLearner:
         return outputs, h_n[0], c_n[0]
 
     def _encode(
-        self, events: Sequence[Event], groups: KeyGroups, slots: np.ndarray
+        self, events: Sequence[Event], groups: KeyGroups, slots: np.ndarray, label_values: np.ndarray
     ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        """Build the batch's input vectors on the host.
+        """Build the batch's input vectors on the host (``label_values``: each event's label, NaN
+        where it has none).
 
         Returns the raw values of the columns that can hold any and which columns those are
         (for the scaler update), the inputs, and each key's last label and timestamp after the
@@ -622,7 +636,6 @@ class LSTMLearner:
         n_features = self.max_features
         raw = np.full((len(events), n_features + 1), np.nan)
         self._fill_features(events, raw)
-        label_values = optional_floats(batch_labels(events))
         prev_label, last_label = carry_forward(
             label_values, np.isnan(label_values), groups, self.keys.prev_label[slots].astype(np.float64)
         )
