@@ -46,6 +46,7 @@ from stream_lstm.kafka_io import (
     open_kafka,
 )
 from stream_lstm.learner_process import LearnerProcess
+from stream_lstm.placement import learners_on_cpu
 from stream_lstm.state_store import (
     CheckpointStore,
     DirectoryStore,
@@ -159,7 +160,7 @@ class StreamService:
         self._learner_process: LearnerProcess | None = None
         try:
             self.store.lock_instance(self.instance_id)
-            self.evaluator = self._place_learner(self._load_evaluator())
+            self.evaluator = self._load_placed_evaluator()
             self._instance_saved = self.store.has_instance(self.instance_id)
         except Exception:
             self._close_learner_process()
@@ -563,6 +564,14 @@ class StreamService:
         except CheckpointError as error:
             log.warning("%s", error)  # the next load reads it, or fails with the reason
 
+    def _load_placed_evaluator(self, *, latest: bool = True) -> PrequentialEvaluator:
+        """:meth:`_load_evaluator`, then :meth:`_place_learner`. A learner bound for the learner
+        process is built here on the CPU: on a GPU host this process would otherwise open a CUDA
+        context of its own only to pass the weights on."""
+        with learners_on_cpu(self.settings.learner_process):
+            evaluator = self._load_evaluator(latest=latest)
+        return self._place_learner(evaluator)
+
     def _load_evaluator(self, *, latest: bool = True) -> PrequentialEvaluator:
         """This instance's last weights; else warm-start from another instance's; else fresh.
 
@@ -685,7 +694,7 @@ class StreamService:
         # Only this instance's own last checkpoints are needed, which a store already holds: a
         # rollback must not depend on a broker that may be the reason for it.
         self._ahead = None  # its events are read again
-        self.evaluator = self._place_learner(self._load_evaluator(latest=False))
+        self.evaluator = self._load_placed_evaluator(latest=False)
         self.partitions = {}
         self._replay_until = {}
         self._evictions_seen = self._lstm_evictions()

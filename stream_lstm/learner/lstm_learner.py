@@ -30,6 +30,7 @@ from stream_lstm.learner.key_state import NO_LABEL, KeyStateStore
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.transfer import to_device
+from stream_lstm.placement import learners_kept_on_cpu
 
 # Input vector layout: the scaled features, then the scaled log time gap, then the previous label
 # as -1/+1 (0 when there is none) and a flag for "no previous label".
@@ -108,7 +109,9 @@ class LSTMLearner:
     adapt_scaler
         Whether the feature standardisation keeps learning; ``False`` leaves features unscaled.
     device
-        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... Within
+        :func:`stream_lstm.placement.learners_on_cpu` it is checked and kept, but the tensors stay
+        on the CPU (a learner built only to be handed to another process).
     seed
         Seed of the weight initialisation.
 
@@ -159,7 +162,8 @@ class LSTMLearner:
         self._build()
 
     def _build(self) -> None:
-        self._device = resolve_device(self.device)
+        device = resolve_device(self.device)  # checked even where the tensors stay on the CPU
+        self._device = torch.device("cpu") if learners_kept_on_cpu() else device
         self.input_size = self.max_features + _EXTRA_INPUTS
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)

@@ -7,6 +7,8 @@ Skipped where torch sees no GPU (CI has none); run on a GPU machine with
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -125,3 +127,20 @@ def test_the_pinned_staging_buffer_delivers_every_array_intact_through_wraps_and
     for array, tensor in sent:
         assert tensor.device.type == "cuda" and tuple(tensor.shape) == array.shape
         np.testing.assert_array_equal(tensor.cpu().numpy(), array)
+
+
+def test_a_learner_built_for_another_process_opens_no_cuda_context_here() -> None:
+    """The service's process builds the learner that the learner process runs on the GPU: with
+    learners_on_cpu it must not initialise CUDA (a context of its own: hundreds of MiB of GPU
+    memory). Checked in a fresh interpreter, since this one has CUDA initialised already."""
+    script = """
+import pickle, torch
+from stream_lstm.learner import LSTMLearner
+from stream_lstm.placement import learners_on_cpu
+with learners_on_cpu():
+    saved = pickle.dumps(pickle.loads(pickle.dumps(LSTMLearner(device="cuda"))))
+assert not torch.cuda.is_initialized(), "building on the CPU initialised CUDA"
+assert pickle.loads(saved).torch_device.type == "cuda"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

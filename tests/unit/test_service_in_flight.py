@@ -21,7 +21,9 @@ from stream_lstm.evaluation import PrequentialEvaluator, build_models
 from stream_lstm.events import encode_event
 from stream_lstm.generator import temporal_stream
 from stream_lstm.kafka_io import KafkaIOError, KafkaSettings, Message, Partition
+from stream_lstm.learner import LSTMLearner
 from stream_lstm.learner_process import LearnerProcessError
+from stream_lstm.placement import learners_kept_on_cpu
 from stream_lstm.service import ServiceSettings, StreamService
 from stream_lstm.state_store import DirectoryStore
 from stream_lstm.telemetry import Telemetry
@@ -245,3 +247,27 @@ def test_a_dead_learner_process_stops_the_service_without_a_checkpoint(tmp_path:
         run_service(tmp_path, kafka, learner_process=True, checkpoint_every=10**9)
     assert not DirectoryStore(tmp_path / "checkpoints-True").partitions()  # nothing half-learned saved
     assert kafka.killed_child is not None
+
+
+@pytest.mark.parametrize("learner_process", [True, False])
+def test_the_learners_built_for_the_learner_process_stay_on_the_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, learner_process: bool
+) -> None:
+    """On a GPU host the service's own process must not open a CUDA context only to pass the
+    weights on: every learner it builds or loads for the child (here: the fresh one, and the one
+    a rollback reloads from the checkpoint) is built with learners_on_cpu; a learner that runs
+    in the service's process goes to its device."""
+    kept_on_cpu: list[bool] = []
+    build = LSTMLearner._build
+
+    def spying_build(learner: LSTMLearner) -> None:
+        kept_on_cpu.append(learners_kept_on_cpu())
+        build(learner)
+
+    monkeypatch.setattr(LSTMLearner, "_build", spying_build)  # in this process: the child is spawned
+    kafka = ScriptedKafka(160, rebalance_at=7)
+    kafka.fail_produce_in_rebalance = True
+    run_service(tmp_path, kafka, learner_process=learner_process, checkpoint_every=40)
+    if learner_process:  # a batch was in flight in the rebalance: its failed produce rolled back
+        assert kafka.failed_produces == 1 and len(kept_on_cpu) >= 2
+    assert kept_on_cpu and set(kept_on_cpu) == {learner_process}
