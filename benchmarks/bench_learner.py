@@ -202,6 +202,62 @@ def memory_in_fresh_process(device: str, n_keys: int) -> dict[str, float]:
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def kernel_floor(device: str, batch: int, repeats: int) -> tuple[float, float]:
+    """Microseconds per batch of the LSTM work the learner cannot avoid in the steady state: torch's
+    fused LSTM forward and backward over ``batch`` sequences of ``tbptt_steps`` inputs (every key
+    once, full windows), and the one step without gradients that gives each key its next
+    window's start state. Returns (LSTM forward + backward, that step), each the median of
+    ``repeats`` timings of 200 calls."""
+    learner = LSTMLearner(device=device)
+    weights = learner._lstm_weights
+    inputs = torch.randn(batch, learner.tbptt_steps, learner.input_size, device=learner.torch_device)
+    h = torch.zeros(batch, learner.hidden_size, device=learner.torch_device)
+    c = torch.zeros_like(h)
+
+    def forward_backward() -> None:
+        outputs, _, _ = learner._lstm_call(inputs, h, c)
+        outputs[:, -1].sum().backward()
+
+    def window_start() -> None:
+        with torch.no_grad():
+            torch.lstm_cell(inputs[:, 0], (h, c), *weights)
+
+    def micros(work: Callable[[], None]) -> float:
+        for _ in range(20):
+            work()
+        runs = []
+        for _ in range(repeats):
+            synchronize(learner)
+            started = time.perf_counter()
+            for _ in range(200):
+                work()
+            synchronize(learner)
+            runs.append((time.perf_counter() - started) / 200 * 1e6)
+        return statistics.median(runs)
+
+    return micros(forward_backward), micros(window_start)
+
+
+def kernel_floor_table(device: str, sizes: list[int], repeats: int) -> str:
+    """The events/s that :func:`kernel_floor` alone allows, by batch size."""
+    rows = []
+    for batch in sizes:
+        lstm_us, step_us = kernel_floor(device, batch, repeats)
+        rows.append(
+            [f"{batch:,}", f"{lstm_us:,.0f}", f"{step_us:,.0f}", f"{batch / (lstm_us + step_us) * 1e6:,.0f}"]
+        )
+        print(f"  {device}: LSTM kernels alone, batch {batch}: {rows[-1][-1]} events/s", flush=True)
+    headers = ["batch", "LSTM fwd+bwd us", "window-start step us", "ceiling events/s"]
+    title = (
+        f"The LSTM kernels alone on {device}: what a steady-state batch must run (every key once, full "
+        "windows) and no more; the learner's rate can only be lower; median of "
+        f"{repeats} runs"
+    )
+    section = f"{title}\n\n{render_table(headers, rows)}"
+    print(f"\n{section}\n", flush=True)
+    return section
+
+
 def mib(value: float) -> str:
     return f"{value / 2**20:,.0f}"
 
@@ -296,6 +352,7 @@ def main() -> None:
             if keys:
                 heading = f"{title}; median of {args.repeats} runs"
                 sections.append(rate_table(heading, measure, device, keys, sizes, args, what=what))
+        sections.append(kernel_floor_table(device, sizes, args.repeats))
 
     if args.memory_keys > 0:
         rows = []
