@@ -53,6 +53,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
 import torch
 from machine import describe_machine
 
@@ -206,16 +207,20 @@ def kernel_floor(device: str, batch: int, repeats: int) -> tuple[float, float]:
     """Microseconds per batch of the LSTM work the learner cannot avoid in the steady state: torch's
     fused LSTM forward and backward over ``batch`` sequences of ``tbptt_steps`` inputs (every key
     once, full windows), and the one step without gradients that gives each key its next
-    window's start state. Returns (LSTM forward + backward, that step), each the median of
-    ``repeats`` timings of 200 calls."""
+    window's start state. The inputs are as wide as the learner makes them for the generated
+    stream (on the CPU, its 3 features, the time gap and the previous label's 2 inputs; on a GPU
+    all 35). Returns (LSTM forward + backward, that step), each the median of ``repeats``
+    timings of 200 calls."""
     learner = LSTMLearner(device=device)
-    weights = learner._lstm_weights
-    inputs = torch.randn(batch, learner.tbptt_steps, learner.input_size, device=learner.torch_device)
+    columns = learner._input_columns(np.array([0, 1, 2, learner.max_features]))
+    weights = learner._weights_for(columns)
+    width = learner.input_size if columns is None else columns.numel()
+    inputs = torch.randn(batch, learner.tbptt_steps, width, device=learner.torch_device)
     h = torch.zeros(batch, learner.hidden_size, device=learner.torch_device)
     c = torch.zeros_like(h)
 
     def forward_backward() -> None:
-        outputs, _, _ = learner._lstm_call(inputs, h, c)
+        outputs, _, _ = learner._lstm_call(inputs, h, c, learner._weights_for(columns))  # as per batch
         outputs[:, -1].sum().backward()
 
     def window_start() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,13 +113,16 @@ def _run_lstm_grouped_by_length(learner: LSTMLearner):  # type: ignore[no-untype
     plain way, to which the learner's one padded call must be equal."""
 
     def run(
-        inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
+        inputs: torch.Tensor,
+        lengths: np.ndarray,
+        state: tuple[torch.Tensor, torch.Tensor],
+        weights: list[torch.Tensor],
     ) -> torch.Tensor:
         h, c = state
         outputs = inputs.new_zeros(inputs.shape[0], inputs.shape[1], learner.hidden_size)
         for length in np.unique(lengths).tolist():
             rows = torch.as_tensor(np.flatnonzero(lengths == length))
-            out, _, _ = learner._lstm_call(inputs[rows, :length], h[rows], c[rows])
+            out, _, _ = learner._lstm_call(inputs[rows, :length], h[rows], c[rows], weights)
             outputs = outputs.index_copy(
                 0, rows, torch.nn.functional.pad(out, (0, 0, 0, inputs.shape[1] - length))
             )
@@ -150,18 +154,21 @@ def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
     run_padded, lstm_call = padded._run_lstm, padded._lstm_call
     calls = 0
 
-    def counting_calls(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def counting_calls(*args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nonlocal calls
         calls += 1
         return lstm_call(*args)
 
     def counting(
-        inputs: torch.Tensor, lengths: np.ndarray, state: tuple[torch.Tensor, torch.Tensor]
+        inputs: torch.Tensor,
+        lengths: np.ndarray,
+        state: tuple[torch.Tensor, torch.Tensor],
+        weights: list[torch.Tensor],
     ) -> torch.Tensor:
         nonlocal mixed_lengths, per_length_calls, calls
         mixed_lengths += len(np.unique(lengths)) > 1
         calls = 0
-        outputs = run_padded(inputs, lengths, state)
+        outputs = run_padded(inputs, lengths, state, weights)
         per_length_calls += calls > 1
         return outputs
 
@@ -171,3 +178,38 @@ def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
     learn_side_by_side(padded, grouped, events, batch_size, atol=1e-6)
     assert mixed_lengths >= least_mixed  # calls over sequences of different lengths
     assert (per_length_calls > 0) == (batch_size > PADDED_CALL_MAX_ROWS)  # the path meant here ran
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "n_keys", "tbptt_steps"),
+    [(64, 40, 4), (16, 3, 5), (200, 500, 8)],  # steady state; long chunks; windows filling
+)
+def test_the_lstm_on_the_named_input_columns_learns_like_the_lstm_on_all_of_them(
+    batch_size: int, n_keys: int, tbptt_steps: int
+) -> None:
+    """On the CPU the LSTM runs only on the input columns that can hold a value (features with a
+    name, the time gap, the previous label): the others are 0 everywhere, so the predictions,
+    gradients and weights must be those of the LSTM on all columns, on every path (the steady
+    state, chunks after the first, filling windows), while a feature appears mid-stream."""
+    events = list(temporal_stream(1200, n_keys=n_keys, seed=3))
+    for event in events[600:]:
+        event.features["late"] = event.features["a"] * 0.5  # a new column mid-stream
+    narrow = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
+    full = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
+    full._input_columns = lambda used: None  # type: ignore[method-assign]
+    widths = []
+    input_columns = narrow._input_columns
+
+    def recording(used: np.ndarray) -> torch.Tensor | None:
+        columns = input_columns(used)
+        widths.append(narrow.input_size if columns is None else columns.numel())
+        return columns
+
+    narrow._input_columns = recording  # type: ignore[method-assign]
+    learn_side_by_side(narrow, full, events, batch_size, atol=1e-6)
+    assert set(widths) == {6, 7}  # 3 features, then 4, + the time gap and the 2 label inputs
+    # The columns nobody named never moved: their gradient was zero throughout.
+    unnamed = sorted(set(range(narrow.max_features)) - set(narrow.feature_columns.values()))
+    weight = narrow.network.lstm.weight_ih_l0.detach()
+    initial = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu").network.lstm.weight_ih_l0
+    torch.testing.assert_close(weight[:, unnamed], initial.detach()[:, unnamed], rtol=0, atol=0)
