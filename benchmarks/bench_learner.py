@@ -220,6 +220,8 @@ def kernel_floor(device: str, batch: int, repeats: int) -> tuple[float, float]:
     c = torch.zeros_like(h)
 
     def forward_backward() -> None:
+        for weight in learner._lstm_weights:
+            weight.grad = None  # as in learn_many
         outputs, _, _ = learner._lstm_call(inputs, h, c, learner._weights_for(columns))  # as per batch
         outputs[:, -1].sum().backward()
 
@@ -254,8 +256,9 @@ def kernel_floor_table(device: str, sizes: list[int], repeats: int) -> str:
         print(f"  {device}: LSTM kernels alone, batch {batch}: {rows[-1][-1]} events/s", flush=True)
     headers = ["batch", "LSTM fwd+bwd us", "window-start step us", "ceiling events/s"]
     title = (
-        f"The LSTM kernels alone on {device}: what a steady-state batch must run (every key once, full "
-        "windows) and no more; the learner's rate can only be lower; median of "
+        f"The LSTM kernels alone on {device}: what a steady-state batch of distinct keys must run (full "
+        "windows) and no more, a ceiling on the learner's rate when there are at least as many keys "
+        "as events in a batch (fewer keys make fewer, longer sequences); median of "
         f"{repeats} runs"
     )
     section = f"{title}\n\n{render_table(headers, rows)}"

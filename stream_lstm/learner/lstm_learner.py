@@ -186,6 +186,8 @@ class LSTMLearner:
         self._pending: _Pending | None = None
         # Tests switch the steady-state path off to compare it with the general chunked one.
         self._full_window_path = True
+        # Off once imported key states hold inputs in columns without a name (see import_keys).
+        self._narrow_inputs = True
 
     def _new_key_store(self) -> KeyStateStore:
         return KeyStateStore(
@@ -527,11 +529,14 @@ class LSTMLearner:
         it out of the LSTM changes nothing but the work: its input weights get a zero gradient
         either way, and Adam never moves a weight whose gradient was always zero. Most streams
         name a few of ``max_features``: at 3 features the input weight products shrink from 35
-        columns to 6, +10-20% events/s at batches of 1,024-4,096 on a 2-core CPU. A GPU runs the
-        35 columns on lanes that would idle, and would pay launches for the gathers, so it keeps
-        them all.
+        columns to 6: about +7-19% events/s at batches of 1,024-4,096 on a 2-core CPU. A GPU runs
+        the 35 columns on lanes that would idle, and would pay launches for the gathers, so it
+        keeps them all, as does a learner whose imported key states hold values in columns it has
+        no name for (see :meth:`import_keys`).
         """
-        if self._device.type != "cpu" or used.size + _EXTRA_INPUTS - 1 >= self.input_size:
+        width = used.size + _EXTRA_INPUTS - 1
+        # Gathers cost calls: worth it only when they take out at least half the columns.
+        if self._device.type != "cpu" or not self._narrow_inputs or 2 * width > self.input_size:
             return None
         extra = np.arange(self.max_features + 1, self.input_size)  # the previous label's inputs
         return to_device(np.concatenate([used, extra]), self._device)
@@ -772,6 +777,13 @@ class LSTMLearner:
         self.keys.import_(state)
         for name, column in theirs.items():
             self.feature_columns.setdefault(name, column)
+        named = list(self.feature_columns.values())
+        unnamed = torch.ones(self.max_features, dtype=torch.bool)
+        unnamed[named] = False
+        if bool(state["window"][..., : self.max_features][..., unnamed].any()):
+            # States of a version that did not record its layout: their windows may hold features
+            # in columns this learner has no name for, so it keeps every column (_input_columns).
+            self._narrow_inputs = False
 
     def forget_keys(self, keys: Sequence[str]) -> None:
         """Drop the state of ``keys``: they restart from a zero state if they come back."""
@@ -820,6 +832,7 @@ class LSTMLearner:
             "events_seen": self.events_seen,
             "events_learned": self.events_learned,
             "steps": self.steps,
+            "narrow_inputs": self._narrow_inputs,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -838,6 +851,7 @@ class LSTMLearner:
         self.events_seen = state["events_seen"]
         self.events_learned = state["events_learned"]
         self.steps = state["steps"]
+        self._narrow_inputs = state.get("narrow_inputs", True)  # absent in older checkpoints
 
 
 def _narrow(inputs: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import pickle
 from typing import Any
 
 import numpy as np
@@ -180,23 +182,80 @@ def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
     assert (per_length_calls > 0) == (batch_size > PADDED_CALL_MAX_ROWS)  # the path meant here ran
 
 
+def stream_with_gaps(n_keys: int) -> list[Event]:
+    """The generated stream with every 7th label missing and a fourth feature from the middle on."""
+    events = []
+    for i, event in enumerate(temporal_stream(1200, n_keys=n_keys, seed=3)):
+        features = {**event.features, "late": event.features["a"] * 0.5} if i >= 600 else event.features
+        label = None if i % 7 == 3 else event.label
+        events.append(dataclasses.replace(event, features=features, label=label))
+    return events
+
+
+class PathCounter:
+    """Counts which of the learner's forward paths ran: the steady state with keys repeating in a
+    batch, chunks after the first (boundary states), and a fused call per sequence length."""
+
+    def __init__(self, learner: LSTMLearner) -> None:
+        self.steady_with_repeats = self.boundaries = self.per_length = 0
+        full_windows, boundary_states, run_lstm = (
+            learner._forward_full_windows,
+            learner._boundary_states,
+            learner._run_lstm,
+        )
+        lstm_call = learner._lstm_call
+        calls = 0
+
+        def counting_full_windows(batch: list[Event], *args: Any) -> Any:
+            self.steady_with_repeats += len({e.key for e in batch}) < len(batch)
+            return full_windows(batch, *args)
+
+        def counting_boundaries(*args: Any) -> Any:
+            self.boundaries += 1
+            return boundary_states(*args)
+
+        def counting_calls(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return lstm_call(*args)
+
+        def counting_runs(*args: Any) -> Any:
+            nonlocal calls
+            calls = 0
+            outputs = run_lstm(*args)
+            self.per_length += calls > 1
+            return outputs
+
+        learner._forward_full_windows = counting_full_windows  # type: ignore[method-assign]
+        learner._boundary_states = counting_boundaries  # type: ignore[method-assign]
+        learner._lstm_call = counting_calls  # type: ignore[method-assign]
+        learner._run_lstm = counting_runs  # type: ignore[method-assign]
+
+
+def all_columns(learner: LSTMLearner) -> LSTMLearner:
+    """``learner``, made to run the LSTM on all its input columns."""
+    learner._input_columns = lambda used: None  # type: ignore[method-assign]
+    return learner
+
+
 @pytest.mark.parametrize(
-    ("batch_size", "n_keys", "tbptt_steps"),
-    [(64, 40, 4), (16, 3, 5), (200, 500, 8)],  # steady state; long chunks; windows filling
+    ("batch_size", "n_keys", "tbptt_steps", "path"),
+    [
+        (64, 40, 4, "steady_with_repeats"),
+        (16, 3, 5, "boundaries"),
+        (600, 5000, 6, "per_length"),  # more rows than PADDED_CALL_MAX_ROWS, lengths mixed
+    ],
 )
 def test_the_lstm_on_the_named_input_columns_learns_like_the_lstm_on_all_of_them(
-    batch_size: int, n_keys: int, tbptt_steps: int
+    batch_size: int, n_keys: int, tbptt_steps: int, path: str
 ) -> None:
     """On the CPU the LSTM runs only on the input columns that can hold a value (features with a
     name, the time gap, the previous label): the others are 0 everywhere, so the predictions,
-    gradients and weights must be those of the LSTM on all columns, on every path (the steady
-    state, chunks after the first, filling windows), while a feature appears mid-stream."""
-    events = list(temporal_stream(1200, n_keys=n_keys, seed=3))
-    for event in events[600:]:
-        event.features["late"] = event.features["a"] * 0.5  # a new column mid-stream
+    gradients and weights must be those of the LSTM on all columns, on each path, with labels
+    missing and a feature appearing mid-stream."""
+    events = stream_with_gaps(n_keys)
     narrow = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
-    full = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
-    full._input_columns = lambda used: None  # type: ignore[method-assign]
+    full = all_columns(LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu"))
     widths = []
     input_columns = narrow._input_columns
 
@@ -206,10 +265,37 @@ def test_the_lstm_on_the_named_input_columns_learns_like_the_lstm_on_all_of_them
         return columns
 
     narrow._input_columns = recording  # type: ignore[method-assign]
+    paths = PathCounter(narrow)
     learn_side_by_side(narrow, full, events, batch_size, atol=1e-6)
     assert set(widths) == {6, 7}  # 3 features, then 4, + the time gap and the 2 label inputs
-    # The columns nobody named never moved: their gradient was zero throughout.
+    assert getattr(paths, path) > 0  # the path meant here ran
+    # Why nothing changes: the columns nobody named kept their initial weights in both learners.
     unnamed = sorted(set(range(narrow.max_features)) - set(narrow.feature_columns.values()))
-    weight = narrow.network.lstm.weight_ih_l0.detach()
     initial = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu").network.lstm.weight_ih_l0
-    torch.testing.assert_close(weight[:, unnamed], initial.detach()[:, unnamed], rtol=0, atol=0)
+    for learner in (narrow, full):
+        weight = learner.network.lstm.weight_ih_l0.detach()
+        torch.testing.assert_close(weight[:, unnamed], initial.detach()[:, unnamed], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("with_layout", [True, False])
+def test_imported_key_states_continue_alike_on_the_named_columns_and_on_all(with_layout: bool) -> None:
+    """Key states from another learner continue the same on the named columns as on all of them.
+    States without their feature layout (as older versions wrote them) may hold values in columns
+    the importer has no name for: it then keeps every column."""
+    events = stream_with_gaps(30)
+    exporter = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
+    for start in range(0, 600, 50):
+        exporter.predict_proba_many(events[start : start + 50])
+        exporter.learn_many(events[start : start + 50])
+    state = exporter.export_keys(list(exporter.tracked_keys()))
+    if not with_layout:
+        del state["feature_columns"]
+    narrow = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
+    full = all_columns(LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu"))
+    for learner in (narrow, full):
+        learner.network.load_state_dict(exporter.network.state_dict())
+        learner.import_keys(state)
+    assert (narrow._input_columns(np.array([0, 1, 2, narrow.max_features])) is None) == (not with_layout)
+    learn_side_by_side(narrow, full, events[600:], 50, atol=1e-6)
+    reloaded = pickle.loads(pickle.dumps(narrow))
+    assert (reloaded._input_columns(np.array([0, 1, 2, narrow.max_features])) is None) == (not with_layout)
