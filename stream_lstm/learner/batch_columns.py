@@ -19,7 +19,7 @@ import numpy as np
 
 from stream_lstm.events import Event
 
-#: Up to this many events, a batch's keys are checked for repeats in Python.
+#: Up to this many events, a batch is grouped by key in Python.
 SMALL_BATCH = 64
 
 _KEY = attrgetter("key")
@@ -54,9 +54,12 @@ def group_by_slot(event_slots: np.ndarray) -> KeyGroups:
     ([7, 3], [0, 1, 0], [0, 0, 1], [2, 1])
     """
     n_events = event_slots.size
-    # Small batches are checked in Python: np.unique's fixed cost is most of a one-event batch's.
-    if n_events <= SMALL_BATCH and len(set(event_slots.tolist())) == n_events:
-        return _every_key_once(event_slots)
+    # Small batches are grouped in Python: np.unique and the sorts around it cost more there.
+    if n_events <= SMALL_BATCH:
+        slot_list = event_slots.tolist()
+        if len(set(slot_list)) == n_events:
+            return _every_key_once(event_slots)
+        return _grouped_in_python(slot_list)
     distinct, first, inverse, counts = np.unique(
         event_slots, return_index=True, return_inverse=True, return_counts=True
     )
@@ -72,6 +75,26 @@ def group_by_slot(event_slots: np.ndarray) -> KeyGroups:
     rank = np.empty(n_events, dtype=np.int64)
     rank[order] = np.arange(n_events) - starts[row[order]]
     return KeyGroups(distinct[by_first], row, rank, counts, order, starts)
+
+
+def _grouped_in_python(slot_list: list[int]) -> KeyGroups:
+    """:func:`group_by_slot` by a loop over a few events."""
+    rows: dict[int, int] = {}
+    row = [rows.setdefault(slot, len(rows)) for slot in slot_list]
+    counts = [0] * len(rows)
+    rank = []
+    for r in row:
+        rank.append(counts[r])
+        counts[r] += 1
+    row_array, count_array = np.array(row, dtype=np.int64), np.array(counts, dtype=np.int64)
+    return KeyGroups(
+        np.array(list(rows), dtype=np.int64),
+        row_array,
+        np.array(rank, dtype=np.int64),
+        count_array,
+        np.argsort(row_array, kind="stable"),
+        np.cumsum(count_array) - count_array,
+    )
 
 
 def _every_key_once(event_slots: np.ndarray) -> KeyGroups:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from stream_lstm.events import Event
-from stream_lstm.learner import LSTMLearner
-from stream_lstm.learner.batch_columns import group_by_slot
+from stream_lstm.learner import LSTMLearner, batch_columns
+from stream_lstm.learner.batch_columns import _grouped_in_python, group_by_slot
 from stream_lstm.learner.key_state import NO_LABEL
 
 
@@ -89,15 +89,30 @@ def test_encoding_carries_labels_and_timestamps_like_the_per_event_loop(
     )
 
 
-def test_group_by_slot_orders_keys_by_first_appearance() -> None:
-    slots = np.array([9, 4, 9, 2, 4, 9])
+@pytest.mark.parametrize("copies", [1, 20])  # 6 and 120 events: grouped in Python, and by np.unique
+def test_group_by_slot_orders_keys_by_first_appearance(copies: int) -> None:
+    slots = np.array([9, 4, 9, 2, 4, 9] * copies)
     groups = group_by_slot(slots)
+    n = len(slots)
     assert groups.slots.tolist() == [9, 4, 2]
-    assert groups.row.tolist() == [0, 1, 0, 2, 1, 0]
-    assert groups.rank.tolist() == [0, 0, 1, 0, 1, 2]
-    assert groups.counts.tolist() == [3, 2, 1]
-    assert groups.order.tolist() == [0, 2, 5, 1, 4, 3]
-    assert groups.starts.tolist() == [0, 3, 5]
+    assert groups.row.tolist() == [0, 1, 0, 2, 1, 0] * copies
+    assert groups.counts.tolist() == [3 * copies, 2 * copies, copies]
+    rank_of = {9: iter(range(n)), 4: iter(range(n)), 2: iter(range(n))}
+    assert groups.rank.tolist() == [next(rank_of[s]) for s in slots.tolist()]
+    assert groups.order.tolist() == sorted(range(n), key=lambda i: (groups.row[i], i))
+    assert groups.starts.tolist() == [0, 3 * copies, 5 * copies]
+
+
+def test_grouping_in_python_gives_the_groups_of_np_unique(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    cases = [rng.integers(0, n_keys, n_events) * 7 for n_events in (2, 10, 64, 300) for n_keys in (1, 3, 40)]
+    monkeypatch.setattr(batch_columns, "SMALL_BATCH", 0)  # group_by_slot: always np.unique's way
+    for slots in cases:
+        if len(set(slots.tolist())) == len(slots):
+            continue  # every key once: neither way runs
+        in_python, by_unique = _grouped_in_python(slots.tolist()), group_by_slot(slots)
+        for field in ("slots", "row", "rank", "counts", "order", "starts"):
+            np.testing.assert_array_equal(getattr(in_python, field), getattr(by_unique, field))
 
 
 def features_by_loop(learner: LSTMLearner, events: list[Event]) -> np.ndarray:
