@@ -522,8 +522,9 @@ class LSTMLearner:
         )
 
     def _input_columns(self, used: np.ndarray) -> torch.Tensor | None:
-        """The input columns the LSTM runs on this batch (on the CPU, when they are fewer than all),
-        given ``used``, the scaler columns in use (named features and the time gap).
+        """The input columns the LSTM runs on this batch, given ``used``, the scaler columns in use
+        (named features and the time gap); ``None``, all of them, unless this leaves out at least
+        half (and only on the CPU).
 
         A column without a feature name is 0 in every input and every stored window, so leaving
         it out of the LSTM changes nothing but the work: its input weights get a zero gradient
