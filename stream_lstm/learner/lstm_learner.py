@@ -759,7 +759,9 @@ class LSTMLearner:
 
         The stored windows are input vectors in the exporter's feature layout: features this
         learner has not met yet take the exporter's columns; a feature that sits in different
-        columns in the two learners makes the windows unreadable (:class:`ConfigError`).
+        columns in the two learners makes the windows unreadable (:class:`ConfigError`). States
+        without their layout (older versions) whose windows hold values in columns this learner
+        has no name for make it run the LSTM on every input column from then on.
         """
         self._check_no_pending()
         theirs: dict[str, int] = state.get("feature_columns", {})
@@ -778,13 +780,19 @@ class LSTMLearner:
         self.keys.import_(state)
         for name, column in theirs.items():
             self.feature_columns.setdefault(name, column)
-        named = list(self.feature_columns.values())
+        if state["keys"] and self._windows_use_unnamed_columns(state["window"]):
+            self._narrow_inputs = False  # see _input_columns
+
+    def _windows_use_unnamed_columns(self, windows: torch.Tensor) -> bool:
+        """Whether stored input ``windows`` hold a value in a feature column without a name (key
+        states of a version that did not record its layout)."""
         unnamed = torch.ones(self.max_features, dtype=torch.bool)
-        unnamed[named] = False
-        if bool(state["window"][..., : self.max_features][..., unnamed].any()):
-            # States of a version that did not record its layout: their windows may hold features
-            # in columns this learner has no name for, so it keeps every column (_input_columns).
-            self._narrow_inputs = False
+        unnamed[[c for c in self.feature_columns.values() if 0 <= c < self.max_features]] = False
+        used = torch.zeros(self.max_features, dtype=torch.bool)
+        for start in range(0, windows.shape[0], 65_536):  # bounded temporaries on large stores
+            rows = windows[start : start + 65_536, :, : self.max_features]
+            used |= rows.ne(0).any(dim=0).any(dim=0).cpu()
+        return bool((used & unnamed).any())
 
     def forget_keys(self, keys: Sequence[str]) -> None:
         """Drop the state of ``keys``: they restart from a zero state if they come back."""
@@ -852,7 +860,11 @@ class LSTMLearner:
         self.events_seen = state["events_seen"]
         self.events_learned = state["events_learned"]
         self.steps = state["steps"]
-        self._narrow_inputs = state.get("narrow_inputs", True)  # absent in older checkpoints
+        # Absent in older checkpoints, whose key states may have come without their layout.
+        narrow = state.get("narrow_inputs")
+        if narrow is None:
+            narrow = not self._windows_use_unnamed_columns(self.keys.window)
+        self._narrow_inputs = narrow
 
 
 def _narrow(inputs: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:

@@ -280,9 +280,13 @@ def test_the_lstm_on_the_named_input_columns_learns_like_the_lstm_on_all_of_them
 @pytest.mark.parametrize("with_layout", [True, False])
 def test_imported_key_states_continue_alike_on_the_named_columns_and_on_all(with_layout: bool) -> None:
     """Key states from another learner continue the same on the named columns as on all of them.
-    States without their feature layout (as older versions wrote them) may hold values in columns
-    the importer has no name for: it then keeps every column."""
-    events = stream_with_gaps(30)
+    Here the exporter's windows hold a feature, "x", that the importer never meets. States without
+    their feature layout (as older versions wrote them) leave its column without a name: the
+    importer then keeps every column, also after a reload, or it would drop those values."""
+    events = [
+        dataclasses.replace(e, features={**e.features, "x": 1.0 + e.features["a"]}) if i < 600 else e
+        for i, e in enumerate(temporal_stream(1200, n_keys=30, seed=3))
+    ]
     exporter = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     for start in range(0, 600, 50):
         exporter.predict_proba_many(events[start : start + 50])
@@ -295,7 +299,32 @@ def test_imported_key_states_continue_alike_on_the_named_columns_and_on_all(with
     for learner in (narrow, full):
         learner.network.load_state_dict(exporter.network.state_dict())
         learner.import_keys(state)
-    assert (narrow._input_columns(np.array([0, 1, 2, narrow.max_features])) is None) == (not with_layout)
+    used = np.array([0, 1, 2, narrow.max_features])
+    assert (narrow._input_columns(used) is None) == (not with_layout)
     learn_side_by_side(narrow, full, events[600:], 50, atol=1e-6)
-    reloaded = pickle.loads(pickle.dumps(narrow))
-    assert (reloaded._input_columns(np.array([0, 1, 2, narrow.max_features])) is None) == (not with_layout)
+    assert (pickle.loads(pickle.dumps(narrow))._input_columns(used) is None) == (not with_layout)
+
+
+def test_a_checkpoint_without_the_narrowing_flag_decides_it_from_its_windows() -> None:
+    """Learners pickled before the flag existed may hold windows with values in columns they have
+    no name for (imported without a layout): unpickled, they keep every column then, and only
+    then."""
+    learner = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
+    events = list(temporal_stream(200, n_keys=10, seed=3))
+    learner.predict_proba_many(events)
+    learner.learn_many(events)
+    used = np.array([0, 1, 2, learner.max_features])
+    for unnamed_value, narrows in ((0.0, True), (2.5, False)):
+        learner.keys.window[0, 0, learner.max_features - 1] = unnamed_value  # a column without a name
+        state = learner.__getstate__()
+        del state["narrow_inputs"]
+        reloaded = LSTMLearner.__new__(LSTMLearner)
+        reloaded.__setstate__(state)
+        assert (reloaded._input_columns(used) is not None) == narrows
+
+
+def test_an_empty_import_from_a_learner_of_other_sizes_changes_nothing() -> None:
+    other = LSTMLearner(hidden_size=8, max_features=16, device="cpu")
+    learner = LSTMLearner(hidden_size=8, device="cpu")
+    learner.import_keys(other.export_keys([]))
+    assert learner._input_columns(np.array([0, 1, 2, learner.max_features])) is not None
