@@ -87,6 +87,48 @@ def learn_side_by_side(
         np.testing.assert_allclose(mine.detach().numpy(), theirs.detach().numpy(), rtol=0, atol=1e-5)
 
 
+class PathCounter:
+    """Counts which of the learner's forward paths ran: the steady state with keys repeating in a
+    batch, chunks after the first (boundary states), LSTM runs over sequences of several lengths,
+    and those that took a fused call per length."""
+
+    def __init__(self, learner: LSTMLearner) -> None:
+        self.steady_with_repeats = self.boundaries = self.mixed_lengths = self.per_length = 0
+        full_windows, boundary_states, run_lstm = (
+            learner._forward_full_windows,
+            learner._boundary_states,
+            learner._run_lstm,
+        )
+        lstm_call = learner._lstm_call
+        calls = 0
+
+        def counting_full_windows(batch: list[Event], *args: Any) -> Any:
+            self.steady_with_repeats += len({e.key for e in batch}) < len(batch)
+            return full_windows(batch, *args)
+
+        def counting_boundaries(*args: Any) -> Any:
+            self.boundaries += 1
+            return boundary_states(*args)
+
+        def counting_calls(*args: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return lstm_call(*args)
+
+        def counting_runs(inputs: torch.Tensor, lengths: np.ndarray, *args: Any) -> Any:
+            nonlocal calls
+            self.mixed_lengths += len(np.unique(lengths)) > 1
+            calls = 0
+            outputs = run_lstm(inputs, lengths, *args)
+            self.per_length += calls > 1
+            return outputs
+
+        learner._forward_full_windows = counting_full_windows  # type: ignore[method-assign]
+        learner._boundary_states = counting_boundaries  # type: ignore[method-assign]
+        learner._lstm_call = counting_calls  # type: ignore[method-assign]
+        learner._run_lstm = counting_runs  # type: ignore[method-assign]
+
+
 @pytest.mark.parametrize(("batch_size", "n_keys"), [(64, 40), (48, 24), (16, 30)])
 def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_size: int, n_keys: int) -> None:
     """Once keys have full windows, batches take a shortcut (keys with up to ``tbptt_steps`` new
@@ -96,18 +138,9 @@ def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_si
     fast = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     general = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     general._full_window_path = False
-    short_path = fast._forward_full_windows
-    short_path_with_repeats = 0
-
-    def counting(batch, *args, **kwargs):  # type: ignore[no-untyped-def]
-        nonlocal short_path_with_repeats
-        keys = [e.key for e in batch]
-        short_path_with_repeats += len(set(keys)) < len(keys)
-        return short_path(batch, *args, **kwargs)
-
-    fast._forward_full_windows = counting  # type: ignore[method-assign]
+    paths = PathCounter(fast)
     learn_side_by_side(fast, general, events, batch_size, atol=1e-5)
-    assert short_path_with_repeats >= 3  # the short path ran on batches where keys repeat
+    assert paths.steady_with_repeats >= 3  # the short path ran on batches where keys repeat
 
 
 def _run_lstm_grouped_by_length(learner: LSTMLearner):  # type: ignore[no-untyped-def]
@@ -152,34 +185,10 @@ def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
     padded = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
     grouped = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu")
     grouped._run_lstm = _run_lstm_grouped_by_length(grouped)  # type: ignore[method-assign]
-    mixed_lengths = per_length_calls = 0
-    run_padded, lstm_call = padded._run_lstm, padded._lstm_call
-    calls = 0
-
-    def counting_calls(*args: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        nonlocal calls
-        calls += 1
-        return lstm_call(*args)
-
-    def counting(
-        inputs: torch.Tensor,
-        lengths: np.ndarray,
-        state: tuple[torch.Tensor, torch.Tensor],
-        weights: list[torch.Tensor],
-    ) -> torch.Tensor:
-        nonlocal mixed_lengths, per_length_calls, calls
-        mixed_lengths += len(np.unique(lengths)) > 1
-        calls = 0
-        outputs = run_padded(inputs, lengths, state, weights)
-        per_length_calls += calls > 1
-        return outputs
-
-    padded._lstm_call = counting_calls  # type: ignore[method-assign]
-
-    padded._run_lstm = counting  # type: ignore[method-assign]
+    paths = PathCounter(padded)
     learn_side_by_side(padded, grouped, events, batch_size, atol=1e-6)
-    assert mixed_lengths >= least_mixed  # calls over sequences of different lengths
-    assert (per_length_calls > 0) == (batch_size > PADDED_CALL_MAX_ROWS)  # the path meant here ran
+    assert paths.mixed_lengths >= least_mixed  # calls over sequences of different lengths
+    assert (paths.per_length > 0) == (batch_size > PADDED_CALL_MAX_ROWS)  # the path meant here ran
 
 
 def stream_with_gaps(n_keys: int) -> list[Event]:
@@ -190,46 +199,6 @@ def stream_with_gaps(n_keys: int) -> list[Event]:
         label = None if i % 7 == 3 else event.label
         events.append(dataclasses.replace(event, features=features, label=label))
     return events
-
-
-class PathCounter:
-    """Counts which of the learner's forward paths ran: the steady state with keys repeating in a
-    batch, chunks after the first (boundary states), and a fused call per sequence length."""
-
-    def __init__(self, learner: LSTMLearner) -> None:
-        self.steady_with_repeats = self.boundaries = self.per_length = 0
-        full_windows, boundary_states, run_lstm = (
-            learner._forward_full_windows,
-            learner._boundary_states,
-            learner._run_lstm,
-        )
-        lstm_call = learner._lstm_call
-        calls = 0
-
-        def counting_full_windows(batch: list[Event], *args: Any) -> Any:
-            self.steady_with_repeats += len({e.key for e in batch}) < len(batch)
-            return full_windows(batch, *args)
-
-        def counting_boundaries(*args: Any) -> Any:
-            self.boundaries += 1
-            return boundary_states(*args)
-
-        def counting_calls(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return lstm_call(*args)
-
-        def counting_runs(*args: Any) -> Any:
-            nonlocal calls
-            calls = 0
-            outputs = run_lstm(*args)
-            self.per_length += calls > 1
-            return outputs
-
-        learner._forward_full_windows = counting_full_windows  # type: ignore[method-assign]
-        learner._boundary_states = counting_boundaries  # type: ignore[method-assign]
-        learner._lstm_call = counting_calls  # type: ignore[method-assign]
-        learner._run_lstm = counting_runs  # type: ignore[method-assign]
 
 
 def all_columns(learner: LSTMLearner) -> LSTMLearner:
