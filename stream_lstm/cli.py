@@ -43,6 +43,16 @@ def kafka_client(value: str) -> str:
         raise ValueError(str(error)) from None
 
 
+def max_abs_value(text: str) -> float:
+    """A magnitude limit: above 0 and at most the 1e18 the learner is built for."""
+    from stream_lstm.events import MAX_ABS_VALUE
+
+    value = float(text)
+    if not 0 < value <= MAX_ABS_VALUE:
+        raise ValueError(f"must be above 0 and at most {MAX_ABS_VALUE:g}, got {text}")
+    return value
+
+
 KAFKA_SETTINGS: tuple[Setting, ...] = (
     Setting("bootstrap_servers", str, "127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT]"),
     Setting(
@@ -94,6 +104,20 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "--exactly-once: transactional id (default: stream-lstm-GROUP-INSTANCE_ID)",
     ),
     Setting("max_message_bytes", positive_int, 1_000_000, "larger messages go to the dead-letter topic"),
+    Setting(
+        "max_key_bytes",
+        positive_int,
+        1024,
+        "longest entity key in UTF-8 bytes (the key field, else the message key); longer: dead letter",
+    ),
+    Setting("max_name_bytes", positive_int, 256, "longest feature name in UTF-8 bytes; longer: dead letter"),
+    Setting("max_message_features", positive_int, 256, "most features in one message; more: dead letter"),
+    Setting(
+        "max_abs_value",
+        max_abs_value,
+        1e18,
+        "largest magnitude of a feature value or ts (at most 1e18); larger: dead letter",
+    ),
     Setting("session_timeout_ms", positive_int, 10_000, "consumer group session timeout"),
     Setting("heartbeat_interval_ms", positive_int, 2_000, "consumer group heartbeat interval"),
     Setting(
@@ -384,6 +408,7 @@ def _evaluate(args: argparse.Namespace, settings: dict[str, Any], parser: argpar
             window=settings["window"],
             max_keys=settings["max_keys"],
             keep_trace=keep_trace,
+            lstm=lstm_arguments(settings),
         )
     try:
         seconds = evaluate_stream(
@@ -443,6 +468,7 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
     from pathlib import Path
 
     from stream_lstm.evaluation import PrequentialEvaluator, build_models
+    from stream_lstm.events import InputLimits
     from stream_lstm.kafka_io import KafkaSettings
     from stream_lstm.service import ServiceSettings, StreamService
     from stream_lstm.state_store import check_instance_id, default_instance_id
@@ -491,7 +517,13 @@ def _run(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.Ar
         batch_size=settings["batch_size"],
         checkpoint_every=settings["checkpoint_every"],
         checkpoint_interval_s=settings["checkpoint_interval"],
-        max_message_bytes=settings["max_message_bytes"],
+        limits=InputLimits(
+            max_message_bytes=settings["max_message_bytes"],
+            max_key_bytes=settings["max_key_bytes"],
+            max_name_bytes=settings["max_name_bytes"],
+            max_features=settings["max_message_features"],
+            max_abs_value=settings["max_abs_value"],
+        ),
         instance_id=instance_id,
         learner_process=_use_learner_process(settings["learner_process"]),
         torch_threads=settings["torch_threads"],

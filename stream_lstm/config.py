@@ -206,6 +206,12 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
     Setting("clip_grad_norm", float, 1.0, "largest gradient norm of an LSTM step"),
     Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),
     Setting("max_features", positive_int, 32, "distinct feature names the LSTM takes as inputs"),
+    Setting(
+        "input_clip",
+        positive_float,
+        10.0,
+        "standardised inputs of the LSTM and logreg are clipped to plus or minus this",
+    ),
     Setting("device", str, "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N"),
     Setting("seed", int, 0, "seed of the LSTM's initial weights"),
 )
@@ -216,6 +222,7 @@ LSTM_HYPERPARAMETERS = (
     "learning_rate",
     "clip_grad_norm",
     "max_features",
+    "input_clip",
     "device",
     "seed",
 )

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import numpy as np
@@ -50,6 +51,9 @@ class KeyedState(Protocol):
     def attach_keys(self, store: Any) -> None: ...
 
 
+#: The LSTM's keyword arguments that the logistic regression takes too (the same meaning).
+_SHARED_WITH_LOGREG = ("max_features", "input_clip")
+
 #: The name under which the kappa-temporal reference's key state is exported.
 REFERENCE = "_reference"
 
@@ -57,7 +61,11 @@ REFERENCE = "_reference"
 def build_models(
     names: Sequence[str], *, max_keys: int = 100_000, lstm: Mapping[str, Any] | None = None
 ) -> dict[str, OnlineClassifier]:
-    """Create the named models; ``lstm`` holds keyword arguments for :class:`LSTMLearner`."""
+    """Create the named models; ``lstm`` holds keyword arguments for :class:`LSTMLearner`.
+
+    The logistic regression gets the LSTM's ``max_features`` and ``input_clip`` (from ``lstm``,
+    else the LSTM's defaults), so that both see the same features, clipped alike.
+    """
     unknown = [name for name in names if name not in MODEL_NAMES]
     if unknown or not names:
         raise ConfigError(
@@ -70,7 +78,8 @@ def build_models(
 
             models[name] = LSTMLearner(max_keys=max_keys, **dict(lstm or {}))
         elif name == "logreg":
-            models[name] = LogisticRegressionBaseline()
+            shared = {key: value for key, value in (lstm or {}).items() if key in _SHARED_WITH_LOGREG}
+            models[name] = LogisticRegressionBaseline(**shared)
         else:
             models[name] = NoChangeBaseline(max_keys=max_keys)
     return models
@@ -258,6 +267,8 @@ class PrequentialEvaluator:
 
     #: Set by :meth:`add_results` (a class default, so that checkpoints of older versions load).
     _report_only = False
+    #: The other evaluator's :meth:`guard_stats`, set by :meth:`add_results` (a class default too).
+    _added_guard_stats: Mapping[str, dict[str, int]] = MappingProxyType({})
 
     def __init__(
         self,
@@ -414,6 +425,7 @@ class PrequentialEvaluator:
             "scores": self.scores,
             "seconds": self.seconds,
             "trace": self.trace,
+            "guard_stats": self.guard_stats(),
         }
 
     def add_results(self, results: Mapping[str, Any], order: Sequence[str] = ()) -> None:
@@ -440,9 +452,19 @@ class PrequentialEvaluator:
             return {name: merged[name] for name in sorted(merged, key=lambda n: rank.get(n, len(rank)))}
 
         self._report_only = True
+        self._added_guard_stats = dict(results.get("guard_stats", {}))
         self.scores = ordered(self.scores, results["scores"])
         self.seconds = ordered(self.seconds, results["seconds"])
         self.trace = ordered(self.trace, results["trace"])
+
+    def guard_stats(self) -> dict[str, dict[str, int]]:
+        """Per model that has guards (the LSTM, the logistic regression): what they left out,
+        cumulative (see ``LSTMLearner.guard_stats``), including the models of an
+        :meth:`add_results`."""
+        stats = {
+            name: model.guard_stats() for name, model in self.models.items() if hasattr(model, "guard_stats")
+        }
+        return {**stats, **self._added_guard_stats}
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per model: whole-stream scores, rolling scores and the model's own events/s."""

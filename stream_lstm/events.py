@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from stream_lstm.errors import EventError
+from stream_lstm.errors import ConfigError, EventError
 
 #: The key of events that carry none: they form one stream.
 DEFAULT_KEY = ""
@@ -77,20 +77,43 @@ def parse_label(value: Any) -> int | None:
     raise EventError(f"label must be 0, 1 or empty, got {value!r}", "bad_label")
 
 
-def parse_number(value: Any, what: str) -> float:
-    """Read a finite float from a number or numeric string; raise :class:`EventError` otherwise."""
+#: Largest magnitude of a number (feature value or ``ts``) that an event may hold. Its square
+#: times any realistic event count stays far inside float64, so the online scalers cannot
+#: overflow; millisecond and microsecond epoch timestamps fit.
+MAX_ABS_VALUE = 1e18
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """A short ``repr`` of ``value`` for an error message: never the whole of a hostile input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def parse_number(value: Any, what: str, *, max_abs: float = MAX_ABS_VALUE) -> float:
+    """Read a finite float of magnitude at most ``max_abs`` from a number or numeric string;
+    raise :class:`EventError` otherwise.
+
+    >>> parse_number("2.5", "x")
+    2.5
+    >>> parse_number("1e300", "x")
+    Traceback (most recent call last):
+    ...
+    stream_lstm.errors.EventError: x is out of range (|x| > 1e+18): '1e300'
+    """
     if isinstance(value, bool):
         raise EventError(f"{what} must be a number, got a boolean", "bad_number")
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise EventError(f"{what} must be a number, got {str(value)[:40]!r}", "bad_number") from None
+        raise EventError(f"{what} must be a number, got {_show(value)}", "bad_number") from None
     if not math.isfinite(number):
-        raise EventError(f"{what} must be finite, got {value!r}", "non_finite")
+        raise EventError(f"{what} must be finite, got {_show(value)}", "non_finite")
+    if abs(number) > max_abs:
+        raise EventError(f"{what} is out of range (|x| > {max_abs:g}): {_show(value)}", "out_of_range")
     return number
 
 
-def parse_timestamp(value: Any) -> float | None:
+def parse_timestamp(value: Any, *, max_abs: float = MAX_ABS_VALUE) -> float | None:
     """Read a timestamp in seconds: a number, a numeric string or an ISO-8601 string (UTC if unzoned).
 
     >>> parse_timestamp("1970-01-01T00:01:00+00:00"), parse_timestamp("60"), parse_timestamp(None)
@@ -104,38 +127,87 @@ def parse_timestamp(value: Any) -> float | None:
         except ValueError:
             pass  # not a number: an ISO-8601 time, or nothing readable
         else:
-            if not math.isfinite(number):
-                raise EventError(f"ts must be finite, got {value!r}", "bad_ts")
+            if not math.isfinite(number) or abs(number) > max_abs:
+                raise EventError(
+                    f"ts must be finite and at most {max_abs:g} in size, got {_show(value)}", "bad_ts"
+                )
             return number
         try:
             moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise EventError(f"ts must be a number or an ISO-8601 time, got {value!r}", "bad_ts") from None
+            raise EventError(
+                f"ts must be a number or an ISO-8601 time, got {_show(value)}", "bad_ts"
+            ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)  # a time without a zone is read as UTC
         return moment.timestamp()
     try:
-        number = parse_number(value, "ts")
+        number = parse_number(value, "ts", max_abs=max_abs)
     except EventError as error:
         raise EventError(str(error), "bad_ts") from None
     return number
 
 
-#: Default size limit of an encoded message value, in bytes.
-MAX_MESSAGE_BYTES = 1_000_000
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """What one message may hold; anything past a limit is a dead letter with its own reason.
 
-#: The codes of :class:`EventError` that decoding a message can raise (a bounded metric label).
+    The limits make every accepted event safe for every later step: its key fits in an output
+    record whatever the escaping, its names and numbers can be stored, scaled and learned.
+
+    Parameters
+    ----------
+    max_message_bytes
+        Size of the message value.
+    max_key_bytes
+        Size of the entity key in UTF-8 (the ``key`` field, else the Kafka message key).
+    max_name_bytes
+        Size of each feature name in UTF-8.
+    max_features
+        Number of features in one message.
+    max_abs_value
+        Magnitude of every feature value and of ``ts``.
+    """
+
+    max_message_bytes: int = 1_000_000
+    max_key_bytes: int = 1024
+    max_name_bytes: int = 256
+    max_features: int = 256
+    max_abs_value: float = MAX_ABS_VALUE
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_key_bytes", "max_name_bytes", "max_features"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < self.max_abs_value <= MAX_ABS_VALUE:
+            raise ConfigError(f"max_abs_value must be in (0, {MAX_ABS_VALUE:g}], got {self.max_abs_value!r}")
+
+
+#: The limits of a service started with the default settings.
+DEFAULT_LIMITS = InputLimits()
+
+#: Default size limit of an encoded message value, in bytes.
+MAX_MESSAGE_BYTES = DEFAULT_LIMITS.max_message_bytes
+
+#: Why a message can be refused, each a bounded metric label and the ``reason`` of its dead letter.
 DECODE_ERROR_CODES = (
-    "too_large",
-    "not_json",
-    "not_object",
-    "missing_features",
-    "bad_number",
-    "non_finite",
-    "bad_label",
-    "bad_ts",
-    "bad_key",
-    "invalid",
+    "too_large",  # the value is over max_message_bytes
+    "not_json",  # no value, not UTF-8/16/32 JSON
+    "too_deep",  # nested deeper than the JSON parser goes
+    "duplicate_field",  # an object names a field twice: which one is meant is ambiguous
+    "not_object",  # the value is JSON but not an object
+    "missing_features",  # no "features" object
+    "too_many_features",  # more than max_features features
+    "bad_feature_name",  # a feature name that is not valid Unicode, is empty or too long
+    "bad_number",  # a feature value that is not a number
+    "non_finite",  # NaN, Infinity, or a number too large for a float
+    "out_of_range",  # a feature value over max_abs_value in size
+    "bad_label",  # a label other than 0, 1 or null
+    "bad_ts",  # a ts that is not a number or an ISO-8601 time, or is out of range
+    "bad_key",  # a key that is not a string, or not valid Unicode (a message key not UTF-8)
+    "key_too_long",  # a key over max_key_bytes
+    "invalid",  # the decoder itself failed (a bug): the message is kept as a dead letter
 )
 
 
@@ -143,17 +215,44 @@ def _reject_constant(name: str) -> float:
     raise EventError(f"non-finite number {name} in message", "non_finite")
 
 
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's fields, refusing a name given twice (JSON leaves the meaning open)."""
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        seen: set[str] = set()
+        twice = next(name for name, _ in pairs if name in seen or seen.add(name))
+        raise EventError(f"field {_show(twice)} appears twice in one object", "duplicate_field")
+    return fields
+
+
 # One decoder for every message: ``json.loads`` with options builds a new one per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_fields)
+
+
+def _utf8_size(text: str, what: str, code: str) -> int:
+    """The UTF-8 size of ``text``; :class:`EventError` if it cannot be encoded (lone surrogates)."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        raise EventError(f"{what} is not valid Unicode (a lone surrogate)", code) from None
 
 
 def decode_event(
-    value: bytes | None, message_key: bytes | None = None, *, max_bytes: int = MAX_MESSAGE_BYTES
+    value: bytes | None,
+    message_key: bytes | None = None,
+    *,
+    max_bytes: int | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> Event:
-    """Decode a JSON message value into an :class:`Event`; :class:`EventError` when malformed.
+    """Decode a JSON message value into an :class:`Event`; :class:`EventError` when it is refused.
 
     The value is ``{"key": str?, "ts": number | ISO-8601?, "features": {name: number},
     "label": 0 | 1 | null}``; without ``key``, the Kafka message key (UTF-8) is the entity key.
+    Whatever this accepts can be encoded, learned, checkpointed and produced: ``limits`` bound
+    the sizes and magnitudes, and every string is valid Unicode. ``max_bytes`` overrides
+    ``limits.max_message_bytes``.
 
     >>> decode_event(b'{"features": {"x": 1.5}, "label": 1}', b"sensor-7")
     Event(key='sensor-7', ts=None, features={'x': 1.5}, label=1)
@@ -161,46 +260,92 @@ def decode_event(
     Traceback (most recent call last):
     ...
     stream_lstm.errors.EventError: non-finite number NaN in message
+    >>> decode_event(b'{"features": {}, "label": 1, "label": 0}')
+    Traceback (most recent call last):
+    ...
+    stream_lstm.errors.EventError: field 'label' appears twice in one object
     """
     if value is None:
         raise EventError("message has no value", "not_json")
-    if len(value) > max_bytes:
-        raise EventError(f"message of {len(value):,} bytes exceeds the limit of {max_bytes:,}", "too_large")
+    limit = limits.max_message_bytes if max_bytes is None else max_bytes
+    if len(value) > limit:
+        raise EventError(f"message of {len(value):,} bytes exceeds the limit of {limit:,}", "too_large")
     try:
         # What json.loads does with bytes: UTF-8, -16 or -32, a BOM, escaped lone surrogates.
         data = _DECODER.decode(value.decode(json.detect_encoding(value), "surrogatepass"))
     except EventError:
         raise
+    except RecursionError:
+        raise EventError("value is nested too deeply to be read", "too_deep") from None
     except (ValueError, UnicodeDecodeError) as error:
-        raise EventError(f"value is not JSON: {error}", "not_json") from None
+        raise EventError(f"value is not JSON: {_show(str(error), 120)}", "not_json") from None
     if not isinstance(data, dict):
         raise EventError(f"value must be a JSON object, got {type(data).__name__}", "not_object")
     raw_features = data.get("features")
     if not isinstance(raw_features, dict):
         raise EventError('value has no "features" object', "missing_features")
-    features = {}
+    if len(raw_features) > limits.max_features:
+        raise EventError(
+            f"{len(raw_features):,} features exceed the limit of {limits.max_features:,}", "too_many_features"
+        )
+    if raw_features:
+        _check_names(raw_features, limits.max_name_bytes)
+    max_abs = limits.max_abs_value
+    features = raw_features  # a fresh dict of the decoder's: ints are made floats in place
     for name, raw in raw_features.items():
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise EventError(f"feature {name!r} must be a number, got {raw!r}", "bad_number")
-        try:
-            number = float(raw)
-        except OverflowError:  # an integer literal too large for a float
-            raise EventError(f"feature {name!r} is out of range", "non_finite") from None
-        if not math.isfinite(number):
-            raise EventError(f"feature {name!r} must be finite, got {raw!r}", "non_finite")
-        features[name] = number
+        kind = type(raw)
+        if kind is float:
+            number = raw
+        elif kind is int:
+            try:
+                number = features[name] = float(raw)
+            except OverflowError:  # an integer literal too large for a float
+                raise EventError(f"feature {_show(name)} is out of range", "non_finite") from None
+        else:
+            raise EventError(f"feature {_show(name)} must be a number, got {_show(raw)}", "bad_number")
+        if not -max_abs <= number <= max_abs:  # also false for NaN
+            if math.isfinite(number):
+                raise EventError(
+                    f"feature {_show(name)} is out of range (|x| > {max_abs:g}): {_show(raw)}", "out_of_range"
+                )
+            raise EventError(f"feature {_show(name)} must be finite, got {_show(raw)}", "non_finite")
     key = data.get("key")
     if key is None:
-        try:
-            key = message_key.decode() if message_key is not None else DEFAULT_KEY
-        except UnicodeDecodeError:
-            raise EventError("message key is not UTF-8", "bad_key") from None
+        if message_key is None:
+            key = DEFAULT_KEY
+        else:
+            if len(message_key) > limits.max_key_bytes:
+                raise EventError(_key_too_long(len(message_key), limits), "key_too_long")
+            try:
+                key = message_key.decode()
+            except UnicodeDecodeError:
+                raise EventError("message key is not UTF-8", "bad_key") from None
     elif not isinstance(key, str):
-        raise EventError(f"key must be a string, got {key!r}", "bad_key")
+        raise EventError(f"key must be a string, got {_show(key)}", "bad_key")
+    elif (size := _utf8_size(key, "key", "bad_key")) > limits.max_key_bytes:
+        raise EventError(_key_too_long(size, limits), "key_too_long")
     label = data.get("label")
     if label is not None and (isinstance(label, bool) or label not in (0, 1)):
-        raise EventError(f"label must be 0, 1 or null, got {label!r}", "bad_label")
-    return Event(key=key, ts=parse_timestamp(data.get("ts")), features=features, label=label and int(label))
+        raise EventError(f"label must be 0, 1 or null, got {_show(label)}", "bad_label")
+    ts = parse_timestamp(data.get("ts"), max_abs=max_abs)
+    return Event(key=key, ts=ts, features=features, label=None if label is None else int(label))
+
+
+def _check_names(features: dict[str, Any], max_bytes: int) -> None:
+    """Every feature name is valid Unicode of 1 to ``max_bytes`` UTF-8 bytes; else :class:`EventError`."""
+    if "".join(features).isascii():
+        longest = max(map(len, features))
+    else:
+        longest = max(_utf8_size(name, "a feature name", "bad_feature_name") for name in features)
+    if longest > max_bytes or "" in features:
+        size = 0 if "" in features else longest
+        raise EventError(
+            f"a feature name has {size:,} bytes (must be 1 to {max_bytes:,})", "bad_feature_name"
+        )
+
+
+def _key_too_long(size: int, limits: InputLimits) -> str:
+    return f"key of {size:,} bytes exceeds the limit of {limits.max_key_bytes:,}"
 
 
 def encode_event(event: Event) -> bytes:

@@ -11,9 +11,9 @@ plus one.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from stream_lstm.errors import ConfigError, StreamLSTMError
 
@@ -25,6 +25,16 @@ KAFKA_CLIENTS = ("kafka-python", "confluent")
 
 Partition = tuple[str, int]
 
+#: The coordinates (topic, partition, offset) of the input message an output record stands for.
+Source = tuple[str, int, int]
+
+#: Codes of :class:`RejectedRecord`: why the producer or the broker refused a record for good.
+RECORD_TOO_LARGE = "record_too_large"
+INVALID_RECORD = "invalid_record"
+
+#: :attr:`RejectedRecord.detail` keeps at most this many characters of the library's text.
+DETAIL_CHARS = 300
+
 
 class KafkaIOError(StreamLSTMError):
     """A Kafka operation failed in a way the caller must handle (retry, or give up)."""
@@ -34,8 +44,103 @@ class DeliveryPending(KafkaIOError):
     """Records are not acknowledged yet (the broker is slow or away); the producer keeps trying."""
 
 
+@dataclass(frozen=True)
+class RejectedRecord:
+    """An output record the producer or broker refused for good: sending it again cannot help."""
+
+    #: The topic it was produced to.
+    topic: str
+    #: The input message it stands for, as given to :meth:`KafkaClient.produce`.
+    source: Source | None
+    #: :data:`RECORD_TOO_LARGE` or :data:`INVALID_RECORD` (bounded: fit for a metric label).
+    code: str
+    #: The library's error text, at most :data:`DETAIL_CHARS` characters.
+    detail: str
+
+
 class DeliveryFailed(KafkaIOError):
-    """Records were rejected for good: what they stand for must be produced again."""
+    """Records were not delivered: what they stand for must be produced again.
+
+    ``rejected`` holds those of them that were refused for good (see :class:`RejectedRecord`);
+    producing them again cannot help. The others failed for a reason of the broker or the
+    network.
+    """
+
+    def __init__(self, message: str = "", *, rejected: Iterable[RejectedRecord] = ()) -> None:
+        super().__init__(message)
+        self.rejected: tuple[RejectedRecord, ...] = tuple(rejected)
+
+
+class RecordsRejected(DeliveryFailed):
+    """Every failed record was refused for good; nothing is wrong with the broker or the network.
+
+    Raised by :meth:`KafkaClient.produce` for one record it refuses at once (it is not queued and
+    the client stays usable), and by :meth:`KafkaClient.flush` and, in exactly-once mode,
+    :meth:`KafkaClient.commit` when every failure was of the record itself.
+    """
+
+
+def rejected_record(topic: str, source: Source | None, code: str, error: object) -> RejectedRecord:
+    """A :class:`RejectedRecord` whose detail is ``error``'s text, cut to :data:`DETAIL_CHARS`."""
+    detail = str(error)
+    if len(detail) > DETAIL_CHARS:
+        detail = detail[: DETAIL_CHARS - 3] + "..."
+    return RejectedRecord(topic, source, code, detail)
+
+
+def delivery_failure(
+    rejected: Sequence[RejectedRecord], others: Sequence[str], *, what: str = "records were not delivered"
+) -> DeliveryFailed:
+    """The error for failed deliveries: :class:`RecordsRejected` when every one was refused for
+    good (``others``, the texts of the remaining failures, is empty), else :class:`DeliveryFailed`
+    carrying the refused ones."""
+    if not others:
+        first = rejected[0]
+        return RecordsRejected(
+            f"{len(rejected)} {what}, refused for good: {first.code} ({first.detail})", rejected=rejected
+        )
+    message = f"{len(rejected) + len(others)} {what}: {others[0]}"
+    if rejected:
+        message += f" ({len(rejected)} of them refused for good: {rejected[0].code})"
+    return DeliveryFailed(message, rejected=rejected)
+
+
+_Record = TypeVar("_Record")
+
+#: What a sender of records returns for each one refused for good: (its index in the group
+#: sent, the :class:`RejectedRecord` code, the library's error text).
+Refusal = tuple[int, str, str]
+
+
+def isolate_rejected(
+    records: Sequence[_Record], send: Callable[[Sequence[_Record]], Sequence[Refusal]]
+) -> list[Refusal]:
+    """Of records a broker refused together, the ones it refuses on their own (indexes into ``records``).
+
+    A broker can refuse a whole batch for one bad record (librdkafka does not split a batch the
+    broker found too large; a failed transaction fails the batches sent with it), and the
+    others are innocent. ``send`` sends a group again, waits, and returns the refusals among
+    it, raising on any other failure. A group refused together is halved until each refused
+    record was refused while nothing else of its batch was: ``k`` bad records among ``n``
+    cost about ``1 + 2 k log2(n)`` sends.
+
+    >>> sent = []
+    >>> def send(group):  # a broker that refuses any batch holding a record over 9
+    ...     sent.append(len(group))
+    ...     return [(i, "record_too_large", "too big") for i in range(len(group))] if max(group) > 9 else []
+    >>> isolate_rejected([1, 2, 30, 4, 5, 6], send), sent
+    ([(2, 'record_too_large', 'too big')], [6, 3, 1, 2, 1, 1, 3])
+    """
+
+    def search(indexes: list[int]) -> list[Refusal]:
+        refused = send([records[i] for i in indexes])
+        if len(refused) <= 1:  # refused while nothing else of its batch was: its own fault
+            return [(indexes[j], code, detail) for j, code, detail in refused]
+        failed = [indexes[j] for j, _, _ in refused]
+        middle = len(failed) // 2
+        return search(failed[:middle]) + search(failed[middle:])
+
+    return search(list(range(len(records))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,12 +225,20 @@ class KafkaClient(Protocol):
         """Per owned partition: end offset minus this consumer's position."""
         ...
 
-    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Queue a record (exactly-once: hold it for the next :meth:`commit`)."""
+    def produce(self, topic: str, key: bytes | None, value: bytes, *, source: Source | None = None) -> None:
+        """Queue a record (exactly-once: hold it for the next :meth:`commit`).
+
+        ``source`` (the input it stands for) comes back in the :class:`RejectedRecord` if the
+        record is refused for good. A record refused at once (over the producer's size limit;
+        in exactly-once mode too) raises :class:`RecordsRejected` and is not queued; any other
+        failure to queue raises :class:`DeliveryFailed`.
+        """
         ...
 
     def flush(self, timeout_s: float) -> None:
-        """Wait for every acknowledgement; :class:`DeliveryPending` or :class:`DeliveryFailed`."""
+        """Wait for every acknowledgement: :class:`DeliveryPending` while some are outstanding
+        after ``timeout_s``; :class:`RecordsRejected` when every failed record was refused for
+        good (the others are delivered); :class:`DeliveryFailed` for other failures."""
         ...
 
     def reset_producer(self) -> None:
@@ -133,7 +246,12 @@ class KafkaClient(Protocol):
         ...
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Commit next offsets of owned partitions (exactly-once: in the transaction)."""
+        """Commit next offsets of owned partitions (exactly-once: in the transaction).
+
+        A :class:`KafkaIOError` leaves the transaction to :meth:`abort`; it is a
+        :class:`DeliveryFailed` (or :class:`RecordsRejected`) carrying the held records that
+        were refused for good, when there were any.
+        """
         ...
 
     def abort(self) -> None:

@@ -6,24 +6,64 @@ Implements :class:`stream_lstm.kafka_io.KafkaClient`; the only module that impor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import errors as kafka_errors
 from kafka.errors import KafkaError
+from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from stream_lstm.kafka_io import (
     BLOCKING_TIMEOUT_MS,
+    INVALID_RECORD,
+    RECORD_TOO_LARGE,
     DeliveryFailed,
     DeliveryPending,
     KafkaIOError,
     KafkaSettings,
     Message,
     Partition,
+    RecordsRejected,
+    Refusal,
+    RejectedRecord,
+    Source,
+    delivery_failure,
+    isolate_rejected,
+    rejected_record,
 )
 
 log = logging.getLogger(__name__)
+
+#: Errors that refuse a record for good, by the code of :class:`RejectedRecord` they become.
+#: kafka-python splits a batch the broker finds too large until the record stands alone, so a
+#: size error always names the culprit. (CORRUPT_MESSAGE is a CRC failure of a batch, which
+#: Java retries; INVALID_TIMESTAMP means this host's clock is off, the records carry it.)
+_REJECTIONS: dict[type[BaseException], str] = {
+    kafka_errors.MessageSizeTooLargeError: RECORD_TOO_LARGE,
+    kafka_errors.RecordListTooLargeError: RECORD_TOO_LARGE,
+    kafka_errors.InvalidRecordError: INVALID_RECORD,
+}
+
+#: How long finding the culprits among records a broker refused together in a transaction may
+#: take, in seconds (each try is a transaction of its own, aborted).
+_ISOLATION_BUDGET_S = 2 * BLOCKING_TIMEOUT_MS / 1000
+
+#: (topic, key, value, source): a record held for the transaction, or kept for sending again.
+_Record = tuple[str, bytes | None, bytes, Source | None]
+
+
+def _rejection(error: BaseException | None) -> str | None:
+    """The :class:`RejectedRecord` code of a delivery error that refuses the record for good."""
+    return _REJECTIONS.get(type(error)) if error is not None else None
+
+
+def _innocent(error: BaseException) -> bool:
+    """Whether a record failed only because another record of its batch was invalid (KIP-467):
+    kafka-python gives those a bare KafkaError with this text; sent again, they go through."""
+    return type(error) is KafkaError and "part of a batch which had" in str(error)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -99,8 +139,10 @@ class KafkaPythonIO:
         except Exception:
             self.consumer.close(autocommit=False)
             raise
-        self._pending: list[Any] = []  # futures of records sent since the last flush
-        self._held: list[tuple[str, bytes | None, bytes]] = []  # exactly-once: records of the open interval
+        # (future, topic, key, value, source) of each record sent since the last flush.
+        self._pending: list[tuple[Any, str, bytes | None, bytes, Source | None]] = []
+        self._held: list[_Record] = []  # exactly-once: the records of the open interval
+        self._max_request_size: int = self.producer.config["max_request_size"]
         self._in_transaction = False
         self.consumer.subscribe([settings.input_topic], listener=_Rebalance(on_assigned, on_revoked))
 
@@ -163,40 +205,125 @@ class KafkaPythonIO:
 
     # ------------------------------------------------------------------ producing
 
-    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def produce(self, topic: str, key: bytes | None, value: bytes, *, source: Source | None = None) -> None:
         """Queue a record; :meth:`flush` waits until the broker has acknowledged it.
 
         In exactly-once mode records are held here and sent by :meth:`commit`, inside the
         transaction that also commits their offsets: a crash before the commit leaves nothing on
         the broker (which also spares read_committed readers of brokers that do not hide aborted
-        records, as the embedded one does not).
+        records, as the embedded one does not). A record over ``max_request_size`` is refused
+        here in both modes (:class:`RecordsRejected`), as kafka-python's ``send`` refuses it.
         """
         if self.settings.exactly_once:
-            self._held.append((topic, key, value))
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, [])
+            if size > self._max_request_size:
+                raise self._refused_at_once(
+                    topic, source, f"the record is {size} bytes when serialized, over max_request_size"
+                )
+            self._held.append((topic, key, value, source))
             return
         try:
             future = self.producer.send(topic, key=key, value=value)
+        except kafka_errors.MessageSizeTooLargeError as error:
+            raise self._refused_at_once(topic, source, error) from error
         except KafkaError as error:
             raise DeliveryFailed(f"cannot send to {topic}: {error}") from error
-        self._pending.append(future)
+        # Key and value too: a record failed for another record's fault is sent again (flush).
+        self._pending.append((future, topic, key, value, source))
+
+    @staticmethod
+    def _refused_at_once(topic: str, source: Source | None, error: object) -> RecordsRejected:
+        record = rejected_record(topic, source, RECORD_TOO_LARGE, error)
+        return RecordsRejected(f"cannot send to {topic}: {record.detail}", rejected=[record])
 
     def flush(self, timeout_s: float) -> None:
         """Wait until the broker has acknowledged every record sent since the last flush.
 
         Raises :class:`DeliveryPending` when some are still in flight after ``timeout_s`` (call
-        again later), and :class:`DeliveryFailed` when some were rejected for good.
+        again later), :class:`RecordsRejected` when every failed record was refused for good
+        (those still in flight stay tracked for the next flush), and :class:`DeliveryFailed`
+        when some failed for another reason.
         """
+        deadline = time.monotonic() + timeout_s
         try:
             self.producer.flush(timeout=timeout_s)
         except KafkaError as error:
             raise DeliveryPending(f"flush did not finish: {error}") from error
-        failed = [future for future in self._pending if future.is_done and future.failed()]
+        pending = self._pending
+        failed = [entry for entry in pending if entry[0].exception is not None]
+        self._pending = [entry for entry in pending if not entry[0].is_done]
         if failed:
-            self._pending = []
-            raise DeliveryFailed(f"{len(failed)} records were not delivered: {failed[0].exception}")
-        self._pending = [future for future in self._pending if not future.is_done]
+            raise self._delivery_failure(failed, deadline)
         if self._pending:
             raise DeliveryPending(f"{len(self._pending)} records not acknowledged within {timeout_s:.1f} s")
+
+    def _delivery_failure(self, failed: list[tuple[Any, ...]], deadline: float) -> DeliveryFailed:
+        rejected: list[RejectedRecord] = []
+        others: list[str] = []
+        innocent: list[_Record] = []
+        for future, topic, key, value, source in failed:
+            error = future.exception
+            code = _rejection(error)
+            if code is not None:
+                rejected.append(rejected_record(topic, source, code, error))
+            elif _innocent(error):
+                innocent.append((topic, key, value, source))
+            else:
+                others.append(f"{topic}: {error}")
+        if innocent and not others:
+            # Sent again without the invalid records they went along with, they are delivered.
+            try:
+                rejected.extend(self._isolate(innocent, lambda group: self._send_and_wait(group, deadline)))
+            except KafkaIOError as error:
+                others.append(str(error))
+        elif innocent:
+            others.extend(f"{record[0]}: part of a batch with an invalid record" for record in innocent)
+        return delivery_failure(rejected, others)
+
+    @staticmethod
+    def _isolate(
+        records: list[_Record], send: Callable[[Sequence[_Record]], list[Refusal]]
+    ) -> list[RejectedRecord]:
+        found = isolate_rejected(records, send)
+        return [rejected_record(records[i][0], records[i][3], code, detail) for i, code, detail in found]
+
+    def _send_and_wait(self, group: Sequence[_Record], deadline: float) -> list[Refusal]:
+        """Send ``group`` and wait for it: the refusals among it (see :func:`isolate_rejected`).
+
+        Raises :class:`KafkaIOError` for any other failure, and when ``deadline`` passes. A
+        record that failed only along with a refused one (of its batch, or of the transaction)
+        counts as refused too: a suspect, to be sent in smaller groups. (In a failed transaction
+        kafka-python fails the batches it had not sent with the refused one's error.)
+        """
+        refused: list[Refusal] = []
+        sent = []
+        for i, (topic, key, value, _) in enumerate(group):
+            try:
+                sent.append((i, self.producer.send(topic, key=key, value=value)))
+            except kafka_errors.MessageSizeTooLargeError as error:
+                refused.append((i, RECORD_TOO_LARGE, str(error)))
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KafkaIOError(f"no time left to send {len(group)} records again")
+        try:
+            self.producer.flush(timeout=remaining)
+        except KafkaError as error:
+            raise KafkaIOError(f"sending {len(group)} records again did not finish: {error}") from error
+        for i, future in sent:
+            error = future.exception
+            if error is None and future.is_done:
+                continue
+            code = _rejection(error)
+            if code is not None:
+                refused.append((i, code, str(error)))
+            elif error is not None and (
+                _innocent(error)
+                or (self._in_transaction and isinstance(error, kafka_errors.TransactionAbortedError))
+            ):
+                refused.append((i, INVALID_RECORD, str(error)))  # failed with a culprit: a suspect still
+            else:
+                raise KafkaIOError(f"sending {len(group)} records again failed: {error or 'not finished'}")
+        return refused
 
     def reset_producer(self) -> None:
         """Replace the producer (after a failure it may be stuck); unacknowledged records are dropped."""
@@ -222,7 +349,12 @@ class KafkaPythonIO:
     # ------------------------------------------------------------------ offsets
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
-        """Commit next offsets for the group; in exactly-once mode, commit the transaction with them."""
+        """Commit next offsets for the group; in exactly-once mode, commit the transaction with them.
+
+        Exactly-once: a held record the producer or broker refuses for good makes this raise
+        :class:`RecordsRejected` (or :class:`DeliveryFailed` when something else failed too)
+        naming it; the transaction is left for :meth:`abort`.
+        """
         owned = self.consumer.assignment()
         # Never commit for a partition another member owns now: that would rewind its offset.
         kafka_offsets = {
@@ -232,19 +364,86 @@ class KafkaPythonIO:
         }
         try:
             if self.settings.exactly_once:
-                self.producer.begin_transaction()
-                self._in_transaction = True
-                for topic, key, value in self._held:
-                    self.producer.send(topic, key=key, value=value)
-                if kafka_offsets:
-                    self.producer.send_offsets_to_transaction(kafka_offsets, self.consumer.group_metadata())
-                self.producer.commit_transaction()
-                self._in_transaction = False
-                self._held = []
+                self._commit_transaction(kafka_offsets)
             elif kafka_offsets:
                 self.consumer.commit(kafka_offsets, timeout_ms=BLOCKING_TIMEOUT_MS)
         except KafkaError as error:
             raise KafkaIOError(f"commit failed: {error}") from error
+
+    def _commit_transaction(self, kafka_offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        self.producer.begin_transaction()
+        self._in_transaction = True
+        sent = []
+        refused = []
+        for record in self._held:
+            topic, key, value, source = record
+            try:
+                sent.append((self.producer.send(topic, key=key, value=value), record))
+            except kafka_errors.MessageSizeTooLargeError as error:  # produce() checks the same
+                refused.append(rejected_record(topic, source, RECORD_TOO_LARGE, error))
+        if refused:
+            raise delivery_failure(refused, [], what="held records were refused")
+        try:
+            if kafka_offsets:
+                self.producer.send_offsets_to_transaction(kafka_offsets, self.consumer.group_metadata())
+            self.producer.commit_transaction()
+        except KafkaError as error:
+            failure = self._transaction_failure(sent)
+            if failure is None:
+                raise
+            raise failure from error
+        self._in_transaction = False
+        self._held = []
+
+    def _transaction_failure(self, sent: list[tuple[Any, _Record]]) -> DeliveryFailed | None:
+        """Why a transaction failed, when held records were refused for good; else ``None``."""
+        try:  # let every batch of the failed transaction finish (the aborted ones fail at once)
+            self.producer.flush(timeout=BLOCKING_TIMEOUT_MS / 1000)
+        except KafkaError as error:
+            log.debug("flushing a failed transaction: %s", error)
+        suspects: list[_Record] = []
+        errors: list[BaseException] = []
+        others: list[str] = []
+        for future, record in sent:
+            error = future.exception
+            if error is None:
+                continue
+            if _rejection(error) is not None:
+                suspects.append(record)
+                errors.append(error)
+            elif not isinstance(error, kafka_errors.TransactionAbortedError):
+                others.append(f"{record[0]}: {error}")
+        if len(suspects) == 1:  # nothing else failed so: its own fault
+            (topic, _, _, source), error = suspects[0], errors[0]
+            code = _rejection(error)
+            assert code is not None
+            return delivery_failure([rejected_record(topic, source, code, error)], others)
+        if not suspects or others:
+            return None  # the broker or the network: roll back and try again
+        # The batches aborted with the transaction carry the refused one's error: find the
+        # records the broker refuses on their own, each try in a transaction of its own.
+        try:
+            self.producer.abort_transaction()
+            self._in_transaction = False
+            deadline = time.monotonic() + _ISOLATION_BUDGET_S
+            rejected = self._isolate(suspects, lambda group: self._probe(group, deadline))
+        except (KafkaError, KafkaIOError) as error:
+            log.warning("cannot tell which of %d refused records are at fault: %s", len(suspects), error)
+            return None
+        return delivery_failure(rejected, []) if rejected else None
+
+    def _probe(self, group: Sequence[_Record], deadline: float) -> list[Refusal]:
+        """The refusals among ``group``, sent in a transaction of its own that is then aborted."""
+        try:
+            self.producer.begin_transaction()
+            self._in_transaction = True
+            try:
+                return self._send_and_wait(group, deadline)
+            finally:
+                self.producer.abort_transaction()
+                self._in_transaction = False
+        except KafkaError as error:
+            raise KafkaIOError(f"a trial transaction failed: {error}") from error
 
     def abort(self) -> None:
         """Exactly-once mode: drop the held records and abort a transaction left open by a failure."""

@@ -65,9 +65,9 @@ class LearnerProcess:
 
     Offers what the evaluator and the service use of the learner: ``predict_proba_many`` and
     ``learn_many`` (every predicted batch must then be learned, in order, as in prequential
-    evaluation), the per-key state calls, ``training_stats``, ``key_stats``, ``steps`` and
-    pickling. A failure in the child, or its death, raises :class:`LearnerProcessError` on the
-    next call that waits for it, and on every call after.
+    evaluation), the per-key state calls, ``training_stats``, ``key_stats``, ``guard_stats``,
+    ``non_finite_parts``, ``steps`` and pickling. A failure in the child, or its death, raises
+    :class:`LearnerProcessError` on the next call that waits for it, and on every call after.
 
     Parameters
     ----------
@@ -229,6 +229,14 @@ class LearnerProcess:
     def key_stats(self) -> dict[str, int]:
         return self._call("key_stats")
 
+    def guard_stats(self) -> dict[str, int]:
+        """The learner's ``guard_stats``: skipped steps by reason, and dropped feature values."""
+        return self._call("guard_stats")
+
+    def non_finite_parts(self) -> list[str]:
+        """The learner's ``non_finite_parts``, checked in the child (what a checkpoint would hold)."""
+        return self._call("non_finite_parts", settled=True)
+
     def device_memory_bytes(self) -> int:
         return self._call("device_memory_bytes")
 
@@ -328,6 +336,10 @@ def _serve(connection: Connection, torch_threads: int) -> None:
             server.run("learn", None)  # learn the batch while the parent publishes its predictions
 
 
+#: Requests answered by the learner's method of the same name, without arguments.
+_READ_OPERATIONS = ("training_stats", "key_stats", "guard_stats", "device_memory_bytes", "non_finite_parts")
+
+
 class _LearnerServer:
     """The child's side: the learner, and what it holds between requests."""
 
@@ -383,6 +395,6 @@ class _LearnerServer:
             return None
         if operation in ("export_keys", "import_keys", "forget_keys"):
             return getattr(learner, operation)(argument)
-        if operation in ("training_stats", "key_stats", "device_memory_bytes"):
+        if operation in _READ_OPERATIONS:
             return getattr(learner, operation)()
         raise ValueError(f"unknown request {operation!r}")

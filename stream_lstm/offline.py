@@ -8,12 +8,13 @@ would; the two sets of scores are then reported together.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import islice
 from multiprocessing.connection import Connection
@@ -26,6 +27,8 @@ from stream_lstm.errors import EvaluationError
 from stream_lstm.evaluation import PrequentialEvaluator, build_models
 from stream_lstm.events import Event
 from stream_lstm.progress import ProgressLine
+
+log = logging.getLogger(__name__)
 
 #: Where a container's cgroup files are (its own cgroup, in its cgroup namespace).
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -113,6 +116,9 @@ class SideLane:
         The models to run there.
     batch_size, window, max_keys, keep_trace
         As for the evaluation in this process.
+    lstm
+        The LSTM's keyword arguments, as given to :func:`build_models` in this process (the
+        baselines take its ``max_features`` and ``input_clip``).
     """
 
     def __init__(
@@ -124,9 +130,12 @@ class SideLane:
         window: int,
         max_keys: int,
         keep_trace: bool,
+        lstm: Mapping[str, Any] | None = None,
     ) -> None:
         self.names = tuple(names)
-        job = _SideJob(spec, self.names, batch_size, window, max_keys, keep_trace, parent=os.getpid())
+        job = _SideJob(
+            spec, self.names, batch_size, window, max_keys, keep_trace, os.getpid(), dict(lstm or {})
+        )
         context = multiprocessing.get_context("spawn")  # no fork of a process running torch
         self._results, sender = context.Pipe(duplex=False)
         self._process = context.Process(
@@ -191,6 +200,7 @@ class _SideJob:
     max_keys: int
     keep_trace: bool
     parent: int
+    lstm: dict[str, Any] | None = None
 
 
 def _run_side_lane(results: Connection, job: _SideJob) -> None:
@@ -198,7 +208,7 @@ def _run_side_lane(results: Connection, job: _SideJob) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         evaluator = PrequentialEvaluator(
-            build_models(job.names, max_keys=job.max_keys),
+            build_models(job.names, max_keys=job.max_keys, lstm=job.lstm),
             window=job.window,
             max_keys=job.max_keys,
             keep_trace=job.keep_trace,
@@ -245,7 +255,30 @@ def evaluate_stream(
     if progress is not None:
         progress.update(evaluator.events, lambda: _status(evaluator, None), force=True)
         progress.close()
+    warn_about_guards(evaluator)
     return seconds
+
+
+def warn_about_guards(evaluator: PrequentialEvaluator) -> None:
+    """Log a warning for each model that skipped updates (a non-finite loss or gradient), with
+    the counts by reason; dropped feature values (names past ``max_features``) are logged as info."""
+    for name, stats in evaluator.guard_stats().items():
+        skipped = {
+            reason.removeprefix("skipped_"): count
+            for reason, count in stats.items()
+            if reason.startswith("skipped_") and count
+        }
+        if skipped:
+            counts = ", ".join(f"{reason}: {count:,}" for reason, count in skipped.items())
+            log.warning(
+                "%s skipped %s update(s) whose loss or gradient was not finite (%s)",
+                name,
+                f"{sum(skipped.values()):,}",
+                counts,
+            )
+        dropped = stats.get("features_dropped", 0)
+        if dropped:
+            log.info("%s dropped %s value(s) of features past max_features", name, f"{dropped:,}")
 
 
 def _status(evaluator: PrequentialEvaluator, side_lane: SideLane | None) -> str:
@@ -281,5 +314,6 @@ def evaluation_report(
         "processes": processes,
         "window": evaluator.window,
         "models": evaluator.report(),
+        "guards": evaluator.guard_stats(),
         "lstm": learner,
     }

@@ -22,8 +22,6 @@ events the group had already committed are learned again without being published
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 import time
@@ -35,18 +33,23 @@ from typing import Any
 from stream_lstm import __version__
 from stream_lstm.errors import CheckpointError, ConfigError, EventError
 from stream_lstm.evaluation import PrequentialEvaluator
-from stream_lstm.events import MAX_MESSAGE_BYTES, Event, decode_event
+from stream_lstm.events import DEFAULT_LIMITS, Event, InputLimits, decode_event
 from stream_lstm.kafka_io import (
+    DeliveryFailed,
     DeliveryPending,
     KafkaClient,
     KafkaIOError,
     KafkaSettings,
     Message,
     Partition,
+    RecordsRejected,
+    RejectedRecord,
+    Source,
     open_kafka,
 )
 from stream_lstm.learner_process import LearnerProcess
 from stream_lstm.placement import learners_on_cpu
+from stream_lstm.records import dead_letter_key, dead_letter_logger, dead_letter_value, prediction_value
 from stream_lstm.state_store import (
     CheckpointStore,
     DirectoryStore,
@@ -61,11 +64,8 @@ log = logging.getLogger(__name__)
 #: Consumer lag needs a request to the broker: refresh it this often, in seconds.
 LAG_REFRESH_S = 5.0
 
-#: One encoder for every prediction record: ``json.dumps`` with options builds a new one per call.
-_RECORD_ENCODER = json.JSONEncoder(allow_nan=False)
-
-#: At most this much of a malformed message's value is copied into its dead letter.
-DEAD_LETTER_VALUE_BYTES = 64 * 1024
+#: Most inputs remembered at once whose outputs were refused for good (see _note_rejected).
+MAX_REJECTED_SOURCES = 100_000
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ class ServiceSettings:
     checkpoint_interval_s: float = 5.0
     poll_timeout_s: float = 0.2
     flush_timeout_s: float = 10.0
-    max_message_bytes: int = MAX_MESSAGE_BYTES
+    #: What a message may hold (sizes, magnitudes); the rest goes to the dead-letter topic.
+    limits: InputLimits = DEFAULT_LIMITS
     scores_interval_s: float = 1.0
     instance_id: str = field(default_factory=default_instance_id)
     #: Run the LSTM in a child process (:mod:`stream_lstm.learner_process`), using another CPU.
@@ -184,6 +185,12 @@ class StreamService:
         self._next_health_probe = 0.0
         self._next_lag_refresh = 0.0
         self._evictions_seen = self._lstm_evictions()
+        self._guards_seen: dict[tuple[str, str], int] = {}
+        # Inputs whose prediction or dead letter the producer or broker refused for good, found
+        # after their batch was published: a rollback processes them again, and this says what
+        # to do instead of publishing the refused record again (see _begin and _dead_letter).
+        self._rejected: dict[Source, dict[str, str]] = {}
+        self._dead_letter_log = dead_letter_logger(log)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -266,9 +273,10 @@ class StreamService:
             if checkpoint_due:
                 self._settle()
         except KafkaIOError as error:
-            self._set_connected(False, str(error))
+            broker_failed = self._note_failure(error)
             self._rollback()
-            self._stop.wait(backoff.next())
+            if broker_failed:
+                self._stop.wait(backoff.next())
             return
         self._probe_broker()
         if checkpoint_due:
@@ -351,21 +359,26 @@ class StreamService:
                 continue  # a late record of a partition given away: its new owner reads it
             handled.append(message)
             replay = message.offset < self._replay_until.get(partition, -1)
+            refused = self._rejected.get((*partition, message.offset)) if self._rejected else None
             try:
-                event = decode_event(message.value, message.key, max_bytes=settings.max_message_bytes)
+                event = decode_event(message.value, message.key, limits=settings.limits)
             except EventError as error:
                 dead[partition] = dead.get(partition, 0) + 1
                 if not replay:
-                    self._dead_letter(message, error)
+                    self._dead_letter(message, error.code, str(error), refused)
                 continue
             except Exception as error:  # a decoder bug must not stop the stream either
-                log.exception(
-                    "unexpected error decoding %s:%d@%d", message.topic, message.partition, message.offset
-                )
+                log.debug("decoding %s:%d@%d", *partition, message.offset, exc_info=True)
                 dead[partition] = dead.get(partition, 0) + 1
                 if not replay:
-                    self._dead_letter(message, EventError(f"cannot decode: {error!r}", "invalid"))
+                    self._dead_letter(message, "invalid", f"cannot decode: {error!r}", refused)
                 continue
+            if refused is not None and "prediction" in refused:
+                # Its prediction was refused for good the first time: learn the event again, but
+                # publish a dead letter in its place.
+                if not replay:
+                    self._dead_letter(message, "output_rejected", refused["prediction"], refused)
+                replay = True
             events.append(event)
             sources.append(message)
             replayed.append(replay)
@@ -387,35 +400,36 @@ class StreamService:
             predicted = time.perf_counter()
             stage.labels(stage="predict").observe(predicted - decoded)
             step = self._model_step()
+            refused = 0
             names = list(predictions)
             columns = [predictions[name].tolist() for name in names]
             for i, (event, message) in enumerate(zip(events, sources, strict=True)):
                 if replayed[i]:
                     continue
-                record = {
-                    "key": event.key,
-                    "ts": event.ts,
-                    "label": event.label,
-                    "source": {
-                        "topic": message.topic,
-                        "partition": message.partition,
-                        "offset": message.offset,
-                    },
-                    "predictions": {name: column[i] for name, column in zip(names, columns, strict=True)},
-                    "model_step": step,
-                }
-                self.kafka.produce(
-                    settings.kafka.output_topic,
-                    event.key.encode(),
-                    _RECORD_ENCODER.encode(record).encode(),
+                source = (message.topic, message.partition, message.offset)
+                value = prediction_value(
+                    event,
+                    source,
+                    {name: column[i] for name, column in zip(names, columns, strict=True)},
+                    step,
                 )
+                try:
+                    self.kafka.produce(
+                        settings.kafka.output_topic,
+                        event.key.encode(),
+                        value,
+                        source=source,
+                    )
+                except RecordsRejected as error:  # this record only: the event is still learned
+                    refused += 1
+                    self._output_refused(message, error.rejected)
             produced = time.perf_counter()
             stage.labels(stage="produce").observe(produced - predicted)
             now = time.time()
             for message, replay in zip(sources, replayed, strict=True):
                 if message.timestamp_ms is not None and message.timestamp_ms >= 0 and not replay:
                     self.telemetry.latency.observe(max(now - message.timestamp_ms / 1000.0, 0.0))
-            published = len(events) - sum(replayed)
+            published = len(events) - sum(replayed) - refused
             for name in names:
                 self.telemetry.predictions.labels(model=name).inc(published)
             self.evaluator.learn(events, predictions)
@@ -440,28 +454,93 @@ class StreamService:
             partitions[partition].dead_letters += count
         self._since_checkpoint += len(handled)
 
-    def _dead_letter(self, message: Message, error: EventError) -> None:
+    def _dead_letter(
+        self, message: Message, reason: str, error: str, refused: dict[str, str] | None = None
+    ) -> None:
+        """Publish the dead letter of ``message``; if it was refused for good before (``refused``)
+        or is refused now, count the input as skipped instead."""
         assert self.kafka is not None
-        raw = message.value if message.value is not None else b""
-        # Keep the dead letter well under the broker's record size limit, whatever came in.
-        kept = raw[:DEAD_LETTER_VALUE_BYTES]
-        value: dict[str, Any]
+        source = (message.topic, message.partition, message.offset)
+        if refused is not None and "dead_letter" in refused:
+            self._skip(source, refused["dead_letter"])
+            return
+        value = dead_letter_value(
+            value=message.value,
+            reason=reason,
+            error=error,
+            source=source,
+            key_bytes=len(message.key) if message.key is not None else 0,
+        )
         try:
-            value = {"value": kept.decode() if message.value is not None else None, "value_encoding": "utf-8"}
-        except UnicodeDecodeError:
-            value = {"value": base64.b64encode(kept).decode(), "value_encoding": "base64"}
-        record = {
-            "error": str(error),
-            "reason": error.code,
-            "source": {"topic": message.topic, "partition": message.partition, "offset": message.offset},
-            **value,
-            "value_bytes": len(raw),
-            "truncated": len(kept) < len(raw),
-        }
-        self.kafka.produce(self.settings.kafka.dead_letter_topic, message.key, json.dumps(record).encode())
-        self.telemetry.dead_letters.labels(reason=error.code).inc()
+            self.kafka.produce(
+                self.settings.kafka.dead_letter_topic,
+                dead_letter_key(message.key, self.settings.limits.max_key_bytes),
+                value,
+                source=source,
+            )
+        except RecordsRejected as rejection:
+            self.telemetry.rejected_records.labels(output="dead_letters").inc()
+            self._skip(source, _describe(rejection.rejected))
+            return
+        self.telemetry.dead_letters.labels(reason=reason).inc()
         self.telemetry.events.labels(outcome="dead_lettered").inc()
-        log.debug("dead letter %s:%d@%d: %s", message.topic, message.partition, message.offset, error)
+        self._dead_letter_log.note(reason, f"dead letter ({reason}) {_where(source)}: {error[:200]}")
+
+    def _output_refused(self, message: Message, rejected: Sequence[RejectedRecord]) -> None:
+        """The prediction of ``message`` was refused for good at once: a dead letter stands for it."""
+        self.telemetry.rejected_records.labels(output="predictions").inc()
+        self._dead_letter(message, "output_rejected", _describe(rejected))
+
+    def _skip(self, source: Source, why: str) -> None:
+        """An input neither predicted nor dead-lettered: even its dead letter was refused."""
+        self.telemetry.skipped_records.labels(reason="dead_letter_rejected").inc()
+        self._dead_letter_log.note(
+            "skipped", f"skipping {_where(source)}: its dead letter was refused for good ({why})"
+        )
+
+    def _note_failure(self, error: KafkaIOError) -> bool:
+        """Take in a failed publish before the rollback; True when the broker or network is to blame.
+
+        Records refused for good (too large for the topic, say) are remembered by their inputs,
+        so that the rollback's second pass publishes dead letters in their place (see _begin)
+        instead of failing on them again and again.
+        """
+        rejected = error.rejected if isinstance(error, DeliveryFailed) else ()
+        dead_letter_topic = self.settings.kafka.dead_letter_topic
+        for record in rejected:
+            kind = "dead_letter" if record.topic == dead_letter_topic else "prediction"
+            self.telemetry.rejected_records.labels(
+                output="dead_letters" if kind == "dead_letter" else "predictions"
+            ).inc()
+            if record.source is None:
+                continue
+            if len(self._rejected) >= MAX_REJECTED_SOURCES:
+                self._rejected.pop(next(iter(self._rejected)))
+            self._rejected.setdefault(record.source, {})[kind] = f"{record.code}: {record.detail}"
+            self._dead_letter_log.note(
+                "rejected",
+                f"the {kind.replace('_', ' ')} of {_where(record.source)} was refused for good "
+                f"({record.code}: {record.detail}); it is replaced when the events are processed again",
+            )
+        if isinstance(error, RecordsRejected):
+            log.warning(
+                "%d output record(s) refused for good: processing them again without them", len(rejected)
+            )
+            return False
+        self._set_connected(False, str(error))
+        return True
+
+    def _forget_rejected(self, before: dict[Partition, int] | None = None) -> None:
+        """Forget refused inputs that no rollback can reach again: those before the checkpointed
+        offsets ``before``, or those of partitions no longer owned."""
+        if not self._rejected:
+            return
+        self._rejected = {
+            source: kinds
+            for source, kinds in self._rejected.items()
+            if (partition := source[:2]) in self._owned
+            and (before is None or source[2] >= before.get(partition, 0))
+        }
 
     def _model_step(self) -> int:
         lstm = self.evaluator.models.get("lstm")
@@ -501,7 +580,7 @@ class StreamService:
             self._set_connected(False, str(error))
             return False
         except KafkaIOError as error:
-            self._set_connected(False, str(error))
+            self._note_failure(error)
             if in_callback:
                 self._rollback_requested = True  # not on kafka-python's network thread
             else:
@@ -519,6 +598,7 @@ class StreamService:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._replay_until = {p: o for p, o in self._replay_until.items() if o > offsets.get(p, 0)}
+        self._forget_rejected(offsets)
         if not in_callback:
             self._refresh_store()
         if commit_offsets and not self.settings.kafka.exactly_once:
@@ -678,6 +758,7 @@ class StreamService:
             self._replay_until.pop(partition, None)
             self._unchecked.discard(partition)
             self._needs_seek.discard(partition)
+        self._forget_rejected()
 
     def _rollback(self) -> None:
         """Go back to the last checkpoints: this instance's weights, and every owned partition."""
@@ -805,7 +886,7 @@ class StreamService:
         try:
             self._settle()
         except KafkaIOError as error:
-            self._set_connected(False, str(error))
+            self._note_failure(error)
             self._ahead = None
             if self._learner_process is not None:
                 self._learner_process.drop_in_flight()  # the rollback reloads it
@@ -841,6 +922,7 @@ class StreamService:
             self.telemetry.set_scores(self.evaluator.report())
             self.telemetry.learned_events.set(self.evaluator.events)
             self._publish_learner_stats()
+            self._publish_guard_stats()
         if now >= self._next_lag_refresh and self.kafka is not None:
             self._next_lag_refresh = now + LAG_REFRESH_S
             try:
@@ -867,6 +949,21 @@ class StreamService:
             self.telemetry.keys_evicted.inc(evictions - self._evictions_seen)
         self._evictions_seen = evictions
         self.telemetry.gpu_memory.set(lstm.device_memory_bytes())
+
+    def _publish_guard_stats(self) -> None:
+        """Skipped optimizer steps and dropped feature values, as counters (from cumulative counts)."""
+        telemetry = self.telemetry
+        for model, stats in self.evaluator.guard_stats().items():
+            for name, value in stats.items():
+                seen = self._guards_seen.get((model, name), 0)
+                self._guards_seen[(model, name)] = value
+                added = max(value - seen, 0)  # a reload (a rollback) goes back to the saved counts
+                if not added:
+                    continue
+                if name == "features_dropped":
+                    telemetry.features_dropped.labels(model=model).inc(added)
+                elif name.startswith("skipped_"):
+                    telemetry.skipped_updates.labels(reason=name.removeprefix("skipped_")).inc(added)
 
     def _lstm_evictions(self) -> int:
         lstm = self.evaluator.models.get("lstm")
@@ -900,6 +997,14 @@ class StreamService:
             "last_error": self._last_error,
             "events_learned": self.evaluator.events,
         }
+
+
+def _where(source: Source) -> str:
+    return f"{source[0]}:{source[1]}@{source[2]}"
+
+
+def _describe(rejected: Sequence[RejectedRecord]) -> str:
+    return "; ".join(f"{record.code}: {record.detail}" for record in rejected[:1]) or "refused"
 
 
 class _Backoff:

@@ -15,7 +15,9 @@ volume in docker-compose)::
     ROOT/partitions/TOPIC/PARTITION.ckpt   offset, counts, key states
 
 Every file is written atomically (:mod:`stream_lstm.checkpoint`): a crash leaves the old or the new
-version of each, so each partition's offset and key states always belong together.
+version of each, so each partition's offset and key states always belong together. A state holding
+non-finite weights, optimizer averages, scaler statistics or key states is never written, and a
+file holding any is never loaded (:mod:`stream_lstm.finite_check`): :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from stream_lstm import __version__
 from stream_lstm.checkpoint import load_checkpoint, save_checkpoint
 from stream_lstm.errors import CheckpointError, ConfigError
 from stream_lstm.evaluation import PrequentialEvaluator
+from stream_lstm.finite_check import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +169,7 @@ class DirectoryStore:
         path = self._instance_path(instance_id)
         if not path.exists():
             return None
-        return _expect(load_checkpoint(path), InstanceState, path)
+        return _load(path, InstanceState)
 
     def has_instance(self, instance_id: str) -> bool:
         """Whether ``instance_id`` has a checkpoint."""
@@ -184,14 +187,14 @@ class DirectoryStore:
         )
         for path in candidates:
             try:
-                return _expect(load_checkpoint(path), InstanceState, path)
+                return _load(path, InstanceState)
             except CheckpointError as error:
                 log.warning("skipping %s: %s", path, error)
         return None
 
     def save_instance(self, state: InstanceState) -> int:
         """Write an instance's checkpoint; return its size in bytes."""
-        return save_checkpoint(self._instance_path(state.instance), state)
+        return _save(self._instance_path(state.instance), state)
 
     # ------------------------------------------------------------------ partitions
 
@@ -206,11 +209,11 @@ class DirectoryStore:
         path = self._partition_path(partition)
         if not path.exists():
             return None
-        return _expect(load_checkpoint(path), PartitionState, path)
+        return _load(path, PartitionState)
 
     def save_partition(self, state: PartitionState) -> int:
         """Write a partition's checkpoint; return its size in bytes."""
-        return save_checkpoint(self._partition_path((state.topic, state.partition)), state)
+        return _save(self._partition_path((state.topic, state.partition)), state)
 
     def refresh(self) -> None:
         """Nothing to do: every load reads the files."""
@@ -230,6 +233,19 @@ def _expect(value: Any, kind: type, path: Path) -> Any:
     if not isinstance(value, kind):
         raise CheckpointError(f"{path} does not hold a {kind.__name__}")
     return value
+
+
+def _load(path: Path, kind: type) -> Any:
+    """The ``kind`` in the checkpoint file ``path``, once checked to be finite."""
+    state = _expect(load_checkpoint(path), kind, path)
+    check_finite(state, str(path), saving=False)
+    return state
+
+
+def _save(path: Path, state: Any) -> int:
+    """Write ``state`` to ``path`` unless it holds non-finite values (then nothing is written)."""
+    check_finite(state, str(path), saving=True)
+    return save_checkpoint(path, state)
 
 
 def default_instance_id() -> str:

@@ -15,14 +15,16 @@ use. A checkpoint can be larger than a Kafka message (1 MB by default), so it is
   written always finds its chunks.
 
 ``NAME`` is ``instances/INSTANCE_ID`` or ``partitions/TOPIC/PARTITION``. A reader takes the
-latest manifest and the chunks of its version, and checks the hash. A writer that dies before its
-manifest leaves the previous version readable; so, like the directory store, a crash leaves the
-old or the new version of each checkpoint, never a torn one. A failed write of a live store is
-cleaned up by its next write. The chunks of a writer that died, or that stopped writing a name
-(a partition moved to another instance), are orphans: no manifest names their version. Every
-store sweeps them, at most every ``ORPHAN_SWEEP_INTERVAL_S``, when :meth:`KafkaTopicStore.refresh`
-runs. It tombstones orphaned chunks once they are ``orphan_grace_s`` old (an hour by default), far
-longer than any writer takes between its chunks and its manifest.
+latest manifest and the chunks of its version, and checks the hash, and then, as the directory
+store does, that the state holds no non-finite values (nor is such a state ever written). A writer
+that dies before its manifest leaves the previous version readable; so, like the directory store,
+a crash leaves the old or the new version of each checkpoint, never a torn one. A failed write of
+a live store is cleaned up by its next write. The chunks of a writer that died, or that stopped
+writing a name (a partition moved to another instance), are orphans: no manifest names their
+version. Every store sweeps them, at most every ``ORPHAN_SWEEP_INTERVAL_S``, when
+:meth:`KafkaTopicStore.refresh` runs. It tombstones orphaned chunks once they are
+``orphan_grace_s`` old (an hour by default), far longer than any writer takes between its chunks
+and its manifest.
 
 Readers keep an in-memory view of the topic (latest value per key) and bring it up to date
 before each load, reading only what is new; ``latest=False`` loads answer from the view alone
@@ -45,6 +47,7 @@ from kafka.errors import KafkaError
 
 from stream_lstm.checkpoint import decode_checkpoint, encode_checkpoint
 from stream_lstm.errors import CheckpointError
+from stream_lstm.finite_check import check_finite
 from stream_lstm.state_store import InstanceState, Partition, PartitionState, check_instance_id
 
 log = logging.getLogger(__name__)
@@ -292,6 +295,7 @@ class KafkaTopicStore:
         state = decode_checkpoint(data, where)
         if not isinstance(state, kind):
             raise CheckpointError(f"{where} does not hold a {kind.__name__}")
+        check_finite(state, where, saving=False)
         return state
 
     def _manifest(self, name: str) -> dict[str, Any]:
@@ -345,6 +349,8 @@ class KafkaTopicStore:
     # ------------------------------------------------------------------ writing
 
     def _save(self, name: str, state: Any) -> int:
+        # Nothing is sent for a state with non-finite values: the previous version stays live.
+        check_finite(state, f"{name} in {self.describe()}", saving=True)
         data = encode_checkpoint(state)
         version = uuid.uuid4().hex
         size = self.chunk_bytes

@@ -48,8 +48,13 @@ class FusedAdam:
         self.step_counts: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def step(self) -> None:
-        """One Adam step of every parameter from its ``grad``."""
+    def step(self, found_inf: torch.Tensor | None = None) -> None:
+        """One Adam step of every parameter from its ``grad``.
+
+        ``found_inf``: a float32 scalar on the parameters' device; where it is 1 the step changes
+        nothing (the kernel leaves the parameters and averages alone, and the step counts are put
+        back, as ``torch.optim.Adam`` does for a gradient scaler), without the host reading it.
+        """
         if not self.step_counts:
             self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
             self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
@@ -74,8 +79,10 @@ class FusedAdam:
             eps=self.eps,
             maximize=False,
             grad_scale=None,
-            found_inf=None,
+            found_inf=found_inf,
         )
+        if found_inf is not None:
+            torch._foreach_sub_(self.step_counts, [found_inf] * len(self.step_counts))
 
     def state_dict(self) -> dict[str, Any]:
         """The state in ``torch.optim.Adam``'s format (fused, one parameter group)."""

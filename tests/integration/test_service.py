@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import collections
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -16,55 +13,11 @@ from stream_lstm.broker import EmbeddedBroker, free_port
 from stream_lstm.evaluation import PrequentialEvaluator, build_models
 from stream_lstm.events import Event, encode_event
 from stream_lstm.generator import temporal_stream
-from stream_lstm.state_store import DirectoryStore, default_instance_id
 
+from .conftest import checkpoint_of
 from .service_harness import ServiceProcess, TopicReader, produce, produce_raw, source_offsets, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def topics(broker: EmbeddedBroker) -> dict[str, str]:
-    suffix = uuid.uuid4().hex[:10]
-    names = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dead": f"dead-{suffix}"}
-    broker.create_topics(list(names.values()), partitions=1)
-    return names
-
-
-@pytest.fixture
-def service_factory(
-    broker: EmbeddedBroker, topics: dict[str, str], group_id: str, tmp_path: Path, kafka_client: str
-) -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def make(*extra: str, bootstrap: str | None = None) -> ServiceProcess:
-        service = ServiceProcess(
-            bootstrap or broker.bootstrap_servers,
-            topics,
-            group_id,
-            tmp_path,
-            "--kafka-client",
-            kafka_client,
-            *extra,
-        )
-        started.append(service)
-        return service
-
-    yield make
-    for service in started:
-        service.cleanup()
-
-
-def checkpoint_of(tmp_path: Path) -> Any:
-    """What the (one) service left in its checkpoint store: offsets, counts and its learner."""
-    store = DirectoryStore(tmp_path / "checkpoints")
-    partitions = {p: store.load_partition(p) for p in store.partitions()}
-    instance = store.load_instance(default_instance_id())
-    return SimpleNamespace(
-        offsets={p: state.offset for p, state in partitions.items()},
-        processed={p: state.events + state.dead_letters for p, state in partitions.items()},
-        evaluator=instance.evaluator if instance is not None else None,
-    )
 
 
 @pytest.mark.parametrize("learner_process", ["true", "false"])

@@ -140,7 +140,7 @@ def test_features_read_a_column_at_a_time_land_where_the_loop_puts_them(mapping:
         Event(key="c", features=mapping({"q": 7.0})),
     ]
     learner._fill_features(more, np.full((2, 4), np.nan))
-    assert learner.dropped_features == {"late"}
+    assert learner.features_dropped == 1 and "late" not in learner.feature_columns
     events = [
         Event(key="a", features=mapping({"q": -1.0, "late": 4.0})),
         Event(key="b", features=mapping({})),

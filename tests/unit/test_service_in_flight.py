@@ -129,7 +129,7 @@ class ScriptedKafka:
     def lag(self) -> dict[Partition, int]:
         return {}
 
-    def produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def produce(self, topic: str, key: bytes | None, value: bytes, *, source: object = None) -> None:
         if self._revoking and self.fail_produce_in_rebalance:
             self.failed_produces += 1
             raise KafkaIOError("the broker is away (scripted)")

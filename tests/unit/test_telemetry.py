@@ -82,3 +82,28 @@ def test_run_rejects_bad_flags_with_usage(capsys: pytest.CaptureFixture) -> None
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "usage: stream-lstm run" in err and "--metrics-port" in err
+
+
+def test_every_metric_is_named_by_the_conventions() -> None:
+    for family in Telemetry(CollectorRegistry()).registry.collect():
+        assert family.name.startswith("stream_lstm_") and family.documentation, family.name
+        if family.type == "counter":  # prometheus_client names the family without the suffix
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+
+
+def test_the_counters_of_refused_work_count_by_bounded_labels() -> None:
+    telemetry = Telemetry(CollectorRegistry())
+    value = telemetry.registry.get_sample_value
+    # Label values known in advance are exported at 0, so rate() and alerts see them from the start.
+    for reason in ("non_finite_loss", "non_finite_gradient"):
+        assert value("stream_lstm_skipped_updates_total", {"reason": reason}) == 0
+    for output in ("predictions", "dead_letters"):
+        assert value("stream_lstm_rejected_records_total", {"output": output}) == 0
+    telemetry.skipped_updates.labels(reason="non_finite_gradient").inc()
+    telemetry.features_dropped.labels(model="lstm").inc(3)
+    telemetry.rejected_records.labels(output="dead_letters").inc(2)
+    telemetry.skipped_records.labels(reason="dead_letter_rejected").inc()
+    assert value("stream_lstm_skipped_updates_total", {"reason": "non_finite_gradient"}) == 1
+    assert value("stream_lstm_features_dropped_total", {"model": "lstm"}) == 3
+    assert value("stream_lstm_rejected_records_total", {"output": "dead_letters"}) == 2
+    assert value("stream_lstm_skipped_records_total", {"reason": "dead_letter_rejected"}) == 1
