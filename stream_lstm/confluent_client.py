@@ -330,16 +330,19 @@ class ConfluentIO:
         remaining = self.producer.flush(timeout_s)
         if self._failures:
             failures, self._failures = self._failures, []
-            raise self._delivery_failure(failures, deadline, settled=not remaining)
+            failure = self._delivery_failure(failures, deadline, settled=not remaining)
+            if failure is not None:
+                raise failure
         if remaining:
             raise DeliveryPending(f"{remaining} records not acknowledged within {timeout_s:.1f} s")
 
     def _delivery_failure(
         self, failures: list[tuple[Source | None, KafkaError, Any]], deadline: float, *, settled: bool
-    ) -> DeliveryFailed:
+    ) -> DeliveryFailed | None:
         # The broker refuses a batch as a whole: one refused record of a partition is the
         # culprit, several are suspects, sent again until each culprit stands alone (which
         # delivers the innocent ones; ``settled``: nothing else is in flight meanwhile).
+        # ``None`` when every suspect went through when sent again: all delivered.
         refused_in = Counter(
             (message.topic(), message.partition()) for _, error, message in failures if _rejection(error)
         )
@@ -355,14 +358,16 @@ class ConfluentIO:
             else:
                 others.append(f"{message.topic()}: {error.str()}")
         if suspects and settled and not others:
+            found: list[Refusal] = []  # kept when the search fails part-way: progress for the next try
             try:
-                found = isolate_rejected(suspects, lambda group: self._send_and_wait(group, deadline))
+                isolate_rejected(suspects, lambda group: self._send_and_wait(group, deadline), found)
             except KafkaIOError as error:
                 others.append(str(error))
-            else:
-                rejected.extend(_rejected(suspects, found))
+            rejected.extend(_rejected(suspects, found))
         elif suspects:
             others.extend(f"{record[0]}: refused with the rest of its batch" for record in suspects)
+        if not rejected and not others:
+            return None
         return delivery_failure(rejected, others)
 
     def _send_and_wait(self, group: Sequence[_Record], deadline: float) -> list[Refusal]:
@@ -516,13 +521,14 @@ class ConfluentIO:
         # The broker refused whole batches: find the records it refuses on their own, each try
         # in a transaction of its own, aborted (invisible to read_committed readers).
         deadline = time.monotonic() + _ISOLATION_BUDGET_S
+        found: list[Refusal] = []  # kept when the search fails part-way: progress for the next try
         try:
             self.producer.abort_transaction(_BLOCKING_TIMEOUT_S)
             self._in_transaction = False
-            found = isolate_rejected(suspects, lambda group: self._probe(group, deadline))
+            isolate_rejected(suspects, lambda group: self._probe(group, deadline), found)
         except (KafkaException, KafkaIOError) as error:
             log.warning("cannot tell which of %d refused records are at fault: %s", len(suspects), error)
-            return None
+            return delivery_failure(_rejected(suspects, found), [str(error)]) if found else None
         return delivery_failure(_rejected(suspects, found), []) if found else None
 
     def _probe(self, group: Sequence[_Record], deadline: float) -> list[Refusal]:

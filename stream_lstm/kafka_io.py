@@ -93,7 +93,10 @@ def delivery_failure(
 ) -> DeliveryFailed:
     """The error for failed deliveries: :class:`RecordsRejected` when every one was refused for
     good (``others``, the texts of the remaining failures, is empty), else :class:`DeliveryFailed`
-    carrying the refused ones."""
+    carrying the refused ones. There must be a failure to report: with none, everything was
+    delivered, and the caller must not raise at all."""
+    if not rejected and not others:
+        raise ValueError("delivery_failure needs a failure: none means everything was delivered")
     if not others:
         first = rejected[0]
         return RecordsRejected(
@@ -113,7 +116,9 @@ Refusal = tuple[int, str, str]
 
 
 def isolate_rejected(
-    records: Sequence[_Record], send: Callable[[Sequence[_Record]], Sequence[Refusal]]
+    records: Sequence[_Record],
+    send: Callable[[Sequence[_Record]], Sequence[Refusal]],
+    found: list[Refusal] | None = None,
 ) -> list[Refusal]:
     """Of records a broker refused together, the ones it refuses on their own (indexes into ``records``).
 
@@ -122,7 +127,9 @@ def isolate_rejected(
     others are innocent. ``send`` sends a group again, waits, and returns the refusals among
     it, raising on any other failure. A group refused together is halved until each refused
     record was refused while nothing else of its batch was: ``k`` bad records among ``n``
-    cost about ``1 + 2 k log2(n)`` sends.
+    cost about ``1 + 2 k log2(n)`` sends. Each culprit is appended to ``found`` (returned) as
+    soon as it is known, so when ``send`` raises (out of time, say) the caller's ``found`` still
+    holds the culprits found so far: report them, and the next try has fewer suspects.
 
     >>> sent = []
     >>> def send(group):  # a broker that refuses any batch holding a record over 9
@@ -132,15 +139,20 @@ def isolate_rejected(
     ([(2, 'record_too_large', 'too big')], [6, 3, 1, 2, 1, 1, 3])
     """
 
-    def search(indexes: list[int]) -> list[Refusal]:
+    culprits: list[Refusal] = [] if found is None else found
+
+    def search(indexes: list[int]) -> None:
         refused = send([records[i] for i in indexes])
         if len(refused) <= 1:  # refused while nothing else of its batch was: its own fault
-            return [(indexes[j], code, detail) for j, code, detail in refused]
+            culprits.extend((indexes[j], code, detail) for j, code, detail in refused)
+            return
         failed = [indexes[j] for j, _, _ in refused]
         middle = len(failed) // 2
-        return search(failed[:middle]) + search(failed[middle:])
+        search(failed[:middle])
+        search(failed[middle:])
 
-    return search(list(range(len(records))))
+    search(list(range(len(records))))
+    return culprits
 
 
 @dataclass(frozen=True, slots=True)

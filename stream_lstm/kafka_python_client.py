@@ -51,7 +51,7 @@ _REJECTIONS: dict[type[BaseException], str] = {
 #: take, in seconds (each try is a transaction of its own, aborted).
 _ISOLATION_BUDGET_S = 2 * BLOCKING_TIMEOUT_MS / 1000
 
-#: (topic, key, value, source): a record held for the transaction, or kept for sending again.
+#: (topic, key, value, source): a record held for the transaction.
 _Record = tuple[str, bytes | None, bytes, Source | None]
 
 
@@ -62,7 +62,8 @@ def _rejection(error: BaseException | None) -> str | None:
 
 def _innocent(error: BaseException) -> bool:
     """Whether a record failed only because another record of its batch was invalid (KIP-467):
-    kafka-python gives those a bare KafkaError with this text; sent again, they go through."""
+    kafka-python gives those a bare KafkaError with this text; sent again, they go through.
+    (Outside a transaction that is left to the service's rollback, which sends them again.)"""
     return type(error) is KafkaError and "part of a batch which had" in str(error)
 
 
@@ -139,8 +140,9 @@ class KafkaPythonIO:
         except Exception:
             self.consumer.close(autocommit=False)
             raise
-        # (future, topic, key, value, source) of each record sent since the last flush.
-        self._pending: list[tuple[Any, str, bytes | None, bytes, Source | None]] = []
+        # (future, topic, source) of each record sent since the last flush. No key or value:
+        # kafka-python names the failed record itself, so nothing is ever sent again from here.
+        self._pending: list[tuple[Any, str, Source | None]] = []
         self._held: list[_Record] = []  # exactly-once: the records of the open interval
         self._max_request_size: int = self.producer.config["max_request_size"]
         self._in_transaction = False
@@ -228,8 +230,7 @@ class KafkaPythonIO:
             raise self._refused_at_once(topic, source, error) from error
         except KafkaError as error:
             raise DeliveryFailed(f"cannot send to {topic}: {error}") from error
-        # Key and value too: a record failed for another record's fault is sent again (flush).
-        self._pending.append((future, topic, key, value, source))
+        self._pending.append((future, topic, source))
 
     @staticmethod
     def _refused_at_once(topic: str, source: Source | None, error: object) -> RecordsRejected:
@@ -242,9 +243,11 @@ class KafkaPythonIO:
         Raises :class:`DeliveryPending` when some are still in flight after ``timeout_s`` (call
         again later), :class:`RecordsRejected` when every failed record was refused for good
         (those still in flight stay tracked for the next flush), and :class:`DeliveryFailed`
-        when some failed for another reason.
+        when some failed for another reason (carrying those refused for good). Each failed
+        record is classified on its own: kafka-python splits a batch the broker finds too large
+        and reports per-record errors, so nothing is sent again (a record failed only for another
+        one's fault, KIP-467, is a failure of its own: the service's rollback sends it again).
         """
-        deadline = time.monotonic() + timeout_s
         try:
             self.producer.flush(timeout=timeout_s)
         except KafkaError as error:
@@ -253,42 +256,26 @@ class KafkaPythonIO:
         failed = [entry for entry in pending if entry[0].exception is not None]
         self._pending = [entry for entry in pending if not entry[0].is_done]
         if failed:
-            raise self._delivery_failure(failed, deadline)
+            raise self._delivery_failure(failed)
         if self._pending:
             raise DeliveryPending(f"{len(self._pending)} records not acknowledged within {timeout_s:.1f} s")
 
-    def _delivery_failure(self, failed: list[tuple[Any, ...]], deadline: float) -> DeliveryFailed:
+    @staticmethod
+    def _delivery_failure(failed: list[tuple[Any, str, Source | None]]) -> DeliveryFailed:
         rejected: list[RejectedRecord] = []
         others: list[str] = []
-        innocent: list[_Record] = []
-        for future, topic, key, value, source in failed:
+        for future, topic, source in failed:
             error = future.exception
             code = _rejection(error)
             if code is not None:
                 rejected.append(rejected_record(topic, source, code, error))
-            elif _innocent(error):
-                innocent.append((topic, key, value, source))
             else:
                 others.append(f"{topic}: {error}")
-        if innocent and not others:
-            # Sent again without the invalid records they went along with, they are delivered.
-            try:
-                rejected.extend(self._isolate(innocent, lambda group: self._send_and_wait(group, deadline)))
-            except KafkaIOError as error:
-                others.append(str(error))
-        elif innocent:
-            others.extend(f"{record[0]}: part of a batch with an invalid record" for record in innocent)
         return delivery_failure(rejected, others)
 
-    @staticmethod
-    def _isolate(
-        records: list[_Record], send: Callable[[Sequence[_Record]], list[Refusal]]
-    ) -> list[RejectedRecord]:
-        found = isolate_rejected(records, send)
-        return [rejected_record(records[i][0], records[i][3], code, detail) for i, code, detail in found]
-
     def _send_and_wait(self, group: Sequence[_Record], deadline: float) -> list[Refusal]:
-        """Send ``group`` and wait for it: the refusals among it (see :func:`isolate_rejected`).
+        """Send ``group`` (in a trial transaction, see :meth:`_probe`) and wait for it: the
+        refusals among it (see :func:`isolate_rejected`).
 
         Raises :class:`KafkaIOError` for any other failure, and when ``deadline`` passes. A
         record that failed only along with a refused one (of its batch, or of the transaction)
@@ -422,15 +409,16 @@ class KafkaPythonIO:
             return None  # the broker or the network: roll back and try again
         # The batches aborted with the transaction carry the refused one's error: find the
         # records the broker refuses on their own, each try in a transaction of its own.
+        found: list[Refusal] = []  # kept when the search fails part-way: progress for the next try
         try:
             self.producer.abort_transaction()
             self._in_transaction = False
             deadline = time.monotonic() + _ISOLATION_BUDGET_S
-            rejected = self._isolate(suspects, lambda group: self._probe(group, deadline))
+            isolate_rejected(suspects, lambda group: self._probe(group, deadline), found)
         except (KafkaError, KafkaIOError) as error:
             log.warning("cannot tell which of %d refused records are at fault: %s", len(suspects), error)
-            return None
-        return delivery_failure(rejected, []) if rejected else None
+            return delivery_failure(_rejected(suspects, found), [str(error)]) if found else None
+        return delivery_failure(_rejected(suspects, found), []) if found else None
 
     def _probe(self, group: Sequence[_Record], deadline: float) -> list[Refusal]:
         """The refusals among ``group``, sent in a transaction of its own that is then aborted."""
@@ -496,3 +484,7 @@ class KafkaPythonEventWriter:
             self.producer.flush(timeout=timeout_s)
         finally:
             self.producer.close(timeout=timeout_s)
+
+
+def _rejected(records: Sequence[_Record], found: Sequence[Refusal]) -> list[RejectedRecord]:
+    return [rejected_record(records[i][0], records[i][3], code, detail) for i, code, detail in found]

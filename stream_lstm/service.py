@@ -49,7 +49,13 @@ from stream_lstm.kafka_io import (
 )
 from stream_lstm.learner_process import LearnerProcess
 from stream_lstm.placement import learners_on_cpu
-from stream_lstm.records import dead_letter_key, dead_letter_logger, dead_letter_value, prediction_value
+from stream_lstm.records import (
+    OUTPUT_REASONS,
+    dead_letter_key,
+    dead_letter_logger,
+    dead_letter_value,
+    prediction_value,
+)
 from stream_lstm.state_store import (
     CheckpointStore,
     DirectoryStore,
@@ -64,7 +70,7 @@ log = logging.getLogger(__name__)
 #: Consumer lag needs a request to the broker: refresh it this often, in seconds.
 LAG_REFRESH_S = 5.0
 
-#: Most inputs remembered at once whose outputs were refused for good (see _note_rejected).
+#: Most inputs remembered at once whose outputs were refused for good (see _note_failure).
 MAX_REJECTED_SOURCES = 100_000
 
 
@@ -185,7 +191,8 @@ class StreamService:
         self._next_health_probe = 0.0
         self._next_lag_refresh = 0.0
         self._evictions_seen = self._lstm_evictions()
-        self._guards_seen: dict[tuple[str, str], int] = {}
+        self._guards_seen = self._guard_counts()
+        self._checkpoint_error: str | None = None
         # Inputs whose prediction or dead letter the producer or broker refused for good, found
         # after their batch was published: a rollback processes them again, and this says what
         # to do instead of publishing the refused record again (see _begin and _dead_letter).
@@ -483,17 +490,20 @@ class StreamService:
             self._skip(source, _describe(rejection.rejected))
             return
         self.telemetry.dead_letters.labels(reason=reason).inc()
-        self.telemetry.events.labels(outcome="dead_lettered").inc()
+        if reason not in OUTPUT_REASONS:  # an output_rejected event is counted as processed
+            self.telemetry.events.labels(outcome="dead_lettered").inc()
         self._dead_letter_log.note(reason, f"dead letter ({reason}) {_where(source)}: {error[:200]}")
 
     def _output_refused(self, message: Message, rejected: Sequence[RejectedRecord]) -> None:
         """The prediction of ``message`` was refused for good at once: a dead letter stands for it."""
         self.telemetry.rejected_records.labels(output="predictions").inc()
-        self._dead_letter(message, "output_rejected", _describe(rejected))
+        refused = self._rejected.get((message.topic, message.partition, message.offset))
+        self._dead_letter(message, "output_rejected", _describe(rejected), refused)
 
     def _skip(self, source: Source, why: str) -> None:
         """An input neither predicted nor dead-lettered: even its dead letter was refused."""
         self.telemetry.skipped_records.labels(reason="dead_letter_rejected").inc()
+        self.telemetry.events.labels(outcome="skipped").inc()
         self._dead_letter_log.note(
             "skipped", f"skipping {_where(source)}: its dead letter was refused for good ({why})"
         )
@@ -514,7 +524,7 @@ class StreamService:
             ).inc()
             if record.source is None:
                 continue
-            if len(self._rejected) >= MAX_REJECTED_SOURCES:
+            if record.source not in self._rejected and len(self._rejected) >= MAX_REJECTED_SOURCES:
                 self._rejected.pop(next(iter(self._rejected)))
             self._rejected.setdefault(record.source, {})[kind] = f"{record.code}: {record.detail}"
             self._dead_letter_log.note(
@@ -581,7 +591,9 @@ class StreamService:
             return False
         except KafkaIOError as error:
             self._note_failure(error)
-            if in_callback:
+            if self.stopping:
+                pass  # the next start goes back to the last checkpoint: no use reloading it now
+            elif in_callback:
                 self._rollback_requested = True  # not on kafka-python's network thread
             else:
                 self._rollback()
@@ -592,7 +604,9 @@ class StreamService:
         except CheckpointError as error:
             self.telemetry.checkpoints.labels(result="failed").inc()
             log.error("%s", error)
+            self._checkpoint_error = str(error)
             return False
+        self._checkpoint_error = None
         self.telemetry.stage.labels(stage="checkpoint").observe(time.perf_counter() - started)
         self.telemetry.checkpoint_written(time.time())
         self._since_checkpoint = 0
@@ -779,6 +793,7 @@ class StreamService:
         self.partitions = {}
         self._replay_until = {}
         self._evictions_seen = self._lstm_evictions()
+        self._guards_seen = self._guard_counts()
         self._since_checkpoint = 0
         self._rollback_requested = False
         for partition in sorted(self._owned):
@@ -965,6 +980,13 @@ class StreamService:
                 elif name.startswith("skipped_"):
                     telemetry.skipped_updates.labels(reason=name.removeprefix("skipped_")).inc(added)
 
+    def _guard_counts(self) -> dict[tuple[str, str], int]:
+        return {
+            (model, name): value
+            for model, stats in self.evaluator.guard_stats().items()
+            for name, value in stats.items()
+        }
+
     def _lstm_evictions(self) -> int:
         lstm = self.evaluator.models.get("lstm")
         return lstm.key_stats()["evicted"] if lstm is not None else 0
@@ -990,11 +1012,17 @@ class StreamService:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Ready when connected to Kafka and not stopping; details for /healthz."""
-        ready = self._broker_connected and not self.stopping and self.kafka is not None
+        ready = (
+            self._broker_connected
+            and not self.stopping
+            and self.kafka is not None
+            and self._checkpoint_error is None
+        )
         return ready, {
             "broker_connected": self._broker_connected,
             "stopping": self.stopping,
             "last_error": self._last_error,
+            "checkpoint_error": self._checkpoint_error,
             "events_learned": self.evaluator.events,
         }
 

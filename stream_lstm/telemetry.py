@@ -52,7 +52,8 @@ class Telemetry:
         r = self.registry
         self.events = Counter(
             "stream_lstm_events_total",
-            "Input messages consumed, by outcome: processed (predicted) or dead_lettered.",
+            "Input messages consumed, by outcome: processed (predicted and learned), dead_lettered, or "
+            "skipped (even the dead letter was refused).",
             ["outcome"],
             registry=r,
         )
@@ -182,7 +183,7 @@ class Telemetry:
             ["reason"],
             registry=r,
         )
-        for outcome in ("processed", "dead_lettered"):
+        for outcome in ("processed", "dead_lettered", "skipped"):
             self.events.labels(outcome=outcome)
         for result in ("written", "failed"):
             self.checkpoints.labels(result=result)

@@ -176,10 +176,19 @@ def test_the_trials_that_find_culprits_work_with_the_real_library(
 ) -> None:
     """The broker never refuses here, so no culprit is found; what is checked is that the calls
     the clients make to find one (sending again, trial transactions aborted) work with the real
-    library and broker, and leave the client as usable as before."""
+    library and broker, and leave the client as usable as before.
+
+    kafka-python at-least-once sends nothing again (it names the failed record itself), so it
+    has no trials. The aborted trial transactions should be invisible to a read_committed reader,
+    but the embedded broker (Tansu 0.6) delivers aborted records to such readers too: so either
+    only the committed record is read, or the trials' records come first, in the order sent.
+    """
+    exactly_once = kafka.settings.exactly_once  # type: ignore[attr-defined]
+    if kafka_client == "kafka-python" and not exactly_once:
+        pytest.skip("kafka-python at-least-once sends no record again: no trials to check")
     out = topics["output"]
     records = [(out, b"k", b"trial %d" % i, (topics["input"], 0, i)) for i in range(5)]
-    exactly_once = kafka.settings.exactly_once  # type: ignore[attr-defined]
+    trials = [value for _, _, value, _ in records]
     deadline = time.monotonic() + 10.0
     if exactly_once:
         assert kafka._probe(records, deadline) == []  # type: ignore[attr-defined]
@@ -189,7 +198,8 @@ def test_the_trials_that_find_culprits_work_with_the_real_library(
         assert kafka._send_and_wait(records, deadline) == []  # type: ignore[attr-defined]
     kafka.produce(out, b"k", b"after", source=(topics["input"], 0, 9))
     settle(kafka)
-    values = read_values(broker.bootstrap_servers, out, expected=6 if not exactly_once else 1)
-    assert values[-1] == b"after"
-    if not exactly_once:
-        assert values == [b"trial %d" % i for i in range(5)] + [b"after"]  # sent again: delivered
+    if exactly_once:
+        values = read_values(broker.bootstrap_servers, out, expected=1)
+        assert values in ([b"after"], trials + trials[:1] + [b"after"])
+    else:  # sent again outside a transaction: delivered
+        assert read_values(broker.bootstrap_servers, out, expected=6) == [*trials, b"after"]

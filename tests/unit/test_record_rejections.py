@@ -5,7 +5,8 @@ asynchronously, in delivery reports) are played here by fake producers that beha
 library does: kafka-python splits a batch the broker finds too large until the culprit stands
 alone, but fails the batches it had not sent when a transaction fails, with the same error;
 librdkafka does not split, so every record of the refused batch gets the error. The clients are
-the real ones; only the library's producer and consumer objects are fakes.
+the real ones; only the library's producer and consumer objects are fakes (and, where a test runs
+the clients' search for culprits out of time, the clock).
 """
 
 from __future__ import annotations
@@ -55,6 +56,34 @@ def source(offset: int) -> tuple[str, int, int]:
     return ("in", 0, offset)
 
 
+class Clock:
+    """Stands for a client module's ``time``: it moves on only when the producer flushes."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def one_second_per_flush(monkeypatch: pytest.MonkeyPatch, module: Any, producer: Any) -> None:
+    """Make each flush of ``producer`` take a second of ``module``'s time."""
+    clock = Clock()
+    monkeypatch.setattr(module, "time", clock)
+    flush = producer.flush
+
+    def slow_flush(*args: Any, **kwargs: Any) -> Any:
+        clock.now += 1.0
+        return flush(*args, **kwargs)
+
+    producer.flush = slow_flush
+
+
+#: Two culprits, one at each end: a search out of time after four sends has found only the first
+#: (sends: all six, the first half, its culprit alone, the innocent rest of that half).
+CULPRITS_AT_BOTH_ENDS = [BIG, b"a", b"b", b"c", b"d", BIG + b"y"]
+
+
 # ---------------------------------------------------------------------------------- kafka_io
 
 
@@ -73,6 +102,11 @@ def test_only_refusals_alone_make_records_rejected() -> None:
     assert DeliveryFailed("plain").rejected == ()
 
 
+def test_there_is_no_delivery_failure_without_a_failure() -> None:
+    with pytest.raises(ValueError, match="everything was delivered"):
+        delivery_failure([], [])
+
+
 def test_isolating_finds_every_culprit_and_only_them() -> None:
     def refuse_batches_with_big_records(group: list[int]) -> list[tuple[int, str, str]]:
         return [(i, RECORD_TOO_LARGE, "big") for i in range(len(group))] if max(group) > 9 else []
@@ -81,6 +115,23 @@ def test_isolating_finds_every_culprit_and_only_them() -> None:
     found = isolate_rejected(records, refuse_batches_with_big_records)
     assert sorted(records[i] for i, _, _ in found) == [50, 60, 70]
     assert isolate_rejected([1, 2, 3], refuse_batches_with_big_records) == []
+
+
+def test_a_search_that_fails_part_way_keeps_the_culprits_it_found() -> None:
+    sends = 0
+
+    def out_of_time_after_four_sends(group: list[int]) -> list[tuple[int, str, str]]:
+        nonlocal sends
+        sends += 1
+        if sends > 4:
+            raise KafkaIOError("no time left")
+        return [(i, RECORD_TOO_LARGE, "big") for i in range(len(group))] if max(group) > 9 else []
+
+    records = [50, 1, 2, 3, 4, 60]
+    found: list[tuple[int, str, str]] = []
+    with pytest.raises(KafkaIOError):
+        isolate_rejected(records, out_of_time_after_four_sends, found)
+    assert [records[i] for i, _, _ in found] == [50]
 
 
 # ---------------------------------------------------------------------------------- kafka-python
@@ -254,20 +305,25 @@ def test_kafka_python_a_refusal_among_other_failures_is_a_delivery_failure_carry
     assert [r.source for r in caught.value.rejected] == [source(1)]
 
 
-def test_kafka_python_records_failed_for_another_records_fault_are_sent_again(kafka_python) -> None:
+def test_kafka_python_records_failed_for_another_records_fault_are_not_sent_again(kafka_python) -> None:
+    """kafka-python names the culprit itself, so at-least-once the client sends nothing again
+    (and keeps no key or value for it): the innocent records are a failure of their own, which
+    the service's rollback sends again, with the culprit dead-lettered."""
     kafka = kafka_python()
     for offset, value in enumerate([b"a", BIG, b"b"]):
         kafka.produce(OUT, b"k", value, source=source(offset))
+    assert not any(isinstance(field, bytes) for entry in kafka._pending for field in entry)
     innocent = kafka_errors.KafkaError(
         "Failed to append record because it was part of a batch which had one more more invalid records"
     )
     batch, kafka.producer.queued = kafka.producer.queued, []
     for future, (_, _, value) in batch:  # KIP-467: the broker names the culprit, fails the rest
         future.failure(kafka_errors.InvalidRecordError("null key") if value == BIG else innocent)
-    with pytest.raises(RecordsRejected) as caught:
+    with pytest.raises(DeliveryFailed) as caught:
         kafka.flush(1.0)
+    assert not isinstance(caught.value, RecordsRejected)
     assert [(r.source, r.code) for r in caught.value.rejected] == [(source(1), INVALID_RECORD)]
-    assert kafka.producer.log == [b"a", b"b"]  # delivered when sent again
+    assert kafka.producer.queued == [] and kafka.producer.log == []  # nothing sent again
 
 
 def test_kafka_python_records_still_in_flight_stay_tracked_after_a_rejection(kafka_python) -> None:
@@ -309,6 +365,22 @@ def test_kafka_python_the_culprits_of_a_failed_transaction_are_found_by_trial(ka
     assert "commit" not in producer.events
     kafka.abort()  # as the service does: nothing left open
     assert producer.transaction is None
+
+
+def test_kafka_python_a_trial_search_out_of_time_keeps_the_culprits_it_found(
+    kafka_python, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = kafka_python(exactly_once=True)
+    for offset, value in enumerate(CULPRITS_AT_BOTH_ENDS):
+        kafka.produce(OUT, b"k", value, source=source(offset))
+    one_second_per_flush(monkeypatch, kafka_python_client, kafka.producer)
+    monkeypatch.setattr(kafka_python_client, "_ISOLATION_BUDGET_S", 3.5)
+    with pytest.raises(DeliveryFailed) as caught:
+        kafka.commit({})
+    assert not isinstance(caught.value, RecordsRejected)  # the rest is unknown: roll back, retry
+    assert [r.source for r in caught.value.rejected] == [source(0)]
+    kafka.abort()
+    assert kafka.producer.log == [] and kafka.producer.transaction is None
 
 
 def test_kafka_python_a_transaction_failed_for_no_records_fault_is_a_plain_kafka_error(kafka_python) -> None:
@@ -484,6 +556,32 @@ def test_confluent_the_innocent_records_of_a_refused_batch_are_delivered_again(c
     assert sorted(kafka.producer.log) == [b"a", b"b", b"c", b"d", b"e", b"f"]
 
 
+def test_confluent_a_refused_batch_whose_records_all_go_through_again_is_delivered(confluent) -> None:
+    kafka = confluent()
+    for value in (b"a", b"b"):
+        kafka.producer.errors[value] = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: too large")
+    kafka.produce(OUT, b"\x00", b"a", source=source(1))
+    kafka.produce(OUT, b"\x00", b"b", source=source(2))
+    kafka.producer.flush()  # refused together, as suspects
+    kafka.producer.errors.clear()  # sent alone, each goes through: no culprit
+    kafka.flush(1.0)
+    assert kafka.producer.log == [b"a", b"b"]
+
+
+def test_confluent_a_search_out_of_time_keeps_the_culprits_it_found(
+    confluent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = confluent()
+    for offset, value in enumerate(CULPRITS_AT_BOTH_ENDS):
+        kafka.produce(OUT, b"\x00", value, source=source(offset))  # one partition, one batch
+    one_second_per_flush(monkeypatch, confluent_client, kafka.producer)
+    with pytest.raises(DeliveryFailed) as caught:
+        kafka.flush(5.0)
+    assert not isinstance(caught.value, RecordsRejected)
+    assert [r.source for r in caught.value.rejected] == [source(0)]
+    assert kafka.producer.log == [b"a", b"b"]  # the innocent half, sent again before time ran out
+
+
 def test_confluent_a_refused_batch_among_other_failures_is_a_delivery_failure(confluent) -> None:
     kafka = confluent()
     kafka.producer.errors[b"lost"] = KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out")
@@ -546,6 +644,22 @@ def test_confluent_the_culprits_of_a_failed_transaction_are_found_by_trial(confl
     )
     kafka.abort()
     assert producer.transaction is None
+
+
+def test_confluent_a_trial_search_out_of_time_keeps_the_culprits_it_found(
+    confluent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kafka = confluent(exactly_once=True)
+    for offset, value in enumerate(CULPRITS_AT_BOTH_ENDS):
+        kafka.produce(OUT, b"\x00", value, source=source(offset))
+    one_second_per_flush(monkeypatch, confluent_client, kafka.producer)
+    monkeypatch.setattr(confluent_client, "_ISOLATION_BUDGET_S", 3.5)
+    with pytest.raises(DeliveryFailed) as caught:
+        kafka.commit({})
+    assert not isinstance(caught.value, RecordsRejected)
+    assert [r.source for r in caught.value.rejected] == [source(0)]
+    kafka.abort()
+    assert kafka.producer.log == [] and kafka.producer.transaction is None
 
 
 def test_confluent_one_refused_record_fails_the_transaction_with_its_source(confluent) -> None:
