@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stream_lstm.errors import ConfigError, EventError
-from stream_lstm.events import DEFAULT_KEY, Event, parse_label, parse_number, parse_timestamp
+from stream_lstm.events import DEFAULT_KEY, MAX_ABS_VALUE, Event, parse_label, parse_number, parse_timestamp
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,8 @@ class CsvEventSource:
 
     @staticmethod
     def _features(row: list[str], features_at: list[tuple[str, int]]) -> dict[str, float]:
-        """The row's features: finite numbers by column name; an empty cell is left out."""
+        """The row's features: finite numbers of at most ``MAX_ABS_VALUE`` in size by column name; an
+        empty cell is left out."""
         features = {}
         for name, at in features_at:
             cell = row[at]
@@ -122,7 +123,7 @@ class CsvEventSource:
                     value = float(cell)
                 except ValueError:
                     value = math.nan
-                if value - value != 0.0:  # NaN or infinite (or not a number at all)
+                if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # NaN, infinite, too large, not a number
                     parse_number(cell, f"column {name!r}")  # raises with the reason
                 features[name] = value
         return features

@@ -5,7 +5,8 @@ Both are bounded by construction. A prediction holds the event's key, which the 
 label, its source coordinates and one probability per model. A dead letter's copy of the message
 value and its error text are cut to fixed sizes (with the original size and a ``truncated``
 flag), and its Kafka key is the input's key only while that is within the key limit. With the
-defaults a dead letter is under 400 KiB, JSON escaping included, well inside the producer's 1 MiB.
+defaults a dead letter is under 90 KiB: text whose JSON escaping would make it larger than base64
+is copied as base64.
 """
 
 from __future__ import annotations
@@ -91,14 +92,20 @@ def dead_letter_value(
         "reason": reason,
         "source": {"topic": source[0], "partition": source[1], "offset": source[2]},
     }
-    if value is None or text is not None:
+    # Text is kept as text unless JSON escaping would make it larger than base64 (a control
+    # character escapes to six bytes): a dead letter's copy never grows past 4/3 of its bytes.
+    if value is None or (
+        text is not None
+        and len(json.dumps(text, ensure_ascii=False).encode()) <= (len(kept) + 2) * 4 // 3 + 2
+    ):
         record.update(value=text, value_encoding="utf-8")
         copied = len(text.encode()) if text is not None else 0
     else:
         record.update(value=base64.b64encode(kept).decode(), value_encoding="base64")
         copied = len(kept)
     record.update(value_bytes=len(raw), truncated=copied < len(raw), key_bytes=key_bytes)
-    return json.dumps(record, separators=(",", ":")).encode()
+    # UTF-8 JSON (non-ASCII text as it came); an error text can only hold escaped surrogates.
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def dead_letter_key(key: bytes | None, max_key_bytes: int) -> bytes | None:

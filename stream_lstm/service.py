@@ -91,6 +91,10 @@ class ServiceSettings:
     limits: InputLimits = DEFAULT_LIMITS
     scores_interval_s: float = 1.0
     instance_id: str = field(default_factory=default_instance_id)
+    #: Checkpoint (which waits for the broker to acknowledge every record) once the records
+    #: produced since the last one reach this many bytes: what waits in the producer, or for the
+    #: transaction, stays bounded however many large dead letters a flood of bad input makes.
+    max_unflushed_bytes: int = 64 * 2**20
     #: Run the LSTM in a child process (:mod:`stream_lstm.learner_process`), using another CPU.
     learner_process: bool = False
     #: CPU threads torch may use in that process.
@@ -184,6 +188,7 @@ class StreamService:
         self._rollback_requested = False
         self._ahead: _Batch | None = None  # a batch whose LSTM predictions are on their way
         self._since_checkpoint = 0
+        self._unflushed_bytes = 0  # produced since the last checkpoint
         self._last_checkpoint = time.monotonic()
         self._last_scores = 0.0
         self._broker_connected = False
@@ -427,6 +432,7 @@ class StreamService:
                         value,
                         source=source,
                     )
+                    self._unflushed_bytes += len(value)
                 except RecordsRejected as error:  # this record only: the event is still learned
                     refused += 1
                     self._output_refused(message, error.rejected)
@@ -485,6 +491,7 @@ class StreamService:
                 value,
                 source=source,
             )
+            self._unflushed_bytes += len(value)
         except RecordsRejected as rejection:
             self.telemetry.rejected_records.labels(output="dead_letters").inc()
             self._skip(source, _describe(rejection.rejected))
@@ -563,6 +570,7 @@ class StreamService:
             return False
         return (
             self._since_checkpoint >= self.settings.checkpoint_every
+            or self._unflushed_bytes >= self.settings.max_unflushed_bytes
             or time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
         )
 
@@ -610,6 +618,7 @@ class StreamService:
         self.telemetry.stage.labels(stage="checkpoint").observe(time.perf_counter() - started)
         self.telemetry.checkpoint_written(time.time())
         self._since_checkpoint = 0
+        self._unflushed_bytes = 0
         self._last_checkpoint = time.monotonic()
         self._replay_until = {p: o for p, o in self._replay_until.items() if o > offsets.get(p, 0)}
         self._forget_rejected(offsets)
@@ -796,6 +805,7 @@ class StreamService:
         self._guards_seen = self._guard_counts()
         self._since_checkpoint = 0
         self._rollback_requested = False
+        self._unflushed_bytes = 0  # the producer was reset: what it held is gone
         for partition in sorted(self._owned):
             self._restore_partition(partition, latest=False)
         self._needs_seek.update(self._owned)

@@ -88,3 +88,13 @@ def test_every_label_and_timestamp_form_is_read_and_bad_ones_are_reported(tmp_pa
     assert [bad.line for bad in source.bad_rows] == [6, 7, 8, 9]
     assert all("ts must be" in bad.reason for bad in source.bad_rows[:3])
     assert "label must be 0, 1 or empty" in source.bad_rows[3].reason
+
+
+def test_numbers_past_the_magnitude_limit_are_bad_rows_as_in_messages(tmp_path: Path) -> None:
+    """The decoder's limit holds offline too: 1e18 is read, 1e39 and a ts of 1e308 are bad rows."""
+    path = write(tmp_path, "x,ts,label\n1e18,1,1\n1e39,2,0\n-1e150,3,1\n1,1e308,0\n-1e18,-1e18,1\n")
+    source = CsvEventSource(path, label="label", ts="ts")
+    events = list(source)
+    assert [e.features["x"] for e in events] == [1e18, -1e18]
+    assert [bad.line for bad in source.bad_rows] == [3, 4, 5]
+    assert all("out of range" in bad.reason or "at most 1e+18" in bad.reason for bad in source.bad_rows)

@@ -215,3 +215,17 @@ def test_accepted_events_survive_a_checkpoint_round_trip(tmp_path: Path) -> None
     assert event.key == key and len(key.encode()) == DEFAULT_LIMITS.max_key_bytes
     models = build_models(["lstm", "logreg", "no_change"], lstm={"hidden_size": 4, "device": "cpu"})
     survives_every_step(event, PrequentialEvaluator(models), DirectoryStore(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("value", "encoding"),
+    [(b"\x01" * 100_000, "base64"), ("é😀".encode() * 20_000, "utf-8"), (b"\xff" * 100_000, "base64")],
+)
+def test_a_dead_letter_never_grows_past_base64_of_its_copy(value: bytes, encoding: str) -> None:
+    """Text that JSON escaping would blow up (six bytes per control character) is copied as base64."""
+    letter = dead_letter_value(
+        value=value, reason="not_json", error="x" * 10_000, source=("t", 0, 0), key_bytes=0
+    )
+    record = json.loads(letter)
+    assert record["value_encoding"] == encoding and record["truncated"] and record["error_truncated"]
+    assert len(letter) < 90 * 1024

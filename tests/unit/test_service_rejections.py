@@ -47,6 +47,7 @@ class RefusingKafka:
         self.delivered: list[tuple[str, dict]] = []
         self.pending: list[tuple[str, bytes, Source | None]] = []
         self.rewinds = 0
+        self.flushes = 0
         self.deadline = time.monotonic() + 60
         self.service: StreamService | None = None
 
@@ -94,6 +95,7 @@ class RefusingKafka:
         self.pending.append((topic, value, source))
 
     def flush(self, timeout_s: float) -> None:
+        self.flushes += 1
         if not self.exactly_once:
             self._deliver()
 
@@ -144,15 +146,17 @@ def stream_with_a_malformed_message(malformed_at: int) -> list[Message]:
 
 
 def run(
-    tmp_path: Path, kafka: RefusingKafka, *, features_dropped_before: int = 0
+    tmp_path: Path, kafka: RefusingKafka, *, features_dropped_before: int = 0, **overrides: int
 ) -> tuple[StreamService, Telemetry, DirectoryStore]:
     settings = ServiceSettings(
         kafka=KafkaSettings("scripted:9092", TOPIC, OUT, DEAD, "group", exactly_once=kafka.exactly_once),
         checkpoint_dir=tmp_path / "checkpoints",
         batch_size=16,
-        checkpoint_every=32,  # a flush (where the broker's refusals surface) every two batches
+        # A flush (where the broker's refusals surface) every two batches.
+        checkpoint_every=overrides.pop("checkpoint_every", 32),
         checkpoint_interval_s=10**9,
         instance_id="one",
+        **overrides,
     )
 
     def new_evaluator() -> PrequentialEvaluator:
@@ -276,3 +280,17 @@ def test_counts_a_loaded_learner_brings_along_are_not_counted_again(tmp_path: Pa
     kafka = RefusingKafka(stream_with_a_malformed_message(malformed_at=10))
     _, telemetry, _ = run(tmp_path, kafka, features_dropped_before=5)
     assert counter(telemetry, "stream_lstm_features_dropped_total", model="lstm") == 0
+
+
+def test_large_dead_letters_are_flushed_before_they_pile_up(tmp_path: Path) -> None:
+    """A flood of large bad messages: the service checkpoints (waiting for the broker) once the
+    records produced since the last checkpoint reach max_unflushed_bytes, not only every
+    checkpoint_every messages."""
+    messages = [Message(TOPIC, 0, offset, b"k", b"x" * 60_000, None) for offset in range(48)]
+    bounded = RefusingKafka(messages)
+    run(tmp_path / "bounded", bounded, checkpoint_every=10**6, max_unflushed_bytes=200_000)
+    unbounded = RefusingKafka(messages)
+    run(tmp_path / "unbounded", unbounded, checkpoint_every=10**6)
+    assert len(bounded.outputs(DEAD)) == len(unbounded.outputs(DEAD)) == 48
+    assert unbounded.flushes == 1  # the final checkpoint only
+    assert bounded.flushes >= 3  # after each batch of 16 (~1 MB of dead letters), then the final one
