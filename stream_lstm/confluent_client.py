@@ -46,8 +46,10 @@ from stream_lstm.kafka_io import (
     RejectedRecord,
     Source,
     delivery_failure,
+    isolate_in_trial_transactions,
     isolate_rejected,
     rejected_record,
+    rejected_records,
 )
 
 log = logging.getLogger(__name__)
@@ -363,7 +365,7 @@ class ConfluentIO:
                 isolate_rejected(suspects, lambda group: self._send_and_wait(group, deadline), found)
             except KafkaIOError as error:
                 others.append(str(error))
-            rejected.extend(_rejected(suspects, found))
+            rejected.extend(rejected_records(suspects, found))
         elif suspects:
             others.extend(f"{record[0]}: refused with the rest of its batch" for record in suspects)
         if not rejected and not others:
@@ -520,16 +522,17 @@ class ConfluentIO:
             return None  # the broker or the network: roll back and try again
         # The broker refused whole batches: find the records it refuses on their own, each try
         # in a transaction of its own, aborted (invisible to read_committed readers).
-        deadline = time.monotonic() + _ISOLATION_BUDGET_S
-        found: list[Refusal] = []  # kept when the search fails part-way: progress for the next try
-        try:
-            self.producer.abort_transaction(_BLOCKING_TIMEOUT_S)
-            self._in_transaction = False
-            isolate_rejected(suspects, lambda group: self._probe(group, deadline), found)
-        except (KafkaException, KafkaIOError) as error:
-            log.warning("cannot tell which of %d refused records are at fault: %s", len(suspects), error)
-            return delivery_failure(_rejected(suspects, found), [str(error)]) if found else None
-        return delivery_failure(_rejected(suspects, found), []) if found else None
+        return isolate_in_trial_transactions(
+            suspects,
+            abort=self._abort_failed_transaction,
+            probe=self._probe,
+            deadline=time.monotonic() + _ISOLATION_BUDGET_S,
+            errors=(KafkaException, KafkaIOError),
+        )
+
+    def _abort_failed_transaction(self) -> None:
+        self.producer.abort_transaction(_BLOCKING_TIMEOUT_S)
+        self._in_transaction = False
 
     def _probe(self, group: Sequence[_Record], deadline: float) -> list[Refusal]:
         """The refusals among ``group``, sent in a transaction of its own that is then aborted."""
@@ -592,10 +595,6 @@ def _report(
     reports: dict[int, KafkaError | None], index: int, error: KafkaError | None, _message: Any
 ) -> None:
     reports[index] = error
-
-
-def _rejected(records: Sequence[_Record], found: Sequence[Refusal]) -> list[RejectedRecord]:
-    return [rejected_record(records[i][0], records[i][3], code, detail) for i, code, detail in found]
 
 
 def _produce(

@@ -10,6 +10,7 @@ plus one.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from stream_lstm.errors import ConfigError, StreamLSTMError
 BLOCKING_TIMEOUT_MS = 5_000
 
 #: The client libraries ``--kafka-client`` accepts; the first is the default.
+log = logging.getLogger(__name__)
+
 KAFKA_CLIENTS = ("kafka-python", "confluent")
 
 Partition = tuple[str, int]
@@ -153,6 +156,42 @@ def isolate_rejected(
 
     search(list(range(len(records))))
     return culprits
+
+
+#: An output record as the clients keep it to send again: (topic, key, value, source).
+HeldRecord = tuple[str, bytes | None, bytes, "Source | None"]
+
+
+def rejected_records(records: Sequence[HeldRecord], found: Sequence[Refusal]) -> list[RejectedRecord]:
+    """The :class:`RejectedRecord` of each refusal ``found`` among ``records``."""
+    return [rejected_record(records[i][0], records[i][3], code, detail) for i, code, detail in found]
+
+
+def isolate_in_trial_transactions(
+    suspects: Sequence[HeldRecord],
+    *,
+    abort: Callable[[], None],
+    probe: Callable[[Sequence[HeldRecord], float], Sequence[Refusal]],
+    deadline: float,
+    errors: tuple[type[BaseException], ...],
+) -> DeliveryFailed | None:
+    """Exactly-once: which of a failed transaction's ``suspects`` the broker refuses on their own.
+
+    ``abort`` ends the failed transaction; ``probe(group, deadline)`` sends a group in a trial
+    transaction of its own, aborted (invisible to read_committed readers), and returns the
+    refusals among it, by the ``deadline`` (the caller's clock). ``errors`` are the library's
+    exceptions that end the search (out of time, a broken transaction): the culprits found by
+    then are still reported, so the next try has fewer suspects. ``None`` when none was found
+    (the caller's own error stands).
+    """
+    found: list[Refusal] = []
+    try:
+        abort()
+        isolate_rejected(suspects, lambda group: probe(group, deadline), found)
+    except errors as error:
+        log.warning("cannot tell which of %d refused records are at fault: %s", len(suspects), error)
+        return delivery_failure(rejected_records(suspects, found), [str(error)]) if found else None
+    return delivery_failure(rejected_records(suspects, found), []) if found else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from stream_lstm.kafka_io import (
     RejectedRecord,
     Source,
     delivery_failure,
-    isolate_rejected,
+    isolate_in_trial_transactions,
     rejected_record,
 )
 
@@ -409,16 +409,17 @@ class KafkaPythonIO:
             return None  # the broker or the network: roll back and try again
         # The batches aborted with the transaction carry the refused one's error: find the
         # records the broker refuses on their own, each try in a transaction of its own.
-        found: list[Refusal] = []  # kept when the search fails part-way: progress for the next try
-        try:
-            self.producer.abort_transaction()
-            self._in_transaction = False
-            deadline = time.monotonic() + _ISOLATION_BUDGET_S
-            isolate_rejected(suspects, lambda group: self._probe(group, deadline), found)
-        except (KafkaError, KafkaIOError) as error:
-            log.warning("cannot tell which of %d refused records are at fault: %s", len(suspects), error)
-            return delivery_failure(_rejected(suspects, found), [str(error)]) if found else None
-        return delivery_failure(_rejected(suspects, found), []) if found else None
+        return isolate_in_trial_transactions(
+            suspects,
+            abort=self._abort_failed_transaction,
+            probe=self._probe,
+            deadline=time.monotonic() + _ISOLATION_BUDGET_S,
+            errors=(KafkaError, KafkaIOError),
+        )
+
+    def _abort_failed_transaction(self) -> None:
+        self.producer.abort_transaction()
+        self._in_transaction = False
 
     def _probe(self, group: Sequence[_Record], deadline: float) -> list[Refusal]:
         """The refusals among ``group``, sent in a transaction of its own that is then aborted."""
@@ -484,7 +485,3 @@ class KafkaPythonEventWriter:
             self.producer.flush(timeout=timeout_s)
         finally:
             self.producer.close(timeout=timeout_s)
-
-
-def _rejected(records: Sequence[_Record], found: Sequence[Refusal]) -> list[RejectedRecord]:
-    return [rejected_record(records[i][0], records[i][3], code, detail) for i, code, detail in found]
