@@ -20,6 +20,10 @@ from stream_lstm.broker import free_port
 from stream_lstm.events import Event, encode_event
 from stream_lstm.kafka_io import EventWriter
 
+from ..waiting import wait_for
+
+__all__ = ["wait_for"]  # the service tests import it from here
+
 FAST_GROUP = [
     "--session-timeout-ms",
     "6000",
@@ -28,18 +32,6 @@ FAST_GROUP = [
     "--max-poll-interval-ms",
     "5000",
 ]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def produce(bootstrap: str, topic: str, events: Iterable[Event]) -> int:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -21,6 +21,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream_lstm.broker import BrokerError, EmbeddedBroker, free_port
 from stream_lstm.errors import ConfigError, StreamLSTMError
+
+from ..waiting import wait_for
 
 # Tansu is slow to settle a group with kafka-python's defaults; these keep joins near 3 s.
 GROUP_SETTINGS = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "max_poll_interval_ms": 5000}
@@ -65,14 +67,6 @@ def process_group_exists(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # polling interval, bounded by the deadline
 
 
 def process_stat(pid: int) -> tuple[str, int, int] | None:
@@ -347,8 +341,13 @@ def test_the_broker_dies_with_its_parent_even_a_sigkilled_one() -> None:
         assert not port_is_free("127.0.0.1", port)
         parent.kill()  # SIGKILL: no finaliser, no signal handler, no stop() runs
         parent.wait(timeout=10)
-        wait_for(lambda: not still_running(*tansu), 10, f"the broker (pid {pid}) to die with its parent")
-        wait_for(lambda: port_is_free("127.0.0.1", port), 10, "the broker's port to be free")
+        wait_for(
+            lambda: not still_running(*tansu),
+            10,
+            f"the broker (pid {pid}) to die with its parent",
+            interval=0.01,
+        )
+        wait_for(lambda: port_is_free("127.0.0.1", port), 10, "the broker's port to be free", interval=0.01)
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry
 
 from stream_lstm.telemetry import MetricsServer, Telemetry
 
+from ..waiting import wait_for
+
 
 def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
@@ -26,14 +28,6 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)  # polling interval, bounded by the deadline
 
 
 def closed_by_server(sock: socket.socket, deadline: float) -> bytes:
@@ -96,11 +90,16 @@ def test_a_flood_of_idle_connections_holds_no_threads_and_health_still_answers(s
         for sock in idle:
             sock.close()
     # Once the flood is over the server holds nothing and serves as before.
-    wait_for(lambda: server.open_connections == 0, 10, "the server to let go of the closed connections")
+    wait_for(
+        lambda: server.open_connections == 0,
+        10,
+        "the server to let go of the closed connections",
+        interval=0.01,
+    )
     assert get(f"{base}/healthz")[0] == 200
     status, body = get(f"{base}/metrics")
     assert status == 200 and b"stream_lstm_events_total" in body
-    wait_for(lambda: threading.active_count() <= baseline, 10, "the request threads to end")
+    wait_for(lambda: threading.active_count() <= baseline, 10, "the request threads to end", interval=0.01)
 
 
 def test_an_idle_connection_is_closed_within_the_timeout(serve) -> None:
@@ -109,7 +108,9 @@ def test_an_idle_connection_is_closed_within_the_timeout(serve) -> None:
         started = time.monotonic()
         closed_by_server(idle, deadline=started + 4.0)
         assert time.monotonic() - started < 3.0
-    wait_for(lambda: server.open_connections == 0, 5, "the server to forget the idle connection")
+    wait_for(
+        lambda: server.open_connections == 0, 5, "the server to forget the idle connection", interval=0.01
+    )
     assert get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
 
 
@@ -172,7 +173,9 @@ def test_a_connection_over_the_cap_is_answered_503_at_once_then_the_server_recov
     try:
         for thread in waiting:
             thread.start()
-        wait_for(lambda: server.open_connections == 2, 10, "both slow requests to be in the handler")
+        wait_for(
+            lambda: server.open_connections == 2, 10, "both slow requests to be in the handler", interval=0.01
+        )
         started = time.monotonic()
         status, body = get(f"{base}/healthz", timeout=10)
         assert status == 503 and b"too many connections" in body
@@ -182,7 +185,7 @@ def test_a_connection_over_the_cap_is_answered_503_at_once_then_the_server_recov
         for thread in waiting:
             thread.join(30)
     assert results == [200, 200]
-    wait_for(lambda: server.open_connections == 0, 10, "the slots to be released")
+    wait_for(lambda: server.open_connections == 0, 10, "the slots to be released", interval=0.01)
     assert get(f"{base}/healthz")[0] == 200
 
 
