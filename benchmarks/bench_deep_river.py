@@ -19,7 +19,7 @@ like-for-like comparison of accuracy.
 
 Both models see the same events (read once, with the project's CSV reader), in file order,
 test-then-train per event or per micro-batch, and both are scored by the project's own
-:mod:`stream_lstm.evaluation` code. Events/s is each model's own predict-and-learn time (no CSV
+:mod:`stream_lstm.evaluation.prequential` code. Events/s is each model's own predict-and-learn time (no CSV
 parsing, no scoring), with the same number of torch threads on both sides.
 
 Usage: ``python benchmarks/bench_deep_river.py [--limit N] [--batch-sizes 64,1] [--threads 1]
@@ -177,7 +177,7 @@ def read_events(path: Path, limit: int | None) -> list:
     """The stream's events, with the project's CSV reader (the same events for both sides)."""
     from itertools import islice
 
-    from stream_lstm.csv_source import CsvEventSource
+    from stream_lstm.offline.csv_source import CsvEventSource
 
     return list(islice(CsvEventSource(path, label=LABEL), limit))
 
@@ -218,8 +218,8 @@ class Replay:
 
 def score_deep_river(events: list, result: dict[str, Any]) -> dict[str, Any]:
     """deep-river's scores, by the same code that scores stream-lstm; its own events/s."""
-    from stream_lstm.evaluation import PrequentialEvaluator
-    from stream_lstm.offline import evaluate_stream
+    from stream_lstm.evaluation.prequential import PrequentialEvaluator
+    from stream_lstm.offline.evaluate import evaluate_stream
 
     evaluator = PrequentialEvaluator({"deep_river": Replay(result["probabilities"])})
     evaluate_stream(events, evaluator, batch_size=1024)
@@ -230,7 +230,7 @@ def score_deep_river(events: list, result: dict[str, Any]) -> dict[str, Any]:
 
 def run_stream_lstm(path: Path, batch_size: int, limit: int | None, threads: int, workdir: Path) -> dict:
     """``stream-lstm evaluate --models lstm`` with its defaults; its JSON report."""
-    from stream_lstm.cli import main as stream_lstm
+    from stream_lstm.cli.main import main as stream_lstm
 
     out = workdir / f"stream-lstm-{batch_size}.json"
     argv = ["evaluate", str(path), "--label", LABEL, "--models", "lstm", "--batch-size", str(batch_size)]
@@ -274,8 +274,8 @@ def render(
     title: str, events: int, theirs: dict[str, dict], ours: dict[int, dict], versions: dict[str, str]
 ) -> tuple[str, list[str]]:
     """The table (events/s also as a multiple of the first deep-river row's) and notes under it."""
-    from stream_lstm.config import LEARNER_SETTINGS
-    from stream_lstm.report import render_table
+    from stream_lstm.config.setting import LEARNER_SETTINGS
+    from stream_lstm.evaluation.report import render_table
 
     default_batch = next(s.default for s in LEARNER_SETTINGS if s.name == "batch_size")
     reference_name = next(iter(theirs))
@@ -298,7 +298,7 @@ def render(
         f"TBPTT {lstm['tbptt_steps']}, Adam lr {lstm['learning_rate']}); besides the same columns, "
         "its input has the previous label and the time gap.",
         "events/s: the model's own predict + learn time (no CSV parsing, no scoring); both scored by "
-        "stream_lstm.evaluation on the same events.",
+        "stream_lstm.evaluation.prequential on the same events.",
     ]
     for name, scores in theirs.items():
         checks = "; ".join(

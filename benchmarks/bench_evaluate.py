@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import describe_machine
 
-from stream_lstm.cli import main as stream_lstm
-from stream_lstm.config import LEARNER_SETTINGS
-from stream_lstm.generator import temporal_stream, write_csv
-from stream_lstm.report import render_table
+from stream_lstm.cli.main import main as stream_lstm
+from stream_lstm.config.setting import LEARNER_SETTINGS
+from stream_lstm.evaluation.report import render_table
+from stream_lstm.offline.generator import temporal_stream, write_csv
 
 ELEC2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "elec2.csv"
 DEFAULT_BATCH = next(s.default for s in LEARNER_SETTINGS if s.name == "batch_size")

@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import describe_machine
 
-from stream_lstm.broker import EmbeddedBroker, free_port
-from stream_lstm.events import Event, encode_event
-from stream_lstm.generator import temporal_stream
-from stream_lstm.kafka_io import EventWriter
-from stream_lstm.report import render_table
-from stream_lstm.state_store import DirectoryStore
+from stream_lstm.evaluation.report import render_table
+from stream_lstm.kafka.broker import EmbeddedBroker, free_port
+from stream_lstm.kafka.connect import EventWriter
+from stream_lstm.messages.events import Event, encode_event
+from stream_lstm.offline.generator import temporal_stream
+from stream_lstm.state.directory_store import DirectoryStore
 
 
 def process_tree(pid: int) -> list[int]:

@@ -67,10 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from machine import describe_machine
 
-from stream_lstm.broker import EmbeddedBroker, free_port
-from stream_lstm.events import encode_event
-from stream_lstm.generator import temporal_stream
-from stream_lstm.report import render_table
+from stream_lstm.evaluation.report import render_table
+from stream_lstm.kafka.broker import EmbeddedBroker, free_port
+from stream_lstm.messages.events import encode_event
+from stream_lstm.offline.generator import temporal_stream
 
 #: Events sent before the steady phase, to see that the consumer is in place and answering.
 PRIMING_EVENTS = 20
@@ -197,7 +197,7 @@ def run_relay(bootstrap: str, topic: str, batch_size: int, fetch_wait_ms: int, p
     """
     from prometheus_client import Counter, start_http_server
 
-    from stream_lstm.events import decode_event
+    from stream_lstm.messages.events import decode_event
 
     events = Counter("stream_lstm_events", "Events relayed.", ["outcome"])
     start_http_server(port, addr="127.0.0.1")

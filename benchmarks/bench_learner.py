@@ -57,10 +57,11 @@ import numpy as np
 import torch
 from machine import describe_machine
 
-from stream_lstm.events import Event
-from stream_lstm.generator import temporal_stream
-from stream_lstm.learner import LSTMLearner, set_cpu_threads
-from stream_lstm.report import render_table
+from stream_lstm.evaluation.report import render_table
+from stream_lstm.learner.cpu_threads import set_cpu_threads
+from stream_lstm.learner.lstm_learner import LSTMLearner
+from stream_lstm.messages.events import Event
+from stream_lstm.offline.generator import temporal_stream
 
 #: Batch size of the memory run.
 MEMORY_BATCH = 4096

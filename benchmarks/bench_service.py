@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from machine import describe_machine
 
-from stream_lstm.broker import EmbeddedBroker, free_port
-from stream_lstm.events import decode_event, encode_event
-from stream_lstm.generator import temporal_stream
-from stream_lstm.kafka_io import EventWriter
-from stream_lstm.report import render_table
+from stream_lstm.evaluation.report import render_table
+from stream_lstm.kafka.broker import EmbeddedBroker, free_port
+from stream_lstm.kafka.connect import EventWriter
+from stream_lstm.messages.events import decode_event, encode_event
+from stream_lstm.offline.generator import temporal_stream
 
 
 def consume_all(client: str, bootstrap: str, topic: str, total: int, handle=None) -> float:

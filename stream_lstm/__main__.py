@@ -2,6 +2,6 @@
 
 import sys
 
-from stream_lstm.cli import main
+from stream_lstm.cli.main import main
 
 sys.exit(main())

@@ -1,15 +1,5 @@
-"""The LSTM learner: torch lives here and nowhere above the learner and evaluation layers."""
+"""The LSTM learner and everything it needs; torch is imported only by the modules that use it.
 
-from stream_lstm.learner.lstm_learner import LSTMLearner, resolve_device
-
-__all__ = ["LSTMLearner", "resolve_device"]
-
-
-def set_cpu_threads(threads: int) -> None:
-    """Let torch use ``threads`` CPU threads; the small batched LSTM is fastest on one or two."""
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-__all__ += ["set_cpu_threads"]
+Import the parts from their modules (``stream_lstm.learner.lstm_learner`` and so on): this face
+imports nothing, so that the service can use the learner process without importing torch.
+"""

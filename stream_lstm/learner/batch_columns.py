@@ -17,7 +17,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from stream_lstm.events import Event
+from stream_lstm.messages.events import Event
 
 #: Up to this many events, a batch is grouped by key in Python.
 SMALL_BATCH = 64

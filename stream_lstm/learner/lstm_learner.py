@@ -13,8 +13,6 @@ import numpy as np
 import torch
 
 from stream_lstm.errors import ConfigError
-from stream_lstm.events import Event
-from stream_lstm.finite_check import count_non_finite, describe_count
 from stream_lstm.learner.adam import FusedAdam
 from stream_lstm.learner.batch_columns import (
     KeyGroups,
@@ -28,11 +26,14 @@ from stream_lstm.learner.batch_columns import (
 )
 from stream_lstm.learner.batch_columns import keys as batch_keys
 from stream_lstm.learner.batch_columns import labels as batch_labels
+from stream_lstm.learner.finite import count_non_finite, describe_count
 from stream_lstm.learner.key_state import NO_LABEL, KeyStateStore
 from stream_lstm.learner.network import LSTMNetwork
+from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.transfer import to_device
-from stream_lstm.placement import learners_kept_on_cpu
+from stream_lstm.messages.events import Event
+from stream_lstm.models.protocols import TrainedModel
 
 # Input vector layout: the scaled features, then the scaled log time gap, then the previous label
 # as -1/+1 (0 when there is none) and a flag for "no previous label".
@@ -81,7 +82,7 @@ class _Pending:
     finite: bool  # whether every probability came out finite
 
 
-class LSTMLearner:
+class LSTMLearner(TrainedModel):
     """An LSTM binary classifier that learns online from a stream of keyed events.
 
     Weights are shared; every key has its own recurrent state. Each micro-batch is handled in two
@@ -121,7 +122,7 @@ class LSTMLearner:
         Whether the feature standardisation keeps learning; ``False`` leaves features unscaled.
     device
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... Within
-        :func:`stream_lstm.placement.learners_on_cpu` it is checked and kept, but the tensors stay
+        :func:`stream_lstm.learner.placement.learners_on_cpu` it is checked and kept, but the tensors stay
         on the CPU (a learner built only to be handed to another process).
     seed
         Seed of the weight initialisation.
@@ -388,7 +389,7 @@ class LSTMLearner:
         """The parts of the learner's state that hold non-finite values (empty when none does):
         weights, Adam's averages and step counts, scaler statistics, key states (a NaN ``last_ts``
         means "no timestamp" and is fine; an infinite one is not). A checkpoint holding any is
-        refused (:mod:`stream_lstm.finite_check`)."""
+        refused (:mod:`stream_lstm.state.finite_check`)."""
         parts = []
 
         def check(what: str, value: Any, *, nan_allowed: bool = False) -> None:

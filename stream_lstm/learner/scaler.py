@@ -7,7 +7,7 @@ import numpy as np
 # The largest magnitude the statistics are sized for: the decoder's bound on accepted values.
 # Values past it (none is accepted) are left out of the statistics, like missing ones, so that
 # they cannot overflow them.
-from stream_lstm.events import MAX_ABS_VALUE
+from stream_lstm.messages.events import MAX_ABS_VALUE
 
 
 class RunningScaler:

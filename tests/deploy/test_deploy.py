@@ -12,8 +12,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from stream_lstm.cli import PRODUCE_SETTINGS, RUN_SETTINGS
-from stream_lstm.telemetry import Telemetry
+from stream_lstm.cli.main import PRODUCE_SETTINGS, RUN_SETTINGS
+from stream_lstm.telemetry.metrics import Telemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"

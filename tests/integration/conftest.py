@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from stream_lstm.broker import EmbeddedBroker, free_port
-from stream_lstm.kafka_io import KAFKA_CLIENTS
-from stream_lstm.state_store import DirectoryStore, default_instance_id
+from stream_lstm.kafka.broker import EmbeddedBroker, free_port
+from stream_lstm.kafka.interface import KAFKA_CLIENTS
+from stream_lstm.state.directory_store import DirectoryStore, default_instance_id
 
-from .service_harness import ServiceProcess
+from tests.integration.service_harness import ServiceProcess
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,11 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from stream_lstm.broker import free_port
-from stream_lstm.events import Event, encode_event
-from stream_lstm.kafka_io import EventWriter
+from stream_lstm.kafka.broker import free_port
+from stream_lstm.kafka.connect import EventWriter
+from stream_lstm.messages.events import Event, encode_event
 
-from ..waiting import wait_for
+from tests.waiting import wait_for
 
 __all__ = ["wait_for"]  # the service tests import it from here
 

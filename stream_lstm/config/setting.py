@@ -1,0 +1,228 @@
+"""Settings, read in one place: command-line flags, then ``STREAM_LSTM_*`` variables, then TOML.
+
+Every setting is declared once as a :class:`Setting`; the command line, the environment and the
+TOML file all go through it, so a name, a parser and a default can never disagree between them.
+A flag given on the command line wins over the environment, which wins over the file
+(``--config FILE.toml``, flat ``name = value`` pairs), which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stream_lstm.errors import ConfigError
+
+ENV_PREFIX = "STREAM_LSTM_"
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``on/off`` or ``1/0``, in any case."""
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_auto_bool(text: str) -> bool | str:
+    """``auto`` (returned as the string ``"auto"``), or a boolean as :func:`parse_bool` reads it."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise ValueError(f"expected auto, true or false, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A float above 0."""
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A float of at least 0."""
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(f"must be >= 0, got {text}")
+    return value
+
+
+def model_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of model names, e.g. ``lstm,logreg``."""
+    from stream_lstm.evaluation.prequential import MODEL_NAMES
+
+    names = tuple(name.strip() for name in str(text).split(",") if name.strip())
+    unknown = [name for name in names if name not in MODEL_NAMES]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown model(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODEL_NAMES)}"
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configurable value: its name, how to parse it, its default and what it means."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
+    """Add a flag per setting; its help names the default and the environment variable."""
+    for setting in settings:
+        parse = setting.parse
+        kwargs: dict[str, Any] = {
+            "dest": setting.name,
+            "default": None,  # None means "not given", so the environment or file can apply
+            "metavar": setting.metavar or setting.name.upper(),
+            "help": f"{setting.help} (default: {_show(setting.default)}; env {setting.env})",
+        }
+        if parse is parse_bool or parse is parse_auto_bool:  # a bare flag means true
+            kwargs["type"] = _argparse_type(parse)
+            kwargs["nargs"] = "?"
+            kwargs["const"] = True
+        else:
+            kwargs["type"] = _argparse_type(parse)
+        parser.add_argument(setting.flag, **kwargs)
+
+
+def resolve_settings(
+    args: argparse.Namespace,
+    settings: Sequence[Setting],
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The value of every setting: flag, else environment, else ``--config`` file, else default."""
+    environ = os.environ if environ is None else environ
+    config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    from_file = load_toml(config_path, settings) if config_path else {}
+    values: dict[str, Any] = {}
+    for setting in settings:
+        given = getattr(args, setting.name, None)
+        if given is not None:
+            values[setting.name] = given
+        elif setting.env in environ:
+            values[setting.name] = _parse(setting, environ[setting.env], f"${setting.env}")
+        elif setting.name in from_file:
+            values[setting.name] = _parse(setting, from_file[setting.name], f"{config_path}")
+        else:
+            values[setting.name] = setting.default
+    return values
+
+
+def load_toml(path: str | Path, settings: Sequence[Setting]) -> dict[str, Any]:
+    """Read flat ``name = value`` pairs; names may use ``-`` or ``_``; unknown names are errors."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    known = {setting.name for setting in settings}
+    values = {str(key).replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"config file {path} sets unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    return values
+
+
+def _parse(setting: Setting, raw: Any, where: str) -> Any:
+    if isinstance(raw, (list, tuple)):
+        raw = ",".join(str(item) for item in raw)
+    try:
+        return setting.parse(raw if isinstance(raw, str) else str(raw))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{setting.name} from {where}: {error}") from None
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _show(default: Any) -> str:
+    if isinstance(default, tuple):
+        return ",".join(default)
+    return "none" if default is None else str(default)
+
+
+# ---------------------------------------------------------------------- shared settings
+
+LEARNER_SETTINGS: tuple[Setting, ...] = (
+    Setting("models", model_list, ("lstm", "logreg", "no_change"), "models to run, comma-separated"),
+    Setting("batch_size", positive_int, 64, "events per micro-batch (1: learn after every event)"),
+    Setting("window", positive_int, 1000, "labelled events in the rolling scores"),
+    Setting("hidden_size", positive_int, 32, "LSTM state size"),
+    Setting("tbptt_steps", positive_int, 8, "steps a gradient flows back through, per key"),
+    Setting("learning_rate", non_negative_float, 0.01, "Adam step size of the LSTM (0 freezes it)"),
+    Setting("clip_grad_norm", float, 1.0, "largest gradient norm of an LSTM step"),
+    Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),
+    Setting("max_features", positive_int, 32, "distinct feature names the LSTM takes as inputs"),
+    Setting(
+        "input_clip",
+        positive_float,
+        10.0,
+        "standardised inputs of the LSTM and logreg are clipped to plus or minus this",
+    ),
+    Setting("device", str, "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N"),
+    Setting("seed", int, 0, "seed of the LSTM's initial weights"),
+)
+
+LSTM_HYPERPARAMETERS = (
+    "hidden_size",
+    "tbptt_steps",
+    "learning_rate",
+    "clip_grad_norm",
+    "max_features",
+    "input_clip",
+    "device",
+    "seed",
+)

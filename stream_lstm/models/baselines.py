@@ -1,0 +1,271 @@
+"""The two baselines every LSTM prediction is compared with.
+
+* ``logreg``: river's ``StandardScaler | LogisticRegression`` on the event's own features (the
+  same bounded set of feature names as the LSTM's, standardised values clipped as the LSTM's).
+* ``no_change``: the same key's previous label (the persistence forecast), 0.5 before any.
+
+Both follow the learner's protocol: :meth:`predict_proba_many` for a micro-batch uses only what
+was learned from earlier batches plus, for ``no_change``, earlier labels of the same key; then
+:meth:`learn_many` learns the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from river import linear_model, optim, preprocessing
+
+from stream_lstm.errors import ConfigError
+from stream_lstm.messages.events import Event
+from stream_lstm.models.protocols import GuardedModel, KeyedModel
+
+
+class LogisticRegressionBaseline(GuardedModel):
+    """River's standard scaler and logistic regression, learning one event at a time.
+
+    It sees what the LSTM sees of the features: the first ``max_features`` distinct names, in
+    order of first appearance in the batches predicted (labelled or not), exactly the LSTM's rule;
+    values of later names are dropped and counted (:meth:`guard_stats`), so its state is bounded
+    by ``max_features`` whatever the stream holds. Standardised values are clipped to
+    ``[-input_clip, input_clip]``, as the LSTM's inputs are, so that no accepted value (finite,
+    at most 1e18 in size) can make a weight or a probability non-finite.
+
+    Parameters
+    ----------
+    learning_rate
+        Step size of river's SGD optimizer.
+    l2
+        L2 regularisation.
+    max_features
+        How many distinct feature names are used (the LSTM's ``max_features``).
+    input_clip
+        The bound of the standardised features (the LSTM's ``input_clip``).
+
+    Examples
+    --------
+    >>> model = LogisticRegressionBaseline(max_features=1)
+    >>> batch = [Event(features={"x": 1.0}, label=1), Event(features={"x": -1.0, "y": 2.0}, label=0)]
+    >>> model.predict_proba_many(batch).tolist()
+    [0.5, 0.5]
+    >>> model.learn_many(batch)
+    >>> list(model.feature_names), model.guard_stats()
+    (['x'], {'features_dropped': 1})
+    """
+
+    # Class defaults: baselines unpickled from checkpoints written before these existed use them.
+    max_features = 32
+    input_clip = 10.0
+    features_dropped = 0
+
+    def __init__(
+        self,
+        *,
+        learning_rate: float = 0.01,
+        l2: float = 0.0,
+        max_features: int = 32,
+        input_clip: float = 10.0,
+    ) -> None:
+        if not learning_rate > 0:
+            raise ConfigError(f"learning_rate must be > 0, got {learning_rate!r}")
+        if not isinstance(max_features, int) or max_features < 1:
+            raise ConfigError(f"max_features must be a positive integer, got {max_features!r}")
+        if not (isinstance(input_clip, (int, float)) and 0 < input_clip < math.inf):
+            raise ConfigError(f"input_clip must be a finite number > 0, got {input_clip!r}")
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.max_features = max_features
+        self.input_clip = float(input_clip)
+        # The two steps of river's `StandardScaler | LogisticRegression`, called directly: the
+        # same computation as the pipeline, without its per-call dispatch.
+        self.scaler = preprocessing.StandardScaler()
+        self.classifier = linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate), l2=l2)
+        #: The feature names in use, in order of first appearance (values unused).
+        self.feature_names: dict[str, None] = {}
+        self.features_dropped = 0
+        # The last batch predicted and its features restricted to feature_names, for learn_many.
+        self._predicted: tuple[Sequence[Event], list[Mapping[str, float]]] | None = None
+
+    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+        """Probability of label 1 for each event, from the weights before this batch."""
+        features = self._bounded(events)
+        self._predicted = (events, features)
+        transform, clip = self.scaler.transform_one, self._clip
+        predict = self.classifier.predict_proba_one
+        probabilities = np.array([predict(clip(transform(x))).get(True, 0.5) for x in features])
+        finite = np.isfinite(probabilities)
+        if not finite.all():  # no accepted input leads here; a NaN must never be a prediction
+            probabilities[~finite] = 0.5
+        return probabilities
+
+    def learn_many(self, events: Sequence[Event]) -> None:
+        """Learn each labelled event in order (the scaler first, as the river pipeline does)."""
+        predicted, self._predicted = self._predicted, None
+        features = predicted[1] if predicted is not None and predicted[0] is events else self._bounded(events)
+        scaler, learn, clip = self.scaler, self.classifier.learn_one, self._clip
+        for event, x in zip(events, features, strict=True):
+            if event.label is not None:
+                scaler.learn_one(x)
+                learn(clip(scaler.transform_one(x)), bool(event.label))
+
+    def _bounded(self, events: Sequence[Event]) -> list[Mapping[str, float]]:
+        """Each event's features restricted to the names in use, new names taking a place while
+        there is one (the LSTM's rule: in order of first appearance in the batch)."""
+        known = self.feature_names
+        keys = known.keys()
+        out: list[Mapping[str, float]] = []
+        dropped = 0
+        for event in events:
+            features = event.features
+            if features.keys() <= keys:  # the usual event: every name known
+                out.append(features)
+                continue
+            kept = {}
+            for name, value in features.items():
+                if name not in known:
+                    if len(known) >= self.max_features:
+                        dropped += 1
+                        continue
+                    known[name] = None
+                kept[name] = value
+            out.append(kept)
+        self.features_dropped += dropped
+        return out
+
+    def _clip(self, scaled: dict[str, float]) -> dict[str, float]:
+        """Standardised features clipped to ``[-input_clip, input_clip]`` (a NaN, which river's
+        scaler never returns for finite values, to 0)."""
+        c = self.input_clip
+        if all(-c <= value <= c for value in scaled.values()):
+            return scaled
+        return {
+            name: value if -c <= value <= c else c if value > c else -c if value < -c else 0.0
+            for name, value in scaled.items()
+        }
+
+    def guard_stats(self) -> dict[str, int]:
+        """Feature values dropped so far for names past ``max_features`` (kept in checkpoints)."""
+        return {"features_dropped": self.features_dropped}
+
+    def non_finite_parts(self) -> list[str]:
+        """The parts of the state that hold non-finite values (empty when none does): weights,
+        intercept, scaler means and variances. A checkpoint holding any is refused."""
+        parts = []
+        named = (
+            ("weights", self.classifier._weights.items()),
+            ("scaler means", self.scaler.means.items()),
+            ("scaler variances", self.scaler.vars.items()),
+        )
+        for what, items in named:
+            items = list(items)
+            bad = [name for name, value in items if not _finite_number(value)]
+            if bad:
+                shown = ", ".join(repr(name) for name in bad[:3]) + (", ..." if len(bad) > 3 else "")
+                parts.append(f"{what} of features {shown} ({len(bad):,} of {len(items):,} values not finite)")
+        if not _finite_number(self.classifier.intercept):
+            parts.append("intercept (not finite)")
+        return parts
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "feature_names" not in state:
+            # Written before the feature set was bounded: keep the first max_features names the
+            # scaler learned (in order of first appearance) and forget the others' statistics and
+            # weights, so that an old checkpoint is bounded like a new one.
+            names = list(dict.fromkeys([*self.scaler.counts, *self.scaler.means]))
+            self.feature_names = dict.fromkeys(names[: self.max_features])
+            for name in names[self.max_features :]:
+                for table in (self.scaler.counts, self.scaler.means, self.scaler.vars):
+                    table.pop(name, None)
+                self.classifier._weights.pop(name, None)
+            self._predicted = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The last batch predicted is not state: it only saves work between the two calls.
+        return {**self.__dict__, "_predicted": None}
+
+
+def _finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite number (anything that is no number is not checked here)."""
+    try:
+        return math.isfinite(value)
+    except TypeError:
+        return True
+
+
+class NoChangeBaseline(KeyedModel):
+    """Predicts the same key's previous label; tracks at most ``max_keys`` keys (LRU).
+
+    Examples
+    --------
+    >>> model = NoChangeBaseline()
+    >>> batch = [Event(key="a", label=1), Event(key="a", label=0), Event(key="b", label=0)]
+    >>> model.predict_proba_many(batch).tolist()
+    [0.5, 1.0, 0.5]
+    """
+
+    def __init__(self, *, max_keys: int = 100_000) -> None:
+        if max_keys < 1:
+            raise ConfigError(f"max_keys must be at least 1, got {max_keys}")
+        self.max_keys = max_keys
+        self.last_label: OrderedDict[str, int] = OrderedDict()
+
+    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+        """The previous label of each event's key (earlier events of this batch included)."""
+        in_batch: dict[str, int] = {}
+        stored = self.last_label
+        result = np.empty(len(events))
+        for i, event in enumerate(events):
+            previous = in_batch.get(event.key)
+            if previous is None:
+                previous = stored.get(event.key)
+            result[i] = 0.5 if previous is None else float(previous)
+            if event.label is not None:
+                in_batch[event.key] = event.label
+        return result
+
+    def learn_many(self, events: Sequence[Event]) -> None:
+        """Remember each key's latest label."""
+        stored = self.last_label
+        for event in events:
+            if event.label is not None:
+                stored[event.key] = event.label
+                stored.move_to_end(event.key)
+        while len(stored) > self.max_keys:
+            stored.popitem(last=False)
+
+    def tracked_keys(self) -> Collection[str]:
+        """The keys whose latest label is known."""
+        return self.last_label.keys()
+
+    def export_keys(self, keys: Sequence[str]) -> dict[str, int]:
+        """The latest label of those of ``keys`` that have one (see :meth:`import_keys`)."""
+        wanted = set(keys)
+        # In least-recently-used order, which import_keys keeps.
+        return {key: label for key, label in self.last_label.items() if key in wanted}
+
+    def import_keys(self, state: dict[str, int]) -> None:
+        """Take over the latest labels of an :meth:`export_keys`."""
+        stored = self.last_label
+        for key, label in state.items():
+            stored[key] = label
+            stored.move_to_end(key)
+        while len(stored) > self.max_keys:
+            stored.popitem(last=False)
+
+    def forget_keys(self, keys: Sequence[str]) -> None:
+        """Drop the latest label of ``keys``."""
+        for key in keys:
+            self.last_label.pop(key, None)
+
+    def detach_keys(self) -> OrderedDict[str, int]:
+        """Take out every key's label, leaving none; :meth:`attach_keys` puts them back."""
+        labels, self.last_label = self.last_label, OrderedDict()
+        return labels
+
+    def attach_keys(self, labels: OrderedDict[str, int]) -> None:
+        """Put back what :meth:`detach_keys` took out."""
+        self.last_label = labels

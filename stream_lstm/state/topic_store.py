@@ -1,0 +1,454 @@
+"""The checkpoint store as a compacted Kafka topic: scale out with no shared disk.
+
+:class:`KafkaTopicStore` keeps the same checkpoints as
+:class:`~stream_lstm.state.directory_store.DirectoryStore` (per partition: offset, counts, key states;
+per instance: weights, optimizer, baselines, scores) in one single-partition topic with
+``cleanup.policy=compact``, so the instances of a group only need the Kafka cluster they already
+use. A checkpoint can be larger than a Kafka message (1 MB by default), so it is written as:
+
+* chunks, keyed ``NAME@VERSION/I``, of at most ``chunk_bytes`` each, then
+* once every chunk is acknowledged, a manifest keyed ``NAME`` (JSON: version, chunk count, size,
+  SHA-256, time written), then
+* tombstones for the chunks of the version that manifest replaced and of this store's own
+  earlier attempts, which compaction then removes. Versions another writer of the same name may
+  still be naming (a partition's old owner still saving it) are left alone, so the last manifest
+  written always finds its chunks.
+
+``NAME`` is ``instances/INSTANCE_ID`` or ``partitions/TOPIC/PARTITION``. A reader takes the
+latest manifest and the chunks of its version, and checks the hash, and then, as the directory
+store does, that the state holds no non-finite values (nor is such a state ever written). A writer
+that dies before its manifest leaves the previous version readable; so, like the directory store,
+a crash leaves the old or the new version of each checkpoint, never a torn one. A failed write of
+a live store is cleaned up by its next write. The chunks of a writer that died, or that stopped
+writing a name (a partition moved to another instance), are orphans: no manifest names their
+version. Every store sweeps them, at most every ``ORPHAN_SWEEP_INTERVAL_S``, when
+:meth:`KafkaTopicStore.refresh` runs. It tombstones orphaned chunks once they are
+``orphan_grace_s`` old (an hour by default), far longer than any writer takes between its chunks
+and its manifest.
+
+Readers keep an in-memory view of the topic (latest value per key) and bring it up to date
+before each load, reading only what is new; ``latest=False`` loads answer from the view alone
+(a rollback, which must not need the broker). Unlike the directory store, this store cannot lock an
+instance id: give each running instance its own (the default, the host name, is unique per
+container); with ``--exactly-once`` the transactional id fences a second process with the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+from stream_lstm.errors import CheckpointError
+from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
+from stream_lstm.state.directory_store import InstanceState, Partition, PartitionState, check_instance_id
+from stream_lstm.state.finite_check import check_finite
+
+log = logging.getLogger(__name__)
+
+#: Below the default 1 MB message limit of Kafka brokers, with room for the record's overhead.
+DEFAULT_CHUNK_BYTES = 512 * 1024
+MANIFEST_FORMAT = 1
+#: Seconds between two sweeps for orphaned chunks (see the module doc).
+ORPHAN_SWEEP_INTERVAL_S = 600.0
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class KafkaTopicStore:
+    """Checkpoints in a compacted Kafka topic (see the module doc); the interface of
+    :class:`~stream_lstm.state.directory_store.DirectoryStore`.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        The Kafka cluster, ``host:port[,host:port...]``.
+    topic
+        The store's topic; created (one partition, compacted) when missing.
+    chunk_bytes
+        The largest record value written; a checkpoint is cut into chunks of this size.
+    timeout_s
+        How long one write or one catch-up read may take before it fails.
+    connect_timeout_s
+        How long to keep trying to reach the cluster at start (it may still be starting).
+    orphan_grace_s
+        How old chunks that no manifest names must be before a sweep tombstones them.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 120.0,
+        orphan_grace_s: float = 3600.0,
+    ) -> None:
+        if chunk_bytes < 1:
+            raise CheckpointError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.chunk_bytes = chunk_bytes
+        self.timeout_s = timeout_s
+        self.root = None  # no directory (the service looks for stream-lstm 0.1's file in one)
+        self._latest: dict[str, bytes] = {}  # record key -> latest value seen in the topic
+        # Per name, the chunk keys this store wrote or tried to write and has not tombstoned yet.
+        self._own_chunks: dict[str, set[str]] = {}
+        self.orphan_grace_s = orphan_grace_s
+        self._chunk_written_at: dict[str, float] = {}  # chunk key -> its record's time, Unix seconds
+        self._next_orphan_sweep = 0.0  # time.monotonic()
+        self._partition = TopicPartition(topic, 0)
+        deadline = time.monotonic() + connect_timeout_s
+        while True:
+            self._attempt_timeout_s = max(deadline - time.monotonic(), 1.0)
+            try:
+                self._connect()
+                break
+            except KafkaError as error:
+                if time.monotonic() + 2.0 > deadline:
+                    raise CheckpointError(
+                        f"cannot open the checkpoint topic {topic!r} on {bootstrap_servers}: {error}"
+                    ) from error
+                log.warning("checkpoint topic %s: %s; retrying", topic, error)
+                time.sleep(2.0)
+
+    def _connect(self) -> None:
+        self._ensure_topic()
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap_servers,
+            acks="all",
+            linger_ms=0,
+            max_request_size=self.chunk_bytes + 64 * 1024,
+            client_id=f"stream-lstm-store-{self.topic}",
+        )
+        consumer = None
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                fetch_max_wait_ms=10,
+                request_timeout_ms=int(self.timeout_s * 1000),
+                max_partition_fetch_bytes=max(self.chunk_bytes + 64 * 1024, 1024 * 1024),
+                client_id=f"stream-lstm-store-{self.topic}",
+            )
+            partitions = consumer.partitions_for_topic(self.topic) or set()
+            if len(partitions) > 1:
+                raise CheckpointError(
+                    f"checkpoint topic {self.topic!r} has {len(partitions)} partitions; it needs "
+                    "exactly one (the order of chunks and manifests matters): use another topic"
+                )
+            consumer.assign([self._partition])
+            consumer.seek_to_beginning(self._partition)
+        except BaseException:
+            producer.close(timeout=1.0)
+            if consumer is not None:
+                consumer.close()
+            raise
+        self._producer, self._consumer = producer, consumer
+
+    def describe(self) -> str:
+        return f"Kafka topic {self.topic} on {self.bootstrap_servers}"
+
+    def close(self) -> None:
+        """Close the store's producer and consumer."""
+        try:
+            self._producer.close(timeout=self.timeout_s)
+        finally:
+            self._consumer.close()
+
+    # ------------------------------------------------------------------ instances
+
+    def lock_instance(self, instance_id: str) -> None:
+        """Check the id; a topic cannot hold a lock (see the module doc)."""
+        check_instance_id(instance_id)
+
+    def unlock_instance(self, instance_id: str) -> None:
+        """Nothing to release."""
+
+    def load_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None:
+        """This instance's last checkpoint, or ``None`` if it has none.
+
+        ``latest=False`` answers from the view without reading the topic (see the protocol).
+        """
+        return self._load(_instance_name(instance_id), InstanceState, catch_up=latest)
+
+    def has_instance(self, instance_id: str) -> bool:
+        """Whether ``instance_id`` has a checkpoint."""
+        self._catch_up()
+        return _instance_name(instance_id) in self._latest
+
+    def newest_other_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None:
+        """The most recently written checkpoint of another instance (to warm-start a new one)."""
+        if latest:
+            self._catch_up()
+        own = _instance_name(instance_id)
+        candidates = []
+        for name in self._latest:
+            if name.startswith("instances/") and "@" not in name and name != own:
+                try:
+                    candidates.append((self._manifest(name)["written"], name))
+                except CheckpointError as error:
+                    log.warning("skipping %s in %s: %s", name, self.describe(), error)
+        for _, name in sorted(candidates, reverse=True):
+            try:
+                return self._load(name, InstanceState, catch_up=False)
+            except CheckpointError as error:
+                log.warning("skipping %s: %s", name, error)
+        return None
+
+    def save_instance(self, state: InstanceState) -> int:
+        """Write an instance's checkpoint; return its size in bytes."""
+        return self._save(_instance_name(state.instance), state)
+
+    # ------------------------------------------------------------------ partitions
+
+    def load_partition(self, partition: Partition, *, latest: bool = True) -> PartitionState | None:
+        """The partition's last checkpoint, or ``None`` if nobody has written one."""
+        return self._load(_partition_name(partition), PartitionState, catch_up=latest)
+
+    def save_partition(self, state: PartitionState) -> int:
+        """Write a partition's checkpoint; return its size in bytes."""
+        return self._save(_partition_name((state.topic, state.partition)), state)
+
+    def partitions(self) -> list[Partition]:
+        """Every partition with a checkpoint in the store."""
+        self._catch_up()
+        found = []
+        for name in self._latest:
+            if name.startswith("partitions/") and "@" not in name:
+                topic, _, number = name[len("partitions/") :].rpartition("/")
+                found.append((topic, int(number)))
+        return sorted(found)
+
+    # ------------------------------------------------------------------ reading
+
+    def refresh(self) -> None:
+        """Read what was written since the last read (the service calls this after each
+        checkpoint, so that a partition taken over in a rebalance has little left to read), and
+        sweep for orphaned chunks if the last sweep is ``ORPHAN_SWEEP_INTERVAL_S`` old."""
+        self._catch_up()
+        if time.monotonic() >= self._next_orphan_sweep:
+            self._next_orphan_sweep = time.monotonic() + ORPHAN_SWEEP_INTERVAL_S
+            self.collect_orphans()
+
+    def collect_orphans(self) -> int:
+        """Tombstone the chunks that no manifest names and that are ``orphan_grace_s`` old;
+        return how many. Names whose manifest cannot be read are left alone."""
+        now = time.time()
+        named: dict[str, str | None] = {}  # name -> the version its manifest names (None: none)
+        unreadable: set[str] = set()
+        orphans = []
+        for key in self._latest:
+            name, at, rest = key.partition("@")
+            if not at or name in unreadable:
+                continue  # a manifest, or a name whose live version cannot be told
+            if name not in named:
+                try:
+                    named[name] = self._manifest(name)["version"] if name in self._latest else None
+                except CheckpointError:
+                    unreadable.add(name)
+                    continue
+            if rest.partition("/")[0] == named[name]:
+                continue
+            if now - self._chunk_written_at.get(key, now) >= self.orphan_grace_s:
+                orphans.append(key)
+        if orphans:
+            self._send([(key, None) for key in sorted(orphans)], "orphaned chunks")
+            for key in orphans:
+                self._forget_chunk(key)
+            log.info("%s: tombstoned %d orphaned checkpoint chunks", self.describe(), len(orphans))
+        return len(orphans)
+
+    def _forget_chunk(self, key: str) -> None:
+        self._latest.pop(key, None)
+        self._chunk_written_at.pop(key, None)
+        own = self._own_chunks.get(key.partition("@")[0])
+        if own is not None:
+            own.discard(key)
+
+    def _load(self, name: str, kind: type, *, catch_up: bool = True) -> Any:
+        if catch_up:
+            self._catch_up()
+        if name not in self._latest:
+            return None
+        manifest = self._manifest(name)
+        where = f"{name} in {self.describe()}"
+        parts = []
+        for index in range(manifest["chunks"]):
+            chunk = self._latest.get(_chunk_key(name, manifest["version"], index))
+            if chunk is None:
+                raise CheckpointError(
+                    f"checkpoint {where} is incomplete: chunk {index + 1} of {manifest['chunks']} "
+                    f"of version {manifest['version']} is missing"
+                )
+            parts.append(chunk)
+        data = b"".join(parts)
+        if len(data) != manifest["bytes"] or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
+            raise CheckpointError(f"checkpoint {where} is damaged: its chunks do not match the manifest")
+        state = decode_checkpoint(data, where)
+        if not isinstance(state, kind):
+            raise CheckpointError(f"{where} does not hold a {kind.__name__}")
+        check_finite(state, where, saving=False)
+        return state
+
+    def _manifest(self, name: str) -> dict[str, Any]:
+        try:
+            manifest = json.loads(self._latest[name])
+            if manifest["format"] != MANIFEST_FORMAT:
+                raise CheckpointError(
+                    f"{name} in {self.describe()} has store format {manifest['format']}; "
+                    f"this version reads {MANIFEST_FORMAT}"
+                )
+            for field, kind in (("version", str), ("chunks", int), ("bytes", int), ("sha256", str)):
+                if not isinstance(manifest[field], kind):
+                    raise TypeError(field)
+        except (ValueError, KeyError, TypeError) as error:
+            where = f"{name} in {self.describe()}"
+            raise CheckpointError(f"{where} has an unreadable manifest: {error!r}") from None
+        return manifest
+
+    def _catch_up(self) -> None:
+        """Read what was written to the topic since the last read (by any instance)."""
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            end = self._consumer.end_offsets([self._partition])[self._partition]
+            while True:
+                batches = self._consumer.poll(timeout_ms=100)
+                if batches:
+                    deadline = time.monotonic() + self.timeout_s  # a long backlog is fine while it moves
+                for records in batches.values():
+                    for record in records:
+                        key = record.key.decode() if record.key is not None else None
+                        if key is None:
+                            continue
+                        if record.value is None:
+                            self._latest.pop(key, None)
+                            self._chunk_written_at.pop(key, None)
+                        else:
+                            self._latest[key] = record.value
+                            if "@" in key:
+                                written = record.timestamp / 1000 if record.timestamp >= 0 else time.time()
+                                self._chunk_written_at.setdefault(key, written)
+                if self._consumer.position(self._partition) >= end and not batches:
+                    return  # at the end, and nothing was left in the fetch buffer
+                if time.monotonic() > deadline:
+                    raise CheckpointError(
+                        f"cannot read {self.describe()} to its end: nothing new for {self.timeout_s:g} s "
+                        f"(at offset {self._consumer.position(self._partition)} of {end})"
+                    )
+        except KafkaError as error:
+            raise CheckpointError(f"cannot read {self.describe()}: {error}") from error
+
+    # ------------------------------------------------------------------ writing
+
+    def _save(self, name: str, state: Any) -> int:
+        # Nothing is sent for a state with non-finite values: the previous version stays live.
+        check_finite(state, f"{name} in {self.describe()}", saving=True)
+        data = encode_checkpoint(state)
+        version = uuid.uuid4().hex
+        size = self.chunk_bytes
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        # What this write replaces: the version the view's manifest names, and every chunk this
+        # store wrote or tried to write before (a failed write's included). Versions only seen in
+        # the view are left alone: another writer of the same name (a partition's old owner still
+        # saving it, say) may be writing one that its manifest will name next.
+        own = self._own_chunks.setdefault(name, set())
+        stale = set(own)
+        if name in self._latest:
+            try:
+                replaced = self._manifest(name)
+            except CheckpointError:
+                pass  # an unreadable manifest: nothing to tell which chunks were its
+            else:
+                stale.update(_chunk_key(name, replaced["version"], i) for i in range(replaced["chunks"]))
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": version,
+            "chunks": len(chunks),
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "written": time.time(),
+        }
+        written = [(_chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
+        own.update(key for key, _ in written)
+        self._send(written, name)
+        # The view takes each step once it is acknowledged; the consumer reads the same records
+        # again later, which changes nothing.
+        self._latest.update(written)
+        self._chunk_written_at.update((key, time.time()) for key, _ in written)
+        manifest_value = json.dumps(manifest).encode()
+        self._send([(name, manifest_value)], name)  # only now is the new version live
+        self._latest[name] = manifest_value
+        stale.difference_update(key for key, _ in written)
+        self._send([(key, None) for key in sorted(stale)], name)
+        for key in stale:
+            self._forget_chunk(key)
+        own.intersection_update(key for key, _ in written)
+        return len(data)
+
+    def _send(self, records: list[tuple[str, bytes | None]], name: str) -> None:
+        """Produce ``records`` and wait until the broker acknowledged every one."""
+        if not records:
+            return
+        try:
+            send = self._producer.send
+            futures = [send(self.topic, key=key.encode(), value=value) for key, value in records]
+            self._producer.flush(timeout=self.timeout_s)
+            for future in futures:
+                future.get(timeout=self.timeout_s)
+        except KafkaError as error:
+            raise CheckpointError(f"cannot write checkpoint {name} to {self.describe()}: {error}") from error
+
+    def _ensure_topic(self) -> None:
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers,
+            client_id="stream-lstm-store",
+            bootstrap_timeout_ms=int(min(self._attempt_timeout_s, self.timeout_s) * 1000),
+        )
+        try:
+            response = admin.create_topics(
+                {
+                    self.topic: {
+                        "num_partitions": 1,
+                        "replication_factor": -1,
+                        # Compaction never touches the active segment: roll it hourly, and clean
+                        # early, so that what a new reader must read stays small.
+                        "configs": {
+                            "cleanup.policy": "compact",
+                            "segment.ms": str(3600 * 1000),
+                            "min.cleanable.dirty.ratio": "0.1",
+                        },
+                    }
+                },
+                timeout_ms=int(self.timeout_s * 1000),
+                raise_errors=False,
+            )
+            for result in response["topics"]:
+                code = result["error_code"]
+                if code not in (0, _TOPIC_ALREADY_EXISTS):
+                    raise CheckpointError(
+                        f"cannot create the checkpoint topic {self.topic!r}: "
+                        f"{result.get('error_message') or 'no message'} (Kafka error code {code})"
+                    )
+        finally:
+            admin.close()
+
+
+def _instance_name(instance_id: str) -> str:
+    return f"instances/{check_instance_id(instance_id)}"
+
+
+def _partition_name(partition: Partition) -> str:
+    topic, number = partition
+    return f"partitions/{topic}/{int(number)}"
+
+
+def _chunk_key(name: str, version: str, index: int) -> str:
+    return f"{name}@{version}/{index}"

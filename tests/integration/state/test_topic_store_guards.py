@@ -1,0 +1,46 @@
+"""The topic store on the real embedded broker: a non-finite state is never sent, and a record
+holding one is never loaded."""
+
+from __future__ import annotations
+
+import math
+import uuid
+
+import pytest
+import torch
+
+from stream_lstm.errors import CheckpointError
+from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.kafka.broker import EmbeddedBroker
+from stream_lstm.messages.events import Event
+from stream_lstm.state.directory_store import InstanceState
+from stream_lstm.state.topic_store import KafkaTopicStore
+
+
+def test_a_poisoned_instance_is_not_sent_and_a_poisoned_record_is_not_loaded(
+    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = f"ckpt-{uuid.uuid4().hex[:12]}"
+    writer = KafkaTopicStore(broker.bootstrap_servers, topic)
+    reader = KafkaTopicStore(broker.bootstrap_servers, topic)
+    try:
+        evaluator = PrequentialEvaluator(build_models(["lstm"], lstm={"hidden_size": 4, "device": "cpu"}))
+        evaluator.process([Event(key="k", features={"x": 1.0}, label=1)] * 4)
+        writer.save_instance(InstanceState(evaluator=evaluator, instance="a"))
+        with torch.no_grad():
+            evaluator.models["lstm"].network.head.weight[0, 0] = math.nan
+        end = writer._consumer.end_offsets([writer._partition])[writer._partition]
+        with pytest.raises(CheckpointError, match=r"instances/a in Kafka topic .* not written.*head\.weight"):
+            writer.save_instance(InstanceState(evaluator=evaluator, instance="a"))
+        assert writer._consumer.end_offsets([writer._partition])[writer._partition] == end  # nothing sent
+        assert not torch.isnan(reader.load_instance("a").evaluator.models["lstm"].network.head.weight).any()
+        # Sent by going around the check (as an older version could have): another store refuses it.
+        with monkeypatch.context() as patch:
+            patch.setattr("stream_lstm.state.topic_store.check_finite", lambda *args, **kwargs: None)
+            writer.save_instance(InstanceState(evaluator=evaluator, instance="a"))
+        with pytest.raises(CheckpointError, match=r"instances/a in Kafka topic .* refused.*head\.weight"):
+            reader.load_instance("a")
+        assert reader.newest_other_instance("b") is None  # a warm start skips it
+    finally:
+        writer.close()
+        reader.close()

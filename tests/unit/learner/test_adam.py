@@ -1,0 +1,127 @@
+"""The learner's FusedAdam takes exactly the steps of torch.optim.Adam, and shares its checkpoints."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stream_lstm.learner.adam import FusedAdam
+from stream_lstm.learner.lstm_learner import LSTMLearner
+from stream_lstm.offline.generator import temporal_stream
+
+
+class ThroughTorchOptim(LSTMLearner):
+    """The same learner, with torch.optim's fused Adam."""
+
+    def _build(self) -> None:
+        super()._build()
+        self.optimizer = torch.optim.Adam(self._parameters, lr=self.learning_rate, fused=True)  # type: ignore[assignment]
+
+
+def _learn(learners: list[LSTMLearner], events: list, batch_size: int = 7) -> None:
+    for start in range(0, len(events), batch_size):
+        batch = events[start : start + batch_size]
+        for learner in learners:
+            learner.predict_proba_many(batch)
+            learner.learn_many(batch)
+
+
+def _assert_same(mine: LSTMLearner, theirs: LSTMLearner) -> None:
+    for a, b in zip(mine.network.parameters(), theirs.network.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ours, reference = mine.optimizer.state_dict(), theirs.optimizer.state_dict()
+    assert _shared_keys(ours["param_groups"]) == _shared_keys(reference["param_groups"])
+    assert ours["state"].keys() == reference["state"].keys()
+    for index, state in ours["state"].items():
+        assert state.keys() == reference["state"][index].keys()
+        for name, value in state.items():
+            torch.testing.assert_close(value, reference["state"][index][name], rtol=0, atol=0)
+
+
+def _shared_keys(groups: list[dict]) -> list[dict]:
+    """Parameter groups without the keys torch.optim.Adam has only in some versions."""
+    return [{k: v for k, v in group.items() if k != "decoupled_weight_decay"} for group in groups]
+
+
+def test_fused_adam_steps_exactly_like_torch_optim_adam() -> None:
+    events = list(temporal_stream(400, n_keys=5, seed=9))
+    ours = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
+    reference = ThroughTorchOptim(hidden_size=8, tbptt_steps=4, device="cpu")
+    assert isinstance(ours.optimizer, FusedAdam)
+    before_any_step = ours.optimizer.state_dict(), reference.optimizer.state_dict()
+    assert before_any_step[0]["state"] == before_any_step[1]["state"] == {}
+    assert _shared_keys(before_any_step[0]["param_groups"]) == _shared_keys(
+        before_any_step[1]["param_groups"]
+    )
+    _learn([ours, reference], events)
+    assert ours.steps == reference.steps > 50
+    _assert_same(ours, reference)
+
+
+@pytest.mark.parametrize("direction", ["torch to ours", "ours to torch"])
+def test_optimizer_state_moves_between_fused_adam_and_torch_optim(direction: str) -> None:
+    """A checkpoint written with one optimizer continues, step for step, with the other."""
+    events = list(temporal_stream(300, n_keys=5, seed=3))
+    first, second = events[:150], events[150:]
+    writer_cls, reader_cls = (
+        (ThroughTorchOptim, LSTMLearner) if direction == "torch to ours" else (LSTMLearner, ThroughTorchOptim)
+    )
+    writer = writer_cls(hidden_size=8, tbptt_steps=4, device="cpu")
+    _learn([writer], first)
+    # The learner's own checkpoint path, with the reader's optimizer class.
+    reader = reader_cls.__new__(reader_cls)
+    reader.__setstate__(pickle.loads(pickle.dumps(writer.__getstate__())))
+    assert type(reader.optimizer) is not type(writer.optimizer)
+    _learn([writer, reader], second)
+    _assert_same(reader, writer) if reader_cls is LSTMLearner else _assert_same(writer, reader)
+
+
+def test_fused_adam_refuses_state_it_cannot_continue() -> None:
+    weight = torch.nn.Parameter(torch.ones(3))
+    adam = FusedAdam([weight], lr=0.1)
+    other = torch.optim.Adam([weight, torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match="other parameters"):
+        adam.load_state_dict(other.state_dict())
+    decaying = torch.optim.Adam([weight], lr=0.1, weight_decay=0.01)
+    with pytest.raises(ValueError, match="weight_decay"):
+        adam.load_state_dict(decaying.state_dict())
+    sgd = torch.optim.SGD([weight], lr=0.5)
+    with pytest.raises(ValueError, match="not Adam's"):
+        adam.load_state_dict(sgd.state_dict())
+    stepped = torch.optim.Adam([weight], lr=0.5)
+    weight.grad = torch.ones(3)
+    stepped.step()
+    broken = stepped.state_dict()
+    del broken["state"][0]["exp_avg_sq"]
+    with pytest.raises(ValueError, match="lacks"):
+        adam.load_state_dict(broken)
+    assert adam.lr == 0.1  # a refused state changes nothing
+    weight.grad = None
+    with pytest.raises(RuntimeError, match="needs a gradient"):
+        adam.step()
+
+
+def test_the_learner_does_not_import_torch_dynamo() -> None:
+    """torch.optim imports torch._dynamo on first use: about a second of every start."""
+    script = (
+        "import sys\n"
+        "import torch\n"
+        "print('torch._dynamo' in sys.modules)\n"
+        "from stream_lstm.offline.generator import temporal_stream\n"
+        "from stream_lstm.learner.lstm_learner import LSTMLearner\n"
+        "learner = LSTMLearner(hidden_size=4, device='cpu')\n"
+        "batch = list(temporal_stream(20, n_keys=2, seed=1))\n"
+        "learner.predict_proba_many(batch); learner.learn_many(batch)\n"
+        "learner.__setstate__(learner.__getstate__())\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=120)
+    with_torch, with_learner = done.stdout.split()
+    if with_torch == "True":
+        pytest.skip(f"this torch ({torch.__version__}) imports torch._dynamo by itself")
+    assert with_learner == "False"

@@ -1,0 +1,112 @@
+"""The second process of `stream-lstm evaluate`: same results as one process, failures reported."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from stream_lstm.errors import EvaluationError
+from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.offline.evaluate import CsvSpec, SideLane, evaluate_stream
+from stream_lstm.offline.generator import temporal_stream, write_csv
+
+
+@pytest.fixture
+def stream_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "stream.csv"
+    write_csv(temporal_stream(3000, n_keys=20, seed=2), path)
+    return path
+
+
+def _lane(spec: CsvSpec, names: list[str]) -> SideLane:
+    return SideLane(spec, names, batch_size=32, window=100, max_keys=1000, keep_trace=True)
+
+
+def test_side_lane_results_merge_in_the_asked_order(stream_csv: Path) -> None:
+    spec = CsvSpec(str(stream_csv), label="label", key="key", ts="ts", limit=2500)
+    lane = _lane(spec, ["logreg"])
+    try:
+        here = PrequentialEvaluator(
+            build_models(["no_change"], max_keys=1000), window=100, max_keys=1000, keep_trace=True
+        )
+        evaluate_stream(spec.events(), here, batch_size=32, side_lane=lane, order=["logreg", "no_change"])
+    finally:
+        lane.close()
+    alone = PrequentialEvaluator(
+        build_models(["logreg", "no_change"], max_keys=1000), window=100, max_keys=1000, keep_trace=True
+    )
+    evaluate_stream(spec.events(), alone, batch_size=32)
+    assert list(here.scores) == ["logreg", "no_change"] and here.events == alone.events == 2500
+    for name in alone.scores:
+        assert here.scores[name].whole() == alone.scores[name].whole()
+        assert (here.rolling_accuracy_curve(name) == alone.rolling_accuracy_curve(name)).all()
+
+
+def test_an_error_in_the_side_process_is_reported_with_its_traceback(tmp_path: Path) -> None:
+    lane = _lane(CsvSpec(str(tmp_path / "gone.csv"), label="label"), ["logreg"])
+    try:
+        with pytest.raises(EvaluationError, match=r"(?s)evaluating logreg failed.*no such file"):
+            lane.results()
+    finally:
+        lane.close()
+
+
+def test_a_killed_side_process_is_an_error_not_a_hang(stream_csv: Path) -> None:
+    lane = _lane(CsvSpec(str(stream_csv), label="label", key="key"), ["logreg"])
+    try:
+        os.kill(lane.pid, signal.SIGKILL)
+        with pytest.raises(EvaluationError, match="exited with code -9 before sending its scores"):
+            lane.results()
+    finally:
+        lane.close()
+
+
+def test_close_stops_a_running_side_process(stream_csv: Path) -> None:
+    big = stream_csv.with_name("big.csv")
+    write_csv(temporal_stream(100_000, n_keys=20, seed=3), big)
+    lane = _lane(CsvSpec(str(big), label="label", key="key"), ["logreg"])
+    assert lane.running
+    lane.close()
+    deadline = time.monotonic() + 10
+    while lane.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not lane.running
+
+
+def test_results_of_other_events_are_refused(stream_csv: Path) -> None:
+    spec = CsvSpec(str(stream_csv), label="label", key="key")
+    first = PrequentialEvaluator(build_models(["logreg"]))
+    evaluate_stream(spec.events(), first, batch_size=32)
+    second = PrequentialEvaluator(build_models(["no_change"]))
+    evaluate_stream(CsvSpec(spec.path, label="label", key="key", limit=100).events(), second, batch_size=32)
+    with pytest.raises(EvaluationError, match="did the file change while it was read"):
+        second.add_results(first.results())
+    again = PrequentialEvaluator(build_models(["logreg"]))
+    evaluate_stream(spec.events(), again, batch_size=32)
+    with pytest.raises(EvaluationError, match="logreg were evaluated twice"):
+        again.add_results(first.results())
+
+
+def test_a_side_lane_can_be_started_outside_the_main_thread(stream_csv: Path) -> None:
+    """Only the main thread may change signal handlers: elsewhere the lane starts without."""
+    import threading
+
+    outcome: list[object] = []
+
+    def run() -> None:
+        lane = _lane(CsvSpec(str(stream_csv), label="label", key="key", limit=500), ["no_change"])
+        try:
+            outcome.append(lane.results()["events"])
+        except Exception as error:
+            outcome.append(error)
+        finally:
+            lane.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=60)
+    assert outcome == [500]
