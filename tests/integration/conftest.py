@@ -13,7 +13,6 @@ import pytest
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.kafka.interface import KAFKA_CLIENTS
 from stream_lstm.state.directory_store import DirectoryStore, default_instance_id
-
 from tests.integration.service_harness import ServiceProcess
 
 

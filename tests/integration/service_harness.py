@@ -19,7 +19,6 @@ from kafka import KafkaConsumer, TopicPartition
 from stream_lstm.kafka.broker import free_port
 from stream_lstm.kafka.connect import EventWriter
 from stream_lstm.messages.events import Event, encode_event
-
 from tests.waiting import wait_for
 
 __all__ = ["wait_for"]  # the service tests import it from here

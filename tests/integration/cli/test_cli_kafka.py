@@ -14,7 +14,6 @@ from stream_lstm.cli.main import main
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.messages.events import decode_event
 from stream_lstm.offline.generator import temporal_stream, write_csv
-
 from tests.integration.service_harness import wait_for
 
 

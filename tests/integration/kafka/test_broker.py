@@ -21,7 +21,6 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream_lstm.errors import ConfigError, StreamLSTMError
 from stream_lstm.kafka.broker import BrokerError, EmbeddedBroker, free_port
-
 from tests.waiting import wait_for
 
 # Tansu is slow to settle a group with kafka-python's defaults; these keep joins near 3 s.

@@ -20,10 +20,9 @@ from hypothesis.errors import NonInteractiveExampleWarning
 from stream_lstm.kafka.broker import EmbeddedBroker
 from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
-
-from tests.unit.messages.test_decode_properties import hostile_messages
 from tests.integration.conftest import checkpoint_of
 from tests.integration.service_harness import TopicReader, produce, produce_raw, source_offsets, wait_for
+from tests.unit.messages.test_decode_properties import hostile_messages
 
 pytestmark = pytest.mark.slow
 

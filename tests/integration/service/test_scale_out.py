@@ -22,7 +22,6 @@ from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.state.directory_store import CheckpointStore, DirectoryStore
 from stream_lstm.state.topic_store import KafkaTopicStore
-
 from tests.integration.service_harness import ServiceProcess, TopicReader, produce, wait_for
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,15 @@ from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_model
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
-
 from tests.integration.conftest import checkpoint_of
-from tests.integration.service_harness import ServiceProcess, TopicReader, produce, produce_raw, source_offsets, wait_for
+from tests.integration.service_harness import (
+    ServiceProcess,
+    TopicReader,
+    produce,
+    produce_raw,
+    source_offsets,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,6 @@ import pytest
 
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.offline.generator import temporal_stream
-
 from tests.integration.service_harness import ServiceProcess, produce, produce_raw, wait_for
 
 pytestmark = pytest.mark.slow

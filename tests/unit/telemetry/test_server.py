@@ -18,7 +18,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_lstm.telemetry.metrics import MetricsServer, Telemetry
-
 from tests.waiting import wait_for
 
 
