@@ -124,3 +124,8 @@ class PredictsApart(OnlineClassifier):
 def models_that(models: dict[str, OnlineClassifier], capability: type) -> dict[str, Any]:
     """The models (by name, in order) that declare ``capability``."""
     return {name: model for name, model in models.items() if isinstance(model, capability)}
+
+
+def trained_model(models: dict[str, OnlineClassifier]) -> TrainedModel | None:
+    """The trained network among ``models`` (the LSTM, or the process running it), if any."""
+    return next((model for model in models.values() if isinstance(model, TrainedModel)), None)

@@ -24,6 +24,7 @@ from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.process import LearnerProcessError
 from stream_lstm.messages.events import encode_event
 from stream_lstm.offline.generator import temporal_stream
+from stream_lstm.service.checkpointer import Checkpointer
 from stream_lstm.service.stream_service import ServiceSettings, StreamService
 from stream_lstm.state.directory_store import DirectoryStore
 from stream_lstm.telemetry.metrics import Telemetry
@@ -85,13 +86,13 @@ class ScriptedKafka:
             self.service.stop()
             return []
         if self.polls == self.kill_child_at:
-            assert self.service._learner_process is not None and self.service._ahead is not None
-            self.killed_child = self.service._learner_process.pid
+            assert self.service.learner_process is not None and self.service.in_flight is not None
+            self.killed_child = self.service.learner_process.pid
             os.kill(self.killed_child, signal.SIGKILL)
         if self.polls == 0:
             self.on_assigned(list(PARTITIONS))
         elif self.polls == self.rebalance_at:
-            self.in_flight_at_rebalance = self.service._ahead is not None
+            self.in_flight_at_rebalance = self.service.in_flight is not None
             self._revoking = True
             try:
                 self.on_revoked(list(PARTITIONS))
@@ -234,7 +235,7 @@ def test_a_checkpoint_falling_due_settles_the_batch_in_flight_first(
     """Whether a checkpoint is due can change from one look to the next (it is also timed):
     the loop decides once per step, and settles before it checkpoints."""
     looks = iter(range(10**6))
-    monkeypatch.setattr(StreamService, "_checkpoint_due", lambda self: next(looks) % 2 == 1)
+    monkeypatch.setattr(Checkpointer, "due", lambda self, unflushed_bytes: next(looks) % 2 == 1)
     kafka = ScriptedKafka(160)
     store = run_service(tmp_path, kafka, learner_process=True)
     assert_learned_exactly_once(store, kafka)

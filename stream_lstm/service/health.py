@@ -1,0 +1,62 @@
+"""Whether the service is healthy: connected to Kafka, checkpointing, not stopping (/healthz)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from stream_lstm.kafka.interface import KafkaClient
+from stream_lstm.telemetry.metrics import Telemetry
+
+log = logging.getLogger(__name__)
+
+#: How often the broker connection is probed while the loop runs, in seconds.
+PROBE_INTERVAL_S = 1.0
+
+
+class Health:
+    """The broker connection as the loop last saw it, the last error, and a failing checkpoint."""
+
+    def __init__(self, bootstrap_servers: str, telemetry: Telemetry) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.telemetry = telemetry
+        self.broker_connected = False
+        self.last_error: str | None = None
+        #: Why the last checkpoint could not be written; None once one is written again.
+        self.checkpoint_error: str | None = None
+        self._next_probe = 0.0
+
+    def set_connected(self, connected: bool, error: str | None = None) -> None:
+        """Record the broker connection; log a change."""
+        if connected != self.broker_connected:
+            if connected:
+                log.info("connected to Kafka at %s", self.bootstrap_servers)
+            else:
+                log.warning("Kafka unavailable: %s", error)
+        self.broker_connected = connected
+        self.last_error = None if connected else error
+        self.telemetry.broker_up.set(1 if connected else 0)
+
+    def probe(self, kafka: KafkaClient | None) -> None:
+        """Ask the client whether it is connected, at most once per :data:`PROBE_INTERVAL_S`."""
+        now = time.monotonic()
+        if now < self._next_probe or kafka is None:
+            return
+        self._next_probe = now + PROBE_INTERVAL_S
+        connected = kafka.connected()
+        if connected != self.broker_connected:
+            self.set_connected(connected, None if connected else "no connection to any broker")
+
+    def report(
+        self, *, stopping: bool, connected_client: bool, events_learned: int
+    ) -> tuple[bool, dict[str, Any]]:
+        """Ready when connected to Kafka, checkpointing and not stopping; details for /healthz."""
+        ready = self.broker_connected and not stopping and connected_client and self.checkpoint_error is None
+        return ready, {
+            "broker_connected": self.broker_connected,
+            "stopping": stopping,
+            "last_error": self.last_error,
+            "checkpoint_error": self.checkpoint_error,
+            "events_learned": events_learned,
+        }

@@ -1,0 +1,37 @@
+"""The service's settings: everything the loop needs besides the models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stream_lstm.kafka.interface import KafkaSettings
+from stream_lstm.messages.events import DEFAULT_LIMITS, InputLimits
+from stream_lstm.state.directory_store import default_instance_id
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Everything the loop needs besides the models."""
+
+    kafka: KafkaSettings
+    checkpoint_dir: Path
+    #: Keep the checkpoint store in this compacted Kafka topic instead of ``checkpoint_dir``.
+    checkpoint_topic: str | None = None
+    batch_size: int = 64
+    checkpoint_every: int = 10_000
+    checkpoint_interval_s: float = 5.0
+    poll_timeout_s: float = 0.2
+    flush_timeout_s: float = 10.0
+    #: What a message may hold (sizes, magnitudes); the rest goes to the dead-letter topic.
+    limits: InputLimits = DEFAULT_LIMITS
+    scores_interval_s: float = 1.0
+    instance_id: str = field(default_factory=default_instance_id)
+    #: Checkpoint (which waits for the broker to acknowledge every record) once the records
+    #: produced since the last one reach this many bytes: what waits in the producer, or for the
+    #: transaction, stays bounded however many large dead letters a flood of bad input makes.
+    max_unflushed_bytes: int = 64 * 2**20
+    #: Run the LSTM in a child process (:mod:`stream_lstm.learner.process`), using another CPU.
+    learner_process: bool = False
+    #: CPU threads torch may use in that process.
+    torch_threads: int = 1
