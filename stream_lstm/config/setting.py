@@ -1,9 +1,13 @@
 """Settings, read in one place: command-line flags, then ``STREAM_LSTM_*`` variables, then TOML.
 
-Every setting is declared once as a :class:`Setting`; the command line, the environment and the
-TOML file all go through it, so a name, a parser and a default can never disagree between them.
-A flag given on the command line wins over the environment, which wins over the file
-(``--config FILE.toml``, flat ``name = value`` pairs), which wins over the default.
+Every setting is declared once as a :class:`Setting` (all of them in
+:mod:`stream_lstm.config.declared`); the command line, the environment and the TOML file all go
+through it, so a name, a parser and a default can never disagree between them. A flag given on the
+command line wins over the environment, which wins over the file (``--config FILE.toml``, flat
+``name = value`` pairs), which wins over the default.
+
+This module holds the mechanics: :class:`Setting`, the parsers of values, the flags
+(:func:`add_settings`) and the resolution (:func:`resolve_settings`).
 """
 
 from __future__ import annotations
@@ -86,6 +90,26 @@ def model_list(text: str) -> tuple[str, ...]:
     return names
 
 
+def kafka_client(value: str) -> str:
+    """A ``--kafka-client`` value whose library is installed."""
+    from stream_lstm.kafka.connect import check_kafka_client
+
+    try:
+        return check_kafka_client(value)
+    except ConfigError as error:  # argparse turns ValueError into a usage message
+        raise ValueError(str(error)) from None
+
+
+def max_abs_value(text: str) -> float:
+    """A magnitude limit: above 0 and at most the 1e18 the learner is built for."""
+    from stream_lstm.messages.events import MAX_ABS_VALUE
+
+    value = float(text)
+    if not 0 < value <= MAX_ABS_VALUE:
+        raise ValueError(f"must be above 0 and at most {MAX_ABS_VALUE:g}, got {text}")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configurable value: its name, how to parse it, its default and what it means."""
@@ -104,6 +128,13 @@ class Setting:
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
+    @property
+    def shown_default(self) -> str:
+        """The default as the help and the reference show it (``none`` when there is none)."""
+        if isinstance(self.default, tuple):
+            return ",".join(self.default)
+        return "none" if self.default is None else str(self.default)
+
 
 def add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
     """Add a flag per setting; its help names the default and the environment variable."""
@@ -113,7 +144,7 @@ def add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -
             "dest": setting.name,
             "default": None,  # None means "not given", so the environment or file can apply
             "metavar": setting.metavar or setting.name.upper(),
-            "help": f"{setting.help} (default: {_show(setting.default)}; env {setting.env})",
+            "help": f"{setting.help} (default: {setting.shown_default}; env {setting.env})",
         }
         if parse is parse_bool or parse is parse_auto_bool:  # a bare flag means true
             kwargs["type"] = _argparse_type(parse)
@@ -186,43 +217,3 @@ def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
     convert.__name__ = parse.__name__
     return convert
-
-
-def _show(default: Any) -> str:
-    if isinstance(default, tuple):
-        return ",".join(default)
-    return "none" if default is None else str(default)
-
-
-# ---------------------------------------------------------------------- shared settings
-
-LEARNER_SETTINGS: tuple[Setting, ...] = (
-    Setting("models", model_list, ("lstm", "logreg", "no_change"), "models to run, comma-separated"),
-    Setting("batch_size", positive_int, 64, "events per micro-batch (1: learn after every event)"),
-    Setting("window", positive_int, 1000, "labelled events in the rolling scores"),
-    Setting("hidden_size", positive_int, 32, "LSTM state size"),
-    Setting("tbptt_steps", positive_int, 8, "steps a gradient flows back through, per key"),
-    Setting("learning_rate", non_negative_float, 0.01, "Adam step size of the LSTM (0 freezes it)"),
-    Setting("clip_grad_norm", float, 1.0, "largest gradient norm of an LSTM step"),
-    Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),
-    Setting("max_features", positive_int, 32, "distinct feature names the LSTM takes as inputs"),
-    Setting(
-        "input_clip",
-        positive_float,
-        10.0,
-        "standardised inputs of the LSTM and logreg are clipped to plus or minus this",
-    ),
-    Setting("device", str, "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N"),
-    Setting("seed", int, 0, "seed of the LSTM's initial weights"),
-)
-
-LSTM_HYPERPARAMETERS = (
-    "hidden_size",
-    "tbptt_steps",
-    "learning_rate",
-    "clip_grad_norm",
-    "max_features",
-    "input_clip",
-    "device",
-    "seed",
-)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_lstm.evaluation.prequential import METRICS
+from stream_lstm.evaluation.scores import METRICS
 
 
 def format_table(models: Mapping[str, Mapping[str, Any]], *, window: int) -> str:

@@ -2,8 +2,9 @@
 
 :func:`open_kafka` gives the service a :class:`~stream_lstm.kafka.interface.KafkaClient` for
 ``--kafka-client``; :class:`EventWriter` is the producer that the ``produce`` and ``demo`` commands
-and the benchmarks use to put events on a topic. Each client module imports only the interface, so
-the clients never import each other.
+and the benchmarks use to put events on a topic. The modules of each client import only the
+interface, the delivery helpers, the sender base and their own client's modules, so the clients
+never import each other.
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ class EventWriter:
         self, bootstrap_servers: str, topic: str, *, linger_ms: int = 20, client: str = KAFKA_CLIENTS[0]
     ) -> None:
         if check_kafka_client(client) == "confluent":
-            from stream_lstm.kafka.confluent import ConfluentEventWriter
+            from stream_lstm.kafka.confluent_writer import ConfluentEventWriter
 
             self._writer: _Writer = ConfluentEventWriter(bootstrap_servers, topic, linger_ms=linger_ms)
         else:
-            from stream_lstm.kafka.kafka_python import KafkaPythonEventWriter
+            from stream_lstm.kafka.kafka_python_writer import KafkaPythonEventWriter
 
             self._writer = KafkaPythonEventWriter(bootstrap_servers, topic, linger_ms=linger_ms)
         self.topic = topic

@@ -5,16 +5,16 @@ Two clients implement :class:`KafkaClient`: kafka-python (the default, pure Pyth
 is several times faster, :mod:`stream_lstm.kafka.confluent`); ``--kafka-client`` picks one. The
 service never touches a client library. Offsets follow Kafka's convention throughout: the offset
 stored or committed for a partition is the NEXT offset to read, i.e. the last processed offset
-plus one.
+plus one. The errors of this area (:class:`KafkaIOError` and its kinds) are declared here; how
+the clients build them from failed deliveries is :mod:`stream_lstm.kafka.delivery`.
 """
 
 from __future__ import annotations
 
-import logging
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from stream_lstm.errors import StreamLSTMError
 
@@ -22,8 +22,6 @@ from stream_lstm.errors import StreamLSTMError
 BLOCKING_TIMEOUT_MS = 5_000
 
 #: The client libraries ``--kafka-client`` accepts; the first is the default.
-log = logging.getLogger(__name__)
-
 KAFKA_CLIENTS = ("kafka-python", "confluent")
 
 Partition = tuple[str, int]
@@ -81,117 +79,6 @@ class RecordsRejected(DeliveryFailed):
     the client stays usable), and by :meth:`KafkaClient.flush` and, in exactly-once mode,
     :meth:`KafkaClient.commit` when every failure was of the record itself.
     """
-
-
-def rejected_record(topic: str, source: Source | None, code: str, error: object) -> RejectedRecord:
-    """A :class:`RejectedRecord` whose detail is ``error``'s text, cut to :data:`DETAIL_CHARS`."""
-    detail = str(error)
-    if len(detail) > DETAIL_CHARS:
-        detail = detail[: DETAIL_CHARS - 3] + "..."
-    return RejectedRecord(topic, source, code, detail)
-
-
-def delivery_failure(
-    rejected: Sequence[RejectedRecord], others: Sequence[str], *, what: str = "records were not delivered"
-) -> DeliveryFailed:
-    """The error for failed deliveries: :class:`RecordsRejected` when every one was refused for
-    good (``others``, the texts of the remaining failures, is empty), else :class:`DeliveryFailed`
-    carrying the refused ones. There must be a failure to report: with none, everything was
-    delivered, and the caller must not raise at all."""
-    if not rejected and not others:
-        raise ValueError("delivery_failure needs a failure: none means everything was delivered")
-    if not others:
-        first = rejected[0]
-        return RecordsRejected(
-            f"{len(rejected)} {what}, refused for good: {first.code} ({first.detail})", rejected=rejected
-        )
-    message = f"{len(rejected) + len(others)} {what}: {others[0]}"
-    if rejected:
-        message += f" ({len(rejected)} of them refused for good: {rejected[0].code})"
-    return DeliveryFailed(message, rejected=rejected)
-
-
-_Record = TypeVar("_Record")
-
-#: What a sender of records returns for each one refused for good: (its index in the group
-#: sent, the :class:`RejectedRecord` code, the library's error text).
-Refusal = tuple[int, str, str]
-
-
-def isolate_rejected(
-    records: Sequence[_Record],
-    send: Callable[[Sequence[_Record]], Sequence[Refusal]],
-    found: list[Refusal] | None = None,
-) -> list[Refusal]:
-    """Of records a broker refused together, the ones it refuses on their own (indexes into ``records``).
-
-    A broker can refuse a whole batch for one bad record (librdkafka does not split a batch the
-    broker found too large; a failed transaction fails the batches sent with it), and the
-    others are innocent. ``send`` sends a group again, waits, and returns the refusals among
-    it, raising on any other failure. A group refused together is halved until each refused
-    record was refused while nothing else of its batch was: ``k`` bad records among ``n``
-    cost about ``1 + 2 k log2(n)`` sends. Each culprit is appended to ``found`` (returned) as
-    soon as it is known, so when ``send`` raises (out of time, say) the caller's ``found`` still
-    holds the culprits found so far: report them, and the next try has fewer suspects.
-
-    >>> sent = []
-    >>> def send(group):  # a broker that refuses any batch holding a record over 9
-    ...     sent.append(len(group))
-    ...     return [(i, "record_too_large", "too big") for i in range(len(group))] if max(group) > 9 else []
-    >>> isolate_rejected([1, 2, 30, 4, 5, 6], send), sent
-    ([(2, 'record_too_large', 'too big')], [6, 3, 1, 2, 1, 1, 3])
-    """
-
-    culprits: list[Refusal] = [] if found is None else found
-
-    def search(indexes: list[int]) -> None:
-        refused = send([records[i] for i in indexes])
-        if len(refused) <= 1:  # refused while nothing else of its batch was: its own fault
-            culprits.extend((indexes[j], code, detail) for j, code, detail in refused)
-            return
-        failed = [indexes[j] for j, _, _ in refused]
-        middle = len(failed) // 2
-        search(failed[:middle])
-        search(failed[middle:])
-
-    search(list(range(len(records))))
-    return culprits
-
-
-#: An output record as the clients keep it to send again: (topic, key, value, source).
-HeldRecord = tuple[str, bytes | None, bytes, "Source | None"]
-
-
-def rejected_records(records: Sequence[HeldRecord], found: Sequence[Refusal]) -> list[RejectedRecord]:
-    """The :class:`RejectedRecord` of each refusal ``found`` among ``records``."""
-    return [rejected_record(records[i][0], records[i][3], code, detail) for i, code, detail in found]
-
-
-def isolate_in_trial_transactions(
-    suspects: Sequence[HeldRecord],
-    *,
-    abort: Callable[[], None],
-    probe: Callable[[Sequence[HeldRecord], float], Sequence[Refusal]],
-    deadline: float,
-    errors: tuple[type[BaseException], ...],
-) -> DeliveryFailed | None:
-    """Exactly-once: which of a failed transaction's ``suspects`` the broker refuses on their own.
-
-    ``abort`` ends the failed transaction; ``probe(group, deadline)`` sends a group in a trial
-    transaction of its own, aborted (invisible to read_committed readers), and returns the
-    refusals among it, by the ``deadline`` (the caller's clock). ``errors`` are the library's
-    exceptions that end the search (out of time, a broken transaction): the culprits found by
-    then are still reported, so the next try has fewer suspects. ``None`` when none was found
-    (the caller's own error stands).
-    """
-    found: list[Refusal] = []
-    try:
-        abort()
-        isolate_rejected(suspects, lambda group: probe(group, deadline), found)
-    except errors as error:
-        log.warning("cannot tell which of %d refused records are at fault: %s", len(suspects), error)
-        return delivery_failure(rejected_records(suspects, found), [str(error)]) if found else None
-    return delivery_failure(rejected_records(suspects, found), []) if found else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from stream_lstm.errors import ConfigError, EventError
@@ -141,3 +142,24 @@ class CsvEventSource:
             self.bad_rows.append(bad)
         if self.on_bad_row is not None:
             self.on_bad_row(bad)
+
+
+@dataclass(frozen=True)
+class CsvSpec:
+    """How to read a CSV file of events, enough for another process to read it again."""
+
+    path: str
+    label: str
+    key: str | None = None
+    ts: str | None = None
+    limit: int | None = None
+
+    def reader(self, on_bad_row: Callable[[BadRow], None] | None = None) -> CsvEventSource:
+        """A new reader of the file (``on_bad_row`` as for :class:`CsvEventSource`)."""
+        return CsvEventSource(self.path, label=self.label, key=self.key, ts=self.ts, on_bad_row=on_bad_row)
+
+    def events(self, source: CsvEventSource | None = None) -> Iterable[Event]:
+        """The file's events (the first ``limit`` of them), from ``source`` or a new reader."""
+        if source is None:
+            source = self.reader()
+        return islice(source, self.limit) if self.limit else iter(source)

@@ -4,7 +4,8 @@
 :class:`~stream_lstm.state.directory_store.DirectoryStore` (per partition: offset, counts, key states;
 per instance: weights, optimizer, baselines, scores) in one single-partition topic with
 ``cleanup.policy=compact``, so the instances of a group only need the Kafka cluster they already
-use. A checkpoint can be larger than a Kafka message (1 MB by default), so it is written as:
+use. A checkpoint can be larger than a Kafka message (1 MB by default), so it is written as
+(the format: :mod:`stream_lstm.state.topic_chunks`):
 
 * chunks, keyed ``NAME@VERSION/I``, of at most ``chunk_bytes`` each, then
 * once every chunk is acknowledged, a manifest keyed ``NAME`` (JSON: version, chunk count, size,
@@ -35,7 +36,6 @@ container); with ``--exactly-once`` the transactional id fences a second process
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -46,15 +46,27 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from stream_lstm.errors import CheckpointError
+from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
-from stream_lstm.state.directory_store import InstanceState, Partition, PartitionState, check_instance_id
 from stream_lstm.state.finite_check import check_finite
+from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id
+from stream_lstm.state.topic_chunks import (
+    DEFAULT_CHUNK_BYTES,
+    chunk_key,
+    chunk_owner,
+    instance_name,
+    is_manifest_key,
+    join_chunks,
+    manifest_chunk_keys,
+    new_manifest,
+    orphaned_chunks,
+    partition_name,
+    read_manifest,
+    split_into_chunks,
+)
 
 log = logging.getLogger(__name__)
 
-#: Below the default 1 MB message limit of Kafka brokers, with room for the record's overhead.
-DEFAULT_CHUNK_BYTES = 512 * 1024
-MANIFEST_FORMAT = 1
 #: Seconds between two sweeps for orphaned chunks (see the module doc).
 ORPHAN_SWEEP_INTERVAL_S = 600.0
 _TOPIC_ALREADY_EXISTS = 36
@@ -177,21 +189,21 @@ class KafkaTopicStore:
 
         ``latest=False`` answers from the view without reading the topic (see the protocol).
         """
-        return self._load(_instance_name(instance_id), InstanceState, catch_up=latest)
+        return self._load(instance_name(instance_id), InstanceState, catch_up=latest)
 
     def has_instance(self, instance_id: str) -> bool:
         """Whether ``instance_id`` has a checkpoint."""
         self._catch_up()
-        return _instance_name(instance_id) in self._latest
+        return instance_name(instance_id) in self._latest
 
     def newest_other_instance(self, instance_id: str, *, latest: bool = True) -> InstanceState | None:
         """The most recently written checkpoint of another instance (to warm-start a new one)."""
         if latest:
             self._catch_up()
-        own = _instance_name(instance_id)
+        own = instance_name(instance_id)
         candidates = []
         for name in self._latest:
-            if name.startswith("instances/") and "@" not in name and name != own:
+            if name.startswith("instances/") and is_manifest_key(name) and name != own:
                 try:
                     candidates.append((self._manifest(name)["written"], name))
                 except CheckpointError as error:
@@ -205,24 +217,24 @@ class KafkaTopicStore:
 
     def save_instance(self, state: InstanceState) -> int:
         """Write an instance's checkpoint; return its size in bytes."""
-        return self._save(_instance_name(state.instance), state)
+        return self._save(instance_name(state.instance), state)
 
     # ------------------------------------------------------------------ partitions
 
     def load_partition(self, partition: Partition, *, latest: bool = True) -> PartitionState | None:
         """The partition's last checkpoint, or ``None`` if nobody has written one."""
-        return self._load(_partition_name(partition), PartitionState, catch_up=latest)
+        return self._load(partition_name(partition), PartitionState, catch_up=latest)
 
     def save_partition(self, state: PartitionState) -> int:
         """Write a partition's checkpoint; return its size in bytes."""
-        return self._save(_partition_name((state.topic, state.partition)), state)
+        return self._save(partition_name((state.topic, state.partition)), state)
 
     def partitions(self) -> list[Partition]:
         """Every partition with a checkpoint in the store."""
         self._catch_up()
         found = []
         for name in self._latest:
-            if name.startswith("partitions/") and "@" not in name:
+            if name.startswith("partitions/") and is_manifest_key(name):
                 topic, _, number = name[len("partitions/") :].rpartition("/")
                 found.append((topic, int(number)))
         return sorted(found)
@@ -241,24 +253,13 @@ class KafkaTopicStore:
     def collect_orphans(self) -> int:
         """Tombstone the chunks that no manifest names and that are ``orphan_grace_s`` old;
         return how many. Names whose manifest cannot be read are left alone."""
-        now = time.time()
-        named: dict[str, str | None] = {}  # name -> the version its manifest names (None: none)
-        unreadable: set[str] = set()
-        orphans = []
-        for key in self._latest:
-            name, at, rest = key.partition("@")
-            if not at or name in unreadable:
-                continue  # a manifest, or a name whose live version cannot be told
-            if name not in named:
-                try:
-                    named[name] = self._manifest(name)["version"] if name in self._latest else None
-                except CheckpointError:
-                    unreadable.add(name)
-                    continue
-            if rest.partition("/")[0] == named[name]:
-                continue
-            if now - self._chunk_written_at.get(key, now) >= self.orphan_grace_s:
-                orphans.append(key)
+        orphans = orphaned_chunks(
+            self._latest,
+            self._chunk_written_at,
+            self.describe(),
+            now=time.time(),
+            grace_s=self.orphan_grace_s,
+        )
         if orphans:
             self._send([(key, None) for key in sorted(orphans)], "orphaned chunks")
             for key in orphans:
@@ -269,7 +270,7 @@ class KafkaTopicStore:
     def _forget_chunk(self, key: str) -> None:
         self._latest.pop(key, None)
         self._chunk_written_at.pop(key, None)
-        own = self._own_chunks.get(key.partition("@")[0])
+        own = self._own_chunks.get(chunk_owner(key))
         if own is not None:
             own.discard(key)
 
@@ -280,39 +281,14 @@ class KafkaTopicStore:
             return None
         manifest = self._manifest(name)
         where = f"{name} in {self.describe()}"
-        parts = []
-        for index in range(manifest["chunks"]):
-            chunk = self._latest.get(_chunk_key(name, manifest["version"], index))
-            if chunk is None:
-                raise CheckpointError(
-                    f"checkpoint {where} is incomplete: chunk {index + 1} of {manifest['chunks']} "
-                    f"of version {manifest['version']} is missing"
-                )
-            parts.append(chunk)
-        data = b"".join(parts)
-        if len(data) != manifest["bytes"] or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-            raise CheckpointError(f"checkpoint {where} is damaged: its chunks do not match the manifest")
-        state = decode_checkpoint(data, where)
+        state = decode_checkpoint(join_chunks(self._latest, name, manifest, where), where)
         if not isinstance(state, kind):
             raise CheckpointError(f"{where} does not hold a {kind.__name__}")
         check_finite(state, where, saving=False)
         return state
 
     def _manifest(self, name: str) -> dict[str, Any]:
-        try:
-            manifest = json.loads(self._latest[name])
-            if manifest["format"] != MANIFEST_FORMAT:
-                raise CheckpointError(
-                    f"{name} in {self.describe()} has store format {manifest['format']}; "
-                    f"this version reads {MANIFEST_FORMAT}"
-                )
-            for field, kind in (("version", str), ("chunks", int), ("bytes", int), ("sha256", str)):
-                if not isinstance(manifest[field], kind):
-                    raise TypeError(field)
-        except (ValueError, KeyError, TypeError) as error:
-            where = f"{name} in {self.describe()}"
-            raise CheckpointError(f"{where} has an unreadable manifest: {error!r}") from None
-        return manifest
+        return read_manifest(self._latest, name, f"{name} in {self.describe()}")
 
     def _catch_up(self) -> None:
         """Read what was written to the topic since the last read (by any instance)."""
@@ -333,7 +309,7 @@ class KafkaTopicStore:
                             self._chunk_written_at.pop(key, None)
                         else:
                             self._latest[key] = record.value
-                            if "@" in key:
+                            if not is_manifest_key(key):
                                 written = record.timestamp / 1000 if record.timestamp >= 0 else time.time()
                                 self._chunk_written_at.setdefault(key, written)
                 if self._consumer.position(self._partition) >= end and not batches:
@@ -353,8 +329,7 @@ class KafkaTopicStore:
         check_finite(state, f"{name} in {self.describe()}", saving=True)
         data = encode_checkpoint(state)
         version = uuid.uuid4().hex
-        size = self.chunk_bytes
-        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        chunks = split_into_chunks(data, self.chunk_bytes)
         # What this write replaces: the version the view's manifest names, and every chunk this
         # store wrote or tried to write before (a failed write's included). Versions only seen in
         # the view are left alone: another writer of the same name (a partition's old owner still
@@ -367,16 +342,9 @@ class KafkaTopicStore:
             except CheckpointError:
                 pass  # an unreadable manifest: nothing to tell which chunks were its
             else:
-                stale.update(_chunk_key(name, replaced["version"], i) for i in range(replaced["chunks"]))
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": version,
-            "chunks": len(chunks),
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "written": time.time(),
-        }
-        written = [(_chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
+                stale.update(manifest_chunk_keys(name, replaced))
+        manifest = new_manifest(data, len(chunks), version)
+        written = [(chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
         own.update(key for key, _ in written)
         self._send(written, name)
         # The view takes each step once it is acknowledged; the consumer reads the same records
@@ -439,16 +407,3 @@ class KafkaTopicStore:
                     )
         finally:
             admin.close()
-
-
-def _instance_name(instance_id: str) -> str:
-    return f"instances/{check_instance_id(instance_id)}"
-
-
-def _partition_name(partition: Partition) -> str:
-    topic, number = partition
-    return f"partitions/{topic}/{int(number)}"
-
-
-def _chunk_key(name: str, version: str, index: int) -> str:
-    return f"{name}@{version}/{index}"

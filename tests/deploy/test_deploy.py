@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,21 +11,15 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from stream_lstm.cli.main import PRODUCE_SETTINGS, RUN_SETTINGS
+from stream_lstm.config.declared import PRODUCE_SETTINGS, RUN_SETTINGS
 from stream_lstm.telemetry.metrics import Telemetry
+from tests.deploy.external_tools import required_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "stream-lstm.json"
 METRIC_NAME = re.compile(r"\bstream_lstm_[a-z0-9_]+")
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed (.ci/run installs it with apt-get)")
-    return path
 
 
 def exported_metric_names() -> set[str]:
@@ -50,7 +43,7 @@ def dashboard_expressions() -> list[str]:
 
 
 def test_prometheus_config_and_rules_pass_promtool() -> None:
-    promtool = tool("promtool")
+    promtool = required_tool("promtool")
     subprocess.run(
         [promtool, "check", "config", "prometheus.yml"], cwd=PROMETHEUS, check=True, capture_output=True
     )
@@ -93,7 +86,9 @@ def test_dashboard_queries_name_only_exported_metrics_and_parse(tmp_path: Path) 
     ]}]}  # fmt: skip
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump(rules))
-    result = subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [required_tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -114,7 +109,7 @@ def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> No
 
 @pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]])
 def test_compose_files_validate_offline(files: list[str]) -> None:
-    args = [tool("docker-compose")]
+    args = [required_tool("docker-compose")]
     for name in files:
         args += ["-f", name]
     result = subprocess.run([*args, "config", "-q"], cwd=ROOT, capture_output=True, text=True)

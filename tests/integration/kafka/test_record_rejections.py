@@ -4,7 +4,8 @@ client goes on (issue 15), with both client libraries, on the embedded broker.
 The embedded broker (Tansu 0.6) enforces no record size limit at all (neither a topic's
 ``max.message.bytes`` nor any default: it stores a 120 MB record), so the refusals the broker
 itself makes (asynchronous, in delivery reports) are tested with fakes in
-``tests/unit/test_record_rejections.py``; here it is the producer's own limit, which both
+``tests/unit/kafka/test_kafka_python_rejections.py`` and
+``tests/unit/kafka/test_confluent_rejections.py``; here it is the producer's own limit, which both
 libraries check when the record is produced.
 """
 
@@ -17,13 +18,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from stream_lstm.kafka.broker import EmbeddedBroker
+from stream_lstm.kafka.connect import open_kafka
 from stream_lstm.kafka.interface import (
     RECORD_TOO_LARGE,
     DeliveryFailed,
     KafkaClient,
     KafkaSettings,
     RecordsRejected,
-    open_kafka,
 )
 
 pytestmark = pytest.mark.slow
@@ -191,11 +192,11 @@ def test_the_trials_that_find_culprits_work_with_the_real_library(
     trials = [value for _, _, value, _ in records]
     deadline = time.monotonic() + 10.0
     if exactly_once:
-        assert kafka._probe(records, deadline) == []  # type: ignore[attr-defined]
-        assert kafka._probe(records[:1], deadline) == []  # type: ignore[attr-defined]
-        assert not kafka._in_transaction  # type: ignore[attr-defined]
+        assert kafka.sender._probe(records, deadline) == []  # type: ignore[attr-defined]
+        assert kafka.sender._probe(records[:1], deadline) == []  # type: ignore[attr-defined]
+        assert not kafka.sender._in_transaction  # type: ignore[attr-defined]
     else:
-        assert kafka._send_and_wait(records, deadline) == []  # type: ignore[attr-defined]
+        assert kafka.sender._send_and_wait(records, deadline) == []  # type: ignore[attr-defined]
     kafka.produce(out, b"k", b"after", source=(topics["input"], 0, 9))
     settle(kafka)
     if exactly_once:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
@@ -14,6 +13,7 @@ import pytest
 
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.offline.generator import temporal_stream
+from tests.deploy.external_tools import required_tool
 from tests.integration.service_harness import ServiceProcess, produce, produce_raw, wait_for
 
 pytestmark = pytest.mark.slow
@@ -36,9 +36,7 @@ def scalar(port: int, expr: str) -> float | None:
 def test_prometheus_scrapes_consistent_metrics(
     broker: EmbeddedBroker, group_id: str, tmp_path: Path, kafka_client: str
 ) -> None:
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus is not installed (.ci/run installs it with apt-get)")
+    prometheus = required_tool("prometheus")
     suffix = uuid.uuid4().hex[:10]
     topics = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dead": f"dead-{suffix}"}
     broker.create_topics(list(topics.values()))

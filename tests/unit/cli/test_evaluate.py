@@ -103,7 +103,8 @@ def test_settings_come_from_env_and_toml_with_flags_winning(
 def test_parallel_setting_from_flag_env_and_toml(
     tmp_path: Path, flags: list[str], env: str | None, toml: str | None, expected: bool | str
 ) -> None:
-    from stream_lstm.cli.main import EVALUATE_SETTINGS, build_parser
+    from stream_lstm.cli.main import build_parser
+    from stream_lstm.config.declared import EVALUATE_SETTINGS
     from stream_lstm.config.setting import resolve_settings
 
     argv = ["evaluate", "x.csv", "--label", "y", *flags]
@@ -229,7 +230,7 @@ def test_parallel_auto_uses_a_second_process_only_where_it_pays_off(
 ) -> None:
     """The file has 602 data rows (600 events, 2 bad rows); `auto` counts rows, and needs at
     least PARALLEL_MIN_EVENTS of them and 2 usable CPUs."""
-    monkeypatch.setattr("stream_lstm.cli.main.PARALLEL_MIN_EVENTS", threshold)
+    monkeypatch.setattr("stream_lstm.cli.evaluate.PARALLEL_MIN_EVENTS", threshold)
     monkeypatch.setattr("stream_lstm.learner.cpu_threads.usable_cpus", lambda: cpus)
     report_path = tmp_path / "report.json"
     argv = [

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from stream_lstm.evaluation.prequential import Scorer, average_ranks, kappa_temporal, log_loss_terms, roc_auc
+from stream_lstm.evaluation.scores import Scorer, average_ranks, kappa_temporal, log_loss_terms, roc_auc
 
 
 def brute_force_auc(labels: np.ndarray, scores: np.ndarray) -> float:

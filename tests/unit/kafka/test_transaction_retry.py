@@ -9,7 +9,7 @@ confluent_kafka = pytest.importorskip("confluent_kafka", reason="confluent-kafka
 import itertools  # noqa: E402
 import time  # noqa: E402
 
-from stream_lstm.kafka.confluent import retry_retriable as _retry  # noqa: E402
+from stream_lstm.kafka.confluent_library import retry_retriable as _retry  # noqa: E402
 
 
 def retry_retriable(call, what: str, *, attempts: int = 3, budget: float = 60.0):

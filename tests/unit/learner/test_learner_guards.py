@@ -530,8 +530,10 @@ def test_the_baselines_in_a_second_process_take_the_lstms_feature_bound(tmp_path
     lane = SideLane(spec, ["logreg"], batch_size=32, window=100, max_keys=100, keep_trace=False, lstm=lstm)
     try:
         here = PrequentialEvaluator(build_models(["lstm"], max_keys=100, lstm=lstm), window=100, max_keys=100)
-        evaluate_stream(spec.events(), here, batch_size=32, side_lane=lane, order=["lstm", "logreg"])
+        evaluation = evaluate_stream(
+            spec.events(), here, batch_size=32, side_lane=lane, order=["lstm", "logreg"]
+        )
     finally:
         lane.close()
-    stats = here.guard_stats()
+    stats = evaluation.results.guard_stats()
     assert stats["lstm"]["features_dropped"] == stats["logreg"]["features_dropped"] > 300

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from stream_lstm.learner.lstm_learner import PADDED_CALL_MAX_ROWS, LSTMLearner
+from stream_lstm.learner.fused_lstm import PADDED_CALL_MAX_ROWS
+from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.generator import temporal_stream
 

@@ -217,33 +217,3 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-@pytest.mark.parametrize(
-    ("setting", "cpus", "expected"),
-    [("auto", 1, False), ("auto", 2, True), (True, 1, True), (False, 4, False)],
-)
-def test_run_gives_the_lstm_a_process_of_its_own_where_a_second_cpu_is_there(
-    monkeypatch: pytest.MonkeyPatch, setting: bool | str, cpus: int, expected: bool
-) -> None:
-    from stream_lstm.cli.main import _use_learner_process
-
-    monkeypatch.setattr("stream_lstm.learner.cpu_threads.usable_cpus", lambda: cpus)
-    assert _use_learner_process(setting) is expected
-
-
-def test_learner_process_setting_from_flag_and_env() -> None:
-    from stream_lstm.cli.main import RUN_SETTINGS, build_parser
-    from stream_lstm.config.setting import resolve_settings
-    from stream_lstm.errors import ConfigError
-
-    def resolved(argv: list[str], environ: dict[str, str]) -> bool | str:
-        return resolve_settings(build_parser().parse_args(["run", *argv]), RUN_SETTINGS, environ=environ)[
-            "learner_process"
-        ]
-
-    assert resolved([], {}) == "auto"
-    assert resolved(["--learner-process", "false"], {"STREAM_LSTM_LEARNER_PROCESS": "true"}) is False
-    assert resolved([], {"STREAM_LSTM_LEARNER_PROCESS": "true"}) is True
-    with pytest.raises(ConfigError, match="expected auto, true or false"):
-        resolved([], {"STREAM_LSTM_LEARNER_PROCESS": "2"})

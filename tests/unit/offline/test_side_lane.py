@@ -10,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from stream_lstm.errors import EvaluationError
-from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
-from stream_lstm.offline.evaluate import CsvSpec, SideLane, evaluate_stream
+from stream_lstm.evaluation.prequential import PrequentialEvaluator
+from stream_lstm.evaluation.results import combine_results
+from stream_lstm.models.build import build_models
+from stream_lstm.offline.csv_source import CsvSpec
+from stream_lstm.offline.evaluate import evaluate_stream
 from stream_lstm.offline.generator import temporal_stream, write_csv
+from stream_lstm.offline.side_lane import SideLane
 
 
 @pytest.fixture
@@ -30,10 +34,13 @@ def test_side_lane_results_merge_in_the_asked_order(stream_csv: Path) -> None:
     spec = CsvSpec(str(stream_csv), label="label", key="key", ts="ts", limit=2500)
     lane = _lane(spec, ["logreg"])
     try:
-        here = PrequentialEvaluator(
+        evaluator = PrequentialEvaluator(
             build_models(["no_change"], max_keys=1000), window=100, max_keys=1000, keep_trace=True
         )
-        evaluate_stream(spec.events(), here, batch_size=32, side_lane=lane, order=["logreg", "no_change"])
+        evaluation = evaluate_stream(
+            spec.events(), evaluator, batch_size=32, side_lane=lane, order=["logreg", "no_change"]
+        )
+        here = evaluation.results
     finally:
         lane.close()
     alone = PrequentialEvaluator(
@@ -84,11 +91,11 @@ def test_results_of_other_events_are_refused(stream_csv: Path) -> None:
     second = PrequentialEvaluator(build_models(["no_change"]))
     evaluate_stream(CsvSpec(spec.path, label="label", key="key", limit=100).events(), second, batch_size=32)
     with pytest.raises(EvaluationError, match="did the file change while it was read"):
-        second.add_results(first.results())
+        combine_results(second.results(), first.results())
     again = PrequentialEvaluator(build_models(["logreg"]))
     evaluate_stream(spec.events(), again, batch_size=32)
     with pytest.raises(EvaluationError, match="logreg were evaluated twice"):
-        again.add_results(first.results())
+        combine_results(again.results(), first.results())
 
 
 def test_a_side_lane_can_be_started_outside_the_main_thread(stream_csv: Path) -> None:
@@ -100,7 +107,7 @@ def test_a_side_lane_can_be_started_outside_the_main_thread(stream_csv: Path) ->
     def run() -> None:
         lane = _lane(CsvSpec(str(stream_csv), label="label", key="key", limit=500), ["no_change"])
         try:
-            outcome.append(lane.results()["events"])
+            outcome.append(lane.results().events)
         except Exception as error:
             outcome.append(error)
         finally:

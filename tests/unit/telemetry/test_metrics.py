@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from stream_lstm.cli.main import main
-from stream_lstm.telemetry.metrics import MetricsServer, Telemetry
+from stream_lstm.telemetry.metrics import METRICS, MetricsServer, Telemetry
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -107,3 +107,12 @@ def test_the_counters_of_refused_work_count_by_bounded_labels() -> None:
     assert value("stream_lstm_features_dropped_total", {"model": "lstm"}) == 3
     assert value("stream_lstm_rejected_records_total", {"output": "dead_letters"}) == 2
     assert value("stream_lstm_skipped_records_total", {"reason": "dead_letter_rejected"}) == 1
+
+
+def test_every_declared_metric_is_a_typed_attribute_of_telemetry() -> None:
+    telemetry = Telemetry(CollectorRegistry())
+    attributes = {declaration.attribute for declaration in METRICS}
+    assert attributes == set(Telemetry.__annotations__)
+    assert set(telemetry.scores) == {d.key for d in METRICS if d.attribute == "scores"}
+    registered = {family.name for family in telemetry.registry.collect()}
+    assert len(registered) == len(METRICS)

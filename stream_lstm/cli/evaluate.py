@@ -1,0 +1,153 @@
+"""``stream-lstm evaluate``: a CSV file through the models, test-then-train, and their scores."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from stream_lstm.cli.arguments import SubParsers, add_config_argument
+from stream_lstm.config.declared import (
+    EVALUATE_SETTINGS,
+    PARALLEL_MIN_EVENTS,
+    check_keys_cover_batch,
+    lstm_arguments,
+)
+from stream_lstm.config.setting import add_settings, positive_int
+
+#: Bad rows reported one by one; the further ones are only counted.
+SHOWN_BAD_ROWS = 20
+
+
+def add_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``evaluate`` with its arguments and settings."""
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="stream a CSV file through the models, test-then-train, and score them",
+        description=(
+            "Stream a CSV file through the models in file order (prequential: each micro-batch "
+            "is predicted before it is learned), print a table of scores, and optionally write "
+            "a JSON report and a plot of rolling accuracy. Other columns are numeric features; "
+            "an empty cell is a missing feature; bad rows are reported by line and skipped."
+        ),
+    )
+    evaluate.add_argument("file", metavar="FILE.csv", help="the CSV file; its first line names the columns")
+    evaluate.add_argument("--json", metavar="OUT.json", help="write the full report here")
+    evaluate.add_argument("--plot", metavar="OUT.png", help="write a plot of rolling accuracy here")
+    evaluate.add_argument("--limit", type=positive_int, metavar="N", help="stop after N events")
+    evaluate.add_argument("--no-progress", action="store_true", help="do not show the progress line")
+    add_config_argument(evaluate)
+    add_settings(evaluate, EVALUATE_SETTINGS)
+    evaluate.set_defaults(handler=evaluate_command, settings=EVALUATE_SETTINGS)
+
+
+def use_second_process(parallel: bool | str, events: int) -> bool:
+    """Whether ``evaluate`` runs the baselines in a second process (``--parallel``).
+
+    ``auto`` needs a second CPU and a file long enough to repay the second process's start (about
+    0.7 s of imports, which the baselines make up at about 25,000 events on 2 cores).
+    """
+    from stream_lstm.learner.cpu_threads import usable_cpus
+
+    if parallel == "auto":
+        return events >= PARALLEL_MIN_EVENTS and usable_cpus() > 1
+    return bool(parallel)
+
+
+def evaluate_command(
+    args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser
+) -> int:
+    """Evaluate the models on ``args.file``; print the table, write the report and plot asked for."""
+    from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+    from stream_lstm.evaluation.report import format_table, plot_rolling_accuracy, write_json
+    from stream_lstm.offline.csv_source import BadRow
+    from stream_lstm.offline.evaluate import CsvSpec, SideLane, evaluate_stream, evaluation_report
+    from stream_lstm.telemetry.progress import ProgressLine
+
+    if not settings["label"]:
+        parser.error("evaluate needs the label column: --label COL (or STREAM_LSTM_LABEL)")
+    check_keys_cover_batch(settings)
+
+    def report_bad_row(bad: BadRow) -> None:
+        if source.skipped <= SHOWN_BAD_ROWS:
+            print(f"\r\033[K{args.file}:{bad.line}: skipped: {bad.reason}", file=sys.stderr)
+        elif source.skipped == SHOWN_BAD_ROWS + 1:
+            print("\r\033[K(further bad rows are counted, not shown)", file=sys.stderr)
+
+    spec = CsvSpec(
+        args.file, label=settings["label"], key=settings["key"], ts=settings["ts"], limit=args.limit
+    )
+    source = spec.reader(on_bad_row=report_bad_row)
+    names = settings["models"]
+    # The LSTM keeps this process; the baselines, when there are any, may learn beside it.
+    side_names = [name for name in names if name != "lstm"]
+    total = source.count_rows()
+    if args.limit:
+        total = min(total, args.limit)
+    parallel = "lstm" in names and bool(side_names) and use_second_process(settings["parallel"], total)
+    keep_trace = bool(args.plot)
+    if "lstm" in names:
+        from stream_lstm.learner.cpu_threads import set_cpu_threads
+
+        set_cpu_threads(settings["torch_threads"])
+    models = build_models(
+        ["lstm"] if parallel else names, max_keys=settings["max_keys"], lstm=lstm_arguments(settings)
+    )
+    evaluator = PrequentialEvaluator(
+        models, window=settings["window"], max_keys=settings["max_keys"], keep_trace=keep_trace
+    )
+    progress = ProgressLine(total, enabled=not args.no_progress)
+    # Started just before the clock, which then counts all of the second process's work.
+    side_lane = None
+    if parallel:
+        side_lane = SideLane(
+            spec,
+            side_names,
+            batch_size=settings["batch_size"],
+            window=settings["window"],
+            max_keys=settings["max_keys"],
+            keep_trace=keep_trace,
+            lstm=lstm_arguments(settings),
+        )
+    try:
+        seconds, results = evaluate_stream(
+            spec.events(source),
+            evaluator,
+            batch_size=settings["batch_size"],
+            progress=progress,
+            side_lane=side_lane,
+            order=names,
+        )
+    finally:
+        if side_lane is not None:
+            side_lane.close()
+
+    learner = models.get("lstm")
+    learner_info = None
+    if learner is not None:
+        learner_info = {**learner.hyperparameters(), "torch_device": str(learner.torch_device)}
+    report = evaluation_report(
+        source,
+        results,
+        seconds=seconds,
+        batch_size=settings["batch_size"],
+        learner=learner_info,
+        processes=2 if parallel else 1,
+    )
+    rate = f"{report['events_per_second']:,.0f}" if report["events_per_second"] else "n/a"
+    print(
+        f"{report['events']:,} events ({report['labelled']:,} labelled, {report['skipped']:,} bad rows "
+        f"skipped) in {seconds:.2f} s: {rate} events/s, batch size {settings['batch_size']}"
+        + (", baselines in a second process" if parallel else "")
+    )
+    print(format_table(report["models"], window=settings["window"]))
+    if args.json:
+        write_json(args.json, report)
+        print(f"report written to {args.json}")
+    if args.plot:
+        curves = {name: results.rolling_accuracy_curve(name) for name in results.scores}
+        plot_rolling_accuracy(
+            curves, args.plot, window=settings["window"], title=f"{args.file}: rolling accuracy"
+        )
+        print(f"plot written to {args.plot}")
+    return 0

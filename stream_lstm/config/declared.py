@@ -1,0 +1,210 @@
+"""Every setting of every command, declared once, grouped by the command that reads it.
+
+A command's settings are a tuple of :class:`~stream_lstm.config.setting.Setting`; the command line
+(:mod:`stream_lstm.cli`), the ``STREAM_LSTM_*`` environment, the TOML file and the generated
+reference (docs/reference/settings.md) all read these tuples, so each name, parser, default and
+help text is written here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream_lstm.config.setting import (
+    Setting,
+    kafka_client,
+    max_abs_value,
+    model_list,
+    non_negative_float,
+    non_negative_int,
+    parse_auto_bool,
+    parse_bool,
+    positive_float,
+    positive_int,
+)
+from stream_lstm.errors import ConfigError
+
+#: ``evaluate --parallel auto`` uses a second process from this many events on.
+PARALLEL_MIN_EVENTS = 25_000
+
+# ---------------------------------------------------------------------- the learner (evaluate, run)
+
+LEARNER_SETTINGS: tuple[Setting, ...] = (
+    Setting("models", model_list, ("lstm", "logreg", "no_change"), "models to run, comma-separated"),
+    Setting("batch_size", positive_int, 64, "events per micro-batch (1: learn after every event)"),
+    Setting("window", positive_int, 1000, "labelled events in the rolling scores"),
+    Setting("hidden_size", positive_int, 32, "LSTM state size"),
+    Setting("tbptt_steps", positive_int, 8, "steps a gradient flows back through, per key"),
+    Setting("learning_rate", non_negative_float, 0.01, "Adam step size of the LSTM (0 freezes it)"),
+    Setting("clip_grad_norm", float, 1.0, "largest gradient norm of an LSTM step"),
+    Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),
+    Setting("max_features", positive_int, 32, "distinct feature names the LSTM takes as inputs"),
+    Setting(
+        "input_clip",
+        positive_float,
+        10.0,
+        "standardised inputs of the LSTM and logreg are clipped to plus or minus this",
+    ),
+    Setting("device", str, "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N"),
+    Setting("seed", int, 0, "seed of the LSTM's initial weights"),
+)
+
+#: The settings that are keyword arguments of the LSTM learner.
+LSTM_HYPERPARAMETERS = (
+    "hidden_size",
+    "tbptt_steps",
+    "learning_rate",
+    "clip_grad_norm",
+    "max_features",
+    "input_clip",
+    "device",
+    "seed",
+)
+
+RUNTIME_SETTINGS: tuple[Setting, ...] = (
+    Setting("torch_threads", positive_int, 1, "CPU threads torch may use for the LSTM"),
+)
+
+
+def lstm_arguments(settings: dict[str, Any]) -> dict[str, Any]:
+    """The LSTM's keyword arguments out of the resolved settings."""
+    return {name: settings[name] for name in LSTM_HYPERPARAMETERS}
+
+
+def check_keys_cover_batch(settings: dict[str, Any]) -> None:
+    """Refuse ``max_keys`` below ``batch_size``: every key of a batch needs a state."""
+    if settings["max_keys"] < settings["batch_size"]:
+        raise ConfigError(
+            f"max_keys ({settings['max_keys']}) must be at least the batch size ({settings['batch_size']}): "
+            "every key of a batch needs a state"
+        )
+
+
+# ---------------------------------------------------------------------- CSV columns (evaluate, produce)
+
+_KEY_COLUMN = Setting("key", str, None, "name of the key column; without it the file is one stream")
+_TS_COLUMN = Setting("ts", str, None, "name of the timestamp column (seconds or ISO-8601)")
+
+# ---------------------------------------------------------------------- Kafka (run, produce)
+
+KAFKA_SETTINGS: tuple[Setting, ...] = (
+    Setting("bootstrap_servers", str, "127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT]"),
+    Setting(
+        "kafka_client",
+        kafka_client,
+        "kafka-python",
+        "Kafka client library: kafka-python (pure Python) or confluent (librdkafka, faster; "
+        "pip install 'stream-lstm[confluent]')",
+    ),
+)
+
+# ---------------------------------------------------------------------- stream-lstm run
+
+RUN_SETTINGS: tuple[Setting, ...] = (
+    *KAFKA_SETTINGS,
+    Setting("input_topic", str, "events", "topic of the input events"),
+    Setting("output_topic", str, "predictions", "topic the predictions are written to"),
+    Setting("dead_letter_topic", str, "dead-letters", "topic malformed messages are written to"),
+    Setting("group_id", str, "stream-lstm", "Kafka consumer group of the service"),
+    Setting(
+        "checkpoint_dir",
+        str,
+        "checkpoints",
+        "checkpoint store: per-partition offsets and key states, per-instance weights "
+        "(share it between the instances of a group)",
+    ),
+    Setting(
+        "checkpoint_topic",
+        str,
+        None,
+        "keep the checkpoint store in this compacted Kafka topic instead of --checkpoint-dir, so "
+        "the instances of a group share no disk (created when missing)",
+        metavar="TOPIC",
+    ),
+    Setting(
+        "instance_id",
+        str,
+        None,
+        "this instance's name in the checkpoint store (default: the host name); "
+        "unique among running instances",
+    ),
+    Setting("checkpoint_every", positive_int, 10_000, "checkpoint after this many messages"),
+    Setting("checkpoint_interval", positive_float, 5.0, "checkpoint at least this often, in seconds"),
+    Setting("metrics_port", non_negative_int, 9100, "port of /metrics and /healthz (0: any free port)"),
+    Setting("metrics_host", str, "0.0.0.0", "address /metrics and /healthz listen on"),
+    Setting("exactly_once", parse_bool, False, "write predictions and offsets in Kafka transactions"),
+    Setting(
+        "transactional_id",
+        str,
+        None,
+        "--exactly-once: transactional id (default: stream-lstm-GROUP-INSTANCE_ID)",
+    ),
+    Setting("max_message_bytes", positive_int, 1_000_000, "larger messages go to the dead-letter topic"),
+    Setting(
+        "max_key_bytes",
+        positive_int,
+        1024,
+        "longest entity key in UTF-8 bytes (the key field, else the message key); longer: dead letter",
+    ),
+    Setting("max_name_bytes", positive_int, 256, "longest feature name in UTF-8 bytes; longer: dead letter"),
+    Setting("max_message_features", positive_int, 256, "most features in one message; more: dead letter"),
+    Setting(
+        "max_abs_value",
+        max_abs_value,
+        1e18,
+        "largest magnitude of a feature value or ts (at most 1e18); larger: dead letter",
+    ),
+    Setting("session_timeout_ms", positive_int, 10_000, "consumer group session timeout"),
+    Setting("heartbeat_interval_ms", positive_int, 2_000, "consumer group heartbeat interval"),
+    Setting(
+        "max_poll_interval_ms", positive_int, 300_000, "longest time between polls before leaving the group"
+    ),
+    Setting(
+        "fetch_max_wait_ms",
+        positive_int,
+        100,
+        "longest time the broker may hold a fetch that finds nothing new (bounds latency on brokers "
+        "that wait it out, like the embedded one)",
+    ),
+    Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    *LEARNER_SETTINGS,
+    *RUNTIME_SETTINGS,
+    Setting(
+        "learner_process",
+        parse_auto_bool,
+        "auto",
+        "run the LSTM in a process of its own, so that it learns on another CPU while this one "
+        "does the Kafka I/O and the baselines (same predictions); auto: when this process may "
+        "use 2+ CPUs",
+        metavar="auto|true|false",
+    ),
+)
+
+# ---------------------------------------------------------------------- stream-lstm produce
+
+PRODUCE_SETTINGS: tuple[Setting, ...] = (
+    *KAFKA_SETTINGS,
+    Setting("topic", str, "events", "topic to write the events to"),
+    Setting("label", str, None, "name of the label column (required with a FILE)"),
+    _KEY_COLUMN,
+    _TS_COLUMN,
+    Setting("rate", positive_float, None, "events per second (default: as fast as possible)"),
+)
+
+# ---------------------------------------------------------------------- stream-lstm evaluate
+
+EVALUATE_SETTINGS: tuple[Setting, ...] = (
+    Setting("label", str, None, "name of the label column (required)"),
+    _KEY_COLUMN,
+    _TS_COLUMN,
+    *LEARNER_SETTINGS,
+    *RUNTIME_SETTINGS,
+    Setting(
+        "parallel",
+        parse_auto_bool,
+        "auto",
+        "run the baselines in a second process beside the LSTM (same scores); auto: when this "
+        f"process may use 2+ CPUs and the file has at least {PARALLEL_MIN_EVENTS:,} events",
+        metavar="auto|true|false",
+    ),
+)

@@ -1,0 +1,114 @@
+"""A batch of events as the LSTM's input vectors: feature layout, column assignment, scaling.
+
+Input vector layout (``max_features + EXTRA_INPUTS`` columns): the scaled features, each in the
+column its name was given when first met; the scaled log time gap since the key's previous
+event; the key's previous label as -1/+1 (0 when there is none); a flag for "no previous label".
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from stream_lstm.learner.batch_columns import (
+    KeyGroups,
+    carry_forward,
+    feature_names,
+    feature_values,
+    plain_feature_maps,
+    timestamps,
+)
+from stream_lstm.learner.key_state import NO_LABEL, KeyStateStore
+from stream_lstm.learner.scaler import RunningScaler
+from stream_lstm.messages.events import Event
+
+#: Inputs after the features: the log time gap, the previous label, and "no previous label".
+EXTRA_INPUTS = 3
+
+
+class InputEncoding:
+    """Turns events into input vectors (a base of the LSTM learner,
+    :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
+
+    It owns the learner's feature layout: ``feature_columns`` (name to column, the first
+    ``max_features`` names met) and ``features_dropped`` (values of names that found no column).
+    It reads the key states (``keys``) for each key's previous label and timestamp, and
+    standardises with the learner's ``scaler``, whose last column is the log time gap.
+    """
+
+    max_features: int
+    input_size: int
+    input_clip: float
+    feature_columns: dict[str, int]
+    features_dropped: int
+    keys: KeyStateStore
+    scaler: RunningScaler
+
+    def _encode(
+        self, events: Sequence[Event], groups: KeyGroups, slots: np.ndarray, label_values: np.ndarray
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """Build the batch's input vectors on the host (``label_values``: each event's label, NaN
+        where it has none).
+
+        Returns the raw values of the columns that can hold any and which columns those are
+        (for the scaler update), the inputs, and each key's last label and timestamp after the
+        batch.
+        """
+        n_features = self.max_features
+        raw = np.full((len(events), n_features + 1), np.nan)
+        self._fill_features(events, raw)
+        prev_label, last_label = carry_forward(
+            label_values, np.isnan(label_values), groups, self.keys.prev_label[slots].astype(np.float64)
+        )
+        ts = timestamps(events)
+        prev_ts, last_ts = carry_forward(ts, np.isnan(ts), groups, self.keys.last_ts[slots])
+        # NaN (no gap) where the event or its key's earlier events have no timestamp.
+        raw[:, n_features] = np.log1p(np.maximum(ts - prev_ts, 0.0))
+        inputs = np.zeros((len(events), self.input_size), dtype=np.float32)
+        # Only columns with a feature name (and the time gap) can hold values: the rest scale to 0.
+        used = np.array([*sorted(self.feature_columns.values()), n_features], dtype=np.int64)
+        raw = raw[:, used]
+        inputs[:, used] = self.scaler.transform(raw, used, clip=self.input_clip)
+        has_label = prev_label != NO_LABEL
+        inputs[:, n_features + 1] = np.where(has_label, 2.0 * prev_label - 1.0, 0.0)
+        inputs[:, n_features + 2] = ~has_label
+        return (raw, used), inputs, last_label.astype(np.int8), last_ts
+
+    def _fill_features(self, events: Sequence[Event], raw: np.ndarray) -> None:
+        """Write each event's features into its row of ``raw``, in their columns (new names get a
+        column while there is one free)."""
+        columns = self.feature_columns
+        maps = plain_feature_maps(events)
+        if maps is not None:
+            names = feature_names(maps)
+            if len(columns) >= self.max_features or names <= columns.keys():
+                # The usual batch, with no new names (or no column left for one: any name without
+                # a column is dropped): a column at a time.
+                for name in names:
+                    column = columns.get(name)
+                    if column is not None:
+                        raw[:, column] = feature_values(maps, name)
+                    else:
+                        self.features_dropped += sum(map(dict.__contains__, maps, itertools.repeat(name)))
+                return
+        # New names take the lowest free columns in order of first appearance.
+        for i, event in enumerate(events):
+            for name, value in event.features.items():
+                column = columns.get(name)
+                if column is None:
+                    column = self._add_feature(name)
+                    if column is None:
+                        self.features_dropped += 1
+                        continue
+                raw[i, column] = value
+
+    def _add_feature(self, name: str) -> int | None:
+        if len(self.feature_columns) >= self.max_features:
+            return None
+        # The lowest free column (imported key states may have taken some out of order).
+        used = set(self.feature_columns.values())
+        column = next(c for c in range(self.max_features) if c not in used)
+        self.feature_columns[name] = column
+        return column

@@ -1,0 +1,309 @@
+"""The batched forward pass: every key of a micro-batch, its window then its new events, at once.
+
+The batch is encoded on the host (:mod:`stream_lstm.learner.encoding`), its chunks are planned
+in NumPy (:mod:`stream_lstm.learner.tbptt_plan`), and here the inputs go to the device and run
+through the LSTM as the plan says. The result is kept as a :class:`Pending` pass until the
+learner backpropagates its loss and writes the keys' new states back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stream_lstm.learner.batch_columns import KeyGroups, group_by_slot, optional_floats
+from stream_lstm.learner.batch_columns import keys as batch_keys
+from stream_lstm.learner.batch_columns import labels as batch_labels
+from stream_lstm.learner.encoding import EXTRA_INPUTS, InputEncoding
+from stream_lstm.learner.fused_lstm import FusedLSTMCalls, gather_steps, narrow
+from stream_lstm.learner.tbptt_plan import (
+    ChunkPlan,
+    FullWindowPlan,
+    LaterChunks,
+    fits_full_windows,
+    plan_chunks,
+    plan_full_windows,
+)
+from stream_lstm.learner.transfer import to_device
+from stream_lstm.messages.events import Event
+
+
+@dataclass(slots=True)
+class BatchInputs:
+    """A micro-batch encoded for the forward pass."""
+
+    groups: KeyGroups  # how its events fall into keys (key j has the state in slot groups.slots[j])
+    slot_index: torch.Tensor  # groups.slots, on the device
+    raw_features: np.ndarray  # the unscaled values of the columns that can hold any (for the scaler)
+    raw_columns: np.ndarray  # which columns those are
+    inputs: np.ndarray  # one input vector per event
+    last_label: np.ndarray  # each key's last label after the batch
+    last_ts: np.ndarray  # each key's last timestamp after the batch
+    label_index: torch.Tensor | None  # the labelled events; None with targets: every event is
+    targets: torch.Tensor | None  # their labels; None: no event has one
+    columns: torch.Tensor | None  # the input columns the LSTM runs on (None: all)
+    weights: list[torch.Tensor]  # the LSTM's weights for those columns
+
+
+@dataclass(slots=True)
+class Pending:
+    """The forward pass of a batch, kept until the learner's ``learn_many`` consumes it."""
+
+    events: Sequence[Event]
+    batch: BatchInputs
+    logits: torch.Tensor
+    probabilities: np.ndarray
+    finite: bool  # whether every probability came out finite
+    new_h0: torch.Tensor
+    new_c0: torch.Tensor
+    new_window: torch.Tensor
+    new_window_len: np.ndarray
+
+
+class ChunkedForward(InputEncoding, FusedLSTMCalls):
+    """The forward pass (a base of the LSTM learner,
+    :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
+
+    Two paths: the steady state (:meth:`_forward_full_windows`, every key has a full window and
+    at most ``tbptt_steps`` new events: one fused call) and the general chunked one
+    (:meth:`_forward_chunked`). Tests switch ``_full_window_path`` off to compare the two.
+    """
+
+    tbptt_steps: int
+    _device: torch.device
+    _lstm_weights: list[torch.Tensor]
+    _full_window_path: bool
+    _narrow_inputs: bool
+
+    def _forward(self, events: Sequence[Event]) -> Pending:
+        groups = group_by_slot(self.keys.lookup(batch_keys(events)))
+        slots = groups.slots
+        label_values = optional_floats(batch_labels(events))  # NaN: no label
+        raw, inputs, last_label, last_ts = self._encode(events, groups, slots, label_values)
+        raw_features, raw_columns = raw
+        columns = self._input_columns(raw_columns)
+        label_index, targets = self._label_tensors(label_values)
+        with torch.set_grad_enabled(targets is not None):
+            weights = self._weights_for(columns)
+        batch = BatchInputs(
+            groups=groups,
+            slot_index=to_device(slots, self._device),
+            raw_features=raw_features,
+            raw_columns=raw_columns,
+            inputs=inputs,
+            last_label=last_label,
+            last_ts=last_ts,
+            label_index=label_index,
+            targets=targets,
+            columns=columns,
+            weights=weights,
+        )
+        k, window_steps = self.tbptt_steps, self.keys.window_steps
+        window_len = self.keys.window_len[slots]
+        if self._full_window_path and fits_full_windows(groups.counts, window_len, k, window_steps):
+            return self._forward_full_windows(events, batch, plan_full_windows(groups, k))
+        return self._forward_chunked(events, batch, plan_chunks(groups, window_len, k, window_steps))
+
+    def _forward_full_windows(
+        self, events: Sequence[Event], batch: BatchInputs, plan: FullWindowPlan
+    ) -> Pending:
+        """The steady state of :meth:`_forward`, in far fewer operations (see
+        :class:`~stream_lstm.learner.tbptt_plan.FullWindowPlan`).
+
+        Only the last chunks run with gradients, all keys in one fused call: each starts from the
+        key's state advanced ``m - 1`` steps without gradients (no steps at all in the commonest
+        case, ``m = 1``). A key's next window is its last chunk without its first input.
+        """
+        device = self._device
+        columns, weights = batch.columns, batch.weights
+        window = self.keys.window.index_select(0, batch.slot_index)
+        h, c = self.keys.h0.index_select(0, batch.slot_index), self.keys.c0.index_select(0, batch.slot_index)
+        new_inputs = to_device(batch.inputs, device)
+        n_keys = batch.groups.counts.size
+        if plan.scatter is None:
+            chunks = torch.cat([window, new_inputs.unsqueeze(1)], 1)
+        else:
+            assert plan.chunk_positions is not None
+            sequences = torch.cat([window, window.new_zeros(n_keys, plan.new_steps, self.input_size)], 1)
+            sequences.view(-1, self.input_size).index_copy_(0, to_device(plan.scatter, device), new_inputs)
+            chunks = gather_steps(sequences, np.arange(n_keys), plan.chunk_positions)
+            for step, rows in enumerate(plan.warm_up_rows):
+                h, c = self._step_rows(sequences, rows, np.full(rows.size, step), (h, c), batch)
+        model_chunks = narrow(chunks, columns)
+        with torch.set_grad_enabled(batch.targets is not None):
+            outputs, _, _ = self._lstm_call(model_chunks, h, c, weights)
+            if isinstance(plan.event_step, int):
+                picked = outputs[:, plan.event_step]
+            else:
+                picked = gather_steps(outputs, batch.groups.row, plan.event_step)
+            logits = self._head(picked)
+        with torch.no_grad():
+            new_h0, new_c0 = torch.lstm_cell(model_chunks[:, 0], (h, c), *weights)
+        new_window_len = np.full(n_keys, self.keys.window_steps, dtype=np.int64)
+        return _pending(events, batch, logits, (new_h0, new_c0), (chunks[:, 1:], new_window_len))
+
+    def _forward_chunked(self, events: Sequence[Event], batch: BatchInputs, plan: ChunkPlan) -> Pending:
+        """The general path of :meth:`_forward`: every key's window and new events in a grid,
+        cut into the chunks of ``plan``."""
+        device = self._device
+        store = self.keys
+        columns, weights = batch.columns, batch.weights
+        n_keys = batch.groups.counts.size
+        sequences = torch.cat(
+            [
+                store.window.index_select(0, batch.slot_index),
+                torch.zeros(n_keys, plan.seq_len - store.window_steps, self.input_size, device=device),
+            ],
+            dim=1,
+        )
+        sequences.view(-1, self.input_size).index_copy_(
+            0, to_device(plan.scatter, device), to_device(batch.inputs, device)
+        )
+        h, c = store.h0[batch.slot_index], store.c0[batch.slot_index]
+        if plan.later_chunks is None:
+            chunk_inputs = sequences[:, : plan.single_chunk_steps]
+            chunk_state = new_state = (h, c)
+        else:
+            later = self._later_chunks(sequences, plan.later_chunks, (h, c), batch)
+            chunk_inputs, chunk_state, new_state = later
+        with torch.set_grad_enabled(batch.targets is not None):
+            outputs = self._run_lstm(narrow(chunk_inputs, columns), plan.chunk_len, chunk_state, weights)
+            picked = gather_steps(outputs, plan.event_chunk_row, plan.event_step)
+            logits = self._head(picked)
+        # The next window is the last k - 1 inputs; its start state is one step into the last
+        # chunk, which the fused LSTM does not return, so that one step is taken again here.
+        window = plan.next_window
+        if window.long_rows.size:
+            new_state = self._step_rows(sequences, window.long_rows, window.long_steps, new_state, batch)
+        new_window = gather_steps(sequences, np.arange(n_keys), window.positions)
+        return _pending(events, batch, logits, new_state, (new_window, window.window_len))
+
+    def _later_chunks(
+        self,
+        sequences: torch.Tensor,
+        chunks: LaterChunks,
+        state: tuple[torch.Tensor, torch.Tensor],
+        batch: BatchInputs,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """The inputs and start states of the chunk rows of ``chunks`` (``state``: each key's
+        stored state), and the start state of each key's last chunk."""
+        device = self._device
+        h, c = state
+        key_index = to_device(chunks.chunk_key, device)
+        start_h, start_c = h.index_select(0, key_index), c.index_select(0, key_index)
+        # A chunk after chunk 0 starts from the state at its boundary (see _boundary_states).
+        if chunks.later.size:
+            later_index = to_device(chunks.later, device)
+            model_sequences = narrow(sequences, batch.columns)
+            h_b, c_b = self._boundary_states(
+                model_sequences, chunks.boundary_keys, chunks.boundary_steps, h, c, batch.weights
+            )
+            start_h = start_h.index_copy(0, later_index, h_b)
+            start_c = start_c.index_copy(0, later_index, c_b)
+        chunk_inputs = gather_steps(sequences, chunks.chunk_key, chunks.positions)
+        last_rows = to_device(chunks.last_rows, device)
+        last_state = (start_h.index_select(0, last_rows), start_c.index_select(0, last_rows))
+        return chunk_inputs, (start_h, start_c), last_state
+
+    def _step_rows(
+        self,
+        sequences: torch.Tensor,
+        rows: np.ndarray,
+        steps: np.ndarray,
+        state: tuple[torch.Tensor, torch.Tensor],
+        batch: BatchInputs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``state`` (one row per key) with the keys ``rows`` advanced one LSTM step, without
+        gradients, over their input at ``steps`` of ``sequences``."""
+        h, c = state
+        row_index = to_device(rows, self._device)
+        with torch.no_grad():
+            h_step, c_step = torch.lstm_cell(
+                narrow(gather_steps(sequences, rows, steps), batch.columns),
+                (h.index_select(0, row_index), c.index_select(0, row_index)),
+                *batch.weights,
+            )
+        return h.index_copy(0, row_index, h_step), c.index_copy(0, row_index, c_step)
+
+    def _input_columns(self, used: np.ndarray) -> torch.Tensor | None:
+        """The input columns the LSTM runs on this batch, given ``used``, the scaler columns in use
+        (named features and the time gap); ``None``, all of them, unless this leaves out at least
+        half (and only on the CPU).
+
+        A column without a feature name is 0 in every input and every stored window, so leaving
+        it out of the LSTM changes nothing but the work: its input weights get a zero gradient
+        either way, and Adam never moves a weight whose gradient was always zero. Most streams
+        name a few of ``max_features``: at 3 features the input weight products shrink from 35
+        columns to 6: about +7-19% events/s at batches of 1,024-4,096 on a 2-core CPU. A GPU runs
+        the 35 columns on lanes that would idle, and would pay launches for the gathers, so it
+        keeps them all, as does a learner whose imported key states hold values in columns it has
+        no name for (see ``import_keys``).
+        """
+        width = used.size + EXTRA_INPUTS - 1
+        # Gathers cost calls: worth it only when they take out at least half the columns.
+        if self._device.type != "cpu" or not self._narrow_inputs or 2 * width > self.input_size:
+            return None
+        extra = np.arange(self.max_features + 1, self.input_size)  # the previous label's inputs
+        return to_device(np.concatenate([used, extra]), self._device)
+
+    def _weights_for(self, columns: torch.Tensor | None) -> list[torch.Tensor]:
+        """The LSTM's weights for the input ``columns`` (all of them for ``None``); the input
+        weights are a gather, through which gradients reach the full matrix."""
+        if columns is None:
+            return self._lstm_weights
+        w_ih, *rest = self._lstm_weights
+        return [w_ih.index_select(1, columns), *rest]
+
+    def _label_tensors(self, label_values: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The labels of the batch (NaN where an event has none) as a tensor, and the indices of
+        the labelled events.
+
+        Without labels both are ``None``; when every event is labelled the index is ``None`` too
+        (the loss then takes all logits, without a gather).
+        """
+        values = label_values.astype(np.float32)
+        known = ~np.isnan(values)
+        device = self._device
+        if known.all():
+            return None, to_device(values, device)
+        if not known.any():
+            return None, None
+        return to_device(np.flatnonzero(known), device), to_device(values[known], device)
+
+
+def _pending(
+    events: Sequence[Event],
+    batch: BatchInputs,
+    logits: torch.Tensor,
+    new_state: tuple[torch.Tensor, torch.Tensor],
+    new_window: tuple[torch.Tensor, np.ndarray],
+) -> Pending:
+    """The :class:`Pending` pass of ``logits``, with each key's next window start state, and its
+    next window and that window's length."""
+    probabilities, finite = _host_probabilities(logits)
+    return Pending(
+        events=events,
+        batch=batch,
+        logits=logits,
+        probabilities=probabilities,
+        finite=finite,
+        new_h0=new_state[0],
+        new_c0=new_state[1],
+        new_window=new_window[0],
+        new_window_len=new_window[1],
+    )
+
+
+def _host_probabilities(logits: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """The probabilities of ``logits`` on the host, and whether all were finite (non-finite ones
+    are returned as 0.5)."""
+    probabilities = torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64)
+    # A sum of values in [0, 1] is finite unless one is NaN (the cheapest test: it runs per batch).
+    finite = math.isfinite(probabilities[0] if probabilities.size == 1 else np.add.reduce(probabilities))
+    if not finite:
+        probabilities[~np.isfinite(probabilities)] = 0.5
+    return probabilities, finite

@@ -1,0 +1,42 @@
+"""The models by name: what ``--models`` accepts and how each is built from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stream_lstm.errors import ConfigError
+from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
+from stream_lstm.models.protocols import OnlineClassifier
+
+MODEL_NAMES = ("lstm", "logreg", "no_change")
+
+#: The LSTM's keyword arguments that the logistic regression takes too (the same meaning).
+_SHARED_WITH_LOGREG = ("max_features", "input_clip")
+
+
+def build_models(
+    names: Sequence[str], *, max_keys: int = 100_000, lstm: Mapping[str, Any] | None = None
+) -> dict[str, OnlineClassifier]:
+    """Create the named models; ``lstm`` holds keyword arguments for :class:`LSTMLearner`.
+
+    The logistic regression gets the LSTM's ``max_features`` and ``input_clip`` (from ``lstm``,
+    else the LSTM's defaults), so that both see the same features, clipped alike.
+    """
+    unknown = [name for name in names if name not in MODEL_NAMES]
+    if unknown or not names:
+        raise ConfigError(
+            f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_NAMES)}"
+        )
+    models: dict[str, OnlineClassifier] = {}
+    for name in names:
+        if name == "lstm":
+            from stream_lstm.learner.lstm_learner import LSTMLearner  # torch is imported only when needed
+
+            models[name] = LSTMLearner(max_keys=max_keys, **dict(lstm or {}))
+        elif name == "logreg":
+            shared = {key: value for key, value in (lstm or {}).items() if key in _SHARED_WITH_LOGREG}
+            models[name] = LogisticRegressionBaseline(**shared)
+        else:
+            models[name] = NoChangeBaseline(max_keys=max_keys)
+    return models

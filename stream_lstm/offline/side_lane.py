@@ -1,0 +1,154 @@
+"""The side lane of ``stream-lstm evaluate``: some models evaluated in a second process.
+
+The models never read each other's predictions, so they can be evaluated apart on the same
+events: :class:`SideLane` runs the baselines in a second process, which reads the file itself,
+while the first process runs the LSTM. Each process evaluates its models exactly as one process
+would; the two results are then reported together
+(:func:`~stream_lstm.evaluation.results.combine_results`).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from stream_lstm.errors import EvaluationError
+from stream_lstm.evaluation.prequential import PrequentialEvaluator
+from stream_lstm.evaluation.results import EvaluationResults
+from stream_lstm.learner.child_process import start_without_ctrl_c
+from stream_lstm.models.build import build_models
+from stream_lstm.offline.batches import batches
+from stream_lstm.offline.csv_source import CsvSpec
+
+
+class SideLane:
+    """Evaluates some models in a second process, on its own reading of the same CSV file.
+
+    Reading the file again costs far less than passing events between processes, and the
+    baselines (pure Python) then learn on a second CPU while this process runs the LSTM. The
+    process ignores Ctrl-C (this one stops it) and reports a failure with its traceback.
+
+    Parameters
+    ----------
+    spec
+        The file and how to read it.
+    names
+        The models to run there.
+    batch_size, window, max_keys, keep_trace
+        As for the evaluation in this process.
+    lstm
+        The LSTM's keyword arguments, as given to :func:`build_models` in this process (the
+        baselines take its ``max_features`` and ``input_clip``).
+    """
+
+    def __init__(
+        self,
+        spec: CsvSpec,
+        names: Sequence[str],
+        *,
+        batch_size: int,
+        window: int,
+        max_keys: int,
+        keep_trace: bool,
+        lstm: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.names = tuple(names)
+        job = _SideJob(
+            spec, self.names, batch_size, window, max_keys, keep_trace, os.getpid(), dict(lstm or {})
+        )
+        context = multiprocessing.get_context("spawn")  # no fork of a process running torch
+        self._results, sender = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_run_side_lane, args=(sender, job), name="stream-lstm-baselines", daemon=True
+        )
+        start_without_ctrl_c(self._process)
+        sender.close()
+        self._answer: tuple[str, Any] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the second process."""
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        """Whether the second process is still alive."""
+        return self._process.is_alive()
+
+    def check(self) -> None:
+        """Raise :class:`EvaluationError` now if the process has already failed."""
+        if self._answer is None and self._results.poll():
+            self._answer = self._receive()
+        if self._answer is not None and self._answer[0] == "error":
+            raise EvaluationError(
+                f"the process evaluating {', '.join(self.names)} failed:\n{self._answer[1]}"
+            )
+
+    def results(self) -> EvaluationResults:
+        """Wait for the process to finish; its evaluator's :meth:`PrequentialEvaluator.results`."""
+        if self._answer is None:
+            self._answer = self._receive()
+        self.check()
+        return self._answer[1]
+
+    def close(self) -> None:
+        """Stop the process if it still runs."""
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.kill()
+        self._process.join(timeout=10)
+        self._results.close()
+
+    def _receive(self) -> tuple[str, Any]:
+        try:
+            return self._results.recv()
+        except EOFError:
+            self._process.join(timeout=10)
+            return ("error", f"it exited with code {self._process.exitcode} before sending its scores")
+
+
+@dataclass(frozen=True)
+class _SideJob:
+    """What the :class:`SideLane` process is to do, and who its parent is."""
+
+    spec: CsvSpec
+    names: tuple[str, ...]
+    batch_size: int
+    window: int
+    max_keys: int
+    keep_trace: bool
+    parent: int
+    lstm: dict[str, Any] | None = None
+
+
+def _run_side_lane(results: Connection, job: _SideJob) -> None:
+    """The body of the :class:`SideLane` process; it gives up if its parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        evaluator = PrequentialEvaluator(
+            build_models(job.names, max_keys=job.max_keys, lstm=job.lstm),
+            window=job.window,
+            max_keys=job.max_keys,
+            keep_trace=job.keep_trace,
+        )
+        for count, batch in enumerate(batches(job.spec.events(), job.batch_size)):
+            if count % 256 == 0 and os.getppid() != job.parent:
+                return
+            evaluator.process(batch)
+        answer: tuple[str, Any] = ("ok", evaluator.results())
+    except BaseException as error:  # whatever it is, the parent reports it
+        answer = ("error", "".join(traceback.format_exception(error)).rstrip())
+    try:
+        results.send(answer)
+    except OSError:
+        pass  # the parent is gone: nobody to tell
+    finally:
+        results.close()
