@@ -56,6 +56,7 @@ from stream_lstm.service.publisher import Publisher, RefusedOutputs
 from stream_lstm.service.recovery import Recovery
 from stream_lstm.service.reporting import Reporter, learner_info
 from stream_lstm.service.settings import ServiceSettings
+from stream_lstm.state.store import CheckpointStore
 from stream_lstm.telemetry.metrics import Telemetry
 
 __all__ = ["ServiceSettings", "ServiceState", "StreamService"]
@@ -82,7 +83,8 @@ class StreamService:
     decides between a rollback now and a rollback requested, which only the service can weigh.
 
     ``new_evaluator`` builds a fresh evaluator when there is no checkpoint; ``kafka_factory``
-    builds the Kafka client (tests pass a scripted one, see :mod:`stream_lstm.testing`).
+    builds the Kafka client; ``store`` is the checkpoint store, by default the one the settings
+    name (tests pass a scripted client and a store in memory, see :mod:`stream_lstm.testing`).
     """
 
     def __init__(
@@ -92,12 +94,13 @@ class StreamService:
         new_evaluator: Callable[[], PrequentialEvaluator],
         telemetry: Telemetry,
         kafka_factory: Callable[..., KafkaClient] = open_kafka,
+        store: CheckpointStore | None = None,
     ) -> None:
         self.settings = settings
         self.telemetry = telemetry
         self.kafka_factory = kafka_factory
         self.instance_id = settings.instance_id
-        self.store = open_store(settings)
+        self.store = store if store is not None else open_store(settings)
         self.ledger = Ledger()
         self.recovery = Recovery(self.store, settings, self.ledger, new_evaluator)
         try:
