@@ -76,6 +76,10 @@ class KafkaTopicStore:
     """Checkpoints in a compacted Kafka topic (see the module doc); the interface of
     :class:`~stream_lstm.state.directory_store.DirectoryStore`.
 
+    Over 300 lines because the store's view of the topic, its chunked writes and the orphan
+    sweep all read and change one view with one consumer and one producer; the record format
+    (keys, manifests, chunks) is apart, in :mod:`stream_lstm.state.topic_chunks`.
+
     Parameters
     ----------
     bootstrap_servers
