@@ -1,4 +1,9 @@
-"""The exception hierarchy: one root, one small class per area."""
+"""The exception hierarchy: one root, one small class per area, every one exported from here.
+
+The errors that several areas share are declared here; those of one area (Kafka I/O, the
+embedded broker, the learner process) are declared in that area's module and exported here too
+(:data:`AREA_ERRORS`), so ``from stream_lstm.errors import ...`` reaches every error.
+"""
 
 
 class StreamLSTMError(Exception):
@@ -27,3 +32,34 @@ class CheckpointError(StreamLSTMError):
 
 class EvaluationError(StreamLSTMError):
     """An offline evaluation could not finish (e.g. its second process failed)."""
+
+
+#: The errors declared in their own area's module, exported from here too. They are imported
+#: when first asked for, so that this module, which every area imports, imports none of them.
+AREA_ERRORS = {
+    "KafkaIOError": "stream_lstm.kafka.interface",
+    "DeliveryPending": "stream_lstm.kafka.interface",
+    "DeliveryFailed": "stream_lstm.kafka.interface",
+    "RecordsRejected": "stream_lstm.kafka.interface",
+    "BrokerError": "stream_lstm.kafka.broker_admin",
+    "LearnerProcessError": "stream_lstm.learner.process",
+}
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "EvaluationError",
+    "EventError",
+    "StreamLSTMError",
+    *AREA_ERRORS,
+]
+
+
+def __getattr__(name: str) -> type[StreamLSTMError]:
+    """``from stream_lstm.errors import KafkaIOError`` (and the other area errors) works too."""
+    module = AREA_ERRORS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
