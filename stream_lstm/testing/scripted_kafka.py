@@ -12,7 +12,7 @@ consumer in a group and a producer behave, with nothing in between that a test c
   producer, aborting, closing and a failed flush drop what is held: it is never delivered.
   ``delivered`` is what a reader of the topic would see.
 * **Cues.** ``cues`` maps a poll's number (0 is the first) to a function called with the
-  client before that poll: it may call :meth:`rebalance`, :meth:`lose`, :meth:`fail_flushes`,
+  client before that poll: it may call :meth:`rebalance`, :meth:`lose`, :meth:`fail_flushes`, :meth:`fail_commits`,
   set ``produce_error``, or look at the service. After :meth:`lose`, polls
   return nothing until :meth:`reassign`.
 
@@ -105,6 +105,7 @@ class ScriptedKafka:
         self.timed_out = False
         self._held: list[ProducedRecord] = []
         self._flush_errors: list[Exception] = []
+        self._commit_errors: list[Exception] = []
         self._assigned: list[Partition] = []
         self._deadline = time.monotonic() + deadline_s
         self._on_assigned: RebalanceCallback = _ignore
@@ -144,6 +145,11 @@ class ScriptedKafka:
     def fail_flushes(self, *errors: Exception) -> None:
         """The next flushes raise ``errors``, one each, in order."""
         self._flush_errors.extend(errors)
+
+    def fail_commits(self, *errors: Exception) -> None:
+        """The next commits raise ``errors``, one each, in order, and commit nothing (with
+        exactly-once the transaction's records stay held until an abort drops them)."""
+        self._commit_errors.extend(errors)
 
     def _reassign(self) -> None:
         self.positions = {p: self.committed_offsets.get(p, 0) for p in self.partitions}
@@ -219,6 +225,8 @@ class ScriptedKafka:
         self._drop_held()
 
     def commit(self, offsets: Mapping[Partition, int]) -> None:
+        if self._commit_errors:
+            raise self._commit_errors.pop(0)
         if self.exactly_once:
             self._deliver_held()  # the transaction: its records and its offsets together
         self.committed_offsets.update(offsets)

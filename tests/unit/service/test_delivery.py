@@ -127,8 +127,8 @@ def test_a_failed_flush_rolls_back_the_weights_with_the_partitions(learner_proce
 def test_exactly_once_a_failed_transaction_is_aborted_and_each_event_published_once() -> None:
     """With --exactly-once the outputs go with the offsets in one transaction: a failed one is
     aborted, its interval processed again, and a reader sees each prediction exactly once."""
-    broker_away = DeliveryFailed("the broker went away (scripted)")
-    kafka, store = scripted(cues={8: lambda k: k.fail_flushes(broker_away)})
+    broker_away = DeliveryFailed("the transaction failed (scripted)")
+    kafka, store = scripted(cues={8: lambda k: k.fail_commits(broker_away)})
     run_service(kafka, store, checkpoint_every=40, exactly_once=True)
     assert kafka.dropped  # the aborted transaction's records
     assert_delivery_kept(kafka, store)
