@@ -12,9 +12,9 @@ consumer in a group and a producer behave, with nothing in between that a test c
   producer, aborting, closing and a failed flush drop what is held: it is never delivered.
   ``delivered`` is what a reader of the topic would see.
 * **Cues.** ``cues`` maps a poll's number (0 is the first) to a function called with the
-  client before that poll: it may call :meth:`rebalance`, :meth:`lose`, :meth:`fail_flushes`, :meth:`fail_commits`,
-  set ``produce_error``, or look at the service. After :meth:`lose`, polls
-  return nothing until :meth:`reassign`.
+  client before that poll: it may call :meth:`rebalance`, :meth:`lose`, :meth:`fail_flushes`,
+  :meth:`fail_commits`, set ``produce_error``, or look at the service. After :meth:`lose`,
+  polls return nothing until :meth:`reassign`.
 
 >>> from stream_lstm.kafka.interface import KafkaSettings
 >>> kafka = ScriptedKafka({("in", 0): messages_of("in", 0, [b'{"features": {"x": 1}}'])})
