@@ -11,6 +11,11 @@ consumer in a group and a producer behave, with nothing in between that a test c
   (at-least-once) or :meth:`commit` (exactly-once, the transaction) delivers it. Resetting the
   producer, aborting, closing and a failed flush drop what is held: it is never delivered.
   ``delivered`` is what a reader of the topic would see.
+* **Refusals.** A record whose (topic, source) is in ``refuse_at_once`` is refused by
+  :meth:`produce` (:class:`~stream_lstm.kafka.interface.RecordsRejected`, not held); one in
+  ``refuse_later`` is refused by the flush (or exactly-once commit) that would deliver it, every
+  time it is sent, as a broker refuses a record over its size limit: the others of that flush
+  are delivered, while a transaction holding one is refused whole.
 * **Cues.** ``cues`` maps a poll's number (0 is the first) to a function called with the
   client before that poll: it may call :meth:`rebalance`, :meth:`lose`, :meth:`fail_flushes`,
   :meth:`fail_commits`, set ``produce_error``, or look at the service. After :meth:`lose`,
@@ -37,7 +42,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stream_lstm.kafka.interface import DeliveryPending, KafkaSettings, Message, Partition, Source
+from stream_lstm.kafka.interface import (
+    RECORD_TOO_LARGE,
+    DeliveryPending,
+    KafkaSettings,
+    Message,
+    Partition,
+    RecordsRejected,
+    RejectedRecord,
+    Source,
+)
 
 #: A function of the client, called before the poll whose number it is given under in ``cues``.
 Cue = Callable[["ScriptedKafka"], None]
@@ -94,6 +108,11 @@ class ScriptedKafka:
         self.delivered: list[ProducedRecord] = []
         #: Records dropped before delivery (a reset producer, an abort, a failed flush, a close).
         self.dropped: list[ProducedRecord] = []
+        #: Records refused for good, as (topic, source): see "Refusals" in the module doc.
+        self.refuse_at_once: set[tuple[str, Source | None]] = set()
+        self.refuse_later: set[tuple[str, Source | None]] = set()
+        #: Seeks that moved a partition back (a rollback's rewinds, say).
+        self.rewinds = 0
         #: Raised by every :meth:`produce` while set; ``failed_produces`` counts them.
         self.produce_error: Exception | None = None
         self.failed_produces = 0
@@ -186,13 +205,15 @@ class ScriptedKafka:
         return batch
 
     def seek(self, partition: Partition, offset: int) -> None:
+        if offset < self.positions[partition]:
+            self.rewinds += 1
         self.positions[partition] = offset
 
     def seek_to_committed(self, partition: Partition) -> None:
-        self.positions[partition] = self.committed_offsets.get(partition, 0)
+        self.seek(partition, self.committed_offsets.get(partition, 0))
 
     def seek_to_beginning(self, partition: Partition) -> None:
-        self.positions[partition] = 0
+        self.seek(partition, 0)
 
     def assignment(self) -> list[Partition]:
         return list(self._assigned)
@@ -209,6 +230,9 @@ class ScriptedKafka:
         if self.produce_error is not None:
             self.failed_produces += 1
             raise self.produce_error
+        if (topic, source) in self.refuse_at_once:
+            rejected = RejectedRecord(topic, source, RECORD_TOO_LARGE, "scripted: too large")
+            raise RecordsRejected("refused at once (scripted)", rejected=[rejected])
         self._held.append(ProducedRecord(topic, key, value, source))
 
     def flush(self, timeout_s: float) -> None:
@@ -254,8 +278,17 @@ class ScriptedKafka:
         return [record.json() for record in self.delivered if record.topic == topic]
 
     def _deliver_held(self) -> None:
-        self.delivered.extend(self._held)
-        self._held.clear()
+        held, self._held = self._held, []
+        refused = [record for record in held if (record.topic, record.source) in self.refuse_later]
+        if refused and self.exactly_once:
+            self.dropped.extend(held)  # the transaction is refused whole
+        else:
+            self.delivered.extend(r for r in held if (r.topic, r.source) not in self.refuse_later)
+            self.dropped.extend(refused)
+        if refused:
+            detail = "scripted: over the topic's max.message.bytes"
+            rejected = [RejectedRecord(r.topic, r.source, RECORD_TOO_LARGE, detail) for r in refused]
+            raise RecordsRejected(f"{len(refused)} refused (scripted)", rejected=rejected)
 
     def _drop_held(self) -> None:
         self.dropped.extend(self._held)

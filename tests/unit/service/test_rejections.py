@@ -1,5 +1,6 @@
-"""A record refused for good is not an outage: the service, on a scripted Kafka client that
-refuses chosen records at once (at produce) or later (at the flush before a checkpoint).
+"""A record refused for good is not an outage: the service, on a scripted Kafka client
+(stream_lstm.testing) that refuses chosen records at once (at produce) or later (at the flush
+before a checkpoint).
 
 The real-broker test (tests/integration/test_hostile_input.py) refuses a record over the
 producer's limit with both clients; this client also makes the broker refuse one afterwards.
@@ -7,9 +8,7 @@ producer's limit with both clients; this client also makes the broker refuse one
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -18,132 +17,40 @@ from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_model
 from stream_lstm.kafka.interface import (
     KafkaSettings,
     Message,
-    Partition,
-    RecordsRejected,
-    RejectedRecord,
-    Source,
 )
 from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.service.stream_service import ServiceSettings, StreamService
 from stream_lstm.state.directory_store import DirectoryStore
 from stream_lstm.telemetry.metrics import Telemetry
+from stream_lstm.testing import ScriptedKafka
 
 TOPIC, OUT, DEAD = "in", "out", "dead"
 PARTITION = (TOPIC, 0)
 EVENTS = 120
 
 
-class RefusingKafka:
-    """One partition polled in batches of 16; refuses the records of chosen inputs.
+def refusing_kafka(
+    messages: list[Message],
+    *,
+    at_once: Iterable[tuple[str, int]] = (),
+    later: Iterable[tuple[str, int]] = (),
+) -> ScriptedKafka:
+    """One partition polled in batches of 16, on a scripted client that refuses the records of
+    chosen inputs: (topic, input offset) pairs whose record ``produce`` refuses (``at_once``), or
+    whose record a flush (exactly-once: the transaction) refuses every time it is sent (``later``)."""
+    kafka = ScriptedKafka({PARTITION: messages})
+    kafka.refuse_at_once = {(topic, (*PARTITION, offset)) for topic, offset in at_once}
+    kafka.refuse_later = {(topic, (*PARTITION, offset)) for topic, offset in later}
+    return kafka
 
-    ``at_once``: (topic, offset) pairs whose record ``produce`` refuses; ``later``: pairs whose
-    record a ``flush`` reports refused (the other records of that flush are delivered), every
-    time it is sent, as a broker would. Records are delivered only at a flush, as a producer's
-    are acknowledged; with ``exactly_once``, only by a ``commit``, which refuses the whole
-    transaction when one of its records is refused.
-    """
 
-    def __init__(self, messages: list[Message], *, at_once=(), later=(), exactly_once: bool = False) -> None:
-        self.messages = messages
-        self.at_once = set(at_once)
-        self.later = set(later)
-        self.exactly_once = exactly_once
-        self.position = 0
-        self.committed_offset = 0
-        self.delivered: list[tuple[str, dict]] = []
-        self.pending: list[tuple[str, bytes, Source | None]] = []
-        self.rewinds = 0
-        self.flushes = 0
-        self.deadline = time.monotonic() + 60
-        self.service: StreamService | None = None
-
-    def connect(self, settings: KafkaSettings, *, on_assigned: Callable, **_: object) -> RefusingKafka:
-        self.on_assigned = on_assigned
-        return self
-
-    def poll(self, max_records: int, timeout_s: float) -> list[Message]:
-        assert self.service is not None
-        if self.position == 0 and not self.delivered and not self.pending and self.rewinds == 0:
-            self.on_assigned([PARTITION])
-        if self.position >= len(self.messages) or time.monotonic() > self.deadline:
-            self.service.stop()
-            return []
-        batch = self.messages[self.position : self.position + 16]
-        self.position += len(batch)
-        return batch
-
-    def seek(self, partition: Partition, offset: int) -> None:
-        if offset < self.position:
-            self.rewinds += 1
-        self.position = offset
-
-    def seek_to_committed(self, partition: Partition) -> None:
-        self.seek(partition, self.committed_offset)
-
-    def seek_to_beginning(self, partition: Partition) -> None:
-        self.seek(partition, 0)
-
-    def assignment(self) -> list[Partition]:
-        return [PARTITION]
-
-    def committed(self, partition: Partition) -> int | None:
-        return self.committed_offset
-
-    def lag(self) -> dict[Partition, int]:
-        return {}
-
-    def produce(self, topic: str, key: bytes | None, value: bytes, *, source: Source | None = None) -> None:
-        assert source is not None
-        if (topic, source[2]) in self.at_once:
-            raise RecordsRejected(
-                "refused", rejected=[RejectedRecord(topic, source, "record_too_large", "scripted: too large")]
-            )
-        self.pending.append((topic, value, source))
-
-    def flush(self, timeout_s: float) -> None:
-        self.flushes += 1
-        if not self.exactly_once:
-            self._deliver()
-
-    def _deliver(self) -> None:
-        pending, self.pending = self.pending, []
-        refused = [
-            RejectedRecord(topic, source, "record_too_large", "scripted: over the topic's max.message.bytes")
-            for topic, _, source in pending
-            if source is not None and (topic, source[2]) in self.later
-        ]
-        if refused and self.exactly_once:  # the transaction is aborted: nothing is delivered
-            raise RecordsRejected(f"{len(refused)} refused", rejected=refused)
-        for topic, value, source in pending:
-            if source is None or (topic, source[2]) not in self.later:
-                self.delivered.append((topic, json.loads(value)))
-        if refused:
-            raise RecordsRejected(f"{len(refused)} refused", rejected=refused)
-
-    def reset_producer(self) -> None:
-        self.pending = []
-
-    def commit(self, offsets: Mapping[Partition, int]) -> None:
-        if self.exactly_once:
-            self._deliver()
-        self.committed_offset = offsets.get(PARTITION, self.committed_offset)
-
-    def abort(self) -> None:
-        pass
-
-    def connected(self) -> bool:
-        return True
-
-    def close(self, timeout_s: float = 5.0) -> None:
-        pass
-
-    def outputs(self, topic: str) -> dict[int, list[dict]]:
-        by_offset: dict[int, list[dict]] = {}
-        for delivered_to, record in self.delivered:
-            if delivered_to == topic:
-                by_offset.setdefault(record["source"]["offset"], []).append(record)
-        return by_offset
+def outputs(kafka: ScriptedKafka, topic: str) -> dict[int, list[dict]]:
+    """The records delivered to ``topic``, by the offset of their input."""
+    by_offset: dict[int, list[dict]] = {}
+    for record in kafka.delivered_to(topic):
+        by_offset.setdefault(record["source"]["offset"], []).append(record)
+    return by_offset
 
 
 def stream_with_a_malformed_message(malformed_at: int) -> list[Message]:
@@ -153,10 +60,15 @@ def stream_with_a_malformed_message(malformed_at: int) -> list[Message]:
 
 
 def run(
-    tmp_path: Path, kafka: RefusingKafka, *, features_dropped_before: int = 0, **overrides: int
+    tmp_path: Path,
+    kafka: ScriptedKafka,
+    *,
+    exactly_once: bool = False,
+    features_dropped_before: int = 0,
+    **overrides: int,
 ) -> tuple[StreamService, Telemetry, DirectoryStore]:
     settings = ServiceSettings(
-        kafka=KafkaSettings("scripted:9092", TOPIC, OUT, DEAD, "group", exactly_once=kafka.exactly_once),
+        kafka=KafkaSettings("scripted:9092", TOPIC, OUT, DEAD, "group", exactly_once=exactly_once),
         checkpoint_dir=tmp_path / "checkpoints",
         batch_size=16,
         # A flush (where the broker's refusals surface) every two batches.
@@ -175,9 +87,9 @@ def run(
     service = StreamService(
         settings, new_evaluator=new_evaluator, telemetry=telemetry, kafka_factory=kafka.connect
     )
-    kafka.service = service
+    kafka.when_done = service.stop
     service.run()
-    assert time.monotonic() < kafka.deadline, "the stream was not done within 60 s: something loops"
+    assert not kafka.timed_out, "the stream was not done within 60 s: something loops"
     return service, telemetry, DirectoryStore(settings.checkpoint_dir)
 
 
@@ -185,19 +97,19 @@ def counter(telemetry: Telemetry, name: str, **labels: str) -> float:
     return telemetry.registry.get_sample_value(name, labels) or 0.0
 
 
-def assert_every_offset_predicted_or_dead_lettered(kafka: RefusingKafka, dead: set[int]) -> None:
-    predicted = set(kafka.outputs(OUT))
-    assert predicted | set(kafka.outputs(DEAD)) == set(range(len(kafka.messages)))
+def assert_every_offset_predicted_or_dead_lettered(kafka: ScriptedKafka, dead: set[int]) -> None:
+    predicted = set(outputs(kafka, OUT))
+    assert predicted | set(outputs(kafka, DEAD)) == set(range(len(kafka.messages[PARTITION])))
     assert predicted.isdisjoint(dead)
 
 
-def assert_each_input_counted_once(telemetry: Telemetry, kafka: RefusingKafka) -> None:
+def assert_each_input_counted_once(telemetry: Telemetry, kafka: ScriptedKafka) -> None:
     outcomes = {
         o: counter(telemetry, "stream_lstm_events_total", outcome=o)
         for o in ("processed", "dead_lettered", "skipped")
     }
     if kafka.rewinds == 0:  # a rollback counts the events it processes again
-        assert sum(outcomes.values()) == len(kafka.messages), outcomes
+        assert sum(outcomes.values()) == len(kafka.messages[PARTITION]), outcomes
 
 
 def assert_learned_once(store: DirectoryStore, learned: int) -> None:
@@ -217,9 +129,9 @@ def test_a_refused_prediction_is_replaced_by_a_dead_letter_and_the_event_learned
 ) -> None:
     messages = stream_with_a_malformed_message(malformed_at=50)
     refused = {(OUT, 20), (OUT, 70)}
-    kafka = RefusingKafka(messages, exactly_once=exactly_once, **{when: refused})
-    service, telemetry, store = run(tmp_path, kafka)
-    letters = kafka.outputs(DEAD)
+    kafka = refusing_kafka(messages, **{when: refused})
+    service, telemetry, store = run(tmp_path, kafka, exactly_once=exactly_once)
+    letters = outputs(kafka, DEAD)
     assert {offset: [r["reason"] for r in records] for offset, records in letters.items()} == {
         20: ["output_rejected"],
         50: ["not_json"],
@@ -243,10 +155,10 @@ def test_an_input_whose_dead_letter_is_refused_is_counted_and_skipped(
     tmp_path: Path, when: str, exactly_once: bool
 ) -> None:
     messages = stream_with_a_malformed_message(malformed_at=40)
-    kafka = RefusingKafka(messages, exactly_once=exactly_once, **{when: {(DEAD, 40)}})
-    _, telemetry, store = run(tmp_path, kafka)
-    assert 40 not in kafka.outputs(DEAD) and 40 not in kafka.outputs(OUT)
-    assert set(kafka.outputs(OUT)) == set(range(len(messages))) - {40}
+    kafka = refusing_kafka(messages, **{when: {(DEAD, 40)}})
+    _, telemetry, store = run(tmp_path, kafka, exactly_once=exactly_once)
+    assert 40 not in outputs(kafka, DEAD) and 40 not in outputs(kafka, OUT)
+    assert set(outputs(kafka, OUT)) == set(range(len(messages))) - {40}
     assert counter(telemetry, "stream_lstm_skipped_records_total", reason="dead_letter_rejected") == 1
     assert counter(telemetry, "stream_lstm_rejected_records_total", output="dead_letters") >= 1
     assert_each_input_counted_once(telemetry, kafka)
@@ -263,9 +175,9 @@ def test_a_refused_prediction_whose_dead_letter_is_refused_too_is_skipped(
     refusals: dict[str, set] = {"at_once": set(), "later": set()}
     refusals[prediction].add((OUT, 30))
     refusals[dead_letter].add((DEAD, 30))
-    kafka = RefusingKafka(messages, **refusals)
+    kafka = refusing_kafka(messages, **refusals)
     _, telemetry, store = run(tmp_path, kafka)
-    assert 30 not in kafka.outputs(OUT) and 30 not in kafka.outputs(DEAD)
+    assert 30 not in outputs(kafka, OUT) and 30 not in outputs(kafka, DEAD)
     assert counter(telemetry, "stream_lstm_skipped_records_total", reason="dead_letter_rejected") == 1
     assert_learned_once(store, learned=EVENTS)
 
@@ -284,7 +196,7 @@ def test_prediction_records_of_accepted_events_are_small() -> None:
 
 def test_counts_a_loaded_learner_brings_along_are_not_counted_again(tmp_path: Path) -> None:
     """The guard counters count what this process sees: a resumed learner's history is not news."""
-    kafka = RefusingKafka(stream_with_a_malformed_message(malformed_at=10))
+    kafka = refusing_kafka(stream_with_a_malformed_message(malformed_at=10))
     _, telemetry, _ = run(tmp_path, kafka, features_dropped_before=5)
     assert counter(telemetry, "stream_lstm_features_dropped_total", model="lstm") == 0
 
@@ -294,10 +206,10 @@ def test_large_dead_letters_are_flushed_before_they_pile_up(tmp_path: Path) -> N
     records produced since the last checkpoint reach max_unflushed_bytes, not only every
     checkpoint_every messages."""
     messages = [Message(TOPIC, 0, offset, b"k", b"x" * 60_000, None) for offset in range(48)]
-    bounded = RefusingKafka(messages)
+    bounded = refusing_kafka(messages)
     run(tmp_path / "bounded", bounded, checkpoint_every=10**6, max_unflushed_bytes=200_000)
-    unbounded = RefusingKafka(messages)
+    unbounded = refusing_kafka(messages)
     run(tmp_path / "unbounded", unbounded, checkpoint_every=10**6)
-    assert len(bounded.outputs(DEAD)) == len(unbounded.outputs(DEAD)) == 48
+    assert len(outputs(bounded, DEAD)) == len(outputs(unbounded, DEAD)) == 48
     assert unbounded.flushes == 1  # the final checkpoint only
     assert bounded.flushes >= 3  # after each batch of 16 (~1 MB of dead letters), then the final one
