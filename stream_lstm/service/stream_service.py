@@ -33,6 +33,9 @@ FAILED              close, without a checkpoint; run() raises    STOPPED
 ==================  ===========================================  ====================
 
 A failed publish in the loop itself rolls back at once (RUNNING stays RUNNING).
+
+Over 450 lines, with the state table above and the rebalance callbacks: see :class:`StreamService`
+for why the callbacks stay with the lifecycle.
 """
 
 from __future__ import annotations
