@@ -25,7 +25,7 @@ from typing import IO, Any
 from stream_lstm.errors import CheckpointError, ConfigError
 from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.checkpoint import load_checkpoint, save_checkpoint
-from stream_lstm.state.finite_check import check_finite
+from stream_lstm.state.finite_check import check_finite, checked_state
 from stream_lstm.state.store import (
     SAFE_NAME,
     InstanceState,
@@ -152,17 +152,9 @@ class DirectoryStore:
         return found
 
 
-def _expect(value: Any, kind: type, path: Path) -> Any:
-    if not isinstance(value, kind):
-        raise CheckpointError(f"{path} does not hold a {kind.__name__}")
-    return value
-
-
 def _load(path: Path, kind: type) -> Any:
     """The ``kind`` in the checkpoint file ``path``, once checked to be finite."""
-    state = _expect(load_checkpoint(path), kind, path)
-    check_finite(state, str(path), saving=False)
-    return state
+    return checked_state(load_checkpoint(path), kind, str(path))
 
 
 def _save(path: Path, state: Any) -> int:

@@ -91,3 +91,12 @@ def check_finite(state: Any, where: str, *, saving: bool) -> None:
     if saving:
         raise CheckpointError(f"checkpoint {where} not written: it would hold non-finite values: {listed}")
     raise CheckpointError(f"checkpoint {where} refused: it holds non-finite values: {listed}")
+
+
+def checked_state(state: Any, kind: type, where: str) -> Any:
+    """``state`` as read from ``where``, once it is found to be a ``kind`` holding only finite
+    values; every store checks what it loads with this (:class:`CheckpointError` otherwise)."""
+    if not isinstance(state, kind):
+        raise CheckpointError(f"{where} does not hold a {kind.__name__}")
+    check_finite(state, where, saving=False)
+    return state

@@ -48,7 +48,7 @@ from kafka.errors import KafkaError
 from stream_lstm.errors import CheckpointError
 from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
-from stream_lstm.state.finite_check import check_finite
+from stream_lstm.state.finite_check import check_finite, checked_state
 from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id
 from stream_lstm.state.topic_chunks import (
     DEFAULT_CHUNK_BYTES,
@@ -285,11 +285,9 @@ class KafkaTopicStore:
             return None
         manifest = self._manifest(name)
         where = f"{name} in {self.describe()}"
-        state = decode_checkpoint(join_chunks(self._latest, name, manifest, where), where)
-        if not isinstance(state, kind):
-            raise CheckpointError(f"{where} does not hold a {kind.__name__}")
-        check_finite(state, where, saving=False)
-        return state
+        return checked_state(
+            decode_checkpoint(join_chunks(self._latest, name, manifest, where), where), kind, where
+        )
 
     def _manifest(self, name: str) -> dict[str, Any]:
         return read_manifest(self._latest, name, f"{name} in {self.describe()}")

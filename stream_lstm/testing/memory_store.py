@@ -15,7 +15,7 @@ from typing import Any
 from stream_lstm.errors import CheckpointError, ConfigError
 from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
-from stream_lstm.state.finite_check import check_finite
+from stream_lstm.state.finite_check import check_finite, checked_state
 from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id
 
 
@@ -108,8 +108,4 @@ class MemoryStore:
 
 
 def _decode(data: bytes, where: str, kind: type) -> Any:
-    state = decode_checkpoint(data, where)
-    if not isinstance(state, kind):
-        raise CheckpointError(f"{where} does not hold a {kind.__name__}")
-    check_finite(state, where, saving=False)
-    return state
+    return checked_state(decode_checkpoint(data, where), kind, where)
