@@ -271,7 +271,14 @@ class EmbeddedBroker:
 
     # ------------------------------------------------------------------ topics
 
-    def create_topics(self, names: list[str], partitions: int = 1, timeout: float = 30.0) -> dict[str, int]:
+    def create_topics(
+        self,
+        names: list[str],
+        partitions: int = 1,
+        timeout: float = 30.0,
+        *,
+        configs: dict[str, str] | None = None,
+    ) -> dict[str, int]:
         """Create topics (if missing) and wait until their metadata is visible.
 
         Idempotent: a topic that already exists is left as it is, whatever its partition count.
@@ -284,6 +291,8 @@ class EmbeddedBroker:
             Partition count of each topic created now (replication factor is always 1).
         timeout
             Seconds to wait for the broker's answer and for the metadata.
+        configs
+            Settings of the topics created now (``cleanup.policy``, say).
 
         Returns
         -------
@@ -313,6 +322,7 @@ class EmbeddedBroker:
             partitions,
             timeout,
             raise_if_exited=lambda: self._raise_if_exited(when="while topics were being created"),
+            configs=configs,
         )
 
     # ------------------------------------------------------------------ internals

@@ -63,19 +63,28 @@ def create_topics(
     timeout: float,
     *,
     raise_if_exited: Callable[[], None],
+    configs: dict[str, str] | None = None,
 ) -> dict[str, int]:
     """Create the topics ``names`` (distinct, not empty) that are missing, and wait for them.
 
     See :meth:`EmbeddedBroker.create_topics <stream_lstm.kafka.broker.EmbeddedBroker.create_topics>`;
     ``raise_if_exited`` raises :class:`BrokerError` once the broker process has exited, so the
-    wait for the metadata stops at once then.
+    wait for the metadata stops at once then. ``configs`` are the new topics' settings
+    (``cleanup.policy``, say).
     """
     deadline = time.monotonic() + timeout
     admin = _admin_client(bootstrap_servers, timeout)
     try:
         try:
             response = admin.create_topics(
-                {name: {"num_partitions": partitions, "replication_factor": 1} for name in names},
+                {
+                    name: {
+                        "num_partitions": partitions,
+                        "replication_factor": 1,
+                        "configs": dict(configs or {}),
+                    }
+                    for name in names
+                },
                 timeout_ms=int(timeout * 1000),
                 raise_errors=False,
             )

@@ -1,7 +1,13 @@
-"""Fixtures of the integration tests: one real embedded broker per test session, unique names per test."""
+"""Fixtures of the integration tests: real brokers, one of each per test session, unique names per test.
+
+Every test that takes ``broker`` runs twice: on Apache Kafka (a KRaft broker from Maven Central,
+id ``apache-kafka``) and on the embedded Tansu broker (id ``tansu``), so ``pytest -k apache-kafka``
+runs the first half. Tests about one broker take ``apache_kafka`` or ``tansu`` instead.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,11 +19,19 @@ import pytest
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.kafka.interface import KAFKA_CLIENTS
 from stream_lstm.state.directory_store import DirectoryStore, default_instance_id
+from stream_lstm.testing.apache_kafka import ApacheKafkaBroker
+from stream_lstm.testing.kafka_jars import KafkaJarsUnavailable
 from tests.integration.service_harness import ServiceProcess
+
+#: The ids of the ``broker`` fixture's parameters, Apache Kafka (the reference) first.
+BROKERS = ("apache-kafka", "tansu")
+
+#: Either broker: what the tests use of them is the same.
+Broker = ApacheKafkaBroker | EmbeddedBroker
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """A running Tansu broker on a free port, shared by the session; its log is in a temp dir.
 
     Tests share it, so they must use their own topics and groups (see ``topic_name`` and
@@ -30,6 +44,47 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield embedded
     finally:
         embedded.stop()
+
+
+def start_apache_kafka(folder: Path, **options: Any) -> ApacheKafkaBroker:
+    """A started Apache Kafka broker in ``folder``; the test is skipped without Java or Maven
+    (failed where ``CI`` is set, as a missing Prometheus is)."""
+    kafka = ApacheKafkaBroker(folder, **options)
+    try:
+        kafka.start()
+    except KafkaJarsUnavailable as missing:
+        reason = f"Apache Kafka cannot run here: {missing}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI is set, so its tests must run", pytrace=False)
+        pytest.skip(reason)
+    return kafka
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafkaBroker]:
+    """A running Apache Kafka broker shared by the session, as ``tansu`` is; it must not be stopped."""
+    kafka = start_apache_kafka(tmp_path_factory.mktemp("apache-kafka"))
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture
+def own_apache_kafka(tmp_path: Path) -> Iterator[ApacheKafkaBroker]:
+    """An Apache Kafka broker of the test's own, for tests that stop, kill or restart it."""
+    kafka = start_apache_kafka(tmp_path / "apache-kafka")
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """The session's Apache Kafka broker, then its Tansu broker: tests on it run on both."""
+    fixture = "apache_kafka" if request.param == "apache-kafka" else "tansu"
+    return request.getfixturevalue(fixture)
 
 
 @pytest.fixture
@@ -55,7 +110,7 @@ def kafka_client(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def topics(broker: EmbeddedBroker) -> dict[str, str]:
+def topics(broker: Broker) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:10]
     names = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dead": f"dead-{suffix}"}
     broker.create_topics(list(names.values()), partitions=1)
@@ -64,7 +119,7 @@ def topics(broker: EmbeddedBroker) -> dict[str, str]:
 
 @pytest.fixture
 def service_factory(
-    broker: EmbeddedBroker, topics: dict[str, str], group_id: str, tmp_path: Path, kafka_client: str
+    broker: Broker, topics: dict[str, str], group_id: str, tmp_path: Path, kafka_client: str
 ) -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 

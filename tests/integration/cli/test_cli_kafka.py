@@ -11,9 +11,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from stream_lstm.cli.main import main
-from stream_lstm.kafka.broker import EmbeddedBroker, free_port
+from stream_lstm.kafka.broker import free_port
 from stream_lstm.messages.events import decode_event
 from stream_lstm.offline.generator import temporal_stream, write_csv
+from tests.integration.conftest import Broker
 from tests.integration.service_harness import wait_for
 
 
@@ -34,7 +35,7 @@ def read_all(bootstrap: str, topic: str, expected: int) -> list:
 
 
 def test_produce_replays_a_csv_in_file_order_keyed_by_entity(
-    broker: EmbeddedBroker, topic_name: str, tmp_path: Path, capsys: pytest.CaptureFixture, kafka_client: str
+    broker: Broker, topic_name: str, tmp_path: Path, capsys: pytest.CaptureFixture, kafka_client: str
 ) -> None:
     broker.create_topics([topic_name])
     events = list(temporal_stream(120, n_keys=4, seed=12))
@@ -52,7 +53,7 @@ def test_produce_replays_a_csv_in_file_order_keyed_by_entity(
     assert all(r.key == e.key.encode() for r, e in zip(records, events, strict=True))
 
 
-def test_produce_synthetic_with_limit(broker: EmbeddedBroker, topic_name: str) -> None:
+def test_produce_synthetic_with_limit(broker: Broker, topic_name: str) -> None:
     broker.create_topics([topic_name])
     argv = ["produce", "--synthetic", "--keys", "3", "--limit", "50", "--rate", "10000"]
     assert main([*argv, "--bootstrap-servers", broker.bootstrap_servers, "--topic", topic_name]) == 0

@@ -1,4 +1,5 @@
-"""The embedded broker against real Kafka clients: records round-trip, topics, life cycle, failures."""
+"""The test brokers against real Kafka clients: records round-trip and topics on both brokers; the
+embedded (Tansu) broker's own life cycle and failures."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream_lstm.errors import ConfigError, StreamLSTMError
 from stream_lstm.kafka.broker import BrokerError, EmbeddedBroker, free_port
+from tests.integration.conftest import Broker
 from tests.waiting import wait_for
 
 # Tansu is slow to settle a group with kafka-python's defaults; these keep joins near 3 s.
@@ -37,7 +39,7 @@ def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
         embedded.stop()
 
 
-def describe_partitions(broker: EmbeddedBroker, topic: str) -> int:
+def describe_partitions(broker: Broker, topic: str) -> int:
     """Partition count in the broker's metadata (DescribeTopics does not auto-create topics)."""
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers, request_timeout_ms=10_000)
     try:
@@ -112,7 +114,7 @@ def read_line_containing(stream: IO[bytes], text: str, timeout: float) -> bytes:
 
 
 def test_records_round_trip_through_a_consumer_group_in_partition_order(
-    broker: EmbeddedBroker, topic_name: str, group_id: str
+    broker: Broker, topic_name: str, group_id: str
 ) -> None:
     broker.create_topics([topic_name], partitions=3)
     keys = [f"key-{k}" for k in range(7)]
@@ -167,7 +169,7 @@ def test_records_round_trip_through_a_consumer_group_in_partition_order(
     assert per_key == {key: list(range(20)) for key in keys}
 
 
-def test_create_topics_makes_four_partitions_visible(broker: EmbeddedBroker, topic_name: str) -> None:
+def test_create_topics_makes_four_partitions_visible(broker: Broker, topic_name: str) -> None:
     assert broker.create_topics([topic_name], partitions=4) == {topic_name: 4}
     assert describe_partitions(broker, topic_name) == 4
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap_servers)
@@ -177,7 +179,7 @@ def test_create_topics_makes_four_partitions_visible(broker: EmbeddedBroker, top
         consumer.close()
 
 
-def test_create_topics_honours_the_count_and_is_idempotent(broker: EmbeddedBroker, topic_name: str) -> None:
+def test_create_topics_honours_the_count_and_is_idempotent(broker: Broker, topic_name: str) -> None:
     other = f"{topic_name}-b"
     assert broker.create_topics([topic_name, topic_name], partitions=2) == {topic_name: 2}
     # An existing topic is kept as it is; a new one in the same call is created.
@@ -186,11 +188,11 @@ def test_create_topics_honours_the_count_and_is_idempotent(broker: EmbeddedBroke
     assert describe_partitions(broker, other) == 1
 
 
-def test_create_topics_rejects_what_tansu_would_accept(broker: EmbeddedBroker, topic_name: str) -> None:
+def test_create_topics_rejects_what_tansu_would_accept(tansu: EmbeddedBroker, topic_name: str) -> None:
     with pytest.raises(ConfigError, match="partitions"):
-        broker.create_topics([topic_name], partitions=0)
+        tansu.create_topics([topic_name], partitions=0)
     with pytest.raises(ConfigError, match="empty"):
-        broker.create_topics([""])
+        tansu.create_topics([""])
 
 
 def test_start_waits_until_the_broker_answers(tmp_path: Path) -> None:
@@ -285,12 +287,12 @@ def test_start_fails_clearly_when_the_port_is_taken(tmp_path: Path) -> None:
     assert not embedded.running
 
 
-def test_start_refuses_a_port_where_another_broker_answers(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    intruder = EmbeddedBroker(port=broker.port, log_path=tmp_path / "tansu.log")
-    with pytest.raises(BrokerError, match=f"{broker.port}"):
+def test_start_refuses_a_port_where_another_broker_answers(tansu: EmbeddedBroker, tmp_path: Path) -> None:
+    intruder = EmbeddedBroker(port=tansu.port, log_path=tmp_path / "tansu.log")
+    with pytest.raises(BrokerError, match=f"{tansu.port}"):
         intruder.start(timeout=20)
     assert not intruder.running
-    assert broker.running
+    assert tansu.running
 
 
 def test_start_reports_a_binary_that_exits_at_once() -> None:

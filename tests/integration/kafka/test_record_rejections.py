@@ -17,7 +17,6 @@ from collections.abc import Iterator
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from stream_lstm.kafka.broker import EmbeddedBroker
 from stream_lstm.kafka.connect import open_kafka
 from stream_lstm.kafka.interface import (
     RECORD_TOO_LARGE,
@@ -26,6 +25,7 @@ from stream_lstm.kafka.interface import (
     KafkaSettings,
     RecordsRejected,
 )
+from tests.integration.conftest import Broker
 
 pytestmark = pytest.mark.slow
 
@@ -35,14 +35,14 @@ OVERSIZED = b"x" * 1_100_000
 
 
 @pytest.fixture
-def topics(broker: EmbeddedBroker, topic_name: str) -> dict[str, str]:
+def topics(broker: Broker, topic_name: str) -> dict[str, str]:
     names = {"input": f"{topic_name}-in", "output": f"{topic_name}-out", "dead": f"{topic_name}-dead"}
     broker.create_topics(list(names.values()))
     return names
 
 
 def connect(
-    broker: EmbeddedBroker, topics: dict[str, str], group_id: str, client: str, *, exactly_once: bool
+    broker: Broker, topics: dict[str, str], group_id: str, client: str, *, exactly_once: bool
 ) -> KafkaClient:
     settings = KafkaSettings(
         bootstrap_servers=broker.bootstrap_servers,
@@ -60,7 +60,7 @@ def connect(
 @pytest.fixture(params=[False, True], ids=["at-least-once", "exactly-once"])
 def kafka(
     request: pytest.FixtureRequest,
-    broker: EmbeddedBroker,
+    broker: Broker,
     topics: dict[str, str],
     group_id: str,
     kafka_client: str,
@@ -101,7 +101,7 @@ def read_values(bootstrap: str, topic: str, expected: int, timeout: float = 20.0
 
 
 def test_an_oversized_record_is_rejected_with_its_source_and_the_client_goes_on(
-    broker: EmbeddedBroker, topics: dict[str, str], kafka: KafkaClient
+    broker: Broker, topics: dict[str, str], kafka: KafkaClient
 ) -> None:
     out = topics["output"]
     with pytest.raises(RecordsRejected) as caught:
@@ -121,7 +121,7 @@ def test_an_oversized_record_is_rejected_with_its_source_and_the_client_goes_on(
 
 
 def test_a_refused_record_leaves_the_records_around_it_alone(
-    broker: EmbeddedBroker, topics: dict[str, str], kafka: KafkaClient
+    broker: Broker, topics: dict[str, str], kafka: KafkaClient
 ) -> None:
     out = topics["output"]
     kafka.produce(out, b"k", b"before", source=(topics["input"], 0, 1))
@@ -150,7 +150,7 @@ def largest_value_accepted(kafka: KafkaClient, topic: str, key: bytes) -> int:
 
 
 def test_exactly_once_refuses_at_produce_time_exactly_what_the_library_refuses(
-    broker: EmbeddedBroker, topics: dict[str, str], group_id: str, kafka_client: str
+    broker: Broker, topics: dict[str, str], group_id: str, kafka_client: str
 ) -> None:
     key = b"some-entity-key"
     plain = connect(broker, topics, group_id, kafka_client, exactly_once=False)
@@ -173,7 +173,7 @@ def test_exactly_once_refuses_at_produce_time_exactly_what_the_library_refuses(
 
 
 def test_the_trials_that_find_culprits_work_with_the_real_library(
-    broker: EmbeddedBroker, topics: dict[str, str], kafka: KafkaClient, kafka_client: str
+    broker: Broker, topics: dict[str, str], kafka: KafkaClient, kafka_client: str
 ) -> None:
     """The broker never refuses here, so no culprit is found; what is checked is that the calls
     the clients make to find one (sending again, trial transactions aborted) work with the real

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 from hypothesis.errors import NonInteractiveExampleWarning
 
-from stream_lstm.kafka.broker import EmbeddedBroker
 from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
-from tests.integration.conftest import checkpoint_of
+from tests.integration.conftest import Broker, checkpoint_of
 from tests.integration.service_harness import TopicReader, produce, produce_raw, source_offsets, wait_for
 from tests.unit.messages.test_decode_properties import hostile_messages
 
@@ -84,7 +83,7 @@ def random_hostile(count: int) -> list[tuple[bytes | None, bytes, str | None]]:
 
 @pytest.mark.parametrize("learner_process", ["true", "false"])
 def test_a_hostile_producer_cannot_stop_wedge_or_poison_the_service(
-    broker: EmbeddedBroker, topics: dict[str, str], service_factory, tmp_path: Path, learner_process: str
+    broker: Broker, topics: dict[str, str], service_factory, tmp_path: Path, learner_process: str
 ) -> None:
     good = [(None, encode_event(event), None) for event in temporal_stream(300, n_keys=5, seed=4)]
     bad = issue_cases() + flood_of_new_names(60, seed=1) + random_hostile(40)
@@ -137,7 +136,7 @@ def test_a_hostile_producer_cannot_stop_wedge_or_poison_the_service(
 
 
 def test_a_flood_of_bad_messages_logs_one_line_per_reason_not_one_per_message(
-    broker: EmbeddedBroker, topics: dict[str, str], service_factory
+    broker: Broker, topics: dict[str, str], service_factory
 ) -> None:
     deep = b'{"features": {}, "deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     flood = [(None, b"not json") for _ in range(300)] + [(None, deep) for _ in range(50)]

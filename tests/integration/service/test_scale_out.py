@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from stream_lstm.kafka.broker import EmbeddedBroker
 from stream_lstm.kafka.connect import EventWriter
 from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.state.directory_store import CheckpointStore, DirectoryStore
 from stream_lstm.state.topic_store import KafkaTopicStore
+from tests.integration.conftest import Broker
 from tests.integration.service_harness import ServiceProcess, TopicReader, produce, wait_for
 
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def assigned_partitions(service: ServiceProcess) -> bool:
     indirect=["kafka_client"],
 )
 def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_event_once(
-    broker: EmbeddedBroker, group_id: str, tmp_path: Path, kafka_client: str, store_kind: str
+    broker: Broker, group_id: str, tmp_path: Path, kafka_client: str, store_kind: str
 ) -> None:
     """With the checkpoint store in a shared directory, or in a compacted topic (no shared disk)."""
     suffix = uuid.uuid4().hex[:10]

@@ -13,7 +13,7 @@ from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_model
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
-from tests.integration.conftest import checkpoint_of
+from tests.integration.conftest import Broker, checkpoint_of
 from tests.integration.service_harness import (
     ServiceProcess,
     TopicReader,
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("learner_process", ["true", "false"])
 def test_every_event_gets_one_prediction_in_key_order_equal_to_offline_evaluation(
-    broker: EmbeddedBroker, topics: dict[str, str], service_factory, tmp_path: Path, learner_process: str
+    broker: Broker, topics: dict[str, str], service_factory, tmp_path: Path, learner_process: str
 ) -> None:
     # All events are there before the service starts, so its polls are full batches: with the
     # LSTM in a process of its own, each batch is left in flight while the one before is published.
@@ -66,7 +66,7 @@ def test_every_event_gets_one_prediction_in_key_order_equal_to_offline_evaluatio
 
 
 def test_poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on(
-    broker: EmbeddedBroker, topics: dict[str, str], service_factory
+    broker: Broker, topics: dict[str, str], service_factory
 ) -> None:
     good = [encode_event(e) for e in temporal_stream(40, n_keys=3, seed=2)]
     poison = [
@@ -109,7 +109,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_the_stream_goes_on(
 
 
 def test_sigkill_mid_stream_then_restart_learns_every_event_exactly_once(
-    broker: EmbeddedBroker, topics: dict[str, str], service_factory, tmp_path: Path
+    broker: Broker, topics: dict[str, str], service_factory, tmp_path: Path
 ) -> None:
     events = list(temporal_stream(6000, n_keys=20, seed=8))
     produce(broker.bootstrap_servers, topics["input"], events)
@@ -140,7 +140,7 @@ def test_sigkill_mid_stream_then_restart_learns_every_event_exactly_once(
 
 
 def test_graceful_stop_within_10_s_and_restart_resumes_without_replaying(
-    broker: EmbeddedBroker, topics: dict[str, str], service_factory, tmp_path: Path
+    broker: Broker, topics: dict[str, str], service_factory, tmp_path: Path
 ) -> None:
     events = list(temporal_stream(500, n_keys=4, seed=3))
     produce(broker.bootstrap_servers, topics["input"], events)
@@ -161,7 +161,7 @@ def test_graceful_stop_within_10_s_and_restart_resumes_without_replaying(
 
 
 def test_an_unreadable_partition_checkpoint_stops_the_service_and_is_left_as_it_was(
-    broker: EmbeddedBroker, topics: dict[str, str], service_factory, tmp_path: Path
+    broker: Broker, topics: dict[str, str], service_factory, tmp_path: Path
 ) -> None:
     """Going on would overwrite the partition's checkpoint with state that lost its keys."""
     produce(broker.bootstrap_servers, topics["input"], list(temporal_stream(300, n_keys=5, seed=4)))
@@ -234,7 +234,7 @@ def test_service_survives_the_broker_going_away_and_coming_back(
 
 
 def test_exactly_once_predictions_survive_a_sigkill(
-    broker: EmbeddedBroker, topics: dict[str, str], service_factory, tmp_path: Path
+    broker: Broker, topics: dict[str, str], service_factory, tmp_path: Path
 ) -> None:
     events = list(temporal_stream(2000, n_keys=10, seed=5))
     # A first part only: the service checkpoints at 608 (300-event checkpoints in batches of 16)

@@ -15,6 +15,7 @@ from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.messages.events import Event
 from stream_lstm.state.directory_store import InstanceState, PartitionState
 from stream_lstm.state.topic_store import KafkaTopicStore
+from tests.integration.conftest import Broker
 
 
 @pytest.fixture
@@ -48,9 +49,7 @@ def instance_state(instance: str, events: int) -> InstanceState:
     return InstanceState(evaluator=evaluator, instance=instance)
 
 
-def test_checkpoints_written_by_one_store_are_read_by_another(
-    broker: EmbeddedBroker, store_topic: str
-) -> None:
+def test_checkpoints_written_by_one_store_are_read_by_another(broker: Broker, store_topic: str) -> None:
     writer = KafkaTopicStore(broker.bootstrap_servers, store_topic)
     reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
     try:
@@ -82,7 +81,7 @@ def test_checkpoints_written_by_one_store_are_read_by_another(
 
 
 def test_a_checkpoint_larger_than_a_message_is_chunked_and_old_versions_are_tombstoned(
-    broker: EmbeddedBroker, store_topic: str
+    broker: Broker, store_topic: str
 ) -> None:
     store = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=100_000)
     try:
@@ -125,7 +124,7 @@ def die_at_the_manifest(
 
 
 def test_a_writer_dying_before_its_manifest_leaves_the_previous_version(
-    broker: EmbeddedBroker, store_topic: str, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, store_topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=1000)
     try:
@@ -150,7 +149,7 @@ def test_a_writer_dying_before_its_manifest_leaves_the_previous_version(
 
 
 def test_orphaned_chunks_are_swept_once_they_are_old_enough(
-    broker: EmbeddedBroker, store_topic: str, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, store_topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A writer that dies between its chunks and its manifest, and never writes that name again
     (its partition moved on), leaves chunks no manifest names: another store's sweep removes them
@@ -196,7 +195,7 @@ def test_orphaned_chunks_are_swept_once_they_are_old_enough(
         reader.close()
 
 
-def test_a_damaged_chunk_is_an_error_not_a_wrong_state(broker: EmbeddedBroker, store_topic: str) -> None:
+def test_a_damaged_chunk_is_an_error_not_a_wrong_state(broker: Broker, store_topic: str) -> None:
     store = KafkaTopicStore(broker.bootstrap_servers, store_topic)
     try:
         store.save_partition(PartitionState(topic="in", partition=0, offset=5))
@@ -221,7 +220,7 @@ def test_an_unreachable_cluster_is_a_clear_error() -> None:
 
 
 def test_two_writers_of_one_name_never_leave_a_manifest_without_its_chunks(
-    broker: EmbeddedBroker, store_topic: str
+    broker: Broker, store_topic: str
 ) -> None:
     """A partition's old owner may still be saving it while the new owner does: whichever
     manifest lands last must find its chunks."""
@@ -289,7 +288,7 @@ def test_a_load_from_the_view_needs_no_broker(tmp_path) -> None:  # type: ignore
         store.close()
 
 
-def test_a_topic_of_several_partitions_is_refused(broker: EmbeddedBroker, store_topic: str) -> None:
+def test_a_topic_of_several_partitions_is_refused(broker: Broker, store_topic: str) -> None:
     """Chunks and manifests must keep their order, which only one partition guarantees."""
     broker.create_topics([store_topic], partitions=2)
     with pytest.raises(CheckpointError, match="needs exactly one"):

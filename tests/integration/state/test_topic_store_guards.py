@@ -11,14 +11,14 @@ import torch
 
 from stream_lstm.errors import CheckpointError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
-from stream_lstm.kafka.broker import EmbeddedBroker
 from stream_lstm.messages.events import Event
 from stream_lstm.state.directory_store import InstanceState
 from stream_lstm.state.topic_store import KafkaTopicStore
+from tests.integration.conftest import Broker
 
 
 def test_a_poisoned_instance_is_not_sent_and_a_poisoned_record_is_not_loaded(
-    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     topic = f"ckpt-{uuid.uuid4().hex[:12]}"
     writer = KafkaTopicStore(broker.bootstrap_servers, topic)

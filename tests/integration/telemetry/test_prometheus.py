@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from stream_lstm.kafka.broker import EmbeddedBroker, free_port
+from stream_lstm.kafka.broker import free_port
 from stream_lstm.offline.generator import temporal_stream
 from tests.deploy.external_tools import required_tool
+from tests.integration.conftest import Broker
 from tests.integration.service_harness import ServiceProcess, produce, produce_raw, wait_for
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ def scalar(port: int, expr: str) -> float | None:
 
 
 def test_prometheus_scrapes_consistent_metrics(
-    broker: EmbeddedBroker, group_id: str, tmp_path: Path, kafka_client: str
+    broker: Broker, group_id: str, tmp_path: Path, kafka_client: str
 ) -> None:
     prometheus = required_tool("prometheus")
     suffix = uuid.uuid4().hex[:10]
