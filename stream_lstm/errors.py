@@ -30,6 +30,14 @@ class CheckpointError(StreamLSTMError):
     """A checkpoint could not be written or read back."""
 
 
+class StaleCheckpointError(CheckpointError):
+    """A partition's checkpoint was not written: a later owner of the partition wrote one already.
+
+    The writer lost the partition without noticing yet (it was frozen, say, while the group gave
+    the partition to another instance), so its state of that partition is older than the store's.
+    """
+
+
 class EvaluationError(StreamLSTMError):
     """An offline evaluation could not finish (e.g. its second process failed)."""
 
@@ -43,10 +51,13 @@ AREA_ERRORS = {
     "RecordsRejected": "stream_lstm.kafka.interface",
     "BrokerError": "stream_lstm.kafka.broker_admin",
     "LearnerProcessError": "stream_lstm.learner.process",
+    "KafkaJarsUnavailable": "stream_lstm.testing.kafka_jars",
+    "KafkaJarsError": "stream_lstm.testing.kafka_jars",
 }
 
 __all__ = [
     "CheckpointError",
+    "StaleCheckpointError",
     "ConfigError",
     "EvaluationError",
     "EventError",

@@ -12,9 +12,9 @@ import enum
 import logging
 import time
 
-from stream_lstm.errors import CheckpointError
+from stream_lstm.errors import CheckpointError, StaleCheckpointError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
-from stream_lstm.kafka.interface import DeliveryPending, KafkaClient, KafkaIOError
+from stream_lstm.kafka.interface import DeliveryPending, KafkaClient, KafkaIOError, Partition
 from stream_lstm.service.health import Health
 from stream_lstm.service.ledger import Ledger
 from stream_lstm.service.publisher import Publisher
@@ -68,6 +68,9 @@ class Checkpointer:
         self.health = health
         #: Whether the store holds this instance's weights (a first checkpoint writes them).
         self.instance_saved = instance_saved
+        #: Partitions whose checkpoint the store refused at the last save because a later owner
+        #: wrote one: this instance lost them and must let them go (:meth:`take_lost`).
+        self._taken_over: list[Partition] = []
         self._last_checkpoint = time.monotonic()
 
     def due(self, unflushed_bytes: int) -> bool:
@@ -98,6 +101,7 @@ class Checkpointer:
             return CheckpointOutcome.DONE
         offsets = ledger.offsets()
         committed = ledger.offsets_to_commit(offsets)
+        self._taken_over = []
         try:
             kafka.flush(flush_timeout_s if flush_timeout_s is not None else self.settings.flush_timeout_s)
             if self.settings.kafka.exactly_once:
@@ -126,6 +130,7 @@ class Checkpointer:
         if not in_callback:
             self.refresh_store()
         if commit_offsets and not self.settings.kafka.exactly_once:
+            committed = {p: offset for p, offset in committed.items() if p not in self._taken_over}
             try:
                 kafka.commit(committed)
             except KafkaIOError as error:
@@ -135,26 +140,40 @@ class Checkpointer:
         self.health.set_connected(True)
         return CheckpointOutcome.DONE
 
+    def take_lost(self) -> list[Partition]:
+        """The partitions the last checkpoint found taken over by a later owner (once)."""
+        lost, self._taken_over = self._taken_over, []
+        return lost
+
     def save(self, evaluator: PrequentialEvaluator) -> None:
-        """Write every changed partition's checkpoint, then this instance's weights."""
+        """Write every changed partition's checkpoint, then this instance's weights.
+
+        A partition whose checkpoint the store refuses as stale is skipped and noted for
+        :meth:`take_lost`: a later owner has it, and this instance must not write it again.
+        """
         progress_of = self.ledger.progress
         instance_id = self.settings.instance_id
         for partition in [p for p, progress in progress_of.items() if progress.dirty]:
             progress = progress_of[partition]
             key_state = evaluator.export_keys(sorted(progress.keys))
             progress.keys = evaluator.held_keys(progress.keys)
-            self.store.save_partition(
-                PartitionState(
-                    topic=partition[0],
-                    partition=partition[1],
-                    offset=progress.offset,
-                    events=progress.events,
-                    dead_letters=progress.dead_letters,
-                    keys=sorted(progress.keys),
-                    key_state=key_state,
-                    instance=instance_id,
+            try:
+                self.store.save_partition(
+                    PartitionState(
+                        topic=partition[0],
+                        partition=partition[1],
+                        offset=progress.offset,
+                        events=progress.events,
+                        dead_letters=progress.dead_letters,
+                        keys=sorted(progress.keys),
+                        key_state=key_state,
+                        instance=instance_id,
+                        epoch=progress.epoch,
+                    )
                 )
-            )
+            except StaleCheckpointError as error:
+                log.warning("%s: letting it go", error)
+                self._taken_over.append(partition)
             progress.dirty = False
         with evaluator.keys_set_aside():
             self.store.save_instance(InstanceState(evaluator=evaluator, instance=instance_id))

@@ -37,6 +37,8 @@ class PartitionProgress:
     dead_letters: int = 0
     keys: set[str] = field(default_factory=set)  # keys seen here whose state may be tracked
     dirty: bool = False  # changed since its last checkpoint
+    #: This ownership's epoch: one more than the checkpoint's it continued from (1 without one).
+    epoch: int = 1
 
 
 class Ledger:

@@ -136,6 +136,7 @@ class Recovery:
                 events=saved.events,
                 dead_letters=saved.dead_letters,
                 keys=set(saved.keys),
+                epoch=saved.epoch + 1,
             ),
         )
         log.info(

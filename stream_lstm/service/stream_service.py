@@ -280,7 +280,16 @@ class StreamService:
             raise RuntimeError("a checkpoint with a batch in flight: settle it first")
         if self._rollback_requested:
             return CheckpointOutcome.NEEDS_ROLLBACK  # the learner may be ahead of the offsets
-        return self.checkpointer.checkpoint_and_commit(self.kafka, self.evaluator, self._publisher, **options)
+        outcome = self.checkpointer.checkpoint_and_commit(
+            self.kafka, self.evaluator, self._publisher, **options
+        )
+        lost = self.checkpointer.take_lost()
+        if lost:
+            # A later owner checkpointed them: the group gave them away while this instance was
+            # not looking (frozen, say). Its poll will say so; until then their messages are not
+            # handled, as after a lost session.
+            self._on_lost(lost)
+        return outcome
 
     def _shutdown(self, *, checkpoint: bool = True) -> None:
         assert self.kafka is not None

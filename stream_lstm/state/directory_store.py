@@ -31,6 +31,7 @@ from stream_lstm.state.store import (
     InstanceState,
     PartitionState,
     check_instance_id,
+    check_not_stale,
 )
 
 # Imported from here too; they live in stream_lstm.state.store. Checkpoints written before they
@@ -135,8 +136,19 @@ class DirectoryStore:
         return _load(path, PartitionState)
 
     def save_partition(self, state: PartitionState) -> int:
-        """Write a partition's checkpoint; return its size in bytes."""
-        return _save(self._partition_path((state.topic, state.partition)), state)
+        """Write a partition's checkpoint; return its size in bytes.
+
+        Raises :class:`StaleCheckpointError` when the stored checkpoint has a later epoch. The
+        check and the write hold a lock of the partition (``N.lock`` beside ``N.ckpt``), so two
+        processes on one host cannot both pass it; on a shared network disk that depends on the
+        disk's locks.
+        """
+        path = self._partition_path((state.topic, state.partition))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.with_suffix(".lock").open("ab") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            check_not_stale(state, _stored_epoch(path), str(path))
+            return _save(path, state)
 
     def refresh(self) -> None:
         """Nothing to do: every load reads the files."""
@@ -155,6 +167,17 @@ class DirectoryStore:
 def _load(path: Path, kind: type) -> Any:
     """The ``kind`` in the checkpoint file ``path``, once checked to be finite."""
     return checked_state(load_checkpoint(path), kind, str(path))
+
+
+def _stored_epoch(path: Path) -> int | None:
+    """The epoch of the partition checkpoint at ``path``; ``None`` without a readable one."""
+    if not path.exists():
+        return None
+    try:
+        return int(_load(path, PartitionState).epoch)
+    except CheckpointError as error:
+        log.warning("%s; the new checkpoint replaces it", error)
+        return None
 
 
 def _save(path: Path, state: Any) -> int:

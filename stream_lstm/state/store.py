@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stream_lstm import __version__
-from stream_lstm.errors import ConfigError
+from stream_lstm.errors import ConfigError, StaleCheckpointError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.kafka.interface import Partition
 
@@ -48,6 +48,11 @@ class PartitionState:
     #: The instance that wrote this checkpoint.
     instance: str = ""
     version: str = __version__
+    #: Which ownership of the partition wrote this: an owner writes one more than the epoch of
+    #: the checkpoint it continued from (1 without one). A store refuses a checkpoint whose epoch
+    #: is below the stored one's (:func:`check_not_stale`): its writer lost the partition to a
+    #: later owner and has not noticed yet. Checkpoints written before epochs existed read as 0.
+    epoch: int = 0
 
 
 @dataclass
@@ -57,6 +62,19 @@ class InstanceState:
     evaluator: PrequentialEvaluator
     instance: str
     version: str = __version__
+
+
+def check_not_stale(state: PartitionState, stored_epoch: int | None, where: str) -> None:
+    """Raise :class:`StaleCheckpointError` if ``state`` is older than the stored checkpoint.
+
+    ``stored_epoch`` is the epoch of the checkpoint the store holds (``None``: none, or one that
+    cannot be read, which the write then replaces).
+    """
+    if stored_epoch is not None and state.epoch < stored_epoch:
+        raise StaleCheckpointError(
+            f"{where} not written: this instance holds it at ownership epoch {state.epoch}, and a "
+            f"later owner wrote epoch {stored_epoch}; the partition was taken over"
+        )
 
 
 def check_instance_id(instance_id: str) -> str:

@@ -60,8 +60,9 @@ def split_into_chunks(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
-def new_manifest(data: bytes, chunks: int, version: str) -> dict[str, Any]:
-    """The manifest of ``data``, written now as ``chunks`` chunks of ``version``."""
+def new_manifest(data: bytes, chunks: int, version: str, epoch: int = 0) -> dict[str, Any]:
+    """The manifest of ``data``, written now as ``chunks`` chunks of ``version``; ``epoch`` is a
+    partition checkpoint's ownership epoch (0 for an instance's)."""
     return {
         "format": MANIFEST_FORMAT,
         "version": version,
@@ -69,7 +70,17 @@ def new_manifest(data: bytes, chunks: int, version: str) -> dict[str, Any]:
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "written": time.time(),
+        "epoch": epoch,
     }
+
+
+def manifest_epoch(value: bytes) -> int:
+    """The ownership epoch a manifest record names (0 for one without, or unreadable)."""
+    try:
+        epoch = json.loads(value).get("epoch", 0)
+    except (ValueError, AttributeError):
+        return 0
+    return epoch if isinstance(epoch, int) else 0
 
 
 def manifest_chunk_keys(name: str, manifest: Mapping[str, Any]) -> set[str]:

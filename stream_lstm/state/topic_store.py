@@ -49,7 +49,7 @@ from stream_lstm.errors import CheckpointError
 from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
 from stream_lstm.state.finite_check import check_finite, checked_state
-from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id
+from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id, check_not_stale
 from stream_lstm.state.topic_chunks import (
     DEFAULT_CHUNK_BYTES,
     chunk_key,
@@ -58,6 +58,7 @@ from stream_lstm.state.topic_chunks import (
     is_manifest_key,
     join_chunks,
     manifest_chunk_keys,
+    manifest_epoch,
     new_manifest,
     orphaned_chunks,
     partition_name,
@@ -230,8 +231,19 @@ class KafkaTopicStore:
         return self._load(partition_name(partition), PartitionState, catch_up=latest)
 
     def save_partition(self, state: PartitionState) -> int:
-        """Write a partition's checkpoint; return its size in bytes."""
-        return self._save(partition_name((state.topic, state.partition)), state)
+        """Write a partition's checkpoint; return its size in bytes.
+
+        Raises :class:`StaleCheckpointError` when the topic holds a checkpoint of the partition
+        with a later epoch, read just before the write. A stale write that slips in between is
+        still ignored by every reader that has read the later one (see :meth:`_catch_up`).
+        """
+        name = partition_name((state.topic, state.partition))
+        where = f"{name} in {self.describe()}"
+        check_finite(state, where, saving=True)  # a poisoned state costs no broker call
+        self._catch_up()
+        stored = manifest_epoch(self._latest[name]) if name in self._latest else None
+        check_not_stale(state, stored, where)
+        return self._save(name, state, epoch=state.epoch, checked=True)
 
     def partitions(self) -> list[Partition]:
         """Every partition with a checkpoint in the store."""
@@ -309,6 +321,8 @@ class KafkaTopicStore:
                         if record.value is None:
                             self._latest.pop(key, None)
                             self._chunk_written_at.pop(key, None)
+                        elif is_manifest_key(key) and self._is_stale(key, record.value):
+                            log.warning("ignoring a stale checkpoint of %s in %s", key, self.describe())
                         else:
                             self._latest[key] = record.value
                             if not is_manifest_key(key):
@@ -326,9 +340,10 @@ class KafkaTopicStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _save(self, name: str, state: Any) -> int:
+    def _save(self, name: str, state: Any, epoch: int = 0, *, checked: bool = False) -> int:
         # Nothing is sent for a state with non-finite values: the previous version stays live.
-        check_finite(state, f"{name} in {self.describe()}", saving=True)
+        if not checked:
+            check_finite(state, f"{name} in {self.describe()}", saving=True)
         data = encode_checkpoint(state)
         version = uuid.uuid4().hex
         chunks = split_into_chunks(data, self.chunk_bytes)
@@ -345,7 +360,7 @@ class KafkaTopicStore:
                 pass  # an unreadable manifest: nothing to tell which chunks were its
             else:
                 stale.update(manifest_chunk_keys(name, replaced))
-        manifest = new_manifest(data, len(chunks), version)
+        manifest = new_manifest(data, len(chunks), version, epoch)
         written = [(chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
         own.update(key for key, _ in written)
         self._send(written, name)
@@ -362,6 +377,13 @@ class KafkaTopicStore:
             self._forget_chunk(key)
         own.intersection_update(key for key, _ in written)
         return len(data)
+
+    def _is_stale(self, name: str, manifest: bytes) -> bool:
+        """Whether ``manifest`` of ``name`` has an earlier epoch than the one in the view: a
+        writer that lost the partition wrote it after its next owner's (a race the check before
+        each write narrows, but a topic cannot close)."""
+        held = self._latest.get(name)
+        return held is not None and manifest_epoch(manifest) < manifest_epoch(held)
 
     def _send(self, records: list[tuple[str, bytes | None]], name: str) -> None:
         """Produce ``records`` and wait until the broker acknowledged every one."""

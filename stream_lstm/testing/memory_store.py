@@ -16,7 +16,7 @@ from stream_lstm.errors import CheckpointError, ConfigError
 from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
 from stream_lstm.state.finite_check import check_finite, checked_state
-from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id
+from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id, check_not_stale
 
 
 class MemoryStore:
@@ -84,6 +84,8 @@ class MemoryStore:
 
     def save_partition(self, state: PartitionState) -> int:
         partition = (state.topic, state.partition)
+        stored = self.load_partition(partition)
+        check_not_stale(state, stored.epoch if stored is not None else None, f"partition {partition}")
         data = self._encode(state, f"partition {partition}")
         self._partitions.setdefault(partition, []).append(data)
         self.writes.append(("partition", partition))

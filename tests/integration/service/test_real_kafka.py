@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import collections
 import random
+import re
+import signal
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from stream_lstm.offline.generator import temporal_stream
+from stream_lstm.state.checkpoint import decode_checkpoint
+from stream_lstm.state.topic_chunks import is_manifest_key, join_chunks, read_manifest
 from stream_lstm.testing.apache_kafka import ApacheKafkaBroker
 from tests.integration.conftest import checkpoint_of
 from tests.integration.service.test_scale_out import produce_steadily
@@ -176,37 +181,46 @@ def test_the_service_rides_out_a_broker_restart_with_its_data(
     assert final.evaluator.models["lstm"].events_learned == final.evaluator.events == len(events)
 
 
-def topic_records(bootstrap: str, topic: str) -> list[tuple[bytes | None, bool]]:
-    """(key, is a tombstone) of every record a reader of ``topic`` gets from its beginning now."""
+@dataclass(frozen=True)
+class TopicRead:
+    """What a reader of a topic gets from its beginning: records, bytes, and the live part of them."""
+
+    records: int
+    bytes: int
+    live_keys: frozenset[bytes]
+    live_bytes: int  # of the latest value of each live key: what compaction must keep
+
+
+def read_topic(bootstrap: str, topic: str) -> TopicRead:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     partition = TopicPartition(topic, 0)
+    latest: dict[bytes, int | None] = {}  # key -> size of its latest value (None: a tombstone)
+    records = size = 0
     try:
         consumer.assign([partition])
         end = consumer.end_offsets([partition])[partition]
         consumer.seek_to_beginning()
-        seen: list[tuple[bytes | None, bool]] = []
         deadline = time.monotonic() + 30
         while consumer.position(partition) < end and time.monotonic() < deadline:
-            for records in consumer.poll(timeout_ms=200).values():
-                seen.extend((record.key, record.value is None) for record in records)
+            for batch in consumer.poll(timeout_ms=200).values():
+                for record in batch:
+                    records += 1
+                    value = len(record.value) if record.value is not None else None
+                    size += len(record.key) + (value or 0)
+                    latest[record.key] = value
         assert consumer.position(partition) >= end, f"could not read {topic} to its end"
-        return seen
     finally:
         consumer.close()
-
-
-def live_keys(records: list[tuple[bytes | None, bool]]) -> set[bytes | None]:
-    """The keys whose latest record is a value: what compaction must keep."""
-    latest = dict(records)
-    return {key for key, tombstone in latest.items() if not tombstone}
+    live = {key: value for key, value in latest.items() if value is not None}
+    return TopicRead(records, size, frozenset(live), sum(len(key) + value for key, value in live.items()))
 
 
 def test_the_checkpoint_topic_stays_bounded_under_compaction(
     apache_kafka: ApacheKafkaBroker, group_id: str, tmp_path: Path
 ) -> None:
-    """Many checkpoints into a topic with small segments and a low dirty ratio: the cleaner keeps
-    what a reader gets near one record per live key, however many were written, and a new
-    instance resumes from those alone."""
+    """Many checkpoints into a topic with small segments and a low dirty ratio: what a reader gets
+    stays near the size of the live checkpoints however many were written, and a new instance
+    resumes from those alone."""
     kafka = apache_kafka
     topics = named_topics(kafka, input_partitions=2)
     store_topic = f"ckpt-{uuid.uuid4().hex[:10]}"
@@ -220,37 +234,41 @@ def test_the_checkpoint_topic_stays_bounded_under_compaction(
             "min.compaction.lag.ms": "0",
         },
     )
-    flags = ("--checkpoint-topic", store_topic, "--checkpoint-every", "50", "--checkpoint-interval", "1")
+    flags = ("--checkpoint-topic", store_topic, "--checkpoint-every", "25", "--checkpoint-interval", "1")
     first = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, *flags)
     second = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, *flags)
-    events = list(temporal_stream(3000, n_keys=16, seed=5))
+    events = list(temporal_stream(5000, n_keys=16, seed=5))
     reader = TopicReader(kafka.bootstrap_servers, topics["output"])
     stop = threading.Event()
+    reads: list[tuple[int, TopicRead]] = []  # (records written so far, what a reader got then)
+
+    def bounded() -> TopicRead | None:
+        # Segments older than 200 ms are the cleaner's; the newest, active one never is, and
+        # holds the last checkpoint's records: what a reader gets is the live checkpoints, their
+        # tombstones (kept delete.retention.ms) and that segment.
+        now = read_topic(kafka.bootstrap_servers, store_topic)
+        return now if now.bytes <= 3 * now.live_bytes else None
+
+    def checkpoint_after(events_from: int, count: int, service: ServiceProcess) -> None:
+        produce(kafka.bootstrap_servers, topics["input"], events[events_from : events_from + count])
+        reader.read_until(lambda r: len(r) >= events_from + count, 120, f"{events_from + count} predictions")
+        service.assert_alive()
+
     try:
         first.start()
-        producer = produce_steadily(kafka.bootstrap_servers, topics["input"], events[:2500], 500, stop)
-        producer.join(timeout=60)
-        reader.read_until(lambda r: len(r) >= 2500, 120, "2500 predictions")
+        for start in range(0, 2500, 500):
+            checkpoint_after(start, 500, first)
+            written = partition_ends(kafka.bootstrap_servers, store_topic)[0]
+            reads.append((written, wait_for(bounded, 90, f"compaction after {written} checkpoint records")))
         assert first.terminate() < 10
-        written = partition_ends(kafka.bootstrap_servers, store_topic)[0]
-        wanted = live_keys(topic_records(kafka.bootstrap_servers, store_topic))
-        assert written > 20 * len(wanted), (
-            f"{written} records for {len(wanted)} live keys: too few checkpoints"
-        )
-
-        # Segments older than 200 ms are the cleaner's; the newest, active one never is, and may
-        # hold a checkpoint's records and tombstones: a few more than the live keys.
-        def compacted() -> list[tuple[bytes | None, bool]] | None:
-            records = topic_records(kafka.bootstrap_servers, store_topic)
-            return records if len(records) <= 3 * len(wanted) else None
-
-        left = wait_for(compacted, 90, f"compaction of the checkpoint topic ({written} records written)")
-        assert live_keys(left) == wanted  # compaction kept every live checkpoint
+        before_second = wait_for(bounded, 90, "compaction after the first instance stopped")
 
         # The new instance reads only those, and goes on where the first stopped.
         second.start()
-        produce(kafka.bootstrap_servers, topics["input"], events[2500:])
-        reader.read_until(lambda r: len(r) >= len(events), 120, "the second instance's predictions")
+        for start in range(2500, 5000, 500):
+            checkpoint_after(start, 500, second)
+            written = partition_ends(kafka.bootstrap_servers, store_topic)[0]
+            reads.append((written, wait_for(bounded, 90, f"compaction after {written} checkpoint records")))
         assert second.terminate() < 10
         counts = predictions_by_offset(reader.read())
     finally:
@@ -258,7 +276,154 @@ def test_the_checkpoint_topic_stays_bounded_under_compaction(
         first.cleanup()
         second.cleanup()
         reader.close()
+    print("checkpoint topic, records written -> (records, bytes, live bytes) a reader gets:")
+    for written, read in reads:
+        print(f"  {written:6d} -> ({read.records}, {read.bytes}, {read.live_bytes})")
+    written_last, last = reads[-1]
+    assert written_last > 10 * last.records, "too few checkpoints to show compaction"
+    # Bounded: the tenth read, after five times the first's checkpoints, is no larger than it
+    # allows for (the live checkpoints grew with the keys learned, so compare with those).
+    first_read = reads[0][1]
+    assert last.bytes <= 3 * last.live_bytes and last.live_bytes <= 2 * first_read.live_bytes + 4096
+    assert before_second.bytes <= 3 * before_second.live_bytes
     assert "continuing at offset" in second.log()
     assert not (tmp_path / "checkpoints").exists()
     assert len(counts) == len(events)
     assert all(n == 1 for n in counts.values()), "the second instance replayed what the first had saved"
+
+
+class CheckpointWatch:
+    """Follows a checkpoint topic from its beginning: each partition checkpoint, in the order written."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10
+        )
+        self.partition = TopicPartition(topic, 0)
+        self.consumer.assign([self.partition])
+        self.consumer.seek_to_beginning()
+        self.view: dict[str, bytes] = {}
+        #: (checkpoint name, instance, offset, events) of every partition checkpoint, in order.
+        self.partition_checkpoints: list[tuple[str, str | None, int, int]] = []
+        self.last_manifest: str | None = None  # name of the newest manifest read
+        self.last_key: str | None = None  # key of the newest record read that is not a tombstone
+
+    def read(self, timeout_ms: int = 20) -> list[str]:
+        """Read what is new; the keys of the records in it that are not tombstones."""
+        keys = []
+        for batch in self.consumer.poll(timeout_ms=timeout_ms).values():
+            for record in batch:
+                key = record.key.decode()
+                if record.value is None:
+                    self.view.pop(key, None)
+                    continue
+                self.view[key] = record.value
+                keys.append(key)
+                self.last_key = key
+                if not is_manifest_key(key):
+                    continue
+                self.last_manifest = key
+                if key.startswith("partitions/"):
+                    manifest = read_manifest(self.view, key, key)
+                    state = decode_checkpoint(join_chunks(self.view, key, manifest, key), key)
+                    self.partition_checkpoints.append((key, state.instance, state.offset, state.events))
+        return keys
+
+    def read_to_end(self) -> None:
+        end = self.consumer.end_offsets([self.partition])[self.partition]
+        wait_for(
+            lambda: self.read(200) is not None and self.consumer.position(self.partition) >= end,
+            30,
+            "the end",
+        )
+
+    def latest(self, name: str) -> tuple[str, str | None, int, int] | None:
+        return next((c for c in reversed(self.partition_checkpoints) if c[0] == name), None)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def test_a_rebalance_while_an_instance_is_mid_checkpoint_moves_state_once(
+    apache_kafka: ApacheKafkaBroker, group_id: str, tmp_path: Path, kafka_client: str
+) -> None:
+    """Instance a is frozen (SIGSTOP) between writing its partitions' checkpoints and its weights;
+    b joins and takes every partition over; a wakes up once b has checkpointed them. Under
+    read_committed every offset has one prediction, the learned counts equal the offsets, and no
+    partition's checkpoint ever goes back to an older offset (a's stale writes are refused)."""
+    kafka = apache_kafka
+    topics = named_topics(kafka, input_partitions=4)
+    store_topic = f"ckpt-{uuid.uuid4().hex[:10]}"
+    flags = ("--exactly-once", "--checkpoint-topic", store_topic, "--batch-size", "16")
+    flags += ("--checkpoint-every", "100", "--checkpoint-interval", "1", "--kafka-client", kafka_client)
+    a = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, "--instance-id", "a", *flags)
+    b = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, "--instance-id", "b", *flags)
+    events = list(temporal_stream(6000, n_keys=32, seed=23))
+    stop = threading.Event()
+    reader = TopicReader(kafka.bootstrap_servers, topics["output"], read_committed=True)
+    watch: CheckpointWatch | None = None
+    try:
+        a.start()
+        a.wait_ready(90)
+        producer = produce_steadily(kafka.bootstrap_servers, topics["input"], events, 250, stop)
+        wait_for(lambda: "assigned [('" in a.log(), 60, "a to own the partitions")
+        watch = CheckpointWatch(kafka.bootstrap_servers, store_topic)
+
+        def frozen_mid_checkpoint() -> bool:
+            """Freeze a on the first record of a checkpoint (a partition's chunk); keep it frozen if
+            no partition's manifest of that checkpoint is written yet."""
+            if not any(key.startswith("partitions/") for key in watch.read()):
+                return False
+            a.process.send_signal(signal.SIGSTOP)
+            watch.read_to_end()
+            if (
+                watch.last_key is not None
+                and not is_manifest_key(watch.last_key)
+                and (watch.last_manifest is None or watch.last_manifest.startswith("instances/"))
+            ):
+                return True  # every partition's checkpoint and the weights' are still to come
+            a.process.send_signal(signal.SIGCONT)
+            return False
+
+        wait_for(frozen_mid_checkpoint, 60, "a to be frozen mid-checkpoint")
+        b.start()
+        wanted = {f"partitions/{topics['input']}/{p}" for p in range(4)}
+
+        def b_checkpointed_every_partition() -> bool:
+            watch.read()
+            return all((c := watch.latest(name)) is not None and c[1] == "b" for name in wanted)
+
+        wait_for(b_checkpointed_every_partition, 90, "b to take over and checkpoint every partition")
+        a.process.send_signal(signal.SIGCONT)
+        producer.join(timeout=120)
+        assert not producer.is_alive()
+        reader.read_until(lambda r: len(r) >= len(events), 180, "every committed prediction")
+        assert b.terminate() < 10
+        a.assert_alive()
+        assert a.terminate() < 10
+        counts = predictions_by_offset(reader.read())
+        watch.read_to_end()
+    finally:
+        stop.set()
+        if a.process is not None and a.process.poll() is None:
+            a.process.send_signal(signal.SIGCONT)  # so that the cleanup's kill can end it
+        a.cleanup()
+        b.cleanup()
+        reader.close()
+        if watch is not None:
+            watch.close()
+
+    ends = partition_ends(kafka.bootstrap_servers, topics["input"])
+    assert set(counts) == {(p, o) for p, end in ends.items() for o in range(end)}
+    assert {key: n for key, n in counts.items() if n != 1} == {}
+    for name in wanted:
+        history = [
+            (instance, offset, learned)
+            for key, instance, offset, learned in watch.partition_checkpoints
+            if key == name
+        ]
+        offsets = [offset for _, offset, _ in history]
+        assert offsets == sorted(offsets), f"{name}: a checkpoint went back: {history}"
+        assert all(offset == learned for _, offset, learned in history), f"{name}: {history}"
+        assert history[-1][1] == ends[int(name.rsplit("/", 1)[1])]
+    assert re.search(r"continuing at offset \d+ with \d+ keys \(checkpoint of instance a\)", b.log())

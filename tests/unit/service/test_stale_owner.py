@@ -1,0 +1,58 @@
+"""An instance that lost a partition without noticing (frozen while the group gave it away) does
+not overwrite the new owner's checkpoint of it: the store refuses the stale write, and the
+instance lets the partition go while it keeps the others."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from stream_lstm.state.store import PartitionState
+from stream_lstm.testing import MemoryStore, ScriptedKafka
+from tests.unit.service.scripted_service import PARTITIONS, run_service, stream
+
+
+def test_each_owner_writes_one_more_than_the_epoch_it_continued_from() -> None:
+    store = MemoryStore()
+    run_service(ScriptedKafka(stream(40)), store, checkpoint_every=16)
+    first = {partition: store.partition_history(partition) for partition in PARTITIONS}
+    assert all({s.epoch for s in history} == {1} for history in first.values())  # no checkpoint before
+    longer = stream(80)
+    run_service(ScriptedKafka(longer), store, checkpoint_every=16, instance_id="two")
+    for partition in PARTITIONS:
+        later = store.partition_history(partition)[len(first[partition]) :]
+        assert later and {s.epoch for s in later} == {2}
+        assert later[-1].offset == len(longer[partition]) and later[-1].instance == "two"
+
+
+def test_a_partition_taken_over_meanwhile_is_let_go_and_its_new_checkpoint_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = MemoryStore()
+    taken = PARTITIONS[0]
+    newer: list[PartitionState] = []
+
+    def other_instance_takes_over(kafka: ScriptedKafka) -> None:
+        # Another instance continued partition 0 from our last checkpoint and saved it, later.
+        ours = store.load_partition(taken)
+        assert ours is not None and ours.instance == "one"
+        newer.append(replace(ours, offset=ours.offset + 5, instance="other", epoch=ours.epoch + 1))
+        store.save_partition(newer[0])
+
+    messages = stream(120)
+    kafka = ScriptedKafka(messages, cues={6: other_instance_takes_over})
+    service = run_service(kafka, store, checkpoint_every=32)
+
+    assert newer, "the cue did not run"
+    history = store.partition_history(taken)
+    last = history[-1]  # nothing of "one" after the other owner's checkpoint
+    assert (last.offset, last.instance, last.epoch) == (newer[0].offset, "other", newer[0].epoch)
+    assert [s.instance for s in history].count("other") == 1
+    assert "letting it go" in caplog.text and "partition was taken over" in caplog.text
+    assert taken not in service.ledger.owned
+    kept = store.load_partition(PARTITIONS[1])  # the other partition goes on as before
+    assert kept is not None and kept.instance == "one" and kept.offset == len(messages[PARTITIONS[1]])
+    assert kept.events + kept.dead_letters == kept.offset
+    committed = [offsets for offsets in kafka.commits if taken in offsets]
+    assert all(offsets[taken] <= newer[0].offset - 5 for offsets in committed)  # never past what it saved
