@@ -11,6 +11,7 @@ since the last checkpoint, which the checkpointer writes.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,19 @@ class PartitionPhase(enum.Enum):
     REPLAYING = "replaying up to its committed offset"
 
 
+def ownership_epoch(continued_from: int | None) -> int:
+    """The epoch of a new ownership of a partition: later than the checkpoint's it continues from
+    (``continued_from``; ``None`` without one), and than the clock, in milliseconds.
+
+    Its checkpoints carry it, and a store refuses one below the stored epoch: a stale owner
+    cannot overwrite a later one's. One more than the checkpoint's orders owners that continue
+    from each other; the clock orders two that both started without a checkpoint (the stale one
+    before its first write), as long as the hosts' clocks differ by less than a rebalance takes.
+    """
+    now_ms = time.time_ns() // 1_000_000
+    return now_ms if continued_from is None else max(continued_from + 1, now_ms)
+
+
 @dataclass
 class PartitionProgress:
     """What this instance holds of one partition between checkpoints."""
@@ -37,8 +51,8 @@ class PartitionProgress:
     dead_letters: int = 0
     keys: set[str] = field(default_factory=set)  # keys seen here whose state may be tracked
     dirty: bool = False  # changed since its last checkpoint
-    #: This ownership's epoch: one more than the checkpoint's it continued from (1 without one).
-    epoch: int = 1
+    #: This ownership's epoch (see :func:`ownership_epoch`).
+    epoch: int = field(default_factory=lambda: ownership_epoch(None))
 
 
 class Ledger:

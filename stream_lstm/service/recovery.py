@@ -18,7 +18,7 @@ from stream_lstm.kafka.interface import KafkaClient, Partition
 from stream_lstm.learner.placement import learners_on_cpu
 from stream_lstm.learner.process import LearnerProcess
 from stream_lstm.models.protocols import TrainedModel, models_that
-from stream_lstm.service.ledger import Ledger, PartitionProgress
+from stream_lstm.service.ledger import Ledger, PartitionProgress, ownership_epoch
 from stream_lstm.service.settings import ServiceSettings
 from stream_lstm.state.directory_store import CheckpointStore
 
@@ -136,7 +136,7 @@ class Recovery:
                 events=saved.events,
                 dead_letters=saved.dead_letters,
                 keys=set(saved.keys),
-                epoch=saved.epoch + 1,
+                epoch=ownership_epoch(saved.epoch),
             ),
         )
         log.info(

@@ -48,10 +48,11 @@ class PartitionState:
     #: The instance that wrote this checkpoint.
     instance: str = ""
     version: str = __version__
-    #: Which ownership of the partition wrote this: an owner writes one more than the epoch of
-    #: the checkpoint it continued from (1 without one). A store refuses a checkpoint whose epoch
-    #: is below the stored one's (:func:`check_not_stale`): its writer lost the partition to a
-    #: later owner and has not noticed yet. Checkpoints written before epochs existed read as 0.
+    #: Which ownership of the partition wrote this: each owner's epoch is later than the
+    #: checkpoint's it continued from (:func:`stream_lstm.service.ledger.ownership_epoch`). A
+    #: store refuses a checkpoint whose epoch is below the stored one's (:func:`check_not_stale`):
+    #: its writer lost the partition to a later owner and has not noticed yet. Checkpoints
+    #: written before epochs existed read as 0.
     epoch: int = 0
 
 

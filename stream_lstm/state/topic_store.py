@@ -117,6 +117,8 @@ class KafkaTopicStore:
         self._latest: dict[str, bytes] = {}  # record key -> latest value seen in the topic
         # Per name, the chunk keys this store wrote or tried to write and has not tombstoned yet.
         self._own_chunks: dict[str, set[str]] = {}
+        #: Names whose manifest a stale one followed in the topic (see :meth:`refresh`).
+        self._overtaken: set[str] = set()
         self.orphan_grace_s = orphan_grace_s
         self._chunk_written_at: dict[str, float] = {}  # chunk key -> its record's time, Unix seconds
         self._next_orphan_sweep = 0.0  # time.monotonic()
@@ -262,6 +264,7 @@ class KafkaTopicStore:
         checkpoint, so that a partition taken over in a rebalance has little left to read), and
         sweep for orphaned chunks if the last sweep is ``ORPHAN_SWEEP_INTERVAL_S`` old."""
         self._catch_up()
+        self._rewrite_overtaken()
         if time.monotonic() >= self._next_orphan_sweep:
             self._next_orphan_sweep = time.monotonic() + ORPHAN_SWEEP_INTERVAL_S
             self.collect_orphans()
@@ -323,6 +326,7 @@ class KafkaTopicStore:
                             self._chunk_written_at.pop(key, None)
                         elif is_manifest_key(key) and self._is_stale(key, record.value):
                             log.warning("ignoring a stale checkpoint of %s in %s", key, self.describe())
+                            self._overtaken.add(key)
                         else:
                             self._latest[key] = record.value
                             if not is_manifest_key(key):
@@ -359,7 +363,8 @@ class KafkaTopicStore:
             except CheckpointError:
                 pass  # an unreadable manifest: nothing to tell which chunks were its
             else:
-                stale.update(manifest_chunk_keys(name, replaced))
+                if manifest_epoch(self._latest[name]) <= epoch:  # never a later owner's chunks
+                    stale.update(manifest_chunk_keys(name, replaced))
         manifest = new_manifest(data, len(chunks), version, epoch)
         written = [(chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
         own.update(key for key, _ in written)
@@ -377,6 +382,28 @@ class KafkaTopicStore:
             self._forget_chunk(key)
         own.intersection_update(key for key, _ in written)
         return len(data)
+
+    def _rewrite_overtaken(self) -> None:
+        """Write again each manifest of this store's that a stale one followed in the topic.
+
+        Compaction keeps the last record of a key, which would be the stale one: readers that
+        start after it would take that. Only the writer of the later manifest rewrites it (its
+        chunks are its own and still live); anyone else's copy could be older than its writer's
+        newest.
+        """
+        for name in sorted(self._overtaken):
+            self._overtaken.discard(name)
+            held = self._latest.get(name)
+            if held is None:
+                continue
+            try:
+                ours = manifest_chunk_keys(
+                    name, read_manifest(self._latest, name, name)
+                ) <= self._own_chunks.get(name, set())
+            except CheckpointError:
+                continue
+            if ours:
+                self._send([(name, held)], name)
 
     def _is_stale(self, name: str, manifest: bytes) -> bool:
         """Whether ``manifest`` of ``name`` has an earlier epoch than the one in the view: a

@@ -1,7 +1,8 @@
-"""The checkpoint store in a compacted Kafka topic, against the embedded broker."""
+"""The checkpoint store in a compacted Kafka topic, on both test brokers."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -9,7 +10,7 @@ import uuid
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream_lstm.errors import CheckpointError
+from stream_lstm.errors import CheckpointError, StaleCheckpointError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.messages.events import Event
@@ -293,3 +294,52 @@ def test_a_topic_of_several_partitions_is_refused(broker: Broker, store_topic: s
     broker.create_topics([store_topic], partitions=2)
     with pytest.raises(CheckpointError, match="needs exactly one"):
         KafkaTopicStore(broker.bootstrap_servers, store_topic, connect_timeout_s=5.0)
+
+
+def test_a_stale_owners_checkpoint_is_refused_and_one_that_slips_in_is_ignored(
+    broker: Broker, store_topic: str
+) -> None:
+    """Partition checkpoints carry their owner's epoch: a write below the topic's is refused, and
+    a reader that has the later one ignores a stale manifest written after it anyway (the race
+    between a writer's check and its write, which a topic cannot close)."""
+    new_owner = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+    stale_owner = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+    reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+    try:
+        stale_owner.save_partition(PartitionState(topic="in", partition=0, offset=10, instance="a", epoch=1))
+        new_owner.save_partition(PartitionState(topic="in", partition=0, offset=30, instance="b", epoch=2))
+        with pytest.raises(StaleCheckpointError, match="partitions/in/0"):
+            stale_owner.save_partition(
+                PartitionState(topic="in", partition=0, offset=20, instance="a", epoch=1)
+            )
+        assert reader.load_partition(("in", 0)).offset == 30
+
+        # Around the check: the manifest lands after the new owner's.
+        name = "partitions/in/0"
+        stale_owner._save(
+            name,
+            PartitionState(topic="in", partition=0, offset=25, instance="a", epoch=1),
+            epoch=1,
+        )
+        assert reader.load_partition(("in", 0)).offset == 30  # the reader keeps the later epoch
+
+        def last_manifest_epoch() -> int:
+            manifests = [
+                value for key, value in raw_records(broker.bootstrap_servers, store_topic) if key == name
+            ]
+            return json.loads(manifests[-1])["epoch"]
+
+        # Compaction keeps a key's last record, the stale one now: its new owner writes its own
+        # manifest again when it next reads the topic, so that a reader after compaction gets it.
+        assert last_manifest_epoch() == 1
+        new_owner.refresh()
+        assert last_manifest_epoch() == 2
+        fresh = KafkaTopicStore(broker.bootstrap_servers, store_topic)  # reads the topic from its start
+        try:
+            assert fresh.load_partition(("in", 0)).offset == 30
+        finally:
+            fresh.close()
+    finally:
+        new_owner.close()
+        stale_owner.close()
+        reader.close()

@@ -4,26 +4,37 @@ instance lets the partition go while it keeps the others."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
 
+from stream_lstm.service.ledger import ownership_epoch
 from stream_lstm.state.store import PartitionState
 from stream_lstm.testing import MemoryStore, ScriptedKafka
 from tests.unit.service.scripted_service import PARTITIONS, run_service, stream
 
 
-def test_each_owner_writes_one_more_than_the_epoch_it_continued_from() -> None:
+def test_each_owner_writes_a_later_epoch_than_the_checkpoint_it_continued_from() -> None:
     store = MemoryStore()
     run_service(ScriptedKafka(stream(40)), store, checkpoint_every=16)
     first = {partition: store.partition_history(partition) for partition in PARTITIONS}
-    assert all({s.epoch for s in history} == {1} for history in first.values())  # no checkpoint before
+    assert all(len({s.epoch for s in history}) == 1 for history in first.values())  # one ownership each
     longer = stream(80)
     run_service(ScriptedKafka(longer), store, checkpoint_every=16, instance_id="two")
     for partition in PARTITIONS:
         later = store.partition_history(partition)[len(first[partition]) :]
-        assert later and {s.epoch for s in later} == {2}
+        assert later and len({s.epoch for s in later}) == 1
+        assert later[0].epoch > first[partition][-1].epoch
         assert later[-1].offset == len(longer[partition]) and later[-1].instance == "two"
+
+
+def test_an_epoch_is_later_than_the_one_continued_even_from_a_clock_ahead() -> None:
+    now_ms = time.time_ns() // 1_000_000
+    assert ownership_epoch(None) >= now_ms
+    assert ownership_epoch(5) >= now_ms  # a checkpoint of long ago, or of before epochs
+    ahead = now_ms + 3_600_000  # written on a host whose clock runs an hour ahead
+    assert ownership_epoch(ahead) == ahead + 1
 
 
 def test_a_partition_taken_over_meanwhile_is_let_go_and_its_new_checkpoint_kept(

@@ -32,7 +32,7 @@ def test_a_lower_epoch_is_refused_and_the_later_owners_checkpoint_stays(store: C
     store.save_partition(state(100, epoch=1, instance="a"))
     store.save_partition(state(150, epoch=1, instance="a"))  # the same owner, later
     store.save_partition(state(180, epoch=2, instance="b"))  # b took over from a's 150
-    with pytest.raises(StaleCheckpointError, match="epoch 1.*epoch 2") as refused:
+    with pytest.raises(StaleCheckpointError, match=r"epoch 1.*epoch 2") as refused:
         store.save_partition(state(170, epoch=1, instance="a"))  # a, frozen meanwhile, wakes up
     assert isinstance(refused.value, CheckpointError)
     saved = store.load_partition(("in", 0))
