@@ -1,6 +1,8 @@
 """The service against the I/O floor: raw consume+decode, a pass-through relay, and stream-lstm.
 
-On the embedded broker and one topic per key count, in one run: the rate of consuming and
+On Apache Kafka (a single-node KRaft broker from Maven Central, see stream_lstm.testing.apache_kafka)
+and on the embedded Tansu broker, one after the other in one run, and one topic per key count: the
+rate of consuming and
 decoding the events (raw), of a relay written with the same client that consumes, decodes,
 encodes a prediction-sized record and produces it (the I/O floor of any such service), and of
 the full service (three models, learning, checkpoints) as a `stream-lstm run` process, timed from
@@ -8,8 +10,8 @@ its first prediction to its last by the records' timestamps (its metrics are rea
 second: each scrape costs the service CPU); all of it once per Kafka client library (kafka-python, and
 confluent-kafka when installed). Usage: ``python benchmarks/bench_service.py [--events N]
 [--keys 1,1000,100000] [--clients kafka-python,confluent] [--learner-process true,false]
-[--markdown FILE]``; each service run is reported with the LSTM in its own process (true, the
-default on 2+ CPUs) and in the service's process (false).
+[--brokers apache-kafka,tansu] [--markdown FILE]``; each service run is reported with the LSTM in
+its own process (true, the default on 2+ CPUs) and in the service's process (false).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.kafka.connect import EventWriter
 from stream_lstm.messages.events import decode_event, encode_event
 from stream_lstm.offline.generator import temporal_stream
+from stream_lstm.testing.apache_kafka import ApacheKafkaBroker
 
 
 def consume_all(client: str, bootstrap: str, topic: str, total: int, handle=None) -> float:
@@ -203,6 +206,18 @@ def available_clients(requested: str) -> list[str]:
     return clients
 
 
+def open_broker(name: str, workdir: Path) -> EmbeddedBroker | ApacheKafkaBroker:
+    """A started broker of the kind ``name`` (apache-kafka or tansu)."""
+    if name == "apache-kafka":
+        broker: EmbeddedBroker | ApacheKafkaBroker = ApacheKafkaBroker(workdir / "apache-kafka")
+    elif name == "tansu":
+        broker = EmbeddedBroker()
+    else:
+        raise SystemExit(f"unknown broker {name!r}: apache-kafka or tansu")
+    broker.start()
+    return broker
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=30_000)
@@ -214,40 +229,21 @@ def main() -> None:
         help="the service's --learner-process values to run, comma-separated (true: the LSTM in a "
         "process of its own, the default on 2+ CPUs; false: in the service's process)",
     )
+    parser.add_argument("--brokers", default="apache-kafka,tansu", help="brokers to run on, in turn")
     parser.add_argument("--markdown", type=Path, help="append the table to this markdown file")
     args = parser.parse_args()
-    machine = f"Machine: {describe_machine()}; broker: embedded (Tansu)"
+    machine = f"Machine: {describe_machine()}"
     print(machine, flush=True)
     rows = []
-    with tempfile.TemporaryDirectory() as work, EmbeddedBroker() as broker:
-        workdir = Path(work)
-        for keys in (int(k) for k in args.keys.split(",")):
-            topic = f"bench-{keys}"
-            placements = args.learner_process.split(",")
-            outputs = [
-                f"{topic}-{client}-{i}-out"
-                for client in available_clients(args.clients)
-                for i in range(len(placements))
-            ]
-            broker.create_topics([topic, topic + "-relay", topic + "-dead", *outputs])
-            writer = EventWriter(broker.bootstrap_servers, topic)
-            for event in temporal_stream(args.events, n_keys=keys, seed=1):
-                writer.send(event.key, encode_event(event))
-            writer.close()
-            for client in available_clients(args.clients):
-                bootstrap = broker.bootstrap_servers
-                raw = args.events / consume_all(client, bootstrap, topic, args.events)
-                relayed = args.events / relay(client, bootstrap, topic, args.events)
-                for i, placement in enumerate(placements):
-                    run = f"{topic}-{client}-{i}"
-                    full = args.events / service(
-                        client, bootstrap, topic, args.events, workdir, placement, run
-                    )
-                    rows.append([client, f"{keys:,}", placement, f"{raw:,.0f}", f"{relayed:,.0f}",
-                                 f"{full:,.0f}", f"{full / relayed:.2f}", f"{full / raw:.2f}"])  # fmt: skip
-                print(f"  {client}, {keys:,} keys done", flush=True)
+    for broker_name in args.brokers.split(","):
+        with tempfile.TemporaryDirectory() as work:
+            broker = open_broker(broker_name, Path(work))
+            try:
+                rows += run_broker(broker_name, broker, Path(work), args)
+            finally:
+                broker.stop()
     headers = [
-        "client", "keys", "LSTM process", "raw events/s", "relay events/s", "service events/s",
+        "broker", "client", "keys", "LSTM process", "raw events/s", "relay events/s", "service events/s",
         "service/relay", "service/raw",
     ]  # fmt: skip
     title = f"{args.events:,} events per key count, one partition"
@@ -256,6 +252,37 @@ def main() -> None:
     if args.markdown:
         with args.markdown.open("a") as out:
             out.write(f"\n# service benchmark\n\n{machine}\n\n```\n{title}\n\n{table}\n```\n")
+
+
+def run_broker(
+    broker_name: str, broker: EmbeddedBroker | ApacheKafkaBroker, workdir: Path, args: argparse.Namespace
+) -> list[list[str]]:
+    """The table's rows of one broker: every key count, client and LSTM placement."""
+    rows = []
+    for keys in (int(k) for k in args.keys.split(",")):
+        topic = f"bench-{keys}"
+        placements = args.learner_process.split(",")
+        outputs = [
+            f"{topic}-{client}-{i}-out"
+            for client in available_clients(args.clients)
+            for i in range(len(placements))
+        ]
+        broker.create_topics([topic, topic + "-relay", topic + "-dead", *outputs])
+        writer = EventWriter(broker.bootstrap_servers, topic)
+        for event in temporal_stream(args.events, n_keys=keys, seed=1):
+            writer.send(event.key, encode_event(event))
+        writer.close()
+        for client in available_clients(args.clients):
+            bootstrap = broker.bootstrap_servers
+            raw = args.events / consume_all(client, bootstrap, topic, args.events)
+            relayed = args.events / relay(client, bootstrap, topic, args.events)
+            for i, placement in enumerate(placements):
+                run = f"{topic}-{client}-{i}"
+                full = args.events / service(client, bootstrap, topic, args.events, workdir, placement, run)
+                rows.append([broker_name, client, f"{keys:,}", placement, f"{raw:,.0f}", f"{relayed:,.0f}",
+                             f"{full:,.0f}", f"{full / relayed:.2f}", f"{full / raw:.2f}"])  # fmt: skip
+            print(f"  {broker_name}, {client}, {keys:,} keys done", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

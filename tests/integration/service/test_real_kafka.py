@@ -315,6 +315,7 @@ class CheckpointWatch:
         #: instance "a" (which ends its checkpoints).
         self.partitions_since_a = 0
         self.partition_records_since_a = 0
+        self.checkpoints_of_a = 0  # manifests of the instance "a": its whole checkpoints
 
     def read(self, timeout_ms: int = 20) -> list[str]:
         """Read what is new; the keys of the records in it that are not tombstones."""
@@ -328,6 +329,7 @@ class CheckpointWatch:
                 keys.append(key)
                 if key == "instances/a":
                     self.partitions_since_a = self.partition_records_since_a = 0
+                    self.checkpoints_of_a += 1
                 if key.startswith("partitions/"):
                     self.partition_records_since_a += 1
                 if not key.startswith("partitions/") or not is_manifest_key(key):
@@ -388,8 +390,9 @@ def test_a_rebalance_while_an_instance_is_mid_checkpoint_moves_state_once(
 
         def frozen_mid_checkpoint() -> bool:
             """Freeze a on a partition's record; keep it frozen while some of its partitions'
-            checkpoints of that round are still to be written."""
-            if not any(key.startswith("partitions/") for key in watch.read()):
+            checkpoints of that round are still to be written (and one round was whole before,
+            so that b has a's checkpoints to continue from)."""
+            if not any(key.startswith("partitions/") for key in watch.read()) or watch.checkpoints_of_a < 2:
                 return False
             a.process.send_signal(signal.SIGSTOP)
             watch.read_to_end()
