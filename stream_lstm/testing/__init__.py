@@ -12,6 +12,11 @@
 Both are part of the package so that each part of the service (and a user's own extension) can
 be tested on its own; the service's unit tests (``tests/unit/service``) use them, the tests
 against a real broker (``tests/integration``) check the same service end to end.
+
+Those tests run on Apache Kafka too: :mod:`stream_lstm.testing.apache_kafka` runs a single-node
+KRaft broker from the jars Maven fetches (:mod:`stream_lstm.testing.kafka_jars`), with secured
+listeners whose throwaway certificates :mod:`stream_lstm.testing.certificates` makes. They are
+imported by name, not from here: they need Java, Maven and the ``cryptography`` package.
 """
 
 from stream_lstm.testing.memory_store import MemoryStore

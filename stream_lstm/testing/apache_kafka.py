@@ -25,28 +25,15 @@ started it (a parent-death signal on Linux, a finaliser elsewhere), and is ready
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 import secrets
-import signal
 import subprocess
-import time
 import uuid
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
 
-from stream_lstm.kafka import broker_admin
 from stream_lstm.kafka.broker_admin import BrokerError
-from stream_lstm.kafka.broker_log import BrokerLog
-from stream_lstm.kafka.processes import (
-    die_with_parent,
-    free_port,
-    kill_process_group,
-    popen_from_lasting_thread,
-)
+from stream_lstm.kafka.broker_process import BrokerProcess
+from stream_lstm.kafka.processes import free_port
 from stream_lstm.testing.certificates import TestCertificates, make_certificates
 from stream_lstm.testing.kafka_jars import broker_classpath, java_executable
 
@@ -75,7 +62,7 @@ class SaslUser:
     password: str
 
 
-class ApacheKafkaBroker:
+class ApacheKafkaBroker(BrokerProcess):
     """A single-node KRaft broker (controller and broker in one JVM) on loopback ports.
 
     Parameters
@@ -91,6 +78,8 @@ class ApacheKafkaBroker:
         The JVM's maximum heap.
     """
 
+    kind = "Apache Kafka"
+
     def __init__(
         self,
         folder: Path,
@@ -101,30 +90,23 @@ class ApacheKafkaBroker:
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.host = host
-        self.port = free_port(host)
+        super().__init__(
+            host,
+            free_port(host),
+            self.folder / "broker.log",
+            cluster_id=base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+        )
         self.sasl_ssl_port = free_port(host)
         self.ssl_port = free_port(host)
         self.controller_port = free_port(host)
         self.heap_mb = heap_mb
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         self.users = {
             "SCRAM-SHA-512": SaslUser("SCRAM-SHA-512", "scram-user", secrets.token_urlsafe(12)),
             "PLAIN": SaslUser("PLAIN", "plain-user", secrets.token_urlsafe(12)),
         }
         self.certificates: TestCertificates = make_certificates(self.folder / "certificates", host)
         self._settings = {**TEST_BROKER_SETTINGS, **(settings or {})}
-        self._log = BrokerLog(self.folder / "broker.log")
-        self._process: subprocess.Popen[bytes] | None = None
-        self._finalizer: weakref.finalize | None = None
         self._formatted = False
-
-    # ------------------------------------------------------------------ properties
-
-    @property
-    def bootstrap_servers(self) -> str:
-        """The ``PLAINTEXT`` listener's ``host:port``."""
-        return f"{self.host}:{self.port}"
 
     @property
     def sasl_ssl_bootstrap_servers(self) -> str:
@@ -135,24 +117,6 @@ class ApacheKafkaBroker:
     def ssl_bootstrap_servers(self) -> str:
         """The ``SSL`` listener's ``host:port``; it requires a client certificate."""
         return f"{self.host}:{self.ssl_port}"
-
-    @property
-    def log_path(self) -> Path | None:
-        return self._log.path
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self._poll()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    # ------------------------------------------------------------------ life cycle
 
     def start(self, timeout: float = 120.0) -> None:
         """Format the storage (first start only), launch the broker and wait until it answers.
@@ -166,111 +130,33 @@ class ApacheKafkaBroker:
             cluster id within ``timeout`` seconds (the message quotes its log). It is stopped then.
         """
         if self.running:
-            raise BrokerError(f"the broker on {self.bootstrap_servers} is already running")
-        deadline = time.monotonic() + timeout
+            raise BrokerError(f"{self.kind} on {self.bootstrap_servers} is already running")
         classpath = broker_classpath()
         java = java_executable()
         config = self._write_config()
+        log4j = self._write_log4j_config()
         if not self._formatted:
-            self._format(java, classpath, config)
+            self._format(java, classpath, config, log4j)
         command = [
             java,
             f"-Xmx{self.heap_mb}m",
             "-XX:+UseSerialGC",
             "-Djava.awt.headless=true",
-            f"-Dlog4j.configuration={self._write_log4j_config().as_uri()}",
+            f"-Dlog4j.configuration={log4j.as_uri()}",
             "-cp",
             classpath,
             "kafka.Kafka",
             str(config),
         ]
-        output: IO[bytes] | int = self._log.open([*command[:2], "...", "kafka.Kafka", str(config)])
-        try:
-            self._process = popen_from_lasting_thread(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent(),
-            )
-        except OSError as error:
-            self._log.close()
-            raise BrokerError(f"cannot run {java}: {error}") from error
-        self._finalizer = weakref.finalize(self, kill_process_group, self._process.pid)
-        try:
-            self._wait_until_ready(deadline, timeout)
-        except BaseException:
-            self.stop(timeout=5.0)
-            raise
+        self._launch(command, timeout, shown=[java, "-cp", "CLASSPATH", "kafka.Kafka", str(config)])
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker gracefully (SIGTERM), then SIGKILL after ``timeout`` seconds. Data is kept."""
-        process = self._process
-        if process is not None and self._poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                kill_process_group(process.pid)
-                process.wait()
-        self._reap()
-
-    def kill(self) -> None:
-        """SIGKILL the broker at once, as a crash would. Data written to disk is kept."""
-        process = self._process
-        if process is not None and self._poll() is None:
-            kill_process_group(process.pid)
-            process.wait()
-        self._reap()
+        super().stop(timeout)
 
     def restart(self, timeout: float = 120.0) -> None:
         """Stop the broker gracefully and start it again on the same ports, with its data."""
-        self.stop()
-        self.start(timeout=timeout)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"ApacheKafkaBroker({self.bootstrap_servers}, {'running' if self.running else 'stopped'})"
-
-    # ------------------------------------------------------------------ topics
-
-    def create_topics(
-        self,
-        names: list[str],
-        partitions: int = 1,
-        timeout: float = 30.0,
-        *,
-        configs: dict[str, str] | None = None,
-    ) -> dict[str, int]:
-        """Create the topics that are missing (with ``configs``) and wait until each has a leader."""
-        wanted = list(dict.fromkeys(names))
-        if not wanted:
-            return {}
-        if not self.running:
-            raise BrokerError(f"the broker on {self.bootstrap_servers} is not running")
-        return broker_admin.create_topics(
-            self.bootstrap_servers,
-            wanted,
-            partitions,
-            timeout,
-            raise_if_exited=lambda: self._raise_if_exited(when="while topics were being created"),
-            configs=configs,
-        )
-
-    # ------------------------------------------------------------------ internals
+        super().restart(timeout)
 
     def _write_config(self) -> Path:
         certificates = self.certificates
@@ -332,12 +218,12 @@ class ApacheKafkaBroker:
         )
         return path
 
-    def _format(self, java: str, classpath: str, config: Path) -> None:
+    def _format(self, java: str, classpath: str, config: Path, log4j: Path) -> None:
         scram = self.users["SCRAM-SHA-512"]
         command = [
             java,
             "-Xmx256m",
-            f"-Dlog4j.configuration={self._write_log4j_config().as_uri()}",
+            f"-Dlog4j.configuration={log4j.as_uri()}",
             "-cp",
             classpath,
             "kafka.tools.StorageTool",
@@ -354,53 +240,6 @@ class ApacheKafkaBroker:
             output = (result.stdout + result.stderr).strip()[-2000:]
             raise BrokerError(f"kafka-storage format failed with status {result.returncode}:\n{output}")
         self._formatted = True
-
-    def _wait_until_ready(self, deadline: float, timeout: float) -> None:
-        assert self._process is not None
-        while True:
-            self._raise_if_exited()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerError(
-                    f"Apache Kafka on {self.bootstrap_servers} did not answer within {timeout:g} s"
-                    f"{self._log.excerpt()}"
-                )
-            if broker_admin.accepts_connections(self.host, self.port, min(0.5, remaining)):
-                cluster_id = broker_admin.probe_cluster_id(self.bootstrap_servers, min(2.0, remaining))
-                if cluster_id == self.cluster_id:
-                    return
-                if cluster_id is not None:
-                    raise BrokerError(
-                        f"another Kafka broker (cluster id {cluster_id!r}) answers on "
-                        f"{self.bootstrap_servers}"
-                    )
-            with contextlib.suppress(subprocess.TimeoutExpired):  # returns at once if it dies
-                self._process.wait(timeout=min(0.2, max(deadline - time.monotonic(), 0.0)))
-
-    def _raise_if_exited(self, when: str = "before it was ready") -> None:
-        if self._process is None:
-            raise BrokerError(f"the broker on {self.bootstrap_servers} was never started")
-        code = self._poll()
-        if code is not None:
-            raise BrokerError(
-                f"Apache Kafka for {self.bootstrap_servers} exited with status {code} {when}"
-                f"{self._log.excerpt()}"
-            )
-
-    def _poll(self) -> int | None:
-        if self._process is None:
-            return None
-        code = self._process.poll()
-        if code is not None and self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        return code
-
-    def _reap(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        self._log.close()
 
 
 def _escaped(value: str) -> str:

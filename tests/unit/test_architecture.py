@@ -155,3 +155,16 @@ def test_importing_the_learner_leaves_kafka_and_prometheus_unloaded() -> None:
         [sys.executable, "-c", learner + check], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_nothing_but_tests_imports_the_test_helpers() -> None:
+    """``stream_lstm.testing`` (a scripted client, Apache Kafka for tests) is never a dependency
+    of the service, at any level: it needs what only the dev extra installs."""
+    graph = internal_graph(module_level_only=False)
+    users = {
+        name
+        for name, targets in graph.items()
+        if not name.startswith("stream_lstm.testing")
+        and any(target.startswith("stream_lstm.testing") for target in targets)
+    }
+    assert users == set()

@@ -376,7 +376,7 @@ def test_a_rebalance_while_an_instance_is_mid_checkpoint_moves_state_once(
     flags += ("--checkpoint-every", "100", "--checkpoint-interval", "1", "--kafka-client", kafka_client)
     a = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, "--instance-id", "a", *flags)
     b = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, "--instance-id", "b", *flags)
-    events = list(temporal_stream(6000, n_keys=32, seed=23))
+    events = list(temporal_stream(4000, n_keys=32, seed=23))
     names = [f"partitions/{topics['input']}/{p}" for p in range(4)]
     stop = threading.Event()
     reader = TopicReader(kafka.bootstrap_servers, topics["output"], read_committed=True)
