@@ -42,7 +42,7 @@ import time
 import uuid
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
 from stream_lstm.errors import CheckpointError
@@ -50,6 +50,7 @@ from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
 from stream_lstm.state.finite_check import check_finite, checked_state
 from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id, check_not_stale
+from stream_lstm.state.topic_admin import create_store_topic
 from stream_lstm.state.topic_chunks import (
     DEFAULT_CHUNK_BYTES,
     chunk_key,
@@ -70,7 +71,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two sweeps for orphaned chunks (see the module doc).
 ORPHAN_SWEEP_INTERVAL_S = 600.0
-_TOPIC_ALREADY_EXISTS = 36
 
 
 class KafkaTopicStore:
@@ -138,7 +138,12 @@ class KafkaTopicStore:
                 time.sleep(2.0)
 
     def _connect(self) -> None:
-        self._ensure_topic()
+        create_store_topic(
+            self.bootstrap_servers,
+            self.topic,
+            connect_timeout_s=min(self._attempt_timeout_s, self.timeout_s),
+            timeout_s=self.timeout_s,
+        )
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
@@ -424,37 +429,3 @@ class KafkaTopicStore:
                 future.get(timeout=self.timeout_s)
         except KafkaError as error:
             raise CheckpointError(f"cannot write checkpoint {name} to {self.describe()}: {error}") from error
-
-    def _ensure_topic(self) -> None:
-        admin = KafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id="stream-lstm-store",
-            bootstrap_timeout_ms=int(min(self._attempt_timeout_s, self.timeout_s) * 1000),
-        )
-        try:
-            response = admin.create_topics(
-                {
-                    self.topic: {
-                        "num_partitions": 1,
-                        "replication_factor": -1,
-                        # Compaction never touches the active segment: roll it hourly, and clean
-                        # early, so that what a new reader must read stays small.
-                        "configs": {
-                            "cleanup.policy": "compact",
-                            "segment.ms": str(3600 * 1000),
-                            "min.cleanable.dirty.ratio": "0.1",
-                        },
-                    }
-                },
-                timeout_ms=int(self.timeout_s * 1000),
-                raise_errors=False,
-            )
-            for result in response["topics"]:
-                code = result["error_code"]
-                if code not in (0, _TOPIC_ALREADY_EXISTS):
-                    raise CheckpointError(
-                        f"cannot create the checkpoint topic {self.topic!r}: "
-                        f"{result.get('error_message') or 'no message'} (Kafka error code {code})"
-                    )
-        finally:
-            admin.close()
