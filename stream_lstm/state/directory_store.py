@@ -139,7 +139,8 @@ class DirectoryStore:
         """Write a partition's checkpoint; return its size in bytes.
 
         Raises :class:`StaleCheckpointError` when the stored checkpoint has a later epoch. The
-        check and the write hold a lock of the partition (``N.lock`` beside ``N.ckpt``), so two
+        epoch is kept beside the checkpoint too (``N.epoch``), so the check reads a number, not
+        the checkpoint. The check and the write hold a lock of the partition (``N.lock``), so two
         processes on one host cannot both pass it; on a shared network disk that depends on the
         disk's locks.
         """
@@ -148,6 +149,12 @@ class DirectoryStore:
         with path.with_suffix(".lock").open("ab") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
             check_not_stale(state, _stored_epoch(path), str(path))
+            # The epoch goes first: a crash before the checkpoint leaves it at least as high as
+            # the checkpoint's, which refuses no owner that the checkpoint would not refuse.
+            epoch_file = path.with_suffix(".epoch")
+            partial = epoch_file.with_suffix(".epoch.tmp")
+            partial.write_text(f"{int(state.epoch)}\n")
+            partial.replace(epoch_file)
             return _save(path, state)
 
     def refresh(self) -> None:
@@ -170,7 +177,14 @@ def _load(path: Path, kind: type) -> Any:
 
 
 def _stored_epoch(path: Path) -> int | None:
-    """The epoch of the partition checkpoint at ``path``; ``None`` without a readable one."""
+    """The epoch of the partition checkpoint at ``path``, from the file beside it (or, written
+    before there was one, from the checkpoint); ``None`` without a readable one."""
+    try:
+        return int(path.with_suffix(".epoch").read_text())
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as error:
+        log.warning("cannot read the epoch beside %s (%s): reading the checkpoint's", path, error)
     if not path.exists():
         return None
     try:

@@ -50,10 +50,19 @@ def test_a_checkpoint_without_an_epoch_reads_as_epoch_0(store: CheckpointStore) 
     assert store.load_partition(("in", 0)).epoch == 1
 
 
-def test_a_damaged_checkpoint_does_not_block_the_next_write(tmp_path: Path) -> None:
+def test_the_directory_keeps_the_epoch_beside_the_checkpoint_and_falls_back_to_it(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path)
     store.save_partition(state(10, epoch=4, instance="a"))
     path = tmp_path / "partitions" / "in" / "0.ckpt"
-    path.write_bytes(path.read_bytes()[:-50])
-    store.save_partition(state(20, epoch=1, instance="b"))  # nothing readable to compare with
+    epoch_file = path.with_suffix(".epoch")
+    assert epoch_file.read_text().strip() == "4"
+    path.write_bytes(path.read_bytes()[:-50])  # a damaged checkpoint: the epoch still says 4
+    with pytest.raises(StaleCheckpointError):
+        store.save_partition(state(20, epoch=3, instance="b"))
+    epoch_file.unlink()  # written before epoch files: the checkpoint's own is read, here none
+    store.save_partition(state(20, epoch=1, instance="b"))
     assert store.load_partition(("in", 0)).offset == 20
+    epoch_file.write_text("not a number")
+    with pytest.raises(StaleCheckpointError):  # the checkpoint's epoch (1) is read instead
+        store.save_partition(state(30, epoch=0, instance="c"))
+    assert store.partitions() == [("in", 0)]
