@@ -168,7 +168,7 @@ class Checkpointer:
                         keys=sorted(progress.keys),
                         key_state=key_state,
                         instance=instance_id,
-                        epoch=progress.epoch,
+                        epoch=self.ledger.epochs.get(partition, 0),
                     )
                 )
             except StaleCheckpointError as error:

@@ -30,13 +30,15 @@ class PartitionPhase(enum.Enum):
 
 
 def ownership_epoch(continued_from: int | None) -> int:
-    """The epoch of a new ownership of a partition: later than the checkpoint's it continues from
-    (``continued_from``; ``None`` without one), and than the clock, in milliseconds.
+    """The epoch of a new ownership of a partition: the clock in milliseconds when the group gave
+    it, and later than the checkpoint's it continues from (``continued_from``; ``None`` without).
 
     Its checkpoints carry it, and a store refuses one below the stored epoch: a stale owner
     cannot overwrite a later one's. One more than the checkpoint's orders owners that continue
     from each other; the clock orders two that both started without a checkpoint (the stale one
     before its first write), as long as the hosts' clocks differ by less than a rebalance takes.
+    An epoch is set when the partition is assigned (and its checkpoint loaded) and kept until it
+    is released: a rollback keeps it, so a stale owner that rolls back stays stale.
     """
     now_ms = time.time_ns() // 1_000_000
     return now_ms if continued_from is None else max(continued_from + 1, now_ms)
@@ -51,8 +53,6 @@ class PartitionProgress:
     dead_letters: int = 0
     keys: set[str] = field(default_factory=set)  # keys seen here whose state may be tracked
     dirty: bool = False  # changed since its last checkpoint
-    #: This ownership's epoch (see :func:`ownership_epoch`).
-    epoch: int = field(default_factory=lambda: ownership_epoch(None))
 
 
 class Ledger:
@@ -61,6 +61,8 @@ class Ledger:
     def __init__(self) -> None:
         #: What the group gave this instance, per the rebalance callbacks.
         self.owned: set[Partition] = set()
+        #: The ownership epoch of each owned partition (see :func:`ownership_epoch`).
+        self.epochs: dict[Partition, int] = {}
         #: Progress of the partitions read (or restored from a checkpoint) since they were assigned.
         self.progress: dict[Partition, PartitionProgress] = {}
         #: Messages handled (learned or dead-lettered) since the last checkpoint.
@@ -84,8 +86,15 @@ class Ledger:
         return PartitionPhase.READING
 
     def assign(self, partitions: Iterable[Partition]) -> None:
-        """The group gave ``partitions`` to this instance."""
-        self.owned.update(partitions)
+        """The group gave ``partitions`` to this instance: each new one gets its ownership epoch."""
+        for partition in partitions:
+            if partition not in self.owned:
+                self.epochs[partition] = ownership_epoch(None)
+                self.owned.add(partition)
+
+    def continue_epoch(self, partition: Partition, checkpoint_epoch: int) -> None:
+        """``partition`` continues from a checkpoint of ``checkpoint_epoch``: its epoch must be later."""
+        self.epochs[partition] = max(self.epochs.get(partition, 0), ownership_epoch(checkpoint_epoch))
 
     def release(self, partitions: Sequence[Partition]) -> list[PartitionProgress]:
         """The group took ``partitions`` back: forget them; return the progress that was held."""
@@ -98,6 +107,7 @@ class Ledger:
             self._replay_until.pop(partition, None)
             self._unchecked.discard(partition)
             self._needs_seek.discard(partition)
+            self.epochs.pop(partition, None)
         return released
 
     def rewind_needed(self, partitions: Iterable[Partition]) -> None:

@@ -18,7 +18,7 @@ from stream_lstm.kafka.interface import KafkaClient, Partition
 from stream_lstm.learner.placement import learners_on_cpu
 from stream_lstm.learner.process import LearnerProcess
 from stream_lstm.models.protocols import TrainedModel, models_that
-from stream_lstm.service.ledger import Ledger, PartitionProgress, ownership_epoch
+from stream_lstm.service.ledger import Ledger, PartitionProgress
 from stream_lstm.service.settings import ServiceSettings
 from stream_lstm.state.directory_store import CheckpointStore
 
@@ -117,6 +117,9 @@ class Recovery:
 
         Returns why it cannot be continued (damaged, or written with other model sizes), which
         must stop the service: going on would overwrite it with state that lost its keys.
+        ``latest=True`` is a takeover (an assignment): the partition's ownership epoch becomes
+        later than the checkpoint's. A rollback (``latest=False``) keeps the epoch it holds, so
+        that an owner that lost the partition stays stale whatever it reloads.
         """
         try:
             saved = self.store.load_partition(partition, latest=latest)
@@ -136,9 +139,10 @@ class Recovery:
                 events=saved.events,
                 dead_letters=saved.dead_letters,
                 keys=set(saved.keys),
-                epoch=ownership_epoch(saved.epoch),
             ),
         )
+        if latest:  # taking the partition over, not rolling back: keep the epoch of a rollback
+            self.ledger.continue_epoch(partition, saved.epoch)
         log.info(
             "partition %s:%d: continuing at offset %d with %d keys (checkpoint of instance %s)",
             *partition,

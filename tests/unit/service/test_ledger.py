@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from stream_lstm.kafka.interface import Message
 from stream_lstm.messages.events import Event
 from stream_lstm.service.ledger import Ledger, PartitionPhase, PartitionProgress
@@ -94,3 +96,24 @@ def test_recording_a_batch_moves_offsets_counts_and_keys() -> None:
     )
     assert ledger.progress[Q].keys == {"b"} and ledger.progress[Q].dirty
     assert ledger.since_checkpoint == 3
+
+
+def test_an_ownership_epoch_is_set_at_assignment_raised_by_a_takeover_and_kept_by_a_rollback() -> None:
+    from stream_lstm.service.ledger import Ledger
+
+    ledger = Ledger()
+    before = time.time_ns() // 1_000_000
+    ledger.assign([("in", 0), ("in", 1)])
+    assigned = dict(ledger.epochs)
+    assert all(epoch >= before for epoch in assigned.values())
+    ledger.assign([("in", 0)])  # assigned again while owned: the same ownership
+    assert ledger.epochs == assigned
+    ahead = assigned[("in", 1)] + 10_000  # a checkpoint written on a host whose clock runs ahead
+    ledger.continue_epoch(("in", 1), ahead)
+    assert ledger.epochs[("in", 1)] == ahead + 1
+    ledger.rolled_back()
+    assert ledger.epochs[("in", 1)] == ahead + 1 and ledger.epochs[("in", 0)] == assigned[("in", 0)]
+    ledger.release([("in", 1)])
+    assert ("in", 1) not in ledger.epochs
+    ledger.assign([("in", 1)])  # a new ownership
+    assert ledger.epochs[("in", 1)] >= before

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from stream_lstm.kafka.interface import DeliveryFailed
 from stream_lstm.service.ledger import ownership_epoch
 from stream_lstm.state.store import PartitionState
 from stream_lstm.testing import MemoryStore, ScriptedKafka
@@ -67,3 +68,17 @@ def test_a_partition_taken_over_meanwhile_is_let_go_and_its_new_checkpoint_kept(
     assert kept.events + kept.dead_letters == kept.offset
     committed = [offsets for offsets in kafka.commits if taken in offsets]
     assert all(offsets[taken] <= newer[0].offset - 5 for offsets in committed)  # never past what it saved
+
+
+def test_a_rollback_keeps_the_ownership_epoch() -> None:
+    """A rollback reloads the partitions, but it is the same ownership: an owner that lost a
+    partition and then rolled back must stay older than the partition's new owner."""
+    store = MemoryStore()
+    kafka = ScriptedKafka(
+        stream(120), cues={8: lambda k: k.fail_flushes(DeliveryFailed("the broker went away (scripted)"))}
+    )
+    run_service(kafka, store, checkpoint_every=40)
+    assert kafka.dropped  # the failure did lose records, and the service rolled back
+    for partition in PARTITIONS:
+        history = store.partition_history(partition)
+        assert len(history) > 2 and len({s.epoch for s in history}) == 1, [s.epoch for s in history]
