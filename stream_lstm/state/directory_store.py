@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -40,6 +41,9 @@ from stream_lstm.state.store import CheckpointStore as CheckpointStore
 from stream_lstm.state.store import default_instance_id as default_instance_id
 
 log = logging.getLogger(__name__)
+
+#: How long a partition checkpoint's write waits for another writer's lock before it fails.
+PARTITION_LOCK_TIMEOUT_S = 5.0
 
 
 class DirectoryStore:
@@ -145,17 +149,25 @@ class DirectoryStore:
         disk's locks.
         """
         path = self._partition_path((state.topic, state.partition))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.with_suffix(".lock").open("ab") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        check_finite(state, str(path), saving=True)  # before the epoch moves
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = path.with_suffix(".lock").open("ab")
+        except OSError as error:
+            raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
+        with lock:  # closing it releases the lock
+            _lock_within(lock, PARTITION_LOCK_TIMEOUT_S, path)
             check_not_stale(state, _stored_epoch(path), str(path))
             # The epoch goes first: a crash before the checkpoint leaves it at least as high as
             # the checkpoint's, which refuses no owner that the checkpoint would not refuse.
             epoch_file = path.with_suffix(".epoch")
             partial = epoch_file.with_suffix(".epoch.tmp")
-            partial.write_text(f"{int(state.epoch)}\n")
-            partial.replace(epoch_file)
-            return _save(path, state)
+            try:
+                partial.write_text(f"{int(state.epoch)}\n")
+                partial.replace(epoch_file)
+            except OSError as error:
+                raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
+            return save_checkpoint(path, state)
 
     def refresh(self) -> None:
         """Nothing to do: every load reads the files."""
@@ -174,6 +186,26 @@ class DirectoryStore:
 def _load(path: Path, kind: type) -> Any:
     """The ``kind`` in the checkpoint file ``path``, once checked to be finite."""
     return checked_state(load_checkpoint(path), kind, str(path))
+
+
+def _lock_within(handle: IO[bytes], timeout_s: float, path: Path) -> None:
+    """Take the exclusive lock of ``handle``, or raise :class:`CheckpointError` after ``timeout_s``
+    (its holder may be a writer that is frozen, the very case the lock guards against)."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.001
+    while True:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise CheckpointError(
+                    f"cannot write checkpoint {path}: another process has held its lock for {timeout_s:g} s"
+                ) from None
+            time.sleep(pause)  # another writer holds it for the moment of one write
+            pause = min(pause * 2, 0.05)
+        except OSError as error:
+            raise CheckpointError(f"cannot lock checkpoint {path}: {error}") from error
 
 
 def _stored_epoch(path: Path) -> int | None:

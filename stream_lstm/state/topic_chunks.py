@@ -74,13 +74,14 @@ def new_manifest(data: bytes, chunks: int, version: str, epoch: int = 0) -> dict
     }
 
 
-def manifest_epoch(value: bytes) -> int:
-    """The ownership epoch a manifest record names (0 for one without, or unreadable)."""
+def manifest_epoch(value: bytes) -> int | None:
+    """The ownership epoch a manifest record names; ``None`` for one without (written by a
+    version before epochs, which cannot be ordered against the others) or unreadable."""
     try:
-        epoch = json.loads(value).get("epoch", 0)
+        epoch = json.loads(value).get("epoch")
     except (ValueError, AttributeError):
-        return 0
-    return epoch if isinstance(epoch, int) else 0
+        return None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def manifest_chunk_keys(name: str, manifest: Mapping[str, Any]) -> set[str]:

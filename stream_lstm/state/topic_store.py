@@ -36,6 +36,7 @@ container); with ``--exactly-once`` the transactional id fences a second process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -117,8 +118,10 @@ class KafkaTopicStore:
         self._latest: dict[str, bytes] = {}  # record key -> latest value seen in the topic
         # Per name, the chunk keys this store wrote or tried to write and has not tombstoned yet.
         self._own_chunks: dict[str, set[str]] = {}
-        #: Names whose manifest a stale one followed in the topic (see :meth:`refresh`).
+        #: Names whose manifest a stale one followed in the topic (see :meth:`refresh`), and
+        #: the last stale manifest of each, whose chunks the orphan sweep leaves alone.
         self._overtaken: set[str] = set()
+        self._ignored_manifests: dict[str, bytes] = {}
         self.orphan_grace_s = orphan_grace_s
         self._chunk_written_at: dict[str, float] = {}  # chunk key -> its record's time, Unix seconds
         self._next_orphan_sweep = 0.0  # time.monotonic()
@@ -284,6 +287,11 @@ class KafkaTopicStore:
             now=time.time(),
             grace_s=self.orphan_grace_s,
         )
+        kept: set[str] = set()
+        for name, manifest in self._ignored_manifests.items():
+            with contextlib.suppress(CheckpointError):
+                kept |= manifest_chunk_keys(name, read_manifest({name: manifest}, name, name))
+        orphans = [key for key in orphans if key not in kept]
         if orphans:
             self._send([(key, None) for key in sorted(orphans)], "orphaned chunks")
             for key in orphans:
@@ -317,6 +325,8 @@ class KafkaTopicStore:
         deadline = time.monotonic() + self.timeout_s
         try:
             end = self._consumer.end_offsets([self._partition])[self._partition]
+            if self._consumer.position(self._partition) >= end:
+                return  # nothing new: a poll would only wait out its timeout
             while True:
                 batches = self._consumer.poll(timeout_ms=100)
                 if batches:
@@ -332,7 +342,12 @@ class KafkaTopicStore:
                         elif is_manifest_key(key) and self._is_stale(key, record.value):
                             log.warning("ignoring a stale checkpoint of %s in %s", key, self.describe())
                             self._overtaken.add(key)
+                            # Its chunks are not orphans: should its writer's rewrite never come,
+                            # compaction keeps this manifest, and it must find them.
+                            self._ignored_manifests[key] = record.value
                         else:
+                            if is_manifest_key(key):  # a later manifest than the ignored one
+                                self._ignored_manifests.pop(key, None)
                             self._latest[key] = record.value
                             if not is_manifest_key(key):
                                 written = record.timestamp / 1000 if record.timestamp >= 0 else time.time()
@@ -368,7 +383,8 @@ class KafkaTopicStore:
             except CheckpointError:
                 pass  # an unreadable manifest: nothing to tell which chunks were its
             else:
-                if manifest_epoch(self._latest[name]) <= epoch:  # never a later owner's chunks
+                held_epoch = manifest_epoch(self._latest[name])
+                if held_epoch is None or held_epoch <= epoch:  # never a later owner's chunks
                     stale.update(manifest_chunk_keys(name, replaced))
         manifest = new_manifest(data, len(chunks), version, epoch)
         written = [(chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
@@ -413,9 +429,12 @@ class KafkaTopicStore:
     def _is_stale(self, name: str, manifest: bytes) -> bool:
         """Whether ``manifest`` of ``name`` has an earlier epoch than the one in the view: a
         writer that lost the partition wrote it after its next owner's (a race the check before
-        each write narrows, but a topic cannot close)."""
+        each write narrows, but a topic cannot close). A manifest without an epoch (a version
+        before epochs, during an upgrade) is never taken for stale."""
         held = self._latest.get(name)
-        return held is not None and manifest_epoch(manifest) < manifest_epoch(held)
+        new_epoch = manifest_epoch(manifest)
+        held_epoch = manifest_epoch(held) if held is not None else None
+        return new_epoch is not None and held_epoch is not None and new_epoch < held_epoch
 
     def _send(self, records: list[tuple[str, bytes | None]], name: str) -> None:
         """Produce ``records`` and wait until the broker acknowledged every one."""

@@ -434,6 +434,10 @@ def test_a_rebalance_while_an_instance_is_mid_checkpoint_moves_state_once(
         f"a frozen after {frozen_after} of {len(names)} partition checkpoints; afterwards {refused} of its "
         f"writes refused, {sum(map(len, watch.stale.values()))} slipped in and were ignored"
     )
+    # Not asserted: refused + slipped >= 1. Whether a has a partition left to write when it wakes
+    # depends on which of them had new events in the frozen round; the unit tests of the fence
+    # (tests/unit/*/test_stale_owner.py) pin it, and without the fence this test's "went back"
+    # assertion below fails.
     ends = partition_ends(kafka.bootstrap_servers, topics["input"])
     assert set(counts) == {(p, o) for p, end in ends.items() for o in range(end)}
     assert {key: n for key, n in counts.items() if n != 1} == {}
