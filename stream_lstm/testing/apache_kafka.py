@@ -235,7 +235,10 @@ class ApacheKafkaBroker(BrokerProcess):
             "--add-scram",
             f"SCRAM-SHA-512=[name={scram.username},password={scram.password}]",
         ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        except subprocess.TimeoutExpired as error:
+            raise BrokerError("kafka-storage format did not finish within 120 s") from error
         if result.returncode != 0:
             output = (result.stdout + result.stderr).strip()[-2000:]
             raise BrokerError(f"kafka-storage format failed with status {result.returncode}:\n{output}")

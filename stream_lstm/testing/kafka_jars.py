@@ -63,6 +63,8 @@ def broker_classpath(pom_path: Path = POM_PATH, cache_dir: Path = CACHE_DIR) -> 
     A cached classpath is used only while every jar on it is still in Maven's local repository.
     """
     java_executable()
+    if not pom_path.is_file():
+        raise KafkaJarsUnavailable(f"{pom_path} is missing: Apache Kafka runs from a checkout of stream-lstm")
     digest = hashlib.sha256(pom_path.read_bytes()).hexdigest()[:16]
     cached = cache_dir / f"classpath-{digest}.txt"
     if cached.is_file():
