@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import NoReturn
 
 import pytest
 
@@ -19,7 +20,11 @@ def required_tool(name: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    reason = f"{name} is not installed (.ci/run installs it with apt-get)"
+    missing(f"{name} is not installed (.ci/run installs it with apt-get)")
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the test for ``reason`` (something it needs is not installed), or fail it in CI."""
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; CI is set, so its tests must run", pytrace=False)
     pytest.skip(reason)

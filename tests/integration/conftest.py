@@ -7,7 +7,6 @@ runs the first half. Tests about one broker take ``apache_kafka`` or ``tansu`` i
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from stream_lstm.kafka.interface import KAFKA_CLIENTS
 from stream_lstm.state.directory_store import DirectoryStore, default_instance_id
 from stream_lstm.testing.apache_kafka import ApacheKafkaBroker
 from stream_lstm.testing.kafka_jars import KafkaJarsUnavailable
+from tests.deploy.external_tools import missing
 from tests.integration.service_harness import ServiceProcess
 
 #: The ids of the ``broker`` fixture's parameters, Apache Kafka (the reference) first.
@@ -52,11 +52,8 @@ def start_apache_kafka(folder: Path, **options: Any) -> ApacheKafkaBroker:
     kafka = ApacheKafkaBroker(folder, **options)
     try:
         kafka.start()
-    except KafkaJarsUnavailable as missing:
-        reason = f"Apache Kafka cannot run here: {missing}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI is set, so its tests must run", pytrace=False)
-        pytest.skip(reason)
+    except KafkaJarsUnavailable as unavailable:
+        missing(f"Apache Kafka cannot run here: {unavailable}")
     return kafka
 
 

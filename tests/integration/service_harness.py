@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -51,6 +52,28 @@ def produce_raw(bootstrap: str, topic: str, messages: Iterable[tuple[bytes | Non
         producer.send(topic, key=key, value=value)
     producer.flush(30)
     producer.close()
+
+
+def produce_steadily(
+    bootstrap: str, topic: str, events: list[Event], rate: float, stop: threading.Event
+) -> threading.Thread:
+    """Produce ``events`` at about ``rate`` events/s from a background thread."""
+
+    def run() -> None:
+        writer = EventWriter(bootstrap, topic, linger_ms=5)
+        started = time.monotonic()
+        for i, event in enumerate(events):
+            if stop.is_set():
+                break
+            writer.send(event.key, encode_event(event))
+            ahead = (i + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                stop.wait(ahead)
+        writer.close()
+
+    thread = threading.Thread(target=run, name="producer", daemon=True)
+    thread.start()
+    return thread
 
 
 class TopicReader:

@@ -26,8 +26,7 @@ from stream_lstm.state.checkpoint import decode_checkpoint
 from stream_lstm.state.topic_chunks import is_manifest_key, join_chunks, manifest_epoch, read_manifest
 from stream_lstm.testing.apache_kafka import ApacheKafkaBroker
 from tests.integration.conftest import checkpoint_of
-from tests.integration.service.test_scale_out import produce_steadily
-from tests.integration.service_harness import ServiceProcess, TopicReader, produce, wait_for
+from tests.integration.service_harness import ServiceProcess, TopicReader, produce, produce_steadily, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -239,7 +238,6 @@ def test_the_checkpoint_topic_stays_bounded_under_compaction(
     second = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, *flags)
     events = list(temporal_stream(5000, n_keys=16, seed=5))
     reader = TopicReader(kafka.bootstrap_servers, topics["output"])
-    stop = threading.Event()
     reads: list[tuple[int, TopicRead]] = []  # (records written so far, what a reader got then)
 
     def bounded() -> TopicRead | None:
@@ -249,30 +247,29 @@ def test_the_checkpoint_topic_stays_bounded_under_compaction(
         now = read_topic(kafka.bootstrap_servers, store_topic)
         return now if now.bytes <= 3 * now.live_bytes else None
 
-    def checkpoint_after(events_from: int, count: int, service: ServiceProcess) -> None:
-        produce(kafka.bootstrap_servers, topics["input"], events[events_from : events_from + count])
-        reader.read_until(lambda r: len(r) >= events_from + count, 120, f"{events_from + count} predictions")
-        service.assert_alive()
+    def stream_through(service: ServiceProcess, starts: range) -> None:
+        """Give ``service`` the events from each of ``starts`` in turn (500 at a time), and after
+        each wait until it predicted them and compaction bounds the topic again."""
+        for start in starts:
+            end = start + 500
+            produce(kafka.bootstrap_servers, topics["input"], events[start:end])
+            reader.read_until(lambda r, end=end: len(r) >= end, 120, f"{end} predictions")
+            service.assert_alive()
+            written = partition_ends(kafka.bootstrap_servers, store_topic)[0]
+            reads.append((written, wait_for(bounded, 90, f"compaction after {written} checkpoint records")))
 
     try:
         first.start()
-        for start in range(0, 2500, 500):
-            checkpoint_after(start, 500, first)
-            written = partition_ends(kafka.bootstrap_servers, store_topic)[0]
-            reads.append((written, wait_for(bounded, 90, f"compaction after {written} checkpoint records")))
+        stream_through(first, range(0, 2500, 500))
         assert first.terminate() < 10
         before_second = wait_for(bounded, 90, "compaction after the first instance stopped")
 
         # The new instance reads only those, and goes on where the first stopped.
         second.start()
-        for start in range(2500, 5000, 500):
-            checkpoint_after(start, 500, second)
-            written = partition_ends(kafka.bootstrap_servers, store_topic)[0]
-            reads.append((written, wait_for(bounded, 90, f"compaction after {written} checkpoint records")))
+        stream_through(second, range(2500, 5000, 500))
         assert second.terminate() < 10
         counts = predictions_by_offset(reader.read())
     finally:
-        stop.set()
         first.cleanup()
         second.cleanup()
         reader.close()

@@ -10,46 +10,21 @@ from __future__ import annotations
 import collections
 import re
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from stream_lstm.kafka.connect import EventWriter
-from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.state.directory_store import CheckpointStore, DirectoryStore
 from stream_lstm.state.topic_store import KafkaTopicStore
 from tests.integration.conftest import Broker
-from tests.integration.service_harness import ServiceProcess, TopicReader, produce, wait_for
+from tests.integration.service_harness import ServiceProcess, TopicReader, produce, produce_steadily, wait_for
 
 pytestmark = pytest.mark.slow
 
 PARTITIONS = 4
 EVENTS = 6000
-
-
-def produce_steadily(
-    bootstrap: str, topic: str, events: list[Event], rate: float, stop: threading.Event
-) -> threading.Thread:
-    """Produce ``events`` at about ``rate`` events/s from a background thread."""
-
-    def run() -> None:
-        writer = EventWriter(bootstrap, topic, linger_ms=5)
-        started = time.monotonic()
-        for i, event in enumerate(events):
-            if stop.is_set():
-                break
-            writer.send(event.key, encode_event(event))
-            ahead = (i + 1) / rate - (time.monotonic() - started)
-            if ahead > 0:
-                stop.wait(ahead)
-        writer.close()
-
-    thread = threading.Thread(target=run, name="producer", daemon=True)
-    thread.start()
-    return thread
 
 
 def assigned_partitions(service: ServiceProcess) -> bool:
