@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stream_lstm.config.secret import read_secret_file
 from stream_lstm.errors import ConfigError
 
 ENV_PREFIX = "STREAM_LSTM_"
@@ -119,6 +120,12 @@ class Setting:
     default: Any
     help: str
     metavar: str | None = None
+    #: A password, key or token: ``parse`` gives a :class:`~stream_lstm.config.secret.Secret`,
+    #: and the value may also come from a file (``--NAME-file``, ``..._FILE``, ``name_file``).
+    secret: bool = False
+    #: Given any number of times (the flag repeats; the environment variable holds one value per
+    #: line; TOML takes a list); resolves to a tuple of parsed values.
+    repeated: bool = False
 
     @property
     def flag(self) -> str:
@@ -129,10 +136,15 @@ class Setting:
         return ENV_PREFIX + self.name.upper()
 
     @property
+    def file_name(self) -> str:
+        """A secret setting's name for "read it from this file"."""
+        return self.name + "_file"
+
+    @property
     def shown_default(self) -> str:
         """The default as the help and the reference show it (``none`` when there is none)."""
         if isinstance(self.default, tuple):
-            return ",".join(self.default)
+            return ",".join(self.default) or "none"
         return "none" if self.default is None else str(self.default)
 
 
@@ -152,7 +164,18 @@ def add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -
             kwargs["const"] = True
         else:
             kwargs["type"] = _argparse_type(parse)
+        if setting.repeated:
+            kwargs["action"] = "append"
+            kwargs["help"] = f"{setting.help} (repeatable; env {setting.env}, one per line)"
         parser.add_argument(setting.flag, **kwargs)
+        if setting.secret:
+            parser.add_argument(
+                setting.flag + "-file",
+                dest=setting.file_name,
+                default=None,
+                metavar="FILE",
+                help=f"read {setting.flag[2:]} from FILE (env {setting.env}_FILE)",
+            )
 
 
 def resolve_settings(
@@ -168,12 +191,19 @@ def resolve_settings(
     values: dict[str, Any] = {}
     for setting in settings:
         given = getattr(args, setting.name, None)
+        secret_file = getattr(args, setting.file_name, None) if setting.secret else None
         if given is not None:
-            values[setting.name] = given
+            values[setting.name] = tuple(given) if setting.repeated else given
+        elif secret_file is not None:
+            values[setting.name] = read_secret_file(secret_file, setting.flag + "-file")
         elif setting.env in environ:
             values[setting.name] = _parse(setting, environ[setting.env], f"${setting.env}")
+        elif setting.secret and setting.env + "_FILE" in environ:
+            values[setting.name] = read_secret_file(environ[setting.env + "_FILE"], f"${setting.env}_FILE")
         elif setting.name in from_file:
             values[setting.name] = _parse(setting, from_file[setting.name], f"{config_path}")
+        elif setting.secret and setting.file_name in from_file:
+            values[setting.name] = read_secret_file(from_file[setting.file_name], f"{config_path}")
         else:
             values[setting.name] = setting.default
     return values
@@ -189,6 +219,7 @@ def load_toml(path: str | Path, settings: Sequence[Setting]) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     known = {setting.name for setting in settings}
+    known |= {setting.file_name for setting in settings if setting.secret}
     values = {str(key).replace("-", "_"): value for key, value in data.items()}
     unknown = sorted(set(values) - known)
     if unknown:
@@ -200,11 +231,23 @@ def load_toml(path: str | Path, settings: Sequence[Setting]) -> dict[str, Any]:
 
 
 def _parse(setting: Setting, raw: Any, where: str) -> Any:
+    if setting.repeated:
+        items = (
+            raw
+            if isinstance(raw, (list, tuple))
+            else [line for line in str(raw).splitlines() if line.strip()]
+        )
+        return tuple(_parse_one(setting, item, where) for item in items)
     if isinstance(raw, (list, tuple)):
         raw = ",".join(str(item) for item in raw)
+    return _parse_one(setting, raw, where)
+
+
+def _parse_one(setting: Setting, raw: Any, where: str) -> Any:
     try:
         return setting.parse(raw if isinstance(raw, str) else str(raw))
     except (TypeError, ValueError) as error:
+        # A secret's parser never echoes the value; others may, as their messages help.
         raise ConfigError(f"{setting.name} from {where}: {error}") from None
 
 
