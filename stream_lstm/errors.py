@@ -38,6 +38,32 @@ class StaleCheckpointError(CheckpointError):
     """
 
 
+class CheckpointRejected(CheckpointError):
+    """A stored checkpoint (file, or record of the checkpoint topic) was refused and not loaded.
+
+    ``reason`` is one of :data:`REJECTED_REASONS`, fit for the label of
+    ``stream_lstm_checkpoints_rejected_total``; the message says what was wrong and where.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+#: Why a checkpoint was refused: not a checkpoint at all; the old pickle format (which could run
+#: code, so it is never loaded: convert a trusted one explicitly); a format version this version
+#: does not read; damaged (truncated, inconsistent, non-finite); unsigned or wrongly signed while
+#: a signing key is set.
+REJECTED_REASONS = (
+    "not_a_checkpoint",
+    "old_format",
+    "unknown_version",
+    "damaged",
+    "unsigned",
+    "bad_signature",
+)
+
+
 class EvaluationError(StreamLSTMError):
     """An offline evaluation could not finish (e.g. its second process failed)."""
 
@@ -57,6 +83,7 @@ AREA_ERRORS = {
 
 __all__ = [
     "CheckpointError",
+    "CheckpointRejected",
     "StaleCheckpointError",
     "ConfigError",
     "EvaluationError",
