@@ -18,6 +18,7 @@ from stream_lstm.config.setting import add_settings
 from stream_lstm.errors import ConfigError
 
 if TYPE_CHECKING:
+    from stream_lstm.config.secret import Secret
     from stream_lstm.service.stream_service import ServiceSettings
 
 
@@ -51,6 +52,19 @@ def use_learner_process(setting: bool | str) -> bool:
     return bool(setting)
 
 
+def checked_key(settings: dict[str, Any], name: str) -> Secret | None:
+    """The checkpoint key setting ``name``, refused (:class:`ConfigError`) when too short to be
+    a key; its value is never shown."""
+    from stream_lstm.state.signing import check_key
+
+    key = settings[name]
+    if key is not None:
+        check_key(key.reveal(), "--" + name.replace("_", "-"))
+    if name == "checkpoint_previous_key" and key is not None and settings["checkpoint_key"] is None:
+        raise ConfigError("--checkpoint-previous-key needs a --checkpoint-key to sign with")
+    return key
+
+
 def service_settings(settings: dict[str, Any]) -> ServiceSettings:
     """The service's settings (Kafka, checkpoints, input limits) out of the resolved settings."""
     from pathlib import Path
@@ -79,6 +93,8 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
         kafka=kafka,
         checkpoint_dir=Path(settings["checkpoint_dir"]),
         checkpoint_topic=settings["checkpoint_topic"] or None,
+        checkpoint_key=checked_key(settings, "checkpoint_key"),
+        checkpoint_previous_key=checked_key(settings, "checkpoint_previous_key"),
         batch_size=settings["batch_size"],
         checkpoint_every=settings["checkpoint_every"],
         checkpoint_interval_s=settings["checkpoint_interval"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from stream_lstm.config.secret import secret
 from stream_lstm.config.setting import (
     Setting,
     kafka_client,
@@ -127,6 +128,23 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         None,
         "this instance's name in the checkpoint store (default: the host name); "
         "unique among running instances",
+    ),
+    Setting(
+        "checkpoint_key",
+        secret,
+        None,
+        "sign every checkpoint with this key (HMAC-SHA256, 32+ bytes; the same on every instance) "
+        "and refuse checkpoints it did not sign (docs/security.md)",
+        metavar="KEY",
+        secret=True,
+    ),
+    Setting(
+        "checkpoint_previous_key",
+        secret,
+        None,
+        "during a key rotation: also accept checkpoints signed with this old key (never signs)",
+        metavar="KEY",
+        secret=True,
     ),
     Setting("checkpoint_every", positive_int, 10_000, "checkpoint after this many messages"),
     Setting("checkpoint_interval", positive_float, 5.0, "checkpoint at least this often, in seconds"),

@@ -11,8 +11,9 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections.abc import Callable
 
-from stream_lstm.errors import CheckpointError, StaleCheckpointError
+from stream_lstm.errors import CheckpointError, ConfigError, StaleCheckpointError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.kafka.interface import DeliveryPending, KafkaClient, KafkaIOError, Partition
 from stream_lstm.service.health import Health
@@ -20,6 +21,7 @@ from stream_lstm.service.ledger import Ledger
 from stream_lstm.service.publisher import Publisher
 from stream_lstm.service.settings import ServiceSettings
 from stream_lstm.state.directory_store import CheckpointStore, DirectoryStore, InstanceState, PartitionState
+from stream_lstm.state.signing import CheckpointSigner, check_key
 from stream_lstm.telemetry.metrics import Telemetry
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,35 @@ class CheckpointOutcome(enum.Enum):
     FAILED = "failed"
 
 
-def open_store(settings: ServiceSettings) -> CheckpointStore:
-    """The checkpoint store the settings name: a compacted topic, else a directory."""
+def open_store(
+    settings: ServiceSettings, on_rejected: Callable[[str, str], None] | None = None
+) -> CheckpointStore:
+    """The checkpoint store the settings name: a compacted topic, else a directory; signing
+    with the checkpoint key, if any, and telling ``on_rejected`` of each checkpoint refused."""
+    signer = checkpoint_signer(settings)
     if settings.checkpoint_topic:
         from stream_lstm.state.topic_store import KafkaTopicStore
 
-        return KafkaTopicStore(settings.kafka.bootstrap_servers, settings.checkpoint_topic)
-    return DirectoryStore(settings.checkpoint_dir)
+        return KafkaTopicStore(
+            settings.kafka.bootstrap_servers,
+            settings.checkpoint_topic,
+            signer=signer,
+            on_rejected=on_rejected,
+        )
+    return DirectoryStore(settings.checkpoint_dir, signer=signer, on_rejected=on_rejected)
+
+
+def checkpoint_signer(settings: ServiceSettings) -> CheckpointSigner | None:
+    """The signer of the settings' checkpoint key (and previous key); ``None`` without a key."""
+    if settings.checkpoint_key is None:
+        if settings.checkpoint_previous_key is not None:
+            raise ConfigError("--checkpoint-previous-key needs a --checkpoint-key to sign with")
+        return None
+    previous = settings.checkpoint_previous_key
+    return CheckpointSigner(
+        check_key(settings.checkpoint_key.reveal(), "--checkpoint-key"),
+        [] if previous is None else [check_key(previous.reveal(), "--checkpoint-previous-key")],
+    )
 
 
 class Checkpointer:

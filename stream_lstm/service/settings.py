@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream_lstm.config.secret import Secret
 from stream_lstm.kafka.interface import KafkaSettings
 from stream_lstm.messages.events import DEFAULT_LIMITS, InputLimits
 from stream_lstm.state.directory_store import default_instance_id
@@ -18,6 +19,10 @@ class ServiceSettings:
     checkpoint_dir: Path
     #: Keep the checkpoint store in this compacted Kafka topic instead of ``checkpoint_dir``.
     checkpoint_topic: str | None = None
+    #: Sign checkpoints with this key and refuse those it did not sign (``--checkpoint-key``);
+    #: the previous key is accepted too, during a rotation. Shown as ``***``.
+    checkpoint_key: Secret | None = None
+    checkpoint_previous_key: Secret | None = None
     batch_size: int = 64
     checkpoint_every: int = 10_000
     checkpoint_interval_s: float = 5.0

@@ -103,7 +103,7 @@ class StreamService:
         self.telemetry = telemetry
         self.kafka_factory = kafka_factory
         self.instance_id = settings.instance_id
-        self.store = store if store is not None else open_store(settings)
+        self.store = store if store is not None else open_store(settings, telemetry.checkpoint_rejected)
         self.ledger = Ledger()
         self.recovery = Recovery(self.store, settings, self.ledger, new_evaluator)
         try:

@@ -13,6 +13,13 @@ Every file is written atomically (:mod:`stream_lstm.state.checkpoint`): a crash 
 version of each, so each partition's offset and key states always belong together. A state holding
 non-finite weights, optimizer averages, scaler statistics or key states is never written, and a
 file holding any is never loaded (:mod:`stream_lstm.state.finite_check`): :class:`CheckpointError`.
+
+With a checkpoint key every file is signed, and a file that is unsigned or wrongly signed is refused
+before anything decodes it (:mod:`stream_lstm.state.signing`). A refused file is counted
+(``on_rejected``), and then, as a damaged one always was: this instance's own file and a partition's
+file stop the service with the reason (skipping them would start their state afresh and overwrite
+it at the next checkpoint, silently losing it on a wrong key), while another instance's file, only
+read to warm-start a new instance, is skipped with a warning (docs/security.md).
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ from __future__ import annotations
 import fcntl
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from stream_lstm.errors import CheckpointError, ConfigError
+from stream_lstm.errors import CheckpointError, CheckpointRejected, ConfigError
 from stream_lstm.kafka.interface import Partition
-from stream_lstm.state.checkpoint import load_checkpoint, save_checkpoint
+from stream_lstm.state.atomic_file import write_atomically
+from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint, save_checkpoint
 from stream_lstm.state.finite_check import check_finite, checked_state
+from stream_lstm.state.signing import CheckpointSigner, seal, unseal
 from stream_lstm.state.store import (
     SAFE_NAME,
     InstanceState,
@@ -47,10 +57,22 @@ PARTITION_LOCK_TIMEOUT_S = 5.0
 
 
 class DirectoryStore:
-    """The checkpoint store as a directory of atomically written files (see the module doc)."""
+    """The checkpoint store as a directory of atomically written files (see the module doc).
 
-    def __init__(self, root: str | Path) -> None:
+    ``signer`` signs what is written and refuses what its keys did not sign (``None``: no
+    checkpoint key); ``on_rejected(reason, name)`` is told of every file refused.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        signer: CheckpointSigner | None = None,
+        on_rejected: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.root = Path(root)
+        self.signer = signer
+        self.on_rejected = on_rejected
         self._locks: dict[str, IO[bytes]] = {}
 
     def describe(self) -> str:
@@ -97,7 +119,15 @@ class DirectoryStore:
         path = self._instance_path(instance_id)
         if not path.exists():
             return None
-        return _load(path, InstanceState)
+        try:
+            return self._load(path, f"instances/{instance_id}", InstanceState)
+        except CheckpointRejected as error:
+            raise CheckpointRejected(
+                f"{error}. This instance's own checkpoint is never started over silently: set the "
+                "key it was written with (--checkpoint-key, or --checkpoint-previous-key during a "
+                "rotation), or move the file aside to start this instance afresh",
+                error.reason,
+            ) from None
 
     def has_instance(self, instance_id: str) -> bool:
         """Whether ``instance_id`` has a checkpoint."""
@@ -115,14 +145,16 @@ class DirectoryStore:
         )
         for path in candidates:
             try:
-                return _load(path, InstanceState)
+                return self._load(path, f"instances/{path.stem}", InstanceState)
             except CheckpointError as error:
                 log.warning("skipping %s: %s", path, error)
         return None
 
     def save_instance(self, state: InstanceState) -> int:
         """Write an instance's checkpoint; return its size in bytes."""
-        return _save(self._instance_path(state.instance), state)
+        path = self._instance_path(state.instance)
+        check_finite(state, str(path), saving=True)
+        return self._write(path, f"instances/{state.instance}", state)
 
     # ------------------------------------------------------------------ partitions
 
@@ -137,7 +169,7 @@ class DirectoryStore:
         path = self._partition_path(partition)
         if not path.exists():
             return None
-        return _load(path, PartitionState)
+        return self._load(path, _partition_name(partition), PartitionState)
 
     def save_partition(self, state: PartitionState) -> int:
         """Write a partition's checkpoint; return its size in bytes.
@@ -157,7 +189,7 @@ class DirectoryStore:
             raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
         with lock:  # closing it releases the lock
             _lock_within(lock, PARTITION_LOCK_TIMEOUT_S, path)
-            check_not_stale(state, _stored_epoch(path), str(path))
+            check_not_stale(state, self._stored_epoch(path), str(path))
             # The epoch goes first: a crash before the checkpoint leaves it at least as high as
             # the checkpoint's, which refuses no owner that the checkpoint would not refuse.
             epoch_file = path.with_suffix(".epoch")
@@ -167,7 +199,7 @@ class DirectoryStore:
                 partial.replace(epoch_file)
             except OSError as error:
                 raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
-            return save_checkpoint(path, state)
+            return self._write(path, _partition_name((state.topic, state.partition)), state)
 
     def refresh(self) -> None:
         """Nothing to do: every load reads the files."""
@@ -182,10 +214,53 @@ class DirectoryStore:
                 continue
         return found
 
+    # ------------------------------------------------------------------ files
 
-def _load(path: Path, kind: type) -> Any:
-    """The ``kind`` in the checkpoint file ``path``, once checked to be finite."""
-    return checked_state(load_checkpoint(path), kind, str(path))
+    def _load(self, path: Path, name: str, kind: type) -> Any:
+        """The ``kind`` in the checkpoint file ``path`` of checkpoint ``name``, verified (with a
+        key) before it is decoded, and checked to be finite; a refusal is counted."""
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
+        try:
+            return checked_state(
+                decode_checkpoint(unseal(self.signer, data, name, str(path)), str(path)), kind, str(path)
+            )
+        except CheckpointError as error:
+            if self.on_rejected is not None:
+                self.on_rejected(error.reason if isinstance(error, CheckpointRejected) else "damaged", name)
+            raise
+
+    def _write(self, path: Path, name: str, state: Any) -> int:
+        """Write ``state`` to ``path`` atomically, signed with a key; return its size."""
+        if self.signer is None:
+            return save_checkpoint(path, state)
+        return write_atomically(path, seal(self.signer, encode_checkpoint(state), name))
+
+    def _stored_epoch(self, path: Path) -> int | None:
+        """The epoch of the partition checkpoint at ``path``, from the file beside it (or, written
+        before there was one, from the checkpoint); ``None`` without a readable one."""
+        try:
+            return int(path.with_suffix(".epoch").read_text())
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as error:
+            log.warning("cannot read the epoch beside %s (%s): reading the checkpoint's", path, error)
+        if not path.exists():
+            return None
+        try:
+            name = _partition_name((path.parent.name, int(path.stem)))
+            return int(self._load(path, name, PartitionState).epoch)
+        except CheckpointError as error:
+            log.warning("%s; the new checkpoint replaces it", error)
+            return None
+
+
+def _partition_name(partition: Partition) -> str:
+    """A partition checkpoint's name, as signatures bind it (the topic store's record key)."""
+    topic, number = partition
+    return f"partitions/{topic}/{int(number)}"
 
 
 def _lock_within(handle: IO[bytes], timeout_s: float, path: Path) -> None:
@@ -206,27 +281,3 @@ def _lock_within(handle: IO[bytes], timeout_s: float, path: Path) -> None:
             pause = min(pause * 2, 0.05)
         except OSError as error:
             raise CheckpointError(f"cannot lock checkpoint {path}: {error}") from error
-
-
-def _stored_epoch(path: Path) -> int | None:
-    """The epoch of the partition checkpoint at ``path``, from the file beside it (or, written
-    before there was one, from the checkpoint); ``None`` without a readable one."""
-    try:
-        return int(path.with_suffix(".epoch").read_text())
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as error:
-        log.warning("cannot read the epoch beside %s (%s): reading the checkpoint's", path, error)
-    if not path.exists():
-        return None
-    try:
-        return int(_load(path, PartitionState).epoch)
-    except CheckpointError as error:
-        log.warning("%s; the new checkpoint replaces it", error)
-        return None
-
-
-def _save(path: Path, state: Any) -> int:
-    """Write ``state`` to ``path`` unless it holds non-finite values (then nothing is written)."""
-    check_finite(state, str(path), saving=True)
-    return save_checkpoint(path, state)

@@ -5,8 +5,9 @@ A checkpoint ``NAME`` (``instances/INSTANCE_ID`` or ``partitions/TOPIC/PARTITION
 
 * ``NAME@VERSION/I``: its chunks, the bytes of :func:`~stream_lstm.state.checkpoint.encode_checkpoint`
   cut into pieces of at most the store's ``chunk_bytes``, and
-* ``NAME``: its manifest, JSON naming the live version, its chunk count, size and SHA-256, and
-  the time it was written.
+* ``NAME``: its manifest, JSON naming the live version, its chunk count, size and SHA-256, the
+  time it was written and its epoch; with a checkpoint key, also ``key_id`` and ``hmac``
+  (:mod:`stream_lstm.state.signing`), and the chunks then hold a signed envelope.
 
 This module holds that format alone: the keys, the manifest, and putting the chunks back
 together; the store does the reading and writing.
@@ -20,7 +21,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from stream_lstm.errors import CheckpointError
+from stream_lstm.errors import CheckpointError, CheckpointRejected
 from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.store import check_instance_id
 
@@ -91,36 +92,51 @@ def manifest_chunk_keys(name: str, manifest: Mapping[str, Any]) -> set[str]:
 
 def read_manifest(view: Mapping[str, bytes], name: str, where: str) -> dict[str, Any]:
     """The manifest of ``name`` in ``view`` (record key to value), checked for its fields;
-    :class:`CheckpointError` naming ``where`` when it cannot be read."""
+    :class:`CheckpointRejected` naming ``where`` when it cannot be read (``not_a_checkpoint``) or
+    has another format (``unknown_version``)."""
     try:
         manifest = json.loads(view[name])
         if manifest["format"] != MANIFEST_FORMAT:
-            raise CheckpointError(
-                f"{where} has store format {manifest['format']}; this version reads {MANIFEST_FORMAT}"
+            raise CheckpointRejected(
+                f"{where} has store format {manifest['format']}; this version reads {MANIFEST_FORMAT}",
+                "unknown_version",
             )
-        for field, kind in (("version", str), ("chunks", int), ("bytes", int), ("sha256", str)):
-            if not isinstance(manifest[field], kind):
+        fields = (
+            ("version", str),
+            ("chunks", int),
+            ("bytes", int),
+            ("sha256", str),
+            ("written", (int, float)),
+        )
+        for field, kind in fields:
+            if not isinstance(manifest[field], kind) or isinstance(manifest[field], bool):
                 raise TypeError(field)
     except (ValueError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{where} has an unreadable manifest: {error!r}") from None
+        raise CheckpointRejected(
+            f"{where} has an unreadable manifest: {error!r}", "not_a_checkpoint"
+        ) from None
     return manifest
 
 
 def join_chunks(view: Mapping[str, bytes], name: str, manifest: Mapping[str, Any], where: str) -> bytes:
     """The checkpoint bytes that ``manifest`` of ``name`` names, from the chunks in ``view``;
-    :class:`CheckpointError` naming ``where`` when one is missing or they do not match it."""
+    :class:`CheckpointRejected` (``damaged``) naming ``where`` when one is missing or they do not
+    match it."""
     parts = []
     for index in range(manifest["chunks"]):
         chunk = view.get(chunk_key(name, manifest["version"], index))
         if chunk is None:
-            raise CheckpointError(
+            raise CheckpointRejected(
                 f"checkpoint {where} is incomplete: chunk {index + 1} of {manifest['chunks']} "
-                f"of version {manifest['version']} is missing"
+                f"of version {manifest['version']} is missing",
+                "damaged",
             )
         parts.append(chunk)
     data = b"".join(parts)
     if len(data) != manifest["bytes"] or hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-        raise CheckpointError(f"checkpoint {where} is damaged: its chunks do not match the manifest")
+        raise CheckpointRejected(
+            f"checkpoint {where} is damaged: its chunks do not match the manifest", "damaged"
+        )
     return data
 
 

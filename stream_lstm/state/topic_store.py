@@ -27,6 +27,10 @@ version. Every store sweeps them, at most every ``ORPHAN_SWEEP_INTERVAL_S``, whe
 ``orphan_grace_s`` old (an hour by default), far longer than any writer takes between its chunks
 and its manifest.
 
+A record that is not a checkpoint (or, with a checkpoint key, is not signed by it) never stops a
+reader: it is skipped, logged and counted, and the last valid checkpoint of its name stays
+(:mod:`stream_lstm.state.topic_screen`).
+
 Readers keep an in-memory view of the topic (latest value per key) and bring it up to date
 before each load, reading only what is new; ``latest=False`` loads answer from the view alone
 (a rollback, which must not need the broker). Unlike the directory store, this store cannot lock an
@@ -41,6 +45,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -50,6 +55,7 @@ from stream_lstm.errors import CheckpointError
 from stream_lstm.kafka.interface import Partition
 from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
 from stream_lstm.state.finite_check import check_finite, checked_state
+from stream_lstm.state.signing import CheckpointSigner
 from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id, check_not_stale
 from stream_lstm.state.topic_admin import create_store_topic
 from stream_lstm.state.topic_chunks import (
@@ -58,7 +64,6 @@ from stream_lstm.state.topic_chunks import (
     chunk_owner,
     instance_name,
     is_manifest_key,
-    join_chunks,
     manifest_chunk_keys,
     manifest_epoch,
     new_manifest,
@@ -67,6 +72,7 @@ from stream_lstm.state.topic_chunks import (
     read_manifest,
     split_into_chunks,
 )
+from stream_lstm.state.topic_screen import RecordScreen
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +102,9 @@ class KafkaTopicStore:
         How long to keep trying to reach the cluster at start (it may still be starting).
     orphan_grace_s
         How old chunks that no manifest names must be before a sweep tombstones them.
+    signer, on_rejected
+        Sign what is written and refuse what its keys did not sign (``None``: no checkpoint key);
+        told ``(reason, name)`` of every record refused (:mod:`stream_lstm.state.topic_screen`).
     """
 
     def __init__(
@@ -107,6 +116,8 @@ class KafkaTopicStore:
         timeout_s: float = 10.0,
         connect_timeout_s: float = 120.0,
         orphan_grace_s: float = 3600.0,
+        signer: CheckpointSigner | None = None,
+        on_rejected: Callable[[str, str], None] | None = None,
     ) -> None:
         if chunk_bytes < 1:
             raise CheckpointError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
@@ -122,6 +133,7 @@ class KafkaTopicStore:
         #: the last stale manifest of each, whose chunks the orphan sweep leaves alone.
         self._overtaken: set[str] = set()
         self._ignored_manifests: dict[str, bytes] = {}
+        self._screen = RecordScreen(self.describe(), signer, on_rejected)
         self.orphan_grace_s = orphan_grace_s
         self._chunk_written_at: dict[str, float] = {}  # chunk key -> its record's time, Unix seconds
         self._next_orphan_sweep = 0.0  # time.monotonic()
@@ -224,10 +236,9 @@ class KafkaTopicStore:
                 except CheckpointError as error:
                     log.warning("skipping %s in %s: %s", name, self.describe(), error)
         for _, name in sorted(candidates, reverse=True):
-            try:
-                return self._load(name, InstanceState, catch_up=False)
-            except CheckpointError as error:
-                log.warning("skipping %s: %s", name, error)
+            state = self._load(name, InstanceState, catch_up=False)
+            if state is not None:
+                return state
         return None
 
     def save_instance(self, state: InstanceState) -> int:
@@ -262,7 +273,8 @@ class KafkaTopicStore:
         for name in self._latest:
             if name.startswith("partitions/") and is_manifest_key(name):
                 topic, _, number = name[len("partitions/") :].rpartition("/")
-                found.append((topic, int(number)))
+                if topic and number.isdigit():  # anything else is no name this store writes
+                    found.append((topic, int(number)))
         return sorted(found)
 
     # ------------------------------------------------------------------ reading
@@ -307,15 +319,20 @@ class KafkaTopicStore:
             own.discard(key)
 
     def _load(self, name: str, kind: type, *, catch_up: bool = True) -> Any:
+        """The ``kind`` the view's manifest of ``name`` names, verified before it is decoded; if
+        it cannot be loaded, the last accepted one before it that can, else ``None``."""
         if catch_up:
             self._catch_up()
-        if name not in self._latest:
-            return None
-        manifest = self._manifest(name)
         where = f"{name} in {self.describe()}"
-        return checked_state(
-            decode_checkpoint(join_chunks(self._latest, name, manifest, where), where), kind, where
-        )
+        while name in self._latest:
+            try:
+                data = self._screen.payload(self._latest, name)
+                return checked_state(decode_checkpoint(data, where), kind, where)
+            except CheckpointError as error:  # CheckpointRejected too: skipped, never fatal
+                self._screen.reject(name, error)
+                if self._screen.fall_back(self._latest, name):
+                    self._overtaken.add(name)  # its writer, if this store, writes it again
+        return None
 
     def _manifest(self, name: str) -> dict[str, Any]:
         return read_manifest(self._latest, name, f"{name} in {self.describe()}")
@@ -339,6 +356,10 @@ class KafkaTopicStore:
                         if record.value is None:
                             self._latest.pop(key, None)
                             self._chunk_written_at.pop(key, None)
+                            self._screen.forget(key)
+                        elif is_manifest_key(key) and not self._screen.admits(key, record.value):
+                            if key in self._latest:  # so that compaction keeps the valid one
+                                self._overtaken.add(key)
                         elif is_manifest_key(key) and self._is_stale(key, record.value):
                             log.warning("ignoring a stale checkpoint of %s in %s", key, self.describe())
                             self._overtaken.add(key)
@@ -348,6 +369,7 @@ class KafkaTopicStore:
                         else:
                             if is_manifest_key(key):  # a later manifest than the ignored one
                                 self._ignored_manifests.pop(key, None)
+                                self._screen.accepted(key, record.value)
                             self._latest[key] = record.value
                             if not is_manifest_key(key):
                                 written = record.timestamp / 1000 if record.timestamp >= 0 else time.time()
@@ -368,7 +390,7 @@ class KafkaTopicStore:
         # Nothing is sent for a state with non-finite values: the previous version stays live.
         if not checked:
             check_finite(state, f"{name} in {self.describe()}", saving=True)
-        data = encode_checkpoint(state)
+        data = self._screen.sealed(encode_checkpoint(state), name)
         version = uuid.uuid4().hex
         chunks = split_into_chunks(data, self.chunk_bytes)
         # What this write replaces: the version the view's manifest names, and every chunk this
@@ -386,7 +408,7 @@ class KafkaTopicStore:
                 held_epoch = manifest_epoch(self._latest[name])
                 if held_epoch is None or held_epoch <= epoch:  # never a later owner's chunks
                     stale.update(manifest_chunk_keys(name, replaced))
-        manifest = new_manifest(data, len(chunks), version, epoch)
+        manifest = self._screen.signed(new_manifest(data, len(chunks), version, epoch), name)
         written = [(chunk_key(name, version, i), chunk) for i, chunk in enumerate(chunks)]
         own.update(key for key, _ in written)
         self._send(written, name)
@@ -397,6 +419,7 @@ class KafkaTopicStore:
         manifest_value = json.dumps(manifest).encode()
         self._send([(name, manifest_value)], name)  # only now is the new version live
         self._latest[name] = manifest_value
+        self._screen.accepted(name, manifest_value)
         stale.difference_update(key for key, _ in written)
         self._send([(key, None) for key in sorted(stale)], name)
         for key in stale:

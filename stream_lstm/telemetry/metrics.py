@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 
 from stream_lstm import __version__
+from stream_lstm.errors import REJECTED_REASONS
 from stream_lstm.messages.records import DEAD_LETTER_REASONS
 from stream_lstm.telemetry.server import MetricsServer
 
@@ -141,6 +142,15 @@ METRICS: tuple[MetricDeclaration, ...] = (
         Counter,
         "Checkpoints attempted, by result (written or failed).",
         (Label("result", ("written", "failed"), exported_at_zero=True),),
+    ),
+    MetricDeclaration(
+        "checkpoints_rejected",
+        "stream_lstm_checkpoints_rejected_total",
+        Counter,
+        "Stored checkpoints (files, or records of the checkpoint topic) refused and not loaded, by "
+        "reason: not_a_checkpoint, old_format, unknown_version, damaged, or, with a checkpoint key, "
+        "unsigned or bad_signature.",
+        (Label("reason", REJECTED_REASONS, exported_at_zero=True),),
     ),
     MetricDeclaration(
         "learned_events",
@@ -261,6 +271,7 @@ class Telemetry:
     scores: dict[str, Gauge]
     broker_up: Gauge
     checkpoints: Counter
+    checkpoints_rejected: Counter
     learned_events: Gauge
     info: Gauge
     learner_info: Info
@@ -299,6 +310,10 @@ class Telemetry:
         self._last_checkpoint_at = at
         self.last_checkpoint.set(at)
         self.checkpoints.labels(result="written").inc()
+
+    def checkpoint_rejected(self, reason: str, name: str) -> None:
+        """Count a checkpoint the store refused (``name``: which one; the store logged why)."""
+        self.checkpoints_rejected.labels(reason=reason).inc()
 
     def set_scores(self, report: Mapping[str, Mapping[str, Any]]) -> None:
         """Copy an evaluator report (whole-stream and rolling scores per model) into the gauges."""

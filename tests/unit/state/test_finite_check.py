@@ -4,6 +4,7 @@ names the file or the topic record and what was not finite)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.state.checkpoint import save_checkpoint
 from stream_lstm.state.directory_store import DirectoryStore, InstanceState, PartitionState
 from stream_lstm.state.finite_check import non_finite_parts
+from stream_lstm.state.topic_screen import RecordScreen
 from stream_lstm.state.topic_store import KafkaTopicStore
 
 
@@ -231,12 +233,17 @@ def topic_store_without_a_broker() -> tuple[KafkaTopicStore, _Producer]:
         "_chunk_written_at": {},
         "_next_orphan_sweep": 0.0,
         "_producer": producer,
+        "_overtaken": set(),
+        "_ignored_manifests": {},
+        "_screen": RecordScreen("Kafka topic ckpt on nowhere:9092"),
     }
     store.__dict__.update(attributes)
     return store, producer
 
 
-def test_the_topic_store_refuses_to_send_or_load_a_non_finite_state(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_topic_store_refuses_to_send_or_load_a_non_finite_state(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     store, producer = topic_store_without_a_broker()
     evaluator = trained_evaluator()
     store.save_instance(InstanceState(evaluator=evaluator, instance="a"))
@@ -249,13 +256,16 @@ def test_the_topic_store_refuses_to_send_or_load_a_non_finite_state(monkeypatch:
     assert f"checkpoint {where} not written" in str(refused.value)
     assert len(producer.records) == sent  # not a chunk, not a manifest
     assert store.load_instance("a", latest=False).evaluator.models["logreg"].non_finite_parts() == []
-    # Written by going around the check: refused when read back, naming the record.
+    # Written by going around the check: skipped when read back (the version before it is gone:
+    # its writer replaced it), with a warning naming the record.
     with monkeypatch.context() as patch:
         patch.setattr("stream_lstm.state.topic_store.check_finite", lambda *args, **kwargs: None)
         store.save_instance(InstanceState(evaluator=evaluator, instance="a"))
-    with pytest.raises(CheckpointError, match="model logreg: weights of features 'a'") as refused:
-        store.load_instance("a", latest=False)
-    assert f"checkpoint {where} refused" in str(refused.value)
+    with caplog.at_level(logging.WARNING, logger="stream_lstm.state.topic_screen"):
+        assert store.load_instance("a", latest=False) is None
+    assert f"skipping checkpoint record {where} (damaged)" in caplog.text
+    assert f"checkpoint {where} refused" in caplog.text
+    assert "model logreg: weights of features 'a'" in caplog.text
     # Partition records likewise.
     state = partition_state(trained_evaluator())
     state.key_state["lstm"]["h0"][0, 0] = math.nan
