@@ -63,6 +63,7 @@ def test_every_alert_has_a_unit_test_and_names_only_exported_metrics() -> None:
         "StreamLSTMDeadLetterRateHigh",
         "StreamLSTMCheckpointStale",
         "StreamLSTMWorseThanLogreg",
+        "StreamLSTMCheckpointRejected",
     }
     assert {rule["alert"] for rule in rules} == expected
     for rule in rules:
