@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -196,8 +197,13 @@ def test_orphaned_chunks_are_swept_once_they_are_old_enough(
         reader.close()
 
 
-def test_a_damaged_chunk_is_an_error_not_a_wrong_state(broker: Broker, store_topic: str) -> None:
-    store = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+def test_a_damaged_chunk_is_skipped_and_counted_never_a_wrong_state(
+    broker: Broker, store_topic: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    rejections: list[tuple[str, str]] = []
+    store = KafkaTopicStore(
+        broker.bootstrap_servers, store_topic, on_rejected=lambda *rejection: rejections.append(rejection)
+    )
     try:
         store.save_partition(PartitionState(topic="in", partition=0, offset=5))
         chunk_key, chunk = next(
@@ -207,8 +213,10 @@ def test_a_damaged_chunk_is_an_error_not_a_wrong_state(broker: Broker, store_top
         damaged = bytes(b ^ 0x01 for b in chunk)  # same size, other bytes: only the hash can tell
         producer.send(store_topic, key=chunk_key.encode(), value=damaged).get(timeout=10)
         producer.close()
-        with pytest.raises(CheckpointError, match="damaged"):
-            store.load_partition(("in", 0))
+        with caplog.at_level(logging.WARNING, logger="stream_lstm.state.topic_screen"):
+            assert store.load_partition(("in", 0)) is None  # no earlier version to fall back to
+        assert "partitions/in/0 in Kafka topic" in caplog.text and "is damaged" in caplog.text
+        assert rejections == [("damaged", "partitions/in/0")]
     finally:
         store.close()
 
