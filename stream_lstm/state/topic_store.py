@@ -86,7 +86,8 @@ class KafkaTopicStore:
 
     Over 300 lines because the store's view of the topic, its chunked writes and the orphan
     sweep all read and change one view with one consumer and one producer; the record format
-    (keys, manifests, chunks) is apart, in :mod:`stream_lstm.state.topic_chunks`.
+    (keys, manifests, chunks) is apart, in :mod:`stream_lstm.state.topic_chunks`, and what is
+    done with records that are not checkpoints, in :mod:`stream_lstm.state.topic_screen`.
 
     Parameters
     ----------
