@@ -17,6 +17,7 @@ import pytest
 
 from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.state.directory_store import CheckpointStore, DirectoryStore
+from stream_lstm.state.signing import CheckpointSigner
 from stream_lstm.state.topic_store import KafkaTopicStore
 from tests.integration.conftest import Broker
 from tests.integration.service_harness import ServiceProcess, TopicReader, produce, produce_steadily, wait_for
@@ -24,6 +25,7 @@ from tests.integration.service_harness import ServiceProcess, TopicReader, produ
 pytestmark = pytest.mark.slow
 
 PARTITIONS = 4
+CHECKPOINT_KEY = "a-checkpoint-key-of-at-least-32-bytes-for-the-tests"
 EVENTS = 6000
 
 
@@ -33,13 +35,19 @@ def assigned_partitions(service: ServiceProcess) -> bool:
 
 @pytest.mark.parametrize(
     ("kafka_client", "store_kind"),
-    [("kafka-python", "directory"), ("confluent", "directory"), ("kafka-python", "topic")],
+    [
+        ("kafka-python", "directory"),
+        ("confluent", "directory"),
+        ("kafka-python", "topic"),
+        ("kafka-python", "signed-topic"),
+    ],
     indirect=["kafka_client"],
 )
 def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_event_once(
     broker: Broker, group_id: str, tmp_path: Path, kafka_client: str, store_kind: str
 ) -> None:
-    """With the checkpoint store in a shared directory, or in a compacted topic (no shared disk)."""
+    """With the checkpoint store in a shared directory, or in a compacted topic (no shared disk),
+    with or without signed checkpoints (``--checkpoint-key``)."""
     suffix = uuid.uuid4().hex[:10]
     topics = {"input": f"in-{suffix}", "output": f"out-{suffix}", "dead": f"dead-{suffix}"}
     broker.create_topics([topics["input"]], partitions=PARTITIONS)
@@ -47,7 +55,11 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
     flags = ("--batch-size", "16", "--checkpoint-every", "200", "--checkpoint-interval", "1")
     flags += ("--kafka-client", kafka_client)
     store: CheckpointStore
-    if store_kind == "topic":
+    if store_kind == "signed-topic":
+        flags += ("--checkpoint-topic", f"ckpt-{suffix}", "--checkpoint-key", CHECKPOINT_KEY)
+        signer = CheckpointSigner(CHECKPOINT_KEY.encode())
+        store = KafkaTopicStore(broker.bootstrap_servers, f"ckpt-{suffix}", signer=signer)
+    elif store_kind == "topic":
         flags += ("--checkpoint-topic", f"ckpt-{suffix}")
         store = KafkaTopicStore(broker.bootstrap_servers, f"ckpt-{suffix}")
     else:
