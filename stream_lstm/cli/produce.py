@@ -80,7 +80,14 @@ def produce_command(
         parser.error("produce FILE.csv needs the label column: --label COL (or STREAM_LSTM_LABEL)")
 
     events = events_to_produce(args, settings)
-    writer = EventWriter(settings["bootstrap_servers"], settings["topic"], client=settings["kafka_client"])
+    from stream_lstm.kafka.security import security_from_settings
+
+    writer = EventWriter(
+        settings["bootstrap_servers"],
+        settings["topic"],
+        client=settings["kafka_client"],
+        security=security_from_settings(settings),
+    )
     rate = settings["rate"]
     progress = ProgressLine(args.limit)
     started = time.monotonic()

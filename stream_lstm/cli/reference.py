@@ -90,10 +90,7 @@ def render_settings() -> str:
             lines += ["", "Settings:", ""]
             lines += _table(
                 ["Flag", "Environment", "TOML key", "Default", "Help"],
-                (
-                    [f"`{s.flag}`", f"`{s.env}`", f"`{s.name}`", f"`{s.shown_default}`", s.help]
-                    for s in settings
-                ),
+                ([*_names(s), f"`{s.shown_default}`", _help(s)] for s in settings),
             )
     return "\n".join(lines) + "\n"
 
@@ -168,3 +165,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _names(setting: Setting) -> list[str]:
+    """Flag, environment variable and TOML key; a secret's ``-file`` forms too."""
+    names = [f"`{setting.flag}`", f"`{setting.env}`", f"`{setting.name}`"]
+    if setting.secret:
+        forms = (f"{setting.flag}-file", f"{setting.env}_FILE", setting.file_name)
+        names = [f"{name}<br>`{form}`" for name, form in zip(names, forms, strict=True)]
+    return names
+
+
+def _help(setting: Setting) -> str:
+    if setting.secret:
+        return f"{setting.help} (a secret: never shown; the -file forms read it from a file)"
+    if setting.repeated:
+        return f"{setting.help} (repeatable; in the environment one per line, in TOML a list)"
+    return setting.help

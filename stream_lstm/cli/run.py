@@ -56,6 +56,7 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
     from pathlib import Path
 
     from stream_lstm.kafka.interface import KafkaSettings
+    from stream_lstm.kafka.security import security_from_settings
     from stream_lstm.messages.events import InputLimits
     from stream_lstm.service.stream_service import ServiceSettings
     from stream_lstm.state.directory_store import check_instance_id, default_instance_id
@@ -74,6 +75,7 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
         max_poll_interval_ms=settings["max_poll_interval_ms"],
         fetch_max_wait_ms=settings["fetch_max_wait_ms"],
         client=settings["kafka_client"],
+        security=security_from_settings(settings),
     )
     return ServiceSettings(
         kafka=kafka,
