@@ -79,6 +79,9 @@ def produce_command(
     if args.file and not settings["label"]:
         parser.error("produce FILE.csv needs the label column: --label COL (or STREAM_LSTM_LABEL)")
 
+    from stream_lstm.telemetry.redaction import configure_logging
+
+    configure_logging()
     events = events_to_produce(args, settings)
     from stream_lstm.kafka.security import security_from_settings
 

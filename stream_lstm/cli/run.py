@@ -99,18 +99,14 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
 
 def run_command(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
     """Run the service until SIGINT or SIGTERM, then stop it with a final checkpoint."""
-    import logging
     import signal
 
     from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
     from stream_lstm.service.stream_service import StreamService
     from stream_lstm.telemetry.metrics import MetricsServer, Telemetry
+    from stream_lstm.telemetry.redaction import configure_logging
 
-    logging.basicConfig(
-        level=settings["log_level"].upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings["log_level"])
     if settings["log_level"].upper() != "DEBUG":
         from stream_lstm.telemetry.log_repeats import quiet_repeats
 

@@ -168,15 +168,17 @@ SECURITY_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
+_KAFKA_CLIENT = Setting(
+    "kafka_client",
+    kafka_client,
+    "kafka-python",
+    "Kafka client library: kafka-python (pure Python) or confluent (librdkafka, faster; "
+    "pip install 'stream-lstm[confluent]')",
+)
+
 KAFKA_SETTINGS: tuple[Setting, ...] = (
     Setting("bootstrap_servers", str, "127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT]"),
-    Setting(
-        "kafka_client",
-        kafka_client,
-        "kafka-python",
-        "Kafka client library: kafka-python (pure Python) or confluent (librdkafka, faster; "
-        "pip install 'stream-lstm[confluent]')",
-    ),
+    _KAFKA_CLIENT,
     *SECURITY_SETTINGS,
 )
 
@@ -260,6 +262,20 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "use 2+ CPUs",
         metavar="auto|true|false",
     ),
+)
+
+# ---------------------------------------------------------------------- stream-lstm demo
+
+DEMO_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "bootstrap_servers",
+        str,
+        None,
+        "run on this Kafka cluster (HOST:PORT[,HOST:PORT]) instead of starting the embedded broker; "
+        "the demo creates topics of its own there and deletes them at the end",
+    ),
+    _KAFKA_CLIENT,
+    *SECURITY_SETTINGS,
 )
 
 # ---------------------------------------------------------------------- stream-lstm produce

@@ -169,3 +169,16 @@ def _ready_partition_counts(metadata: list[dict[str, Any]]) -> dict[str, int]:
         ):
             counts[topic["name"]] = len(partitions)
     return counts
+
+
+def delete_topics(
+    bootstrap_servers: str, names: list[str], *, timeout: float = 10.0, security: KafkaSecurity = PLAINTEXT
+) -> None:
+    """Delete the topics ``names`` (``demo`` on a cluster of the user's cleans up after itself)."""
+    admin = _admin_client(bootstrap_servers, timeout, security)
+    try:
+        admin.delete_topics(names, timeout_ms=int(timeout * 1000))
+    except KafkaError as error:
+        raise BrokerError(f"cannot delete topics {names} on {bootstrap_servers}: {error}") from error
+    finally:
+        admin.close()

@@ -111,7 +111,6 @@ KAFKA_PYTHON_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "compression.type": ("compression_type", _text),
     "message.max.bytes": ("max_request_size", _integer),
     "max.request.size": ("max_request_size", _integer),
-    "buffer.memory": ("buffer_memory", _integer),
     "retries": ("retries", _integer),
     "delivery.timeout.ms": ("delivery_timeout_ms", _integer),
     "partition.assignment.strategy": ("partition_assignment_strategy", _text),
