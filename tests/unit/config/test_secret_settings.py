@@ -46,7 +46,7 @@ def test_a_flag_wins_over_a_secret_file_in_the_environment(tmp_path) -> None:
 
 
 def test_a_missing_or_empty_secret_file_is_a_clear_error_without_the_secret(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="cannot read the secret file .*missing"):
+    with pytest.raises(ConfigError, match=r"cannot read the secret file .*missing"):
         resolve(["--sasl-password-file", str(tmp_path / "missing")])
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):

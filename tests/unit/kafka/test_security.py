@@ -138,5 +138,5 @@ def test_kafka_python_refuses_an_option_it_cannot_map_and_oauthbearer() -> None:
     with pytest.raises(ConfigError, match="needs --kafka-client confluent"):
         check_client_supports(oauth, "kafka-python")
     check_client_supports(oauth, "confluent")
-    with pytest.raises(ConfigError, match="linger.ms: invalid literal"):
+    with pytest.raises(ConfigError, match=r"linger\.ms: invalid literal"):
         check_client_supports(KafkaSecurity(options=(("linger.ms", "soon"),)), "kafka-python")
