@@ -44,7 +44,12 @@ def open_store(settings: ServiceSettings) -> CheckpointStore:
     if settings.checkpoint_topic:
         from stream_lstm.state.topic_store import KafkaTopicStore
 
-        return KafkaTopicStore(settings.kafka.bootstrap_servers, settings.checkpoint_topic)
+        return KafkaTopicStore(
+            settings.kafka.bootstrap_servers,
+            settings.checkpoint_topic,
+            client=settings.kafka.client,
+            security=settings.kafka.security,
+        )
     return DirectoryStore(settings.checkpoint_dir)
 
 
