@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_lstm.config.secret import Secret
+from stream_lstm.config.secret import MASK, Secret
 from stream_lstm.kafka.broker import free_port
 from stream_lstm.kafka.connect import EventWriter
 from stream_lstm.kafka.security import KafkaSecurity
@@ -126,6 +126,9 @@ def test_the_whole_service_runs_over_a_secured_listener(
         password = apache_kafka.users[listener].password
         log = service.log()
         assert "DEBUG" in log  # the run did log at DEBUG
+        if listener == "PLAIN" and kafka_client == "kafka-python":
+            # kafka-python logs its SASL PLAIN request, password and all, at DEBUG: masked here.
+            assert "SaslAuthenticateRequest" in log and MASK in log
         for where, text in {
             "log": log,
             "metrics": metrics,

@@ -140,3 +140,10 @@ def test_kafka_python_refuses_an_option_it_cannot_map_and_oauthbearer() -> None:
     check_client_supports(oauth, "confluent")
     with pytest.raises(ConfigError, match=r"linger\.ms: invalid literal"):
         check_client_supports(KafkaSecurity(options=(("linger.ms", "soon"),)), "kafka-python")
+
+
+def test_the_service_settings_repr_shows_no_secret() -> None:
+    from stream_lstm.kafka.interface import KafkaSettings
+
+    settings = KafkaSettings("b:9093", "in", "out", "dead", "group", security=SCRAM)
+    assert "alice-secret" not in repr(settings) and "SCRAM-SHA-512" in repr(settings)
