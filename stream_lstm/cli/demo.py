@@ -3,7 +3,9 @@
 Starts the embedded broker, creates the topics, runs `stream-lstm run` as a child process,
 replays the generated multi-key stream into it at a steady rate, shows a live progress line read
 from the service's /metrics, and at the end (or on Ctrl-C) prints the final comparison and stops
-everything it started.
+everything it started. Given a :class:`Cluster` (``--bootstrap-servers`` and the security
+settings), it runs on that cluster instead, in topics of its own that it deletes at the end; the
+service child gets the connection settings through its environment, never its command line.
 """
 
 from __future__ import annotations
@@ -15,20 +17,64 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream_lstm.config.declared import SECURITY_SETTINGS
+from stream_lstm.config.secret import Secret
 from stream_lstm.evaluation.prequential import METRICS, MODEL_NAMES
 from stream_lstm.evaluation.report import render_table
 from stream_lstm.kafka.broker import EmbeddedBroker
+from stream_lstm.kafka.broker_admin import BrokerError, create_topics, delete_topics
 from stream_lstm.kafka.connect import EventWriter
+from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity, security_from_settings
 from stream_lstm.messages.events import encode_event
 from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.telemetry.progress import ProgressLine
 
 TOPICS = {"input": "events", "output": "predictions", "dead": "dead-letters"}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A cluster of the user's to run the demo on, and how to connect to it."""
+
+    bootstrap_servers: str
+    client: str = "kafka-python"
+    security: KafkaSecurity = PLAINTEXT
+    #: The connection settings as ``STREAM_LSTM_*`` variables for the service child.
+    environment: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> Cluster:
+        environment = {"STREAM_LSTM_KAFKA_CLIENT": settings["kafka_client"]}
+        for setting in SECURITY_SETTINGS:
+            value = settings[setting.name]
+            if value is None or value == ():
+                continue
+            if setting.repeated:
+                text = "\n".join(f"{name}={_text(item)}" for name, item in value)
+            else:
+                text = _text(value)
+            environment[setting.env] = text
+        return cls(
+            bootstrap_servers=settings["bootstrap_servers"],
+            client=settings["kafka_client"],
+            security=security_from_settings(settings),
+            environment=environment,
+        )
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -61,30 +107,58 @@ def comparison_table(samples: dict) -> str:
 
 
 def run_demo(
-    *, events: int, keys: int, rate: float, workdir: Path, metrics_port: int, out: TextIO = sys.stdout
+    *,
+    events: int,
+    keys: int,
+    rate: float,
+    workdir: Path,
+    metrics_port: int,
+    cluster: Cluster | None = None,
+    out: TextIO = sys.stdout,
 ) -> int:
-    """Run the demo; return the exit status."""
+    """Run the demo (on the embedded broker, or on ``cluster``); return the exit status."""
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = EmbeddedBroker(log_path=workdir / "broker.log")
+    broker = EmbeddedBroker(log_path=workdir / "broker.log") if cluster is None else None
+    # On a cluster of the user's, topics and group of this run alone: nothing of theirs is touched.
+    run_id = uuid.uuid4().hex[:8]
+    topics = (
+        TOPICS
+        if cluster is None
+        else {role: f"stream-lstm-demo-{run_id}-{name}" for role, name in TOPICS.items()}
+    )
+    group = "stream-lstm-demo" if cluster is None else f"stream-lstm-demo-{run_id}"
+    created: list[str] = []
     service: subprocess.Popen[bytes] | None = None
     interrupted = threading.Event()
     previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
     try:
-        print(f"starting the embedded broker on {broker.bootstrap_servers} ...", file=out, flush=True)
-        broker.start()
-        broker.create_topics(list(TOPICS.values()))
+        if broker is not None:
+            print(f"starting the embedded broker on {broker.bootstrap_servers} ...", file=out, flush=True)
+            broker.start()
+            broker.create_topics(list(topics.values()))
+            bootstrap, client, security = broker.bootstrap_servers, "kafka-python", PLAINTEXT
+        else:
+            assert cluster is not None
+            bootstrap, client, security = cluster.bootstrap_servers, cluster.client, cluster.security
+            print(f"creating topics {', '.join(topics.values())} on {bootstrap} ...", file=out, flush=True)
+            create_topics(
+                bootstrap, list(topics.values()), 1, 60.0, raise_if_exited=lambda: None, security=security
+            )
+            created = list(topics.values())
         checkpoint_dir = workdir / "checkpoints"
         for stale in checkpoint_dir.glob("*.ckpt"):
             stale.unlink()  # the broker is new, so is the stream: start learning from scratch
         command = [
             sys.executable, "-m", "stream_lstm", "run",
-            "--bootstrap-servers", broker.bootstrap_servers,
-            "--input-topic", TOPICS["input"], "--output-topic", TOPICS["output"],
-            "--dead-letter-topic", TOPICS["dead"], "--group-id", "stream-lstm-demo",
+            "--bootstrap-servers", bootstrap,
+            "--input-topic", topics["input"], "--output-topic", topics["output"],
+            "--dead-letter-topic", topics["dead"], "--group-id", group,
             "--checkpoint-dir", str(checkpoint_dir), "--metrics-port", str(metrics_port),
             "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "1000",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LSTM_")}
+        if cluster is not None:
+            env.update(cluster.environment)
         log_path = workdir / "service.log"
         with log_path.open("wb") as log:
             service = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -95,7 +169,10 @@ def run_demo(
             flush=True,
         )
         producer = threading.Thread(
-            target=_produce, args=(broker.bootstrap_servers, events, keys, rate, interrupted), daemon=True
+            target=_produce,
+            args=(bootstrap, topics["input"], events, keys, rate, interrupted),
+            kwargs={"client": client, "security": security},
+            daemon=True,
         )
         producer.start()
         samples = _follow(metrics_port, events, service, interrupted, out)
@@ -113,12 +190,37 @@ def run_demo(
                 service.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 service.kill()
-        broker.stop()
-        print("stopped the service and the broker", file=out, flush=True)
+        if broker is not None:
+            broker.stop()
+            print("stopped the service and the broker", file=out, flush=True)
+        else:
+            _delete_demo_topics(cluster, created, out)
 
 
-def _produce(bootstrap: str, events: int, keys: int, rate: float, interrupted: threading.Event) -> None:
-    writer = EventWriter(bootstrap, TOPICS["input"])
+def _delete_demo_topics(cluster: Cluster | None, created: list[str], out: TextIO) -> None:
+    if cluster is None or not created:
+        print("stopped the service", file=out, flush=True)
+        return
+    try:
+        delete_topics(cluster.bootstrap_servers, created, security=cluster.security)
+    except BrokerError as error:
+        print(f"stopped the service; could not delete the demo's topics: {error}", file=out, flush=True)
+    else:
+        print(f"stopped the service and deleted the demo's topics {', '.join(created)}", file=out, flush=True)
+
+
+def _produce(
+    bootstrap: str,
+    topic: str,
+    events: int,
+    keys: int,
+    rate: float,
+    interrupted: threading.Event,
+    *,
+    client: str = "kafka-python",
+    security: KafkaSecurity = PLAINTEXT,
+) -> None:
+    writer = EventWriter(bootstrap, topic, client=client, security=security)
     started = time.monotonic()
     try:
         for sent, event in enumerate(temporal_stream(events, n_keys=keys, seed=1)):

@@ -1,8 +1,9 @@
 """The commands that need no Kafka of yours: ``broker``, ``demo`` and ``generate``.
 
 ``broker`` runs the embedded broker in the foreground, ``demo`` runs everything on this machine
-(:mod:`stream_lstm.cli.demo`), ``generate`` writes the generated stream as CSV. None reads a
-setting: their few arguments are flags only.
+(:mod:`stream_lstm.cli.demo`), ``generate`` writes the generated stream as CSV. Their few
+arguments are flags only, except ``demo``'s way to an existing cluster
+(:data:`~stream_lstm.config.declared.DEMO_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import argparse
 import sys
 from typing import Any
 
-from stream_lstm.cli.arguments import SubParsers, add_stream_arguments
-from stream_lstm.config.setting import non_negative_int, positive_float, positive_int
+from stream_lstm.cli.arguments import SubParsers, add_config_argument, add_stream_arguments
+from stream_lstm.config.declared import DEMO_SETTINGS
+from stream_lstm.config.setting import add_settings, non_negative_int, positive_float, positive_int
 
 
 def add_broker_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
@@ -44,7 +46,8 @@ def add_demo_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
         description=(
             "Start the embedded broker, create the topics, run the service, replay a generated "
             "multi-key stream, show live events/s and rolling accuracy of every model, then print "
-            "the final comparison and stop everything (also on Ctrl-C)."
+            "the final comparison and stop everything (also on Ctrl-C). With --bootstrap-servers, "
+            "run on that cluster instead (TLS and SASL as for run: docs/connect.md)."
         ),
     )
     add_stream_arguments(demo, events=40_000, seed=False)
@@ -53,7 +56,9 @@ def add_demo_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
     demo.add_argument(
         "--metrics-port", type=positive_int, default=9100, help="service metrics port (default: 9100)"
     )
-    demo.set_defaults(handler=demo_command, settings=())
+    add_config_argument(demo)
+    add_settings(demo, DEMO_SETTINGS)
+    demo.set_defaults(handler=demo_command, settings=DEMO_SETTINGS)
 
 
 def add_generate_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
@@ -104,14 +109,19 @@ def demo_command(args: argparse.Namespace, settings: dict[str, Any], parser: arg
     """Run the demo (imported here: it loads the broker, Kafka and the models)."""
     from pathlib import Path
 
-    from stream_lstm.cli.demo import run_demo
+    from stream_lstm.cli.demo import Cluster, run_demo
+    from stream_lstm.telemetry.redaction import configure_logging
 
+    configure_logging()
+
+    cluster = Cluster.from_settings(settings) if settings["bootstrap_servers"] else None
     return run_demo(
         events=args.events,
         keys=args.keys,
         rate=args.rate,
         workdir=Path(args.workdir),
         metrics_port=args.metrics_port,
+        cluster=cluster,
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from stream_lstm import __version__
 from stream_lstm.cli import evaluate, local, produce, run
+from stream_lstm.config.secret import redact
 from stream_lstm.config.setting import resolve_settings
 from stream_lstm.errors import StreamLSTMError
 
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe is met here, not in the interpreter's exit
         return status
     except StreamLSTMError as error:
-        print(f"stream-lstm: error: {error}", file=sys.stderr)
+        print(f"stream-lstm: error: {redact(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("stream-lstm: interrupted", file=sys.stderr)

@@ -79,8 +79,18 @@ def produce_command(
     if args.file and not settings["label"]:
         parser.error("produce FILE.csv needs the label column: --label COL (or STREAM_LSTM_LABEL)")
 
+    from stream_lstm.telemetry.redaction import configure_logging
+
+    configure_logging()
     events = events_to_produce(args, settings)
-    writer = EventWriter(settings["bootstrap_servers"], settings["topic"], client=settings["kafka_client"])
+    from stream_lstm.kafka.security import security_from_settings
+
+    writer = EventWriter(
+        settings["bootstrap_servers"],
+        settings["topic"],
+        client=settings["kafka_client"],
+        security=security_from_settings(settings),
+    )
     rate = settings["rate"]
     progress = ProgressLine(args.limit)
     started = time.monotonic()

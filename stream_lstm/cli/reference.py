@@ -77,6 +77,7 @@ def render_settings() -> str:
     for name, summary, sub in _subcommands(build_parser()):
         settings: Sequence[Setting] = sub.get_default("settings")
         by_name = {setting.name: setting for setting in settings}
+        by_name |= {setting.file_name: setting for setting in settings if setting.secret}
         arguments = [
             action
             for action in sub._actions
@@ -90,10 +91,7 @@ def render_settings() -> str:
             lines += ["", "Settings:", ""]
             lines += _table(
                 ["Flag", "Environment", "TOML key", "Default", "Help"],
-                (
-                    [f"`{s.flag}`", f"`{s.env}`", f"`{s.name}`", f"`{s.shown_default}`", s.help]
-                    for s in settings
-                ),
+                ([*_names(s), f"`{s.shown_default}`", _help(s)] for s in settings),
             )
     return "\n".join(lines) + "\n"
 
@@ -146,6 +144,23 @@ def stale_files(directory: Path = REFERENCE_DIR) -> list[Path]:
         for name, render in REFERENCE_FILES.items()
         if not (directory / name).is_file() or (directory / name).read_text() != render()
     ]
+
+
+def _names(setting: Setting) -> list[str]:
+    """Flag, environment variable and TOML key; a secret's ``-file`` forms too."""
+    names = [f"`{setting.flag}`", f"`{setting.env}`", f"`{setting.name}`"]
+    if setting.secret:
+        forms = (f"{setting.flag}-file", f"{setting.env}_FILE", setting.file_name)
+        names = [f"{name}<br>`{form}`" for name, form in zip(names, forms, strict=True)]
+    return names
+
+
+def _help(setting: Setting) -> str:
+    if setting.secret:
+        return f"{setting.help} (a secret: never shown; the -file forms read it from a file)"
+    if setting.repeated:
+        return f"{setting.help} (repeatable; in the environment one per line, in TOML a list)"
+    return setting.help
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,6 +70,7 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
     from pathlib import Path
 
     from stream_lstm.kafka.interface import KafkaSettings
+    from stream_lstm.kafka.security import security_from_settings
     from stream_lstm.messages.events import InputLimits
     from stream_lstm.service.stream_service import ServiceSettings
     from stream_lstm.state.directory_store import check_instance_id, default_instance_id
@@ -88,6 +89,7 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
         max_poll_interval_ms=settings["max_poll_interval_ms"],
         fetch_max_wait_ms=settings["fetch_max_wait_ms"],
         client=settings["kafka_client"],
+        security=security_from_settings(settings),
     )
     return ServiceSettings(
         kafka=kafka,
@@ -113,18 +115,14 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
 
 def run_command(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
     """Run the service until SIGINT or SIGTERM, then stop it with a final checkpoint."""
-    import logging
     import signal
 
     from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
     from stream_lstm.service.stream_service import StreamService
     from stream_lstm.telemetry.metrics import MetricsServer, Telemetry
+    from stream_lstm.telemetry.redaction import configure_logging
 
-    logging.basicConfig(
-        level=settings["log_level"].upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings["log_level"])
     if settings["log_level"].upper() != "DEBUG":
         from stream_lstm.telemetry.log_repeats import quiet_repeats
 

@@ -5,6 +5,11 @@ format are ``'***'``, so a secret that ends up in a log line, an error message, 
 or the repr of a settings object shows nothing. Only :meth:`Secret.reveal` gives the value, and
 only the code that hands it to a client library calls it.
 
+Every secret made is also remembered, so that :func:`redact` can mask it wherever it turns up
+in text that leaves the process: a client library's own log lines (kafka-python logs its SASL
+request at DEBUG; librdkafka echoes misplaced values in its warnings), error messages and
+``/healthz`` (:mod:`stream_lstm.telemetry.redaction` applies it to every log record).
+
 Such a setting can also be read from a file (``--NAME-file``, ``STREAM_LSTM_NAME_FILE`` or
 ``name_file`` in TOML), so that the secret need not be on a command line or in the environment
 (Docker and Kubernetes mount secrets as files). One trailing newline of the file is dropped.
@@ -12,12 +17,54 @@ Such a setting can also be read from a file (``--NAME-file``, ``STREAM_LSTM_NAME
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
 from pathlib import Path
 
 from stream_lstm.errors import ConfigError
 
 #: What a secret looks like wherever it is shown.
 MASK = "***"
+
+#: Secrets shorter than this are not searched for in text (masking every "a" would hide the
+#: log, not the secret); no password of a real cluster is that short.
+MIN_REDACTED_LENGTH = 4
+
+_known: dict[str, None] = {}  # every form of every secret created in this process, longest first
+_known_lock = threading.Lock()
+
+
+def _forms(value: str) -> set[str]:
+    """The ways ``value`` can appear in text: as it is, escaped in a str's or bytes' repr, in
+    JSON, and in base64 (kafka-python's DEBUG log shows its SASL request's bytes)."""
+    encoded = value.encode("utf-8")
+    forms = {
+        value,
+        repr(value)[1:-1],
+        repr(encoded)[2:-1],
+        json.dumps(value)[1:-1],
+        base64.b64encode(encoded).decode("ascii"),
+    }
+    return {form for form in forms if len(form) >= MIN_REDACTED_LENGTH}
+
+
+def _remember(value: str) -> None:
+    forms = _forms(value)
+    if not forms:
+        return
+    global _known
+    with _known_lock:
+        merged = {*_known, *forms}
+        _known = dict.fromkeys(sorted(merged, key=len, reverse=True))
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret this process knows replaced by :data:`MASK`."""
+    for form in _known:  # a snapshot: the dict is replaced, never changed
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
 
 
 class Secret:
@@ -27,6 +74,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = str(value)
+        _remember(self._value)
 
     def reveal(self) -> str:
         """The secret itself: for a client library's configuration, never for a message."""

@@ -18,6 +18,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from stream_lstm.errors import StreamLSTMError
+from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
 
 #: Kafka error code of a CreateTopics result for a topic that already exists.
 _TOPIC_ALREADY_EXISTS = 36
@@ -64,16 +65,17 @@ def create_topics(
     *,
     raise_if_exited: Callable[[], None],
     configs: dict[str, str] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> dict[str, int]:
     """Create the topics ``names`` (distinct, not empty) that are missing, and wait for them.
 
     See :meth:`EmbeddedBroker.create_topics <stream_lstm.kafka.broker.EmbeddedBroker.create_topics>`;
     ``raise_if_exited`` raises :class:`BrokerError` once the broker process has exited, so the
     wait for the metadata stops at once then. ``configs`` are the new topics' settings
-    (``cleanup.policy``, say).
+    (``cleanup.policy``, say); ``security`` how to connect (``demo`` on a cluster of the user's).
     """
     deadline = time.monotonic() + timeout
-    admin = _admin_client(bootstrap_servers, timeout)
+    admin = _admin_client(bootstrap_servers, timeout, security)
     try:
         try:
             response = admin.create_topics(
@@ -106,7 +108,7 @@ def create_topics(
         admin.close()
 
 
-def _admin_client(bootstrap_servers: str, timeout: float) -> KafkaAdminClient:
+def _admin_client(bootstrap_servers: str, timeout: float, security: KafkaSecurity) -> KafkaAdminClient:
     """An admin client for the broker; :class:`BrokerError` if it is unreachable."""
     timeout_ms = max(int(timeout * 1000), 100)
     try:
@@ -115,6 +117,7 @@ def _admin_client(bootstrap_servers: str, timeout: float) -> KafkaAdminClient:
             client_id="stream-lstm-broker-admin",
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=timeout_ms,
+            **security.kafka_python_config(KafkaAdminClient.DEFAULT_CONFIG),
         )
     except (KafkaError, OSError) as error:
         raise BrokerError(f"cannot reach the broker on {bootstrap_servers}: {error}") from error
@@ -166,3 +169,16 @@ def _ready_partition_counts(metadata: list[dict[str, Any]]) -> dict[str, int]:
         ):
             counts[topic["name"]] = len(partitions)
     return counts
+
+
+def delete_topics(
+    bootstrap_servers: str, names: list[str], *, timeout: float = 10.0, security: KafkaSecurity = PLAINTEXT
+) -> None:
+    """Delete the topics ``names`` (``demo`` on a cluster of the user's cleans up after itself)."""
+    admin = _admin_client(bootstrap_servers, timeout, security)
+    try:
+        admin.delete_topics(names, timeout_ms=int(timeout * 1000))
+    except KafkaError as error:
+        raise BrokerError(f"cannot delete topics {names} on {bootstrap_servers}: {error}") from error
+    finally:
+        admin.close()

@@ -80,6 +80,7 @@ class ConfluentIO(SendingClient):
                 "max.partition.fetch.bytes": settings.max_partition_fetch_bytes,
                 "fetch.wait.max.ms": settings.fetch_max_wait_ms,
                 "enable.partition.eof": False,
+                **settings.security.confluent_config(),
             },
         )
         self._assigning: dict[Partition, int] | None = None  # start offsets while in on_assign

@@ -78,6 +78,7 @@ class ConfluentSender:
             # (Transactions need it within their own timeout, 60 s by default.)
             "message.timeout.ms": 60_000 if settings.exactly_once else 300_000,
             "enable.idempotence": settings.exactly_once,
+            **settings.security.confluent_config(),
         }
         if settings.exactly_once:
             self._producer_config["transactional.id"] = settings.transactional_id_or_default()

@@ -10,8 +10,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
-from stream_lstm.kafka.confluent_library import produce_waiting
+from stream_lstm.kafka.confluent_library import create_client, produce_waiting
 from stream_lstm.kafka.interface import KafkaIOError
+from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +20,20 @@ log = logging.getLogger(__name__)
 class ConfluentEventWriter:
     """Produces events as JSON messages keyed by their entity key (so each key keeps its order)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, *, linger_ms: int = 20) -> None:
+    def __init__(
+        self, bootstrap_servers: str, topic: str, *, linger_ms: int = 20, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
         self.topic = topic
-        self.producer = Producer(
+        self.producer = create_client(
+            Producer,
             {
                 "bootstrap.servers": bootstrap_servers,
                 "client.id": "stream-lstm-producer",
                 "acks": "all",
                 "linger.ms": linger_ms,
                 "logger": log,
-            }
+                **security.confluent_config(),
+            },
         )
         self._failures: list[str] = []
 

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.kafka.interface import KAFKA_CLIENTS, KafkaClient, KafkaSettings, Partition
+from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
 
 
 def open_kafka(
@@ -58,16 +59,26 @@ class EventWriter:
     """Produces events as JSON messages keyed by their entity key (so each key keeps its order)."""
 
     def __init__(
-        self, bootstrap_servers: str, topic: str, *, linger_ms: int = 20, client: str = KAFKA_CLIENTS[0]
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        linger_ms: int = 20,
+        client: str = KAFKA_CLIENTS[0],
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         if check_kafka_client(client) == "confluent":
             from stream_lstm.kafka.confluent_writer import ConfluentEventWriter
 
-            self._writer: _Writer = ConfluentEventWriter(bootstrap_servers, topic, linger_ms=linger_ms)
+            self._writer: _Writer = ConfluentEventWriter(
+                bootstrap_servers, topic, linger_ms=linger_ms, security=security
+            )
         else:
             from stream_lstm.kafka.kafka_python_writer import KafkaPythonEventWriter
 
-            self._writer = KafkaPythonEventWriter(bootstrap_servers, topic, linger_ms=linger_ms)
+            self._writer = KafkaPythonEventWriter(
+                bootstrap_servers, topic, linger_ms=linger_ms, security=security
+            )
         self.topic = topic
 
     def send(self, key: str, value: bytes) -> None:

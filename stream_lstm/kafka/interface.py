@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from stream_lstm.errors import StreamLSTMError
+from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
 
 #: How long a blocking consumer call (committed offsets, commits) may wait for the broker.
 BLOCKING_TIMEOUT_MS = 5_000
@@ -115,6 +116,8 @@ class KafkaSettings:
     fetch_max_wait_ms: int = 100
     transactional_id: str | None = None
     client: str = KAFKA_CLIENTS[0]
+    #: TLS, SASL and other client properties, for every client (:mod:`stream_lstm.kafka.security`).
+    security: KafkaSecurity = field(default=PLAINTEXT)
 
     def transactional_id_or_default(self) -> str:
         """The exactly-once transactional id: the one given, else one per group and host.

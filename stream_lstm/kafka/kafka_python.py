@@ -25,6 +25,9 @@ from stream_lstm.kafka.interface import (
 from stream_lstm.kafka.kafka_python_sender import KafkaPythonSender
 from stream_lstm.kafka.sender import SendingClient
 
+#: The consumer's keywords (taken before a test may replace the class): which options it takes.
+_CONSUMER_KEYWORDS = frozenset(KafkaConsumer.DEFAULT_CONFIG)
+
 
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(
@@ -82,7 +85,7 @@ class KafkaPythonIO(SendingClient):
             max_poll_interval_ms=settings.max_poll_interval_ms,
             max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            **common,
+            **{**common, **settings.security.kafka_python_config(_CONSUMER_KEYWORDS)},
         )
         try:
             self.sender = KafkaPythonSender(settings, common)

@@ -43,6 +43,9 @@ from stream_lstm.kafka.interface import (
 
 log = logging.getLogger(__name__)
 
+#: The producer's keywords (taken before a test may replace the class): which options it takes.
+_PRODUCER_KEYWORDS = frozenset(KafkaProducer.DEFAULT_CONFIG)
+
 #: Errors that refuse a record for good, by the code of :class:`RejectedRecord` they become.
 #: kafka-python splits a batch the broker finds too large until the record stands alone, so a
 #: size error always names the culprit. (CORRUPT_MESSAGE is a CRC failure of a batch, which
@@ -90,6 +93,7 @@ class KafkaPythonSender:
             # idempotent producer can get stuck in a fatal state when a broker loses its state.
             "enable_idempotence": settings.exactly_once,
             **common,
+            **settings.security.kafka_python_config(_PRODUCER_KEYWORDS),
         }
         if settings.exactly_once:
             self._producer_config["transactional_id"] = settings.transactional_id_or_default()

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 from kafka import KafkaProducer
 
+from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
+
 
 class KafkaPythonEventWriter:
     """Produces events as JSON messages keyed by their entity key (so each key keeps its order)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, *, linger_ms: int = 20) -> None:
+    def __init__(
+        self, bootstrap_servers: str, topic: str, *, linger_ms: int = 20, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
         self.topic = topic
         self.producer = KafkaProducer(
             bootstrap_servers=bootstrap_servers.split(","),
@@ -19,6 +23,7 @@ class KafkaPythonEventWriter:
             acks="all",
             linger_ms=linger_ms,
             max_block_ms=30_000,
+            **security.kafka_python_config(KafkaProducer.DEFAULT_CONFIG),
         )
 
     def send(self, key: str, value: bytes) -> None:

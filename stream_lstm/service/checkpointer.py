@@ -53,6 +53,8 @@ def open_store(
         return KafkaTopicStore(
             settings.kafka.bootstrap_servers,
             settings.checkpoint_topic,
+            client=settings.kafka.client,
+            security=settings.kafka.security,
             signer=signer,
             on_rejected=on_rejected,
         )

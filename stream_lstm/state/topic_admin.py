@@ -10,6 +10,7 @@ from __future__ import annotations
 from kafka import KafkaAdminClient
 
 from stream_lstm.errors import CheckpointError
+from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
 
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -23,7 +24,12 @@ STORE_TOPIC_CONFIGS = {
 
 
 def create_store_topic(
-    bootstrap_servers: str, topic: str, *, connect_timeout_s: float, timeout_s: float
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    connect_timeout_s: float,
+    timeout_s: float,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> None:
     """Create ``topic`` (one partition, :data:`STORE_TOPIC_CONFIGS`) unless it exists.
 
@@ -33,6 +39,7 @@ def create_store_topic(
         bootstrap_servers=bootstrap_servers,
         client_id="stream-lstm-store",
         bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+        **security.kafka_python_config(KafkaAdminClient.DEFAULT_CONFIG),
     )
     try:
         response = admin.create_topics(

@@ -48,16 +48,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
-
 from stream_lstm.errors import CheckpointError
 from stream_lstm.kafka.interface import Partition
+from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
 from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
 from stream_lstm.state.finite_check import check_finite, checked_state
 from stream_lstm.state.signing import CheckpointSigner
 from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id, check_not_stale
-from stream_lstm.state.topic_admin import create_store_topic
+from stream_lstm.state.store_log import StoreLog, StoreLogError, StoreRecord, open_store_log
 from stream_lstm.state.topic_chunks import (
     DEFAULT_CHUNK_BYTES,
     chunk_key,
@@ -117,6 +115,8 @@ class KafkaTopicStore:
         timeout_s: float = 10.0,
         connect_timeout_s: float = 120.0,
         orphan_grace_s: float = 3600.0,
+        client: str = "kafka-python",
+        security: KafkaSecurity = PLAINTEXT,
         signer: CheckpointSigner | None = None,
         on_rejected: Callable[[str, str], None] | None = None,
     ) -> None:
@@ -124,6 +124,8 @@ class KafkaTopicStore:
             raise CheckpointError(f"chunk_bytes must be at least 1, got {chunk_bytes}")
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
+        self.client = client
+        self.security = security
         self.chunk_bytes = chunk_bytes
         self.timeout_s = timeout_s
         self.root = None  # no directory (the service looks for stream-lstm 0.1's file in one)
@@ -138,14 +140,21 @@ class KafkaTopicStore:
         self.orphan_grace_s = orphan_grace_s
         self._chunk_written_at: dict[str, float] = {}  # chunk key -> its record's time, Unix seconds
         self._next_orphan_sweep = 0.0  # time.monotonic()
-        self._partition = TopicPartition(topic, 0)
         deadline = time.monotonic() + connect_timeout_s
         while True:
-            self._attempt_timeout_s = max(deadline - time.monotonic(), 1.0)
+            attempt_timeout_s = max(deadline - time.monotonic(), 1.0)
             try:
-                self._connect()
+                self._log: StoreLog = open_store_log(
+                    bootstrap_servers,
+                    topic,
+                    client=client,
+                    security=security,
+                    chunk_bytes=chunk_bytes,
+                    timeout_s=timeout_s,
+                    connect_timeout_s=min(attempt_timeout_s, timeout_s),
+                )
                 break
-            except KafkaError as error:
+            except StoreLogError as error:
                 if time.monotonic() + 2.0 > deadline:
                     raise CheckpointError(
                         f"cannot open the checkpoint topic {topic!r} on {bootstrap_servers}: {error}"
@@ -153,55 +162,12 @@ class KafkaTopicStore:
                 log.warning("checkpoint topic %s: %s; retrying", topic, error)
                 time.sleep(2.0)
 
-    def _connect(self) -> None:
-        create_store_topic(
-            self.bootstrap_servers,
-            self.topic,
-            connect_timeout_s=min(self._attempt_timeout_s, self.timeout_s),
-            timeout_s=self.timeout_s,
-        )
-        producer = KafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            acks="all",
-            linger_ms=0,
-            max_request_size=self.chunk_bytes + 64 * 1024,
-            client_id=f"stream-lstm-store-{self.topic}",
-        )
-        consumer = None
-        try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
-                group_id=None,
-                enable_auto_commit=False,
-                fetch_max_wait_ms=10,
-                request_timeout_ms=int(self.timeout_s * 1000),
-                max_partition_fetch_bytes=max(self.chunk_bytes + 64 * 1024, 1024 * 1024),
-                client_id=f"stream-lstm-store-{self.topic}",
-            )
-            partitions = consumer.partitions_for_topic(self.topic) or set()
-            if len(partitions) > 1:
-                raise CheckpointError(
-                    f"checkpoint topic {self.topic!r} has {len(partitions)} partitions; it needs "
-                    "exactly one (the order of chunks and manifests matters): use another topic"
-                )
-            consumer.assign([self._partition])
-            consumer.seek_to_beginning(self._partition)
-        except BaseException:
-            producer.close(timeout=1.0)
-            if consumer is not None:
-                consumer.close()
-            raise
-        self._producer, self._consumer = producer, consumer
-
     def describe(self) -> str:
         return f"Kafka topic {self.topic} on {self.bootstrap_servers}"
 
     def close(self) -> None:
         """Close the store's producer and consumer."""
-        try:
-            self._producer.close(timeout=self.timeout_s)
-        finally:
-            self._consumer.close()
+        self._log.close(self.timeout_s)
 
     # ------------------------------------------------------------------ instances
 
@@ -342,48 +308,55 @@ class KafkaTopicStore:
         """Read what was written to the topic since the last read (by any instance)."""
         deadline = time.monotonic() + self.timeout_s
         try:
-            end = self._consumer.end_offsets([self._partition])[self._partition]
-            if self._consumer.position(self._partition) >= end:
+            end = self._log.end_offset()
+            if self._log.position() >= end:
                 return  # nothing new: a poll would only wait out its timeout
             while True:
-                batches = self._consumer.poll(timeout_ms=100)
-                if batches:
+                records = self._log.poll(0.1)
+                if records:
                     deadline = time.monotonic() + self.timeout_s  # a long backlog is fine while it moves
-                for records in batches.values():
-                    for record in records:
-                        key = record.key.decode() if record.key is not None else None
-                        if key is None:
-                            continue
-                        if record.value is None:
-                            self._latest.pop(key, None)
-                            self._chunk_written_at.pop(key, None)
-                            self._screen.forget(key)
-                        elif is_manifest_key(key) and not self._screen.admits(key, record.value):
-                            if key in self._latest:  # so that compaction keeps the valid one
-                                self._overtaken.add(key)
-                        elif is_manifest_key(key) and self._is_stale(key, record.value):
-                            log.warning("ignoring a stale checkpoint of %s in %s", key, self.describe())
-                            self._overtaken.add(key)
-                            # Its chunks are not orphans: should its writer's rewrite never come,
-                            # compaction keeps this manifest, and it must find them.
-                            self._ignored_manifests[key] = record.value
-                        else:
-                            if is_manifest_key(key):  # a later manifest than the ignored one
-                                self._ignored_manifests.pop(key, None)
-                                self._screen.accepted(key, record.value)
-                            self._latest[key] = record.value
-                            if not is_manifest_key(key):
-                                written = record.timestamp / 1000 if record.timestamp >= 0 else time.time()
-                                self._chunk_written_at.setdefault(key, written)
-                if self._consumer.position(self._partition) >= end and not batches:
+                for record in records:
+                    self._take(record)
+                if self._log.position() >= end and not records:
                     return  # at the end, and nothing was left in the fetch buffer
                 if time.monotonic() > deadline:
                     raise CheckpointError(
                         f"cannot read {self.describe()} to its end: nothing new for {self.timeout_s:g} s "
-                        f"(at offset {self._consumer.position(self._partition)} of {end})"
+                        f"(at offset {self._log.position()} of {end})"
                     )
-        except KafkaError as error:
+        except StoreLogError as error:
             raise CheckpointError(f"cannot read {self.describe()}: {error}") from error
+
+    def _take(self, record: StoreRecord) -> None:
+        """Bring the view up to date with one record of the topic."""
+        try:
+            key = record.key.decode() if record.key is not None else None
+        except UnicodeDecodeError:
+            key = None
+        if key is None:
+            log.warning("ignoring a record without a readable key in %s", self.describe())
+            return
+        if record.value is None:
+            self._latest.pop(key, None)
+            self._chunk_written_at.pop(key, None)
+            self._screen.forget(key)
+        elif is_manifest_key(key) and not self._screen.admits(key, record.value):
+            if key in self._latest:  # so that compaction keeps the valid one
+                self._overtaken.add(key)
+        elif is_manifest_key(key) and self._is_stale(key, record.value):
+            log.warning("ignoring a stale checkpoint of %s in %s", key, self.describe())
+            self._overtaken.add(key)
+            # Its chunks are not orphans: should its writer's rewrite never come,
+            # compaction keeps this manifest, and it must find them.
+            self._ignored_manifests[key] = record.value
+        else:
+            if is_manifest_key(key):  # a later manifest than the ignored one
+                self._ignored_manifests.pop(key, None)
+                self._screen.accepted(key, record.value)
+            self._latest[key] = record.value
+            if not is_manifest_key(key):
+                written = record.timestamp_ms / 1000 if record.timestamp_ms >= 0 else time.time()
+                self._chunk_written_at.setdefault(key, written)
 
     # ------------------------------------------------------------------ writing
 
@@ -465,10 +438,6 @@ class KafkaTopicStore:
         if not records:
             return
         try:
-            send = self._producer.send
-            futures = [send(self.topic, key=key.encode(), value=value) for key, value in records]
-            self._producer.flush(timeout=self.timeout_s)
-            for future in futures:
-                future.get(timeout=self.timeout_s)
-        except KafkaError as error:
+            self._log.send([(key.encode(), value) for key, value in records], self.timeout_s)
+        except StoreLogError as error:
             raise CheckpointError(f"cannot write checkpoint {name} to {self.describe()}: {error}") from error

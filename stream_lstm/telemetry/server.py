@@ -22,6 +22,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from stream_lstm.config.secret import redact
+
 log = logging.getLogger(__name__)
 
 
@@ -109,7 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
         elif path == "/healthz":
             ready, details = self.server.health()
-            body = json.dumps({"status": "ok" if ready else "not_ready", **details}).encode()
+            # A library's error text in a detail may echo a setting's value: mask every secret.
+            body = redact(json.dumps({"status": "ok" if ready else "not_ready", **details})).encode()
             self._send(200 if ready else 503, "application/json", body)
         else:
             self._send(404, "text/plain", b"not found: try /metrics or /healthz\n")

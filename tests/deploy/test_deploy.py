@@ -108,7 +108,60 @@ def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> No
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
-@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]])
+def dockerfile_final_stage() -> list[tuple[str, str]]:
+    """The instructions of deploy/Dockerfile's last stage as (KEYWORD, arguments), continuations joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "deploy" / "Dockerfile").read_text())
+    instructions = [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip() if " " in line.strip() else "")
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    ]
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from:]
+
+
+def test_the_image_runs_as_a_non_root_user_that_owns_the_checkpoint_volume() -> None:
+    """Read from the Dockerfile: there is no Docker engine where the tests run, so the image is not built.
+
+    The last stage switches to a numeric, non-root USER (Kubernetes' runAsNonRoot can check only a
+    number) made by useradd, and hands it the checkpoint folder before declaring the VOLUME there
+    (Docker discards changes to a volume's path after VOLUME; a new named volume takes the owner of
+    the image's folder). The health check still runs, as that user, against the metrics port.
+    """
+    stage = dockerfile_final_stage()
+    keywords = [keyword for keyword, _ in stage]
+    users = [args for keyword, args in stage if keyword == "USER"]
+    assert users, "the final stage sets no USER: the container would run as root"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) != 0, users[-1]
+    assert not gid or (gid.isdigit() and int(gid) != 0), users[-1]
+    runs = " && ".join(args for keyword, args in stage if keyword == "RUN")
+    useradd = re.search(r"useradd\b[^&;]*?--uid (\d+)[^&;]*?\s([a-z][-a-z0-9]*)\s*(?:&&|;|$)", runs)
+    assert useradd and useradd.group(1) == uid, "USER is not the uid of a user the image creates"
+    name = useradd.group(2)
+    env = dict(re.findall(r"(STREAM_LSTM_[A-Z_]+)=(\S+)", " ".join(a for k, a in stage if k == "ENV")))
+    checkpoints = env["STREAM_LSTM_CHECKPOINT_DIR"]
+    volume = keywords.index("VOLUME")
+    assert stage[volume][1].strip('[]" ') == checkpoints
+    chown = re.search(rf"chown (?:-R )?({name}|{uid})(?::\S+)? {re.escape(checkpoints)}(?:\s|$)", runs)
+    assert chown, f"the image does not hand {checkpoints} to {name}"
+    owning_run = next(
+        i for i, (keyword, args) in enumerate(stage) if keyword == "RUN" and chown.group(0).strip() in args
+    )
+    assert owning_run < volume < keywords.index("USER")
+    healthcheck = next(args for keyword, args in stage if keyword == "HEALTHCHECK")
+    assert f"127.0.0.1:{env['STREAM_LSTM_METRICS_PORT']}/healthz" in healthcheck
+    assert keywords[-2:] == ["ENTRYPOINT", "CMD"]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        ["docker-compose.yml"],
+        ["docker-compose.yml", "docker-compose.gpu.yml"],
+        ["docker-compose.yml", "docker-compose.sasl.yml"],
+    ],
+)
 def test_compose_files_validate_offline(files: list[str]) -> None:
     args = [required_tool("docker-compose")]
     for name in files:
@@ -160,3 +213,42 @@ def test_compose_matches_the_service_flags_files_ports_and_topics() -> None:
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu["environment"]["STREAM_LSTM_DEVICE"] == "cuda"
+
+
+def test_the_sasl_overlay_connects_the_stack_with_settings_the_service_has() -> None:
+    """docker-compose.sasl.yml: the broker's SASL_SSL listener, and clients that use it with a secret file."""
+    base = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    overlay = yaml.safe_load((ROOT / "docker-compose.sasl.yml").read_text())
+    services = overlay["services"]
+    kafka = services["kafka"]["environment"]
+    listeners = dict(item.split("://") for item in kafka["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    protocols = dict(item.split(":") for item in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert protocols["SASL_SSL"] == "SASL_SSL" and protocols[kafka["KAFKA_INTER_BROKER_LISTENER_NAME"]]
+    assert "SCRAM-SHA-512" in kafka["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+    # The base stack's own tools (health check, topics) still reach the PLAINTEXT listener.
+    assert listeners["PLAINTEXT"] == base["topics"]["command"][0].split("--bootstrap-server ")[1].split()[0]
+    assert "localhost:9092" in base["kafka"]["healthcheck"]["test"][1]
+    # The secrets the overlay mounts are the files make-secrets.sh writes.
+    script = (ROOT / "deploy" / "sasl" / "make-secrets.sh").read_text()
+    secret_files = {name: Path(spec["file"]).name for name, spec in overlay["secrets"].items()}
+    broker_files = [kafka[key] for key in kafka if key.endswith(("_FILENAME", "_CREDENTIALS"))]
+    broker_files.append(kafka["KAFKA_OPTS"].rsplit("/", 1)[1])
+    for name in [*secret_files.values(), *broker_files]:
+        assert re.search(rf"^#\s+{re.escape(name)}\s", script, re.MULTILINE), name
+    assert "./deploy/sasl/secrets:/etc/kafka/secrets:ro" in services["kafka"]["volumes"]
+    assert "deploy/sasl/secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+    # stream-lstm and the producer log in on the SASL_SSL listener with settings they have.
+    for service, settings in (("stream-lstm", RUN_SETTINGS), ("producer", PRODUCE_SETTINGS)):
+        env = services[service]["environment"]
+        known = {s.env for s in settings} | {s.env + "_FILE" for s in settings if s.secret}
+        assert set(env) <= known, set(env) - known
+        assert env["STREAM_LSTM_BOOTSTRAP_SERVERS"] == listeners["SASL_SSL"]
+        assert env["STREAM_LSTM_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["STREAM_LSTM_SASL_MECHANISM"] in kafka["KAFKA_SASL_ENABLED_MECHANISMS"]
+        assert "STREAM_LSTM_SASL_PASSWORD" not in env, "the password comes from a secret file"
+        mounted = {f"/run/secrets/{name}" for name in services[service]["secrets"]}
+        assert {env["STREAM_LSTM_SASL_PASSWORD_FILE"], env["STREAM_LSTM_SSL_CA_FILE"]} <= mounted
+        assert services[service]["depends_on"]["kafka-users"]["condition"] == "service_completed_successfully"
+    username = services["stream-lstm"]["environment"]["STREAM_LSTM_SASL_USERNAME"]
+    assert f"--entity-name {username}" in services["kafka-users"]["command"][0]
+    assert "prometheus" not in services and "grafana" not in services

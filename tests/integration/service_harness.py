@@ -113,9 +113,16 @@ class ServiceProcess:
     """One `stream-lstm run` subprocess with its own checkpoint directory and metrics port."""
 
     def __init__(
-        self, bootstrap: str, topics: dict[str, str], group_id: str, workdir: Path, *extra: str
+        self,
+        bootstrap: str,
+        topics: dict[str, str],
+        group_id: str,
+        workdir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.extra_env = dict(env or {})
         self.metrics_port = free_port()
         self.log_path = workdir / f"service-{time.monotonic_ns()}.log"
         self.args = [
@@ -141,6 +148,7 @@ class ServiceProcess:
         self.args[index] = str(self.metrics_port)
         self.log_path = self.workdir / f"service-{time.monotonic_ns()}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LSTM_")}
+        env.update(self.extra_env)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         return self

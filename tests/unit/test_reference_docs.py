@@ -21,7 +21,14 @@ def test_the_committed_reference_matches_the_declarations(name: str) -> None:
 def test_the_reference_names_every_setting_and_every_metric() -> None:
     settings = REFERENCE_FILES["settings.md"]()
     for setting in (*RUN_SETTINGS, *EVALUATE_SETTINGS, *PRODUCE_SETTINGS):
-        assert f"| `{setting.flag}` | `{setting.env}` | `{setting.name}` |" in settings, setting.name
+        if setting.secret:
+            expected = (
+                f"| `{setting.flag}`<br>`{setting.flag}-file` | `{setting.env}`<br>`{setting.env}_FILE` "
+                f"| `{setting.name}`<br>`{setting.file_name}` |"
+            )
+        else:
+            expected = f"| `{setting.flag}` | `{setting.env}` | `{setting.name}` |"
+        assert expected in settings, setting.name
     metrics = REFERENCE_FILES["metrics.md"]()
     for declaration in METRICS:
         assert f"| `{declaration.name}` |" in metrics, declaration.name

@@ -14,6 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream_lstm.errors import CheckpointError, StaleCheckpointError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
+from stream_lstm.kafka.interface import KAFKA_CLIENTS
 from stream_lstm.messages.events import Event
 from stream_lstm.state.directory_store import InstanceState, PartitionState
 from stream_lstm.state.topic_store import KafkaTopicStore
@@ -51,9 +52,14 @@ def instance_state(instance: str, events: int) -> InstanceState:
     return InstanceState(evaluator=evaluator, instance=instance)
 
 
-def test_checkpoints_written_by_one_store_are_read_by_another(broker: Broker, store_topic: str) -> None:
-    writer = KafkaTopicStore(broker.bootstrap_servers, store_topic)
-    reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
+def test_checkpoints_written_by_one_store_are_read_by_another(
+    broker: Broker, store_topic: str, kafka_client: str
+) -> None:
+    """Written through one client library, read through the other: the store follows
+    ``--kafka-client`` and both read and write the same records."""
+    other = next(client for client in KAFKA_CLIENTS if client != kafka_client)
+    writer = KafkaTopicStore(broker.bootstrap_servers, store_topic, client=kafka_client)
+    reader = KafkaTopicStore(broker.bootstrap_servers, store_topic, client=other)
     try:
         assert reader.load_partition(("in", 0)) is None and reader.partitions() == []
         writer.save_partition(

@@ -31,10 +31,10 @@ def test_a_poisoned_instance_is_not_sent_and_a_poisoned_record_is_not_loaded(
         writer.save_instance(InstanceState(evaluator=evaluator, instance="a"))
         with torch.no_grad():
             evaluator.models["lstm"].network.head.weight[0, 0] = math.nan
-        end = writer._consumer.end_offsets([writer._partition])[writer._partition]
+        end = writer._log.end_offset()
         with pytest.raises(CheckpointError, match=r"instances/a in Kafka topic .* not written.*head\.weight"):
             writer.save_instance(InstanceState(evaluator=evaluator, instance="a"))
-        assert writer._consumer.end_offsets([writer._partition])[writer._partition] == end  # nothing sent
+        assert writer._log.end_offset() == end  # nothing sent
         assert not torch.isnan(reader.load_instance("a").evaluator.models["lstm"].network.head.weight).any()
         # Sent by going around the check (as an older version could have): another store refuses it.
         with monkeypatch.context() as patch:

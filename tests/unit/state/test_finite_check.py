@@ -197,30 +197,21 @@ def test_an_instance_checkpoint_of_a_learner_run_in_another_process_is_checked_t
 # ---------------------------------------------------------------------- the topic store
 
 
-class _Sent:
-    def get(self, timeout: float | None = None) -> None:
-        return None
-
-
-class _Producer:
+class _Log:
     """Records what the store sends, and acknowledges it at once."""
 
     def __init__(self) -> None:
         self.records: list[tuple[bytes, bytes | None]] = []
 
-    def send(self, topic: str, key: bytes, value: bytes | None) -> _Sent:
-        self.records.append((key, value))
-        return _Sent()
-
-    def flush(self, timeout: float | None = None) -> None:
-        pass
+    def send(self, records: list[tuple[bytes, bytes | None]], timeout_s: float) -> None:
+        self.records.extend(records)
 
 
-def topic_store_without_a_broker() -> tuple[KafkaTopicStore, _Producer]:
+def topic_store_without_a_broker() -> tuple[KafkaTopicStore, _Log]:
     """A topic store whose writes go to a list and whose loads answer from its view (``latest=False``,
     which never asks the broker): its encode and decode paths, with no broker at all."""
     store = KafkaTopicStore.__new__(KafkaTopicStore)
-    producer = _Producer()
+    producer = _Log()
     attributes: dict[str, Any] = {
         "bootstrap_servers": "nowhere:9092",
         "topic": "ckpt",
@@ -232,7 +223,7 @@ def topic_store_without_a_broker() -> tuple[KafkaTopicStore, _Producer]:
         "orphan_grace_s": 3600.0,
         "_chunk_written_at": {},
         "_next_orphan_sweep": 0.0,
-        "_producer": producer,
+        "_log": producer,
         "_overtaken": set(),
         "_ignored_manifests": {},
         "_screen": RecordScreen("Kafka topic ckpt on nowhere:9092"),
