@@ -11,7 +11,7 @@ on one socket per bootstrap server, each step before a deadline:
    alert and a SASL listener answers before any login. With TLS 1.3 the broker's verdict on the
    client certificate arrives only here, so no connection is declared fine before a reply;
 4. SASL (``SASL_*``): SaslHandshake (is the mechanism enabled, does the listener use SASL at
-   all) and SaslAuthenticate (PLAIN, or SCRAM through kafka-python's ``ScramClient``).
+   all) and SaslAuthenticate (PLAIN, or SCRAM: :mod:`~stream_lstm.kafka.scram`).
    OAUTHBEARER's token is not checked here: only the transport and that the mechanism is enabled;
 5. Metadata, which a SASL listener answers only after a login: a close means SASL was expected.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stream_lstm.kafka.connection_probe import probe_server
+from stream_lstm.kafka.connection_probe import probe_server, server_name
 from stream_lstm.kafka.security import KafkaSecurity
 
 #: Every code a :class:`ConnectionProblem` can have (bounded: fit for a metric label).
@@ -93,7 +93,7 @@ def diagnose_connection(
         if found is None:
             return None
         code, message = found
-        problems.append(ConnectionProblem(code, message, _server(host, port)))
+        problems.append(ConnectionProblem(code, message, server_name(host, port)))
     return max(problems, key=lambda problem: _VAGUE.get(problem.code, 2))
 
 
@@ -118,7 +118,3 @@ def problem_health(problem: ConnectionProblem | None) -> dict[str, Any]:
     if problem is None:
         return {"ok": True}
     return {"ok": False, "code": problem.code, "server": problem.server, "message": problem.message}
-
-
-def _server(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

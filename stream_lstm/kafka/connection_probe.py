@@ -17,8 +17,6 @@ import ssl
 import time
 from collections.abc import Generator
 
-from kafka.net.sasl.scram import ScramClient
-
 from stream_lstm.config.secret import MASK, Secret
 from stream_lstm.kafka import probe_wire as wire
 from stream_lstm.kafka.connection_tls import (
@@ -29,6 +27,7 @@ from stream_lstm.kafka.connection_tls import (
     tls_context,
     unverified_context,
 )
+from stream_lstm.kafka.scram import ScramError, ScramLogin
 from stream_lstm.kafka.security import KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -56,10 +55,15 @@ def probe_server(host: str, port: int, security: KafkaSecurity, timeout_s: float
     return _Probe(host, port, security, timeout_s).run()
 
 
+def server_name(host: str, port: int) -> str:
+    """``host:port`` as a bootstrap server is written (``[host]:port`` for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class _Probe:
     def __init__(self, host: str, port: int, security: KafkaSecurity, timeout_s: float) -> None:
         self.host, self.port, self.security, self.timeout_s = host, port, security, timeout_s
-        self.server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.server = server_name(host, port)
         self.deadline = time.monotonic() + timeout_s
         self.stage = "the TCP connection"
         self.ids = itertools.count(1)
@@ -161,7 +165,7 @@ class _Probe:
                 token = tokens.send(server_token)
         except StopIteration:
             return
-        except (ValueError, KeyError) as error:  # a SCRAM message of the server's that does not check
+        except ScramError as error:
             raise _Found(
                 (
                     "unexpected",
@@ -274,17 +278,17 @@ class _Probe:
 def login_tokens(mechanism: str, username: str, password: str) -> Generator[bytes, bytes, None]:
     """The client's SASL messages: each ``send`` of the server's reply gives the next one.
 
-    PLAIN is one message (RFC 4616); SCRAM is two (RFC 5802, kafka-python's ``ScramClient``,
-    which raises ``ValueError`` or ``KeyError`` on a server message that does not check).
+    PLAIN is one message (RFC 4616); SCRAM is two (:class:`~stream_lstm.kafka.scram.ScramLogin`,
+    which raises :class:`~stream_lstm.kafka.scram.ScramError` on a server message that does not
+    check).
     """
     if mechanism == "PLAIN":
         yield f"\0{username}\0{password}".encode()
         return
-    scram = ScramClient(username, password, mechanism)
+    scram = ScramLogin(mechanism, username, password)
     reply = yield scram.first_message()
-    scram.process_server_first_message(reply)
-    reply = yield scram.final_message()
-    scram.process_server_final_message(reply)
+    reply = yield scram.final_message(reply)
+    scram.check_final(reply)
 
 
 def masked(text: str, security: KafkaSecurity) -> str:

@@ -111,6 +111,16 @@ def test_a_mechanism_the_listener_does_not_enable_is_named_with_those_it_does(
     assert "SCRAM-SHA-256" in problem.message and "SCRAM-SHA-512, PLAIN" in problem.message
 
 
+def test_oauthbearer_on_a_listener_without_it_is_a_mechanism_not_enabled(
+    apache_kafka: ApacheKafkaBroker,
+) -> None:
+    security = KafkaSecurity(
+        "SASL_SSL", ssl_ca_file=str(apache_kafka.certificates.ca), sasl_mechanism="OAUTHBEARER"
+    )
+    problem = diagnosed(apache_kafka.sasl_ssl_bootstrap_servers, security)
+    assert problem is not None and problem.code == "sasl_mechanism_not_enabled"
+
+
 def test_tls_without_sasl_to_the_sasl_ssl_listener_means_sasl_is_expected(
     apache_kafka: ApacheKafkaBroker,
 ) -> None:

@@ -7,6 +7,7 @@ secret. The real broker's cases are in ``tests/integration/kafka/test_connection
 
 from __future__ import annotations
 
+import ast
 import socket
 import struct
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from stream_lstm.config.secret import Secret
+from stream_lstm.kafka import connection_probe as probe
+from stream_lstm.kafka import connection_tls as tls
 from stream_lstm.kafka.connection_check import (
     CODES,
     ConnectionProblem,
@@ -25,6 +28,7 @@ from stream_lstm.kafka.connection_check import (
     problem_log_line,
 )
 from stream_lstm.kafka.connection_probe import login_tokens
+from stream_lstm.kafka.scram import ScramError
 from stream_lstm.kafka.security import KafkaSecurity
 from tests.unit.kafka.fake_server import (
     FakeServer,
@@ -146,6 +150,15 @@ def test_tls_to_a_server_that_closes_at_the_client_hello_is_tls_other() -> None:
     assert "did not complete a TLS handshake" in problem.message
 
 
+def test_a_tls_server_that_never_shakes_hands_is_a_timeout_within_the_timeout() -> None:
+    with FakeServer(never_answers) as fake:
+        started = time.monotonic()
+        problem = diagnosed(fake.server, KafkaSecurity("SSL"), timeout_s=SHORT)
+        elapsed = time.monotonic() - started
+    assert problem.code == "timeout" and "the TLS handshake" in problem.message
+    assert elapsed < SHORT + 1.0
+
+
 def test_tls_to_a_kafka_plaintext_port_is_named() -> None:
     with FakeServer(kafka_until({18: with_body(api_versions_body())})) as fake:
         problem = diagnosed(fake.server, KafkaSecurity("SSL"))
@@ -210,6 +223,20 @@ def test_the_enabled_mechanisms_are_named_when_the_chosen_one_is_not() -> None:
         problem = diagnosed(fake.server, security)
     assert problem.code == "sasl_mechanism_not_enabled"
     assert "SCRAM-SHA-256" in problem.message and "PLAIN, GSSAPI!" in problem.message
+
+
+def test_oauthbearer_is_checked_up_to_the_enabled_mechanism_only() -> None:
+    seen: list[int] = []
+
+    def handshake(body: bytes) -> bytes:
+        seen.append(17)
+        return struct.pack(">hi", 0, 1) + struct.pack(">h", 11) + b"OAUTHBEARER"
+
+    answers_ = {18: with_body(api_versions_body()), 17: handshake}
+    with FakeServer(kafka_until(answers_)) as fake:
+        security = KafkaSecurity("SASL_PLAINTEXT", sasl_mechanism="OAUTHBEARER")
+        assert diagnose_connection(fake.server, security, timeout_s=2) is None
+    assert seen == [17]  # no SaslAuthenticate: the token is not checked here
 
 
 def test_a_working_server_ends_the_diagnosis() -> None:
@@ -299,7 +326,7 @@ def test_login_tokens_of_plain_and_the_first_of_scram() -> None:
     assert list(login_tokens("PLAIN", "alice", "pw")) == [b"\0alice\0pw"]
     scram = login_tokens("SCRAM-SHA-512", "alice", "pw")
     assert next(scram).startswith(b"n,,n=alice,r=")
-    with pytest.raises(ValueError):
+    with pytest.raises(ScramError, match="nonce"):
         scram.send(b"r=not-the-client-nonce,s=c2FsdA==,i=4096")
 
 
@@ -317,3 +344,20 @@ def test_a_request_is_answered_by_the_fake_server() -> None:
     with FakeServer(handle) as fake:
         diagnosed(fake.server, KafkaSecurity(), timeout_s=SHORT)
     assert seen == [18]
+
+
+def test_every_code_the_probe_can_return_is_a_known_code() -> None:
+    """Also the codes of paths no test here reaches: each ``(code, message)`` pair in the source."""
+    found = set()
+    for module in (probe, tls):
+        for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+            if (
+                isinstance(node, ast.Tuple)
+                and len(node.elts) == 2
+                and isinstance(node.elts[0], ast.Constant)
+                and isinstance(node.elts[0].value, str)
+                and isinstance(node.elts[1], ast.JoinedStr | ast.Constant)
+            ):
+                found.add(node.elts[0].value)
+    assert found and found <= set(CODES), found - set(CODES)
+    assert {"tls_other", "client_certificate_refused", "sasl_expected"} <= found
