@@ -24,6 +24,7 @@ from stream_lstm.kafka.connection_tls import (
     alert_problem,
     certificate_problem,
     not_tls,
+    reason_of,
     tls_context,
     unverified_context,
 )
@@ -206,12 +207,12 @@ class _Probe:
                 )
             return (
                 "tls_other",
-                f"{self.server} did not complete a TLS handshake: {self._said(_reason(error))}",
+                f"{self.server} did not complete a TLS handshake: {self._said(reason_of(error))}",
             )
         if isinstance(error, ssl.SSLError):
             return (
                 "tls_other",
-                f"TLS with {self.server} failed during {self.stage}: {self._said(_reason(error))}",
+                f"TLS with {self.server} failed during {self.stage}: {self._said(reason_of(error))}",
             )
         if self.stage == "ApiVersions" and not self.security.uses_tls:
             head = error.head if isinstance(error, wire.WireError) else b""
@@ -299,8 +300,3 @@ def masked(text: str, security: KafkaSecurity) -> str:
         if secret is not None and secret.reveal():
             text = text.replace(secret.reveal(), MASK)
     return text
-
-
-def _reason(error: BaseException) -> str:
-    reason = getattr(error, "reason", None)
-    return str(reason).lower().replace("_", " ") if reason else str(error) or type(error).__name__

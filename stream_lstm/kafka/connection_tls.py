@@ -62,7 +62,7 @@ def tls_context(security: KafkaSecurity) -> ssl.SSLContext:
             context.load_verify_locations(cafile=security.ssl_ca_file)
         except (OSError, ssl.SSLError) as error:
             raise TlsSettingsError(
-                f"cannot load --ssl-ca-file {security.ssl_ca_file}: {_reason(error)}"
+                f"cannot load --ssl-ca-file {security.ssl_ca_file}: {reason_of(error)}"
             ) from None
     context.check_hostname = security.ssl_check_hostname
     context.verify_mode = ssl.CERT_REQUIRED
@@ -74,7 +74,7 @@ def tls_context(security: KafkaSecurity) -> ssl.SSLContext:
             hint = "" if password is None else " (or a wrong --ssl-key-password)"
             raise TlsSettingsError(
                 f"cannot load the client certificate --ssl-cert-file {security.ssl_cert_file} with "
-                f"--ssl-key-file {security.ssl_key_file}: {_reason(error)}{hint}"
+                f"--ssl-key-file {security.ssl_key_file}: {reason_of(error)}{hint}"
             ) from None
     return context
 
@@ -83,7 +83,7 @@ def certificate_problem(
     server: str, host: str, security: KafkaSecurity, error: ssl.SSLCertVerificationError
 ) -> tuple[str, str]:
     """The broker's certificate was not accepted: unknown CA, wrong name, or another reason."""
-    detail = error.verify_message or _reason(error)
+    detail = error.verify_message or reason_of(error)
     if error.verify_code in HOSTNAME_CODES:
         return (
             "tls_hostname_mismatch",
@@ -139,9 +139,9 @@ def unverified_context() -> ssl.SSLContext:
     return context
 
 
-def _reason(error: OSError) -> str:
-    """A short reason of an ``OSError``/``ssl.SSLError`` (OpenSSL's reason, or the errno text)."""
+def reason_of(error: BaseException) -> str:
+    """A short reason of an error: OpenSSL's reason, the errno text, or the error's text."""
     reason = getattr(error, "reason", None)
     if reason:
         return str(reason).lower().replace("_", " ")
-    return error.strerror or type(error).__name__
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from stream_lstm.config.secret import Secret
 from stream_lstm.kafka import connection_probe as probe
@@ -30,6 +31,7 @@ from stream_lstm.kafka.connection_check import (
 from stream_lstm.kafka.connection_probe import login_tokens
 from stream_lstm.kafka.scram import ScramError
 from stream_lstm.kafka.security import KafkaSecurity
+from stream_lstm.testing.certificates import make_certificates
 from tests.unit.kafka.fake_server import (
     FakeServer,
     Handler,
@@ -361,3 +363,31 @@ def test_every_code_the_probe_can_return_is_a_known_code() -> None:
                 found.add(node.elts[0].value)
     assert found and found <= set(CODES), found - set(CODES)
     assert {"tls_other", "client_certificate_refused", "sasl_expected"} <= found
+
+
+def test_an_encrypted_client_key_is_loaded_with_its_password_and_a_wrong_one_is_named(
+    tmp_path: Path, unused_port: int
+) -> None:
+    certificates = make_certificates(tmp_path / "certificates")
+    key = serialization.load_pem_private_key(certificates.client_key.read_bytes(), password=None)
+    encrypted = tmp_path / "client-key-encrypted.pem"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(KEY_PASSWORD.encode()),
+        )
+    )
+
+    def security(password: str) -> KafkaSecurity:
+        return KafkaSecurity(
+            "SSL",
+            ssl_ca_file=str(certificates.ca),
+            ssl_cert_file=str(certificates.client_certificate),
+            ssl_key_file=str(encrypted),
+            ssl_key_password=Secret(password),
+        )
+
+    wrong = diagnosed(f"127.0.0.1:{unused_port}", security(PASSWORD))
+    assert wrong.code == "tls_settings" and "--ssl-key-password" in wrong.message
+    assert diagnosed(f"127.0.0.1:{unused_port}", security(KEY_PASSWORD)).code == "unreachable"
