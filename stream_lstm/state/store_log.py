@@ -94,7 +94,16 @@ def open_store_log(
 
 
 def single_partition(topic: str, count: int) -> None:
-    """Refuse a checkpoint topic of several partitions: the order of chunks and manifests matters."""
+    """Refuse a checkpoint topic of several partitions: the order of chunks and manifests matters.
+
+    None (the topic is missing: it could not be created, or its metadata is not out yet) is a
+    :class:`StoreLogError`, tried again until the store's connect timeout.
+    """
+    if count == 0:
+        raise StoreLogError(
+            f"checkpoint topic {topic!r} does not exist (yet): create it (compacted, one partition), "
+            "or give this service the Create permission on it"
+        )
     if count > 1:
         raise CheckpointError(
             f"checkpoint topic {topic!r} has {count} partitions; it needs exactly one (the order of "
