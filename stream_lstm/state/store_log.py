@@ -12,6 +12,7 @@ partitions) is a plain :class:`~stream_lstm.errors.CheckpointError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,20 +71,12 @@ def open_store_log(
     connect_timeout_s: float,
 ) -> StoreLog:
     """Create ``topic`` if missing and open it with the client library ``client`` names."""
+    kind: Callable[..., StoreLog]
     if client == "confluent":
-        from stream_lstm.state.store_log_confluent import ConfluentStoreLog
-
-        return ConfluentStoreLog(
-            bootstrap_servers,
-            topic,
-            security=security,
-            chunk_bytes=chunk_bytes,
-            timeout_s=timeout_s,
-            connect_timeout_s=connect_timeout_s,
-        )
-    from stream_lstm.state.store_log_kafka_python import KafkaPythonStoreLog
-
-    return KafkaPythonStoreLog(
+        from stream_lstm.state.store_log_confluent import ConfluentStoreLog as kind
+    else:
+        from stream_lstm.state.store_log_kafka_python import KafkaPythonStoreLog as kind
+    return kind(
         bootstrap_servers,
         topic,
         security=security,
