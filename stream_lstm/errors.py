@@ -77,6 +77,12 @@ AREA_ERRORS = {
     "RecordsRejected": "stream_lstm.kafka.interface",
     "BrokerError": "stream_lstm.kafka.broker_admin",
     "LearnerProcessError": "stream_lstm.learner.process",
+    "TlsSettingsError": "stream_lstm.kafka.connection_tls",
+    "WireError": "stream_lstm.kafka.probe_wire",
+    "MalformedResponse": "stream_lstm.kafka.probe_wire",
+    "ConnectionClosed": "stream_lstm.kafka.probe_wire",
+    "ScramError": "stream_lstm.kafka.scram",
+    "StoreLogError": "stream_lstm.state.store_log",
     "KafkaJarsUnavailable": "stream_lstm.testing.kafka_jars",
     "KafkaJarsError": "stream_lstm.testing.kafka_jars",
 }

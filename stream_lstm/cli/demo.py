@@ -142,7 +142,13 @@ def run_demo(
             bootstrap, client, security = cluster.bootstrap_servers, cluster.client, cluster.security
             print(f"creating topics {', '.join(topics.values())} on {bootstrap} ...", file=out, flush=True)
             create_topics(
-                bootstrap, list(topics.values()), 1, 60.0, raise_if_exited=lambda: None, security=security
+                bootstrap,
+                list(topics.values()),
+                1,
+                60.0,
+                raise_if_exited=lambda: None,
+                security=security,
+                replication_factor=-1,  # the cluster's default, which it may require to be over 1
             )
             created = list(topics.values())
         checkpoint_dir = workdir / "checkpoints"

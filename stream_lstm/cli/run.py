@@ -116,8 +116,11 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
 def run_command(args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser) -> int:
     """Run the service until SIGINT or SIGTERM, then stop it with a final checkpoint."""
     import signal
+    import threading
 
     from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+    from stream_lstm.kafka.connection_check import problem_health
+    from stream_lstm.service.connection_watch import ConnectionWatch
     from stream_lstm.service.stream_service import StreamService
     from stream_lstm.telemetry.metrics import MetricsServer, Telemetry
     from stream_lstm.telemetry.redaction import configure_logging
@@ -146,10 +149,19 @@ def run_command(args: argparse.Namespace, settings: dict[str, Any], parser: argp
         else f"checkpoint directory {settings['checkpoint_dir']}"
     )
 
+    kafka = settings_of_service.kafka
+    watch = ConnectionWatch(kafka.bootstrap_servers, kafka.security)
+
     def starting() -> tuple[bool, dict[str, Any]]:
-        # Opening the store and loading the checkpoints may take a while (a checkpoint topic waits
-        # for its broker): /healthz and /metrics answer meanwhile, so a probe sees a starting
-        # service rather than none.
+        # Connecting, opening the store and loading the checkpoints may take a while (a checkpoint
+        # topic waits for its broker): /healthz and /metrics answer meanwhile, so a probe sees a
+        # starting service rather than none, and why it cannot connect.
+        if watch.problem is not None:
+            return False, {
+                "starting": f"connecting to Kafka at {kafka.bootstrap_servers}",
+                "last_error": watch.problem.message,
+                "kafka_connection": problem_health(watch.problem),
+            }
         return False, {"starting": f"opening the {store_name} and loading this instance's checkpoint"}
 
     telemetry = Telemetry()
@@ -164,25 +176,35 @@ def run_command(args: argparse.Namespace, settings: dict[str, Any], parser: argp
     server.start()
     print(
         f"stream-lstm {__version__}: {settings['input_topic']} -> {settings['output_topic']} "
-        f"(dead letters: {settings['dead_letter_topic']}) on {settings['bootstrap_servers']}, "
-        f"group {settings['group_id']}; metrics at http://127.0.0.1:{server.port}/metrics, "
-        f"health at http://127.0.0.1:{server.port}/healthz",
+        f"(dead letters: {settings['dead_letter_topic']}) on {settings['bootstrap_servers']} "
+        f"({kafka.security.describe()}), group {settings['group_id']}; "
+        f"metrics at http://127.0.0.1:{server.port}/metrics, health at http://127.0.0.1:{server.port}/healthz",
         file=sys.stderr,
         flush=True,
     )
-    try:
-        service = StreamService(settings_of_service, new_evaluator=new_evaluator, telemetry=telemetry)
-    except BaseException:
-        server.stop()
-        raise
-    server.health = service.health
+    stop_requested = threading.Event()
+    running: list[StreamService] = []
 
     def request_stop(signum: int, frame: object) -> None:
-        service.stop()
+        stop_requested.set()
+        for service in running:
+            service.stop()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
+        # A cluster the settings cannot reach (wrong password, unknown CA, TLS to a plaintext
+        # port...) is named here, in the log and /healthz, before anything waits on it in silence.
+        if not watch.wait_until_ok(stop_requested):
+            print("stream-lstm: stopped before connecting to Kafka", file=sys.stderr, flush=True)
+            return 0
+        service = StreamService(
+            settings_of_service, new_evaluator=new_evaluator, telemetry=telemetry, connection_watch=watch
+        )
+        running.append(service)
+        server.health = service.health
+        if stop_requested.is_set():
+            service.stop()
         service.run()
     finally:
         server.stop()

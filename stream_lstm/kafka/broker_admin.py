@@ -66,13 +66,15 @@ def create_topics(
     raise_if_exited: Callable[[], None],
     configs: dict[str, str] | None = None,
     security: KafkaSecurity = PLAINTEXT,
+    replication_factor: int = 1,
 ) -> dict[str, int]:
     """Create the topics ``names`` (distinct, not empty) that are missing, and wait for them.
 
     See :meth:`EmbeddedBroker.create_topics <stream_lstm.kafka.broker.EmbeddedBroker.create_topics>`;
     ``raise_if_exited`` raises :class:`BrokerError` once the broker process has exited, so the
     wait for the metadata stops at once then. ``configs`` are the new topics' settings
-    (``cleanup.policy``, say); ``security`` how to connect (``demo`` on a cluster of the user's).
+    (``cleanup.policy``, say); ``security`` how to connect and ``replication_factor`` -1 for the
+    cluster's default (``demo`` on a cluster of the user's).
     """
     deadline = time.monotonic() + timeout
     admin = _admin_client(bootstrap_servers, timeout, security)
@@ -82,7 +84,7 @@ def create_topics(
                 {
                     name: {
                         "num_partitions": partitions,
-                        "replication_factor": 1,
+                        "replication_factor": replication_factor,
                         "configs": dict(configs or {}),
                     }
                     for name in names

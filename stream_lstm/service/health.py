@@ -6,7 +6,9 @@ import logging
 import time
 from typing import Any
 
+from stream_lstm.kafka.connection_check import problem_health
 from stream_lstm.kafka.interface import KafkaClient
+from stream_lstm.service.connection_watch import ConnectionWatch
 from stream_lstm.telemetry.metrics import Telemetry
 
 log = logging.getLogger(__name__)
@@ -16,11 +18,18 @@ PROBE_INTERVAL_S = 1.0
 
 
 class Health:
-    """The broker connection as the loop last saw it, the last error, and a failing checkpoint."""
+    """The broker connection as the loop last saw it, the last error, and a failing checkpoint.
 
-    def __init__(self, bootstrap_servers: str, telemetry: Telemetry) -> None:
+    With a :class:`ConnectionWatch`, a lost connection is diagnosed (rate-limited), and the cause
+    it names replaces the client's vaguer error in the log and in ``/healthz``.
+    """
+
+    def __init__(
+        self, bootstrap_servers: str, telemetry: Telemetry, watch: ConnectionWatch | None = None
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.telemetry = telemetry
+        self.watch = watch
         self.broker_connected = False
         self.last_error: str | None = None
         #: Why the last checkpoint could not be written; None once one is written again.
@@ -29,6 +38,12 @@ class Health:
 
     def set_connected(self, connected: bool, error: str | None = None) -> None:
         """Record the broker connection; log a change."""
+        if self.watch is not None:
+            if connected:
+                self.watch.clear()
+            else:
+                problem = self.watch.check()
+                error = problem.message if problem is not None else error
         if connected != self.broker_connected:
             if connected:
                 log.info("connected to Kafka at %s", self.bootstrap_servers)
@@ -53,7 +68,9 @@ class Health:
     ) -> tuple[bool, dict[str, Any]]:
         """Ready when connected to Kafka, checkpointing and not stopping; details for /healthz."""
         ready = self.broker_connected and not stopping and connected_client and self.checkpoint_error is None
+        connection = {} if self.watch is None else {"kafka_connection": problem_health(self.watch.problem)}
         return ready, {
+            **connection,
             "broker_connected": self.broker_connected,
             "stopping": stopping,
             "last_error": self.last_error,

@@ -53,6 +53,7 @@ from stream_lstm.kafka.interface import KafkaClient, KafkaIOError, Message, Part
 from stream_lstm.learner.process import LearnerProcess
 from stream_lstm.service.batch_stage import Batch, BatchStage
 from stream_lstm.service.checkpointer import Checkpointer, CheckpointOutcome, open_store
+from stream_lstm.service.connection_watch import ConnectionWatch
 from stream_lstm.service.health import Health
 from stream_lstm.service.ledger import Ledger
 from stream_lstm.service.publisher import Publisher, RefusedOutputs
@@ -87,7 +88,8 @@ class StreamService:
 
     ``new_evaluator`` builds a fresh evaluator when there is no checkpoint; ``kafka_factory``
     builds the Kafka client; ``store`` is the checkpoint store, by default the one the settings
-    name (tests pass a scripted client and a store in memory, see :mod:`stream_lstm.testing`).
+    name (tests pass a scripted client and a store in memory, see :mod:`stream_lstm.testing`);
+    ``connection_watch`` names the cause when the client cannot connect.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class StreamService:
         telemetry: Telemetry,
         kafka_factory: Callable[..., KafkaClient] = open_kafka,
         store: CheckpointStore | None = None,
+        connection_watch: ConnectionWatch | None = None,
     ) -> None:
         self.settings = settings
         self.telemetry = telemetry
@@ -114,7 +117,7 @@ class StreamService:
             self.recovery.close_learner_process()
             self.store.close()
             raise
-        self.health_state = Health(settings.kafka.bootstrap_servers, telemetry)
+        self.health_state = Health(settings.kafka.bootstrap_servers, telemetry, connection_watch)
         self.checkpointer = Checkpointer(
             self.store, settings, telemetry, self.ledger, self.health_state, instance_saved=instance_saved
         )

@@ -12,6 +12,7 @@ partitions) is a plain :class:`~stream_lstm.errors.CheckpointError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,20 +71,12 @@ def open_store_log(
     connect_timeout_s: float,
 ) -> StoreLog:
     """Create ``topic`` if missing and open it with the client library ``client`` names."""
+    kind: Callable[..., StoreLog]
     if client == "confluent":
-        from stream_lstm.state.store_log_confluent import ConfluentStoreLog
-
-        return ConfluentStoreLog(
-            bootstrap_servers,
-            topic,
-            security=security,
-            chunk_bytes=chunk_bytes,
-            timeout_s=timeout_s,
-            connect_timeout_s=connect_timeout_s,
-        )
-    from stream_lstm.state.store_log_kafka_python import KafkaPythonStoreLog
-
-    return KafkaPythonStoreLog(
+        from stream_lstm.state.store_log_confluent import ConfluentStoreLog as kind
+    else:
+        from stream_lstm.state.store_log_kafka_python import KafkaPythonStoreLog as kind
+    return kind(
         bootstrap_servers,
         topic,
         security=security,
@@ -94,7 +87,16 @@ def open_store_log(
 
 
 def single_partition(topic: str, count: int) -> None:
-    """Refuse a checkpoint topic of several partitions: the order of chunks and manifests matters."""
+    """Refuse a checkpoint topic of several partitions: the order of chunks and manifests matters.
+
+    None (the topic is missing: it could not be created, or its metadata is not out yet) is a
+    :class:`StoreLogError`, tried again until the store's connect timeout.
+    """
+    if count == 0:
+        raise StoreLogError(
+            f"checkpoint topic {topic!r} does not exist (yet): create it (compacted, one partition), "
+            "or give this service the Create permission on it"
+        )
     if count > 1:
         raise CheckpointError(
             f"checkpoint topic {topic!r} has {count} partitions; it needs exactly one (the order of "

@@ -85,6 +85,14 @@ class ConfluentStoreLog:
             if kafka_error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 return
             if kafka_error.code() in (
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+            ):
+                log.warning(
+                    "not authorized to create the checkpoint topic %r; using it if it exists", self.topic
+                )
+                return
+            if kafka_error.code() in (
                 KafkaError._TRANSPORT,
                 KafkaError._TIMED_OUT,
                 KafkaError._ALL_BROKERS_DOWN,

@@ -7,12 +7,19 @@ store).
 
 from __future__ import annotations
 
+import logging
+
 from kafka import KafkaAdminClient
 
 from stream_lstm.errors import CheckpointError
 from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
 
+log = logging.getLogger(__name__)
+
 _TOPIC_ALREADY_EXISTS = 36
+
+#: TOPIC_AUTHORIZATION_FAILED and CLUSTER_AUTHORIZATION_FAILED: this principal may not create it.
+NOT_AUTHORIZED = (29, 31)
 
 #: The settings of a topic created for checkpoints. Compaction never touches the active segment:
 #: it rolls hourly, and the cleaner starts early, so that what a new reader must read stays small.
@@ -33,7 +40,9 @@ def create_store_topic(
 ) -> None:
     """Create ``topic`` (one partition, :data:`STORE_TOPIC_CONFIGS`) unless it exists.
 
-    Raises :class:`CheckpointError` when the cluster refuses it.
+    Raises :class:`CheckpointError` when the cluster refuses it. A principal without the Create
+    permission is refused even for a topic that exists: that refusal only logs a warning, and
+    the store then uses the topic if it exists (an operator created it, compacted, one partition).
     """
     admin = KafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
@@ -49,7 +58,9 @@ def create_store_topic(
         )
         for result in response["topics"]:
             code = result["error_code"]
-            if code not in (0, _TOPIC_ALREADY_EXISTS):
+            if code in NOT_AUTHORIZED:
+                log.warning("not authorized to create the checkpoint topic %r; using it if it exists", topic)
+            elif code not in (0, _TOPIC_ALREADY_EXISTS):
                 raise CheckpointError(
                     f"cannot create the checkpoint topic {topic!r}: "
                     f"{result.get('error_message') or 'no message'} (Kafka error code {code})"

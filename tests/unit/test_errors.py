@@ -19,7 +19,8 @@ def declared_errors() -> dict[str, type[BaseException]]:
         module = importlib.import_module(module_info.name)
         for name, value in vars(module).items():
             is_error = inspect.isclass(value) and issubclass(value, BaseException)
-            if is_error and value.__module__ == module.__name__:
+            # A private exception (``_Found``) is a module's own control flow, never raised out of it.
+            if is_error and value.__module__ == module.__name__ and not name.startswith("_"):
                 found[name] = value
     return found
 

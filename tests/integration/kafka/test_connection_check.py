@@ -121,6 +121,17 @@ def test_oauthbearer_on_a_listener_without_it_is_a_mechanism_not_enabled(
     assert problem is not None and problem.code == "sasl_mechanism_not_enabled"
 
 
+def sasl_plaintext(kafka: ApacheKafkaBroker) -> KafkaSecurity:
+    """The PLAIN user's right settings, but SASL without TLS."""
+    plain = kafka.users["PLAIN"]
+    return KafkaSecurity(
+        "SASL_PLAINTEXT",
+        sasl_mechanism="PLAIN",
+        sasl_username=plain.username,
+        sasl_password=Secret(plain.password),
+    )
+
+
 def test_tls_without_sasl_to_the_sasl_ssl_listener_means_sasl_is_expected(
     apache_kafka: ApacheKafkaBroker,
 ) -> None:
@@ -131,13 +142,7 @@ def test_tls_without_sasl_to_the_sasl_ssl_listener_means_sasl_is_expected(
 
 
 def test_sasl_to_a_listener_without_sasl_is_named(apache_kafka: ApacheKafkaBroker) -> None:
-    plain = apache_kafka.users["PLAIN"]
-    security = KafkaSecurity(
-        "SASL_PLAINTEXT",
-        sasl_mechanism="PLAIN",
-        sasl_username=plain.username,
-        sasl_password=Secret(plain.password),
-    )
+    security = sasl_plaintext(apache_kafka)
     problem = diagnosed(apache_kafka.bootstrap_servers, security)
     assert problem is not None and problem.code == "sasl_not_enabled"
     assert "--security-protocol PLAINTEXT" in problem.message
@@ -192,13 +197,7 @@ def test_plaintext_to_a_tls_port_is_named(apache_kafka: ApacheKafkaBroker, liste
 
 
 def test_sasl_plaintext_to_the_sasl_ssl_port_is_named(apache_kafka: ApacheKafkaBroker) -> None:
-    plain = apache_kafka.users["PLAIN"]
-    security = KafkaSecurity(
-        "SASL_PLAINTEXT",
-        sasl_mechanism="PLAIN",
-        sasl_username=plain.username,
-        sasl_password=Secret(plain.password),
-    )
+    security = sasl_plaintext(apache_kafka)
     problem = diagnosed(apache_kafka.sasl_ssl_bootstrap_servers, security)
     assert problem is not None and problem.code == "plaintext_to_tls_port"
     assert "--security-protocol SASL_SSL" in problem.message

@@ -170,3 +170,79 @@ def test_produce_and_demo_run_over_sasl_ssl(apache_kafka: ApacheKafkaBroker, tmp
     assert "final comparison" in demo.stdout and "deleted the demo's topics" in demo.stdout
     password = apache_kafka.users["SCRAM-SHA-512"].password
     assert password not in demo.stdout + demo.stderr + (tmp_path / "demo" / "service.log").read_text()
+
+
+def misconfigurations(kafka: ApacheKafkaBroker, tmp_path: Path) -> dict[str, tuple[str, list[str], str]]:
+    """Each misconfiguration: (bootstrap servers, the service's flags, the code it must name)."""
+    ca = str(kafka.certificates.ca)
+    user = kafka.users["SCRAM-SHA-512"]
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-" + user.password)
+    right = tmp_path / "password"
+    right.write_text(user.password)
+    sasl = ["--security-protocol", "SASL_SSL", "--sasl-mechanism", "SCRAM-SHA-512"]
+    sasl += ["--sasl-username", user.username]
+    stranger_ca = str(kafka.certificates.stranger_certificate)
+    port = kafka.sasl_ssl_bootstrap_servers.rsplit(":", 1)[1]
+    return {
+        "wrong password": (
+            kafka.sasl_ssl_bootstrap_servers,
+            [*sasl, "--ssl-ca-file", ca, "--sasl-password-file", str(wrong)],
+            "sasl_authentication_failed",
+        ),
+        "unknown CA": (
+            kafka.sasl_ssl_bootstrap_servers,
+            [*sasl, "--ssl-ca-file", stranger_ca, "--sasl-password-file", str(right)],
+            "tls_unknown_ca",
+        ),
+        "hostname mismatch": (
+            f"127.1:{port}",  # the same address, by a name the broker's certificate does not carry
+            [*sasl, "--ssl-ca-file", ca, "--sasl-password-file", str(right)],
+            "tls_hostname_mismatch",
+        ),
+        "TLS to a plaintext port": (
+            kafka.bootstrap_servers,
+            [*sasl, "--ssl-ca-file", ca, "--sasl-password-file", str(right)],
+            "tls_to_plaintext_port",
+        ),
+        "plaintext to a TLS port": (kafka.sasl_ssl_bootstrap_servers, [], "plaintext_to_tls_port"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wrong password",
+        "unknown CA",
+        "hostname mismatch",
+        "TLS to a plaintext port",
+        "plaintext to a TLS port",
+    ],
+)
+def test_a_misconfigured_connection_is_named_in_the_log_and_healthz_within_seconds(
+    apache_kafka: ApacheKafkaBroker, case: str, group_id: str, tmp_path: Path
+) -> None:
+    """Not an endless bootstrap retry: the cause, in a log line and in /healthz, within 20 s of start."""
+    bootstrap, flags, code = misconfigurations(apache_kafka, tmp_path)[case]
+    topics = {"input": "never-read", "output": "never-written", "dead": "never-written-either"}
+    service = ServiceProcess(
+        bootstrap, topics, group_id, tmp_path, *flags, "--checkpoint-topic", f"checkpoints-{group_id}"
+    ).start()
+    try:
+
+        def named() -> dict | None:
+            service.assert_alive()
+            health = service.health()
+            if health is None or f"Kafka connection problem [{code}]" not in service.log():
+                return None
+            return (
+                health[1] if health[0] == 503 and health[1].get("kafka_connection", {}).get("code") else None
+            )
+
+        details = wait_for(named, 20, f"the service to name {code}")
+        assert details["kafka_connection"]["code"] == code, details
+        assert details["last_error"] == details["kafka_connection"]["message"]
+        service.terminate(timeout=15)
+    finally:
+        service.cleanup()
+    assert apache_kafka.users["SCRAM-SHA-512"].password not in service.log() + json.dumps(details)
