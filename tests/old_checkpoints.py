@@ -6,6 +6,7 @@ from __future__ import annotations
 import copyreg
 import io
 import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,3 +62,28 @@ def old_payload(state: Any, protocol: int = pickle.HIGHEST_PROTOCOL) -> bytes:
 def old_checkpoint(payload: bytes) -> bytes:
     """``payload`` behind the old header: the magic line and format version 1."""
     return MAGIC + PICKLE_SCHEMA.to_bytes(2, "big") + payload
+
+
+class TouchWhenUnpickled:
+    """What an attacker would write: unpickling it calls ``Path.touch(marker)`` (a harmless
+    stand-in for any code), so that a test can tell whether it was ever unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        return Path.touch, (self.marker,)
+
+
+def code_running_checkpoints(marker: Path) -> dict[str, bytes]:
+    """Checkpoints whose loading by unpickling would create ``marker``: behind the old header,
+    and raw. The test of each payload first checks that unpickling it does create the marker."""
+    payload = pickle.dumps(TouchWhenUnpickled(marker), protocol=pickle.HIGHEST_PROTOCOL)
+    return {"old header": old_checkpoint(payload), "raw pickle": payload}
+
+
+def assert_payload_runs(marker: Path) -> None:
+    """The payloads are live: plain unpickling does create the marker (then it is removed)."""
+    pickle.loads(code_running_checkpoints(marker)["raw pickle"])
+    assert marker.exists()
+    marker.unlink()
