@@ -39,5 +39,8 @@ def test_a_restart_with_other_sizes_is_refused_and_a_new_step_size_is_applied(
     applied.wait_ready()
     assert 'learning_rate="0.1"' in applied.metrics() and 'hidden_size="16"' in applied.metrics()
     assert "learning_rate was 0.01 in the checkpoint, now 0.1" in applied.log()
+    # The next checkpoint (written once there is something new to save) holds the new value.
+    produce(broker.bootstrap_servers, topics["input"], list(temporal_stream(20, n_keys=4, seed=8)))
+    reader.read_until(lambda r: len(r) >= 220, 60, "the predictions of the new events")
     assert applied.terminate() < 10
     assert checkpoint_of(tmp_path).evaluator.learner_settings()["learning_rate"] == 0.1
