@@ -70,7 +70,7 @@ def convert_command(
 def convert_file(old: Path, new: Path) -> str:
     """Write the trusted old checkpoint ``old`` to ``new`` in the data format (one already in it
     is copied as it is); return what was done."""
-    from stream_lstm.state.checkpoint import save_checkpoint
+    from stream_lstm.state.checkpoint import load_checkpoint, save_checkpoint
     from stream_lstm.state.codec import SCHEMA, checkpoint_schema
     from stream_lstm.state.finite_check import check_finite
     from stream_lstm.state.legacy_pickle import unpickle_trusted_checkpoint
@@ -87,6 +87,7 @@ def convert_file(old: Path, new: Path) -> str:
     state = unpickle_trusted_checkpoint(data, str(old))
     check_finite(state, str(new), saving=True)
     save_checkpoint(new, state)
+    load_checkpoint(new)  # read back as the service will, so that a conversion that fails says so now
     return f"{old} -> {new}"
 
 

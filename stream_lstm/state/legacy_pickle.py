@@ -78,5 +78,9 @@ def unpickle_trusted_checkpoint(data: bytes, where: str) -> InstanceState | Part
                 models[name] = learner_from_pickled_state(model.state)
         return state
     if isinstance(state, PartitionState):
+        lstm = state.key_state.get("lstm")
+        if isinstance(lstm, dict):
+            # Exports of versions before the feature layout travelled with them: none known.
+            lstm.setdefault("feature_columns", {})
         return state
     raise CheckpointError(f"{where} holds a {type(state).__name__}, not a checkpoint state")

@@ -154,3 +154,22 @@ def test_a_checkpoint_directory_converts_with_its_partitions_and_epochs(tmp_path
 def test_a_directory_without_checkpoints_or_a_missing_path_is_an_error(tmp_path: Path) -> None:
     assert main(["convert-checkpoint", str(tmp_path), str(tmp_path / "new"), "--trust-pickle"]) == 2
     assert main(["convert-checkpoint", str(tmp_path / "nope"), str(tmp_path / "new"), "--trust-pickle"]) == 2
+
+
+def test_key_states_exported_before_their_feature_layout_travelled_convert(tmp_path: Path) -> None:
+    evaluator = trained(["lstm"])
+    keys = sorted(evaluator.models["lstm"].tracked_keys())
+    key_state = evaluator.export_keys(keys)
+    del key_state["lstm"]["feature_columns"]
+    old = tmp_path / "0.ckpt"
+    old.write_bytes(
+        old_checkpoint(
+            old_payload(PartitionState(topic="t", partition=0, offset=9, keys=keys, key_state=key_state))
+        )
+    )
+    assert main(["convert-checkpoint", str(old), str(tmp_path / "new.ckpt"), "--trust-pickle"]) == 0
+    converted = load_checkpoint(tmp_path / "new.ckpt")
+    assert (
+        converted.key_state["lstm"]["feature_columns"] == {}
+        and sorted(converted.key_state["lstm"]["keys"]) == keys
+    )
