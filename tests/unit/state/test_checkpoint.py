@@ -6,9 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from stream_lstm.errors import CheckpointError, CheckpointRejected
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.learner.lstm_learner import LSTMLearner
+from stream_lstm.learner.process import LearnerProcess
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.state.checkpoint import (
@@ -99,6 +102,25 @@ def test_key_states_saved_per_partition_continue_exactly_as_the_service_resumes(
         second.import_keys(store.load_partition(("in", number)).key_state)
     part_two = feed(second, events[240:])
     assert_same_predictions(whole, part_one, part_two)
+
+
+def test_an_lstm_in_its_learner_process_is_saved_as_the_learner_itself(tmp_path: Path) -> None:
+    """The service's checkpoint of an evaluator whose LSTM runs in a child process: the child
+    hands over its learner's data form, which loads as a plain learner and continues exactly."""
+    events = list(temporal_stream(240, n_keys=6, seed=2))
+    whole = feed(fresh(), events)
+    first = fresh()
+    # As many torch threads as here: the answers are then equal to the last bit.
+    process = LearnerProcess(first.models["lstm"], torch_threads=torch.get_num_threads())
+    try:
+        first.models["lstm"] = process
+        part_one = feed(first, events[:120])
+        save_checkpoint(tmp_path / "a.ckpt", InstanceState(evaluator=first, instance="a"))
+    finally:
+        process.close()
+    second = load_checkpoint(tmp_path / "a.ckpt").evaluator
+    assert isinstance(second.models["lstm"], LSTMLearner)
+    assert_same_predictions(whole, part_one, feed(second, events[120:]))
 
 
 def test_a_partition_checkpoint_round_trips_field_by_field() -> None:
