@@ -11,21 +11,26 @@ memory than the checkpoint's own bytes.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from stream_lstm.errors import ConfigError
 from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.key_state import KeyStateStore
 from stream_lstm.learner.network import LSTMNetwork
+from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import SKIP_REASONS
 from stream_lstm.models.state_data import Fields, State, checked_array, checked_int, damaged
 
 if TYPE_CHECKING:
     from stream_lstm.learner.lstm_learner import LSTMLearner
+
+log = logging.getLogger(__name__)
 
 #: The fields of a learner's state, besides ``kind`` and the skip counts.
 _FIELDS = (
@@ -145,6 +150,7 @@ def restore_learner(learner: LSTMLearner, tree: Any, where: str) -> None:
     capacity = KeyStateStore.state_capacity(keys, fields.path("keys"))
     if not min(_INITIAL_KEY_CAPACITY, hyper["max_keys"]) <= capacity <= hyper["max_keys"]:
         raise damaged(fields.path("keys.capacity"), "not a capacity a key store of these settings has")
+    hyper["device"] = _usable_device(hyper["device"])
     for name, value in hyper.items():
         setattr(learner, name, value)
     learner._build()  # allocates what the arrays checked above hold, no more
@@ -163,6 +169,24 @@ def restore_learner(learner: LSTMLearner, tree: Any, where: str) -> None:
     learner._narrow_inputs = fields.bool("narrow_inputs")
     learner._last_loss = _optional_scalar(fields, "last_loss", device)
     learner._last_grad_norm = _optional_scalar(fields, "last_grad_norm", device)
+
+
+def _usable_device(device: str) -> str:
+    """``device``, or the fallback of :func:`~stream_lstm.learner.placement.learners_fall_back_to`
+    where this host lacks it (else the ConfigError that says so)."""
+    from stream_lstm.learner.lstm_learner import resolve_device  # loaded by now: it imports this module
+
+    fallback = fallback_device()
+    try:
+        resolve_device(device)
+    except ConfigError:
+        if fallback is None or fallback == device:
+            raise
+        log.info(
+            "the checkpoint's learner ran on %s, which this host lacks: restoring it on %s", device, fallback
+        )
+        return fallback
+    return device
 
 
 def _restore_optimizer(learner: LSTMLearner, read: Fields) -> None:

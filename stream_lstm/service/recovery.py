@@ -16,7 +16,7 @@ from collections.abc import Callable
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.evaluation.resume_settings import resume_with_settings
 from stream_lstm.kafka.interface import KafkaClient, Partition
-from stream_lstm.learner.placement import learners_on_cpu
+from stream_lstm.learner.placement import learners_fall_back_to, learners_on_cpu
 from stream_lstm.learner.process import LearnerProcess
 from stream_lstm.models.protocols import TrainedModel, models_that
 from stream_lstm.service.ledger import Ledger, PartitionProgress
@@ -48,8 +48,13 @@ class Recovery:
     def load_placed_evaluator(self, *, latest: bool = True) -> PrequentialEvaluator:
         """:meth:`load_evaluator`, then :meth:`place_learner`. A learner bound for the learner
         process is built here on the CPU: on a GPU host this process would otherwise open a CUDA
-        context of its own only to pass the weights on."""
-        with learners_on_cpu(self.settings.learner_process):
+        context of its own only to pass the weights on. A checkpoint's learner whose device this
+        host lacks is restored on the service's ``--device``."""
+        current = self.settings.learner_settings
+        with (
+            learners_on_cpu(self.settings.learner_process),
+            learners_fall_back_to(current.get("device") if current is not None else None),
+        ):
             evaluator = self.load_evaluator(latest=latest)
         return self.place_learner(evaluator)
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from stream_lstm.config.declared import LEARNER_SETTINGS, lstm_arguments
-from stream_lstm.errors import ConfigError
+from stream_lstm.errors import CheckpointRejected, ConfigError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
 from stream_lstm.evaluation.resume_settings import (
     FIXED,
@@ -28,6 +29,8 @@ from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.service.ledger import Ledger
 from stream_lstm.service.recovery import Recovery
 from stream_lstm.service.settings import ServiceSettings
+from stream_lstm.state.codec import encode_tree
+from stream_lstm.state.state_tree import INSTANCE, state_to_tree
 from stream_lstm.state.store import InstanceState
 from stream_lstm.testing.memory_store import MemoryStore
 
@@ -156,3 +159,20 @@ def test_the_service_applies_a_new_step_size_to_its_own_checkpoint(tmp_path: Pat
     store.save_instance(InstanceState(evaluator=evaluator_of(learner_settings()), instance="b"))
     resumed = recovery(store, tmp_path, learner_settings(learning_rate=0.1)).load_evaluator()
     assert resumed.models["lstm"].learning_rate == resumed.models["lstm"].optimizer.lr == 0.1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a host without CUDA")
+def test_a_checkpoint_of_a_device_this_host_lacks_resumes_on_the_services_device(tmp_path: Path) -> None:
+    """Written on a GPU host, resumed on one without: restored on --device, not refused."""
+    tree = state_to_tree(InstanceState(evaluator=evaluator_of(learner_settings()), instance="b"))
+    lstm = next(entry["state"] for entry in tree["evaluator"]["models"] if entry["name"] == "lstm")
+    lstm["hyperparameters"]["device"] = "cuda"
+    store = MemoryStore()
+    store._instances["b"] = [encode_tree(tree, INSTANCE)]
+    with pytest.raises(CheckpointRejected, match="sees no CUDA GPU"):
+        recovery(store, tmp_path, None).load_placed_evaluator()
+    resumed = recovery(store, tmp_path, learner_settings(device="cpu")).load_placed_evaluator()
+    assert resumed.models["lstm"].device == "cpu" and resumed.models["lstm"].torch_device.type == "cpu"
+    # Asked for the device it lacks, the service refuses, as a fresh start would.
+    with pytest.raises(CheckpointRejected, match="sees no CUDA GPU"):
+        recovery(store, tmp_path, learner_settings(device="cuda")).load_placed_evaluator()
