@@ -1,5 +1,5 @@
-"""Checkpoints of the old pickle format, as stream-lstm 0.3 and earlier wrote them, for the tests of
-their refusal and of their conversion (``stream-lstm convert-checkpoint``)."""
+"""Checkpoints of the old pickle format, as the first versions of stream-lstm wrote them, for the
+tests of their refusal and of their conversion (``stream-lstm convert-checkpoint``)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,8 @@ def add_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
         help="rewrite a trusted checkpoint of the old pickle format (a file or a directory) as data",
         description=(
             "Read a checkpoint file, or every checkpoint of a checkpoint directory, written in the "
-            "pickle format of stream-lstm 0.3 and earlier, and write it in the current format, which "
+            "pickle format (checkpoint format 1, the first versions of stream-lstm), and write it in the "
+            "current format, which "
             "stream-lstm run reads (it refuses the old one). Reading a pickle runs any code in it: "
             "only convert checkpoints you wrote, and say so with --trust-pickle. NEW may be OLD."
         ),

@@ -36,7 +36,7 @@ from stream_lstm.errors import CheckpointError, CheckpointRejected
 MAGIC = b"STREAM-LSTM-CHECKPOINT\n"
 #: The version of this format; what follows the magic.
 SCHEMA = 2
-#: The version of the pickle format (checkpoints of stream-lstm before 0.4), refused on load.
+#: The version of the pickle format (the first versions of stream-lstm), refused on load.
 PICKLE_SCHEMA = 1
 FORMAT_NAME = "stream-lstm-checkpoint"
 #: The array types a checkpoint may hold: plain numbers, little-endian.

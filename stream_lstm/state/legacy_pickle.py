@@ -1,6 +1,6 @@
 """Checkpoints of the old pickle format, converted once on the user's word: the one unpickling.
 
-Before format 2 (stream-lstm 0.3 and earlier), a checkpoint was the magic line, the version 1,
+Before format 2 (the first versions of stream-lstm), a checkpoint was the magic line, the version 1,
 then a pickle of the state, and loading it ran whatever code the pickle named: whoever could
 write a checkpoint file or a record of the checkpoint topic could run code in the service. The
 stores now refuse that format (:class:`~stream_lstm.errors.CheckpointRejected`, reason
