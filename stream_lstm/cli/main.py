@@ -2,7 +2,8 @@
 
 Each command lives in a module of its own that adds its arguments and its handler
 (:mod:`~stream_lstm.cli.evaluate`, :mod:`~stream_lstm.cli.run`, :mod:`~stream_lstm.cli.produce`,
-and the local tools broker, demo and generate in :mod:`~stream_lstm.cli.local`); the settings they
+the local tools broker, demo and generate in :mod:`~stream_lstm.cli.local`, and
+:mod:`~stream_lstm.cli.convert_checkpoint`); the settings they
 read are declared in :mod:`stream_lstm.config.declared`. A handler takes the parsed arguments, the
 resolved settings and the parser (for usage errors) and returns the exit status.
 """
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from stream_lstm import __version__
-from stream_lstm.cli import evaluate, local, produce, run
+from stream_lstm.cli import convert_checkpoint, evaluate, local, produce, run
 from stream_lstm.config.secret import redact
 from stream_lstm.config.setting import resolve_settings
 from stream_lstm.errors import StreamLSTMError
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_broker_command(commands)
     local.add_demo_command(commands)
     local.add_generate_command(commands)
+    convert_checkpoint.add_command(commands)
     return parser
 
 

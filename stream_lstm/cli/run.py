@@ -69,6 +69,7 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
     """The service's settings (Kafka, checkpoints, input limits) out of the resolved settings."""
     from pathlib import Path
 
+    from stream_lstm.evaluation.resume_settings import current_learner_settings
     from stream_lstm.kafka.interface import KafkaSettings
     from stream_lstm.kafka.security import security_from_settings
     from stream_lstm.messages.events import InputLimits
@@ -110,6 +111,7 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
         instance_id=instance_id,
         learner_process=use_learner_process(settings["learner_process"]),
         torch_threads=settings["torch_threads"],
+        learner_settings=current_learner_settings(settings, lstm_arguments(settings)),
     )
 
 

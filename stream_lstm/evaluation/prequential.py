@@ -21,16 +21,19 @@ from stream_lstm.evaluation.results import EvaluationResults, model_reports, rol
 from stream_lstm.evaluation.scores import METRICS as METRICS
 from stream_lstm.evaluation.scores import Scorer
 from stream_lstm.messages.events import Event
-from stream_lstm.models.baselines import NoChangeBaseline
+from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
 from stream_lstm.models.build import MODEL_NAMES as MODEL_NAMES
 from stream_lstm.models.build import build_models as build_models
+from stream_lstm.models.build import model_from_state
 from stream_lstm.models.protocols import (
     GuardedModel,
     KeyedModel,
     OnlineClassifier,
     PredictsApart,
+    TrainedModel,
     models_that,
 )
+from stream_lstm.models.state_data import Fields, State, damaged
 
 # METRICS, MODEL_NAMES and build_models are imported from here too; Scorer must stay importable
 # from here, since checkpoints written before it moved to evaluation.scores name this module.
@@ -235,7 +238,89 @@ class PrequentialEvaluator:
         """Rolling accuracy after each labelled event (needs ``keep_trace=True``)."""
         return rolling_accuracy(self.trace[name], self.window)
 
+    def learner_settings(self) -> dict[str, Any]:
+        """The settings its models were built with, as ``stream-lstm run`` names them: ``models``,
+        ``window``, ``max_keys``, the LSTM's hyperparameters (with an LSTM) and the feature bound
+        and clip the logistic regression shares with it (with one). A checkpoint holds them."""
+        settings: dict[str, Any] = {
+            "models": list(self.models),
+            "window": self.window,
+            "max_keys": self.reference.max_keys,
+        }
+        for model in self.models.values():
+            if isinstance(model, TrainedModel):
+                settings.update(model.hyperparameters())
+            elif isinstance(model, LogisticRegressionBaseline):
+                settings.setdefault("max_features", model.max_features)
+                settings.setdefault("input_clip", model.input_clip)
+        return settings
+
+    def to_state(self) -> State:
+        """The evaluator as data (:mod:`stream_lstm.models.state_data`): each model's
+        ``to_state()`` in order, the scores, the kappa-temporal reference, counts and traces."""
+        return {
+            "window": self.window,
+            "models": [{"name": name, "state": model.to_state()} for name, model in self.models.items()],
+            "scores": {name: scorer.to_state() for name, scorer in self.scores.items()},
+            "reference": self.reference.to_state(),
+            "seconds": {name: float(seconds) for name, seconds in self.seconds.items()},
+            "events": self.events,
+            "labelled": self.labelled,
+            "keep_trace": self.keep_trace,
+            "trace": {
+                name: np.concatenate(parts).astype(bool) if parts else np.zeros(0, dtype=bool)
+                for name, parts in self.trace.items()
+            },
+        }
+
+    @classmethod
+    def from_state(cls, tree: Any, where: str) -> PrequentialEvaluator:
+        """The evaluator of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
+        ``tree`` is not one)."""
+        fields = Fields(tree, where, _EVALUATOR_FIELDS)
+        models: dict[str, OnlineClassifier] = {}
+        for index, entry in enumerate(fields.list("models")):
+            at = f"{fields.path('models')}[{index}]"
+            model = Fields(entry, at, ("name", "state"))
+            name = model.str("name", choices=MODEL_NAMES)
+            if name in models:
+                raise damaged(at, f"model {name} is given twice")
+            models[name] = model_from_state(model.raw("state"), f"{at}.state")
+        if not models:
+            raise damaged(fields.path("models"), "no model")
+        evaluator = cls.__new__(cls)
+        evaluator.models = models
+        evaluator.window = fields.int("window", low=1)
+        scores = fields.nested("scores", models)
+        evaluator.scores = {name: Scorer.from_state(scores.raw(name), scores.path(name)) for name in models}
+        if any(scorer.window != evaluator.window for scorer in evaluator.scores.values()):
+            raise damaged(fields.path("scores"), "a scorer's window is not the evaluator's")
+        evaluator.reference = NoChangeBaseline.from_state(fields.raw("reference"), fields.path("reference"))
+        seconds = fields.nested("seconds", models)
+        evaluator.seconds = {name: seconds.float(name, low=0.0) for name in models}
+        evaluator.events = fields.int("events")
+        evaluator.labelled = fields.int("labelled", high=evaluator.events)
+        evaluator.keep_trace = fields.bool("keep_trace")
+        trace = fields.nested("trace", models)
+        evaluator.trace = {name: [trace.array(name, "bool", (None,))] for name in models}
+        evaluator.trace = {name: parts if parts[0].size else [] for name, parts in evaluator.trace.items()}
+        return evaluator
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Only the conversion of a checkpoint of the old pickle format unpickles an evaluator.
         for name in _RETIRED_ATTRIBUTES:
             state.pop(name, None)
         self.__dict__.update(state)
+
+
+_EVALUATOR_FIELDS = (
+    "window",
+    "models",
+    "scores",
+    "reference",
+    "seconds",
+    "events",
+    "labelled",
+    "keep_trace",
+    "trace",
+)

@@ -7,10 +7,12 @@ events; the functions compute one score each from arrays of labels and probabili
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.models.state_data import Fields, State, damaged
 
 METRICS = ("accuracy", "log_loss", "roc_auc", "kappa_temporal")
 
@@ -162,6 +164,52 @@ class Scorer:
             "kappa_temporal": kappa_temporal(accuracy, float(self._reference[:size].mean())),
         }
 
+    def to_state(self) -> State:
+        """The scores as data (:mod:`stream_lstm.models.state_data`): counts, sums, the AUC bins
+        and the rolling window's ring buffer."""
+        return {
+            "window": self.window,
+            "auc_bins": self.auc_bins,
+            "count": self.count,
+            "correct": int(self.correct),
+            "log_loss_sum": self.log_loss_sum,
+            "reference_correct": int(self.reference_correct),
+            "positive_bins": self.positive_bins,
+            "negative_bins": self.negative_bins,
+            "labels": self._labels,
+            "probabilities": self._probabilities,
+            "reference": self._reference,
+            "next": self._next,
+        }
+
+    @classmethod
+    def from_state(cls, tree: Any, where: str) -> Scorer:
+        """The scorer of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
+        ``tree`` is not one). Sizes are taken from the arrays, which the checkpoint's bytes hold,
+        so that no number in it makes this allocate more."""
+        fields = Fields(tree, where, _SCORER_FIELDS)
+        window = fields.int("window", low=1)
+        auc_bins = fields.int("auc_bins", low=1)
+        scorer = cls.__new__(cls)
+        scorer.window, scorer.auc_bins = window, auc_bins
+        scorer.count = fields.int("count")
+        scorer.correct = fields.int("correct", high=scorer.count)
+        scorer.reference_correct = fields.int("reference_correct", high=scorer.count)
+        scorer.log_loss_sum = fields.float("log_loss_sum", low=0.0)
+        scorer.positive_bins = fields.array("positive_bins", "int64", (auc_bins,))
+        scorer.negative_bins = fields.array("negative_bins", "int64", (auc_bins,))
+        scorer._labels = fields.array("labels", "int8", (window,))
+        scorer._probabilities = fields.array("probabilities", "float64", (window,))
+        scorer._reference = fields.array("reference", "bool", (window,))
+        scorer._next = fields.int("next", high=window - 1)
+        if (scorer.positive_bins < 0).any() or (scorer.negative_bins < 0).any():
+            raise damaged(where, "an AUC bin is negative")
+        if ((scorer._labels != 0) & (scorer._labels != 1)).any():
+            raise damaged(fields.path("labels"), "a label is neither 0 nor 1")
+        if not ((scorer._probabilities >= 0) & (scorer._probabilities <= 1)).all():
+            raise damaged(fields.path("probabilities"), "a probability is outside [0, 1]")
+        return scorer
+
     def _binned_auc(self) -> float:
         positives = int(self.positive_bins.sum())
         negatives = int(self.negative_bins.sum())
@@ -172,3 +220,19 @@ class Scorer:
             self.positive_bins * self.negative_bins
         ).sum()
         return float(wins / (positives * negatives))
+
+
+_SCORER_FIELDS = (
+    "window",
+    "auc_bins",
+    "count",
+    "correct",
+    "log_loss_sum",
+    "reference_correct",
+    "positive_bins",
+    "negative_bins",
+    "labels",
+    "probabilities",
+    "reference",
+    "next",
+)

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.learner.key_export import NO_LABEL
 from stream_lstm.learner.transfer import to_device
-
-NO_LABEL = -1
+from stream_lstm.models.state_data import Fields, State, damaged
 
 
 class KeyStateStore:
@@ -178,7 +178,7 @@ class KeyStateStore:
         self.last_ts[slots] = np.nan
 
     def export(self, keys: Sequence[str]) -> dict[str, Any]:
-        """The state of those of ``keys`` that are tracked, on the CPU, oldest first.
+        """The state of those of ``keys`` that are tracked, as NumPy arrays, oldest first.
 
         What a partition's new owner passes to :meth:`import_` to continue these keys exactly.
         """
@@ -190,16 +190,17 @@ class KeyStateStore:
         index = to_device(slots, self.device)
         return {
             "keys": [key for key, _ in kept],
-            "h0": self.h0.index_select(0, index).cpu(),
-            "c0": self.c0.index_select(0, index).cpu(),
-            "window": self.window.index_select(0, index).cpu(),
+            "h0": self.h0.index_select(0, index).cpu().numpy(),
+            "c0": self.c0.index_select(0, index).cpu().numpy(),
+            "window": self.window.index_select(0, index).cpu().numpy(),
             "window_len": self.window_len[slots].copy(),
             "prev_label": self.prev_label[slots].copy(),
             "last_ts": self.last_ts[slots].copy(),
         }
 
     def import_(self, state: dict[str, Any]) -> None:
-        """Track the keys of an :meth:`export`, replacing what is held for them (LRU applies)."""
+        """Track the keys of an :meth:`export` (NumPy arrays or tensors), replacing what is held
+        for them (LRU applies)."""
         keys = state["keys"]
         if not keys:
             return
@@ -212,9 +213,9 @@ class KeyStateStore:
         count = len(keys)
         slots = self.lookup(keys)
         index = to_device(slots, self.device)
-        self.h0.index_copy_(0, index, state["h0"][-count:].to(self.device))
-        self.c0.index_copy_(0, index, state["c0"][-count:].to(self.device))
-        self.window.index_copy_(0, index, state["window"][-count:].to(self.device))
+        self.h0.index_copy_(0, index, torch.as_tensor(state["h0"][-count:]).to(self.device))
+        self.c0.index_copy_(0, index, torch.as_tensor(state["c0"][-count:]).to(self.device))
+        self.window.index_copy_(0, index, torch.as_tensor(state["window"][-count:]).to(self.device))
         self.window_len[slots] = state["window_len"][-count:]
         self.prev_label[slots] = state["prev_label"][-count:]
         self.last_ts[slots] = state["last_ts"][-count:]
@@ -259,3 +260,86 @@ class KeyStateStore:
         self.window_len = state["window_len"].copy()
         self.prev_label = state["prev_label"].copy()
         self.last_ts = state["last_ts"].copy()
+
+    def to_state(self) -> State:
+        """The store as data (:mod:`stream_lstm.models.state_data`): the keys least recently used
+        first with their slots, the free slots, and every slot's state."""
+        items = self._lru_items()
+        return {
+            "keys": [key for key, _ in items],
+            "slots": np.asarray([slot for _, slot in items], dtype=np.int64),
+            "free": np.asarray(self._free, dtype=np.int64),
+            "capacity": self._capacity,
+            "evictions": self.evictions,
+            "h0": self.h0.cpu().numpy().copy(),
+            "c0": self.c0.cpu().numpy().copy(),
+            "window": self.window.cpu().numpy().copy(),
+            "window_len": self.window_len.copy(),
+            "prev_label": self.prev_label.copy(),
+            "last_ts": self.last_ts.copy(),
+        }
+
+    @staticmethod
+    def state_capacity(tree: Any, where: str) -> int:
+        """The capacity a :meth:`to_state` claims, checked against the arrays it holds (so that a
+        store of that size takes no more memory than the checkpoint's bytes)."""
+        fields = Fields(tree, where, _STORE_FIELDS)
+        capacity = fields.int("capacity")
+        h0 = fields.raw("h0")
+        if not isinstance(h0, np.ndarray) or h0.ndim < 1 or h0.shape[0] != capacity:
+            raise damaged(fields.path("h0"), f"expected {capacity} rows")
+        return capacity
+
+    def load_state(self, tree: Any, where: str) -> None:
+        """Restore a :meth:`to_state` of a store of this one's sizes
+        (:class:`~stream_lstm.errors.CheckpointRejected` if ``tree`` is not one)."""
+        fields = Fields(tree, where, _STORE_FIELDS)
+        capacity = fields.int("capacity", high=self.max_keys)
+        keys = fields.strings("keys")
+        slots = fields.array("slots", "int64", (len(keys),))
+        free = fields.array("free", "int64", (None,))
+        taken = np.concatenate([slots, free])
+        if taken.size != capacity or not np.array_equal(np.sort(taken), np.arange(capacity)):
+            raise damaged(where, "the slots of the keys and the free slots are not each slot once")
+        width = (self.window_steps, self.input_size)
+        h0 = fields.array("h0", "float32", (capacity, self.hidden_size))
+        c0 = fields.array("c0", "float32", (capacity, self.hidden_size))
+        window = fields.array("window", "float32", (capacity, *width))
+        window_len = fields.array("window_len", "int64", (capacity,))
+        prev_label = fields.array("prev_label", "int8", (capacity,))
+        last_ts = fields.array("last_ts", "float64", (capacity,))
+        if ((window_len < 0) | (window_len > self.window_steps)).any():
+            raise damaged(fields.path("window_len"), f"a window length is outside [0, {self.window_steps}]")
+        if ((prev_label < NO_LABEL) | (prev_label > 1)).any():
+            raise damaged(fields.path("prev_label"), "a label is not -1, 0 or 1")
+        slot_list = slots.tolist()
+        self._slots = dict(zip(keys, slot_list, strict=True))  # least recently used first
+        self._free = free.tolist()
+        self._capacity = capacity
+        self._slot_keys = np.full(capacity, None, dtype=object)
+        self._slot_keys[slot_list] = keys
+        self._last_used = np.zeros(capacity, dtype=np.int64)
+        self._last_used[slot_list] = np.arange(len(keys))
+        self._tick = len(keys)
+        self.evictions = fields.int("evictions")
+        self.h0 = torch.from_numpy(h0.copy()).to(self.device)
+        self.c0 = torch.from_numpy(c0.copy()).to(self.device)
+        self.window = torch.from_numpy(window.copy()).to(self.device)
+        self.window_len = window_len.copy()
+        self.prev_label = prev_label.copy()
+        self.last_ts = last_ts.copy()
+
+
+_STORE_FIELDS = (
+    "keys",
+    "slots",
+    "free",
+    "capacity",
+    "evictions",
+    "h0",
+    "c0",
+    "window",
+    "window_len",
+    "prev_label",
+    "last_ts",
+)

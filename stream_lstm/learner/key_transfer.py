@@ -85,7 +85,7 @@ class KeyTransfer:
         self.keys.import_(state)
         for name, column in theirs.items():
             self.feature_columns.setdefault(name, column)
-        if state["keys"] and self._windows_use_unnamed_columns(state["window"]):
+        if state["keys"] and self._windows_use_unnamed_columns(torch.as_tensor(state["window"])):
             self._narrow_inputs = False  # see _input_columns
 
     def _windows_use_unnamed_columns(self, windows: torch.Tensor) -> bool:

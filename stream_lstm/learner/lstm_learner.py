@@ -6,12 +6,12 @@ to input vectors), :mod:`~stream_lstm.learner.tbptt_plan` (the chunks, planned i
 pass), :mod:`~stream_lstm.learner.training` (backward, the guarded step and the guards' counts) and
 :mod:`~stream_lstm.learner.key_transfer` (key states between learners). Bases rather than parts it
 holds, so that the hot path makes no extra calls and a test can replace one method of one
-learner. This module builds it, runs a batch through predict and learn, and pickles it.
+learner. This module builds it and runs a batch through predict and learn;
+:mod:`~stream_lstm.learner.learner_state` turns it into data and back.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -24,12 +24,18 @@ from stream_lstm.learner.adam import FusedAdam
 from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.forward import ChunkedForward, Pending
 from stream_lstm.learner.key_transfer import KeyTransfer
+from stream_lstm.learner.learner_state import learner_state, restore_learner
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
-from stream_lstm.learner.training import SKIP_REASONS, GuardedTraining, finite_or_zero
+from stream_lstm.learner.training import GuardedTraining, finite_or_zero
 from stream_lstm.messages.events import Event
 from stream_lstm.models.protocols import TrainedModel
+from stream_lstm.models.state_data import State
+
+#: The hyperparameters :meth:`LSTMLearner.change_settings` changes on a learner that has learned:
+#: they change how it goes on learning, not what it has learned or the shape of its state.
+CHANGEABLE_SETTINGS = ("learning_rate", "clip_grad_norm", "device")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -102,9 +108,6 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, TrainedModel):
     >>> probabilities.shape, learner.events_learned, learner.steps
     ((2,), 2, 1)
     """
-
-    #: A class default: learners unpickled from checkpoints written before it existed use it.
-    input_clip = 10.0
 
     def __init__(
         self,
@@ -254,53 +257,38 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, TrainedModel):
 
     # ------------------------------------------------------------------ persistence
 
-    def __getstate__(self) -> dict[str, Any]:
-        if self._pending is not None:
-            raise RuntimeError("cannot save between predict_proba_many and learn_many")
-        buffer = io.BytesIO()
-        torch.save(
-            {
-                "network": self.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "keys": self.keys.state_dict(),
-                "last_loss": self._last_loss,
-                "last_grad_norm": self._last_grad_norm,
-            },
-            buffer,
-        )
-        return {
-            "hyperparameters": self.hyperparameters(),
-            "torch_state": buffer.getvalue(),
-            "scaler": self.scaler,
-            "feature_columns": dict(self.feature_columns),
-            "features_dropped": self.features_dropped,
-            "events_seen": self.events_seen,
-            "events_learned": self.events_learned,
-            "steps": self.steps,
-            **dict(zip([f"skipped_{reason}" for reason in SKIP_REASONS], self._skip_counts(), strict=True)),
-            "narrow_inputs": self._narrow_inputs,
-        }
+    def to_state(self) -> State:
+        """The learner as data (:mod:`stream_lstm.learner.learner_state`): what a checkpoint holds."""
+        return learner_state(self)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state["hyperparameters"].items():
-            setattr(self, name, value)
-        self._build()
-        saved = torch.load(io.BytesIO(state["torch_state"]), map_location=self._device, weights_only=False)
-        self.network.load_state_dict(saved["network"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.keys.load_state_dict(saved["keys"])
-        self._last_loss = saved["last_loss"]
-        self._last_grad_norm = saved["last_grad_norm"]
-        self.scaler = state["scaler"]
-        self.feature_columns = state["feature_columns"]
-        # Older checkpoints kept the dropped names ("dropped_features"), not a count of values.
-        self.features_dropped = state.get("features_dropped", 0)
-        self.events_seen = state["events_seen"]
-        self.events_learned = state["events_learned"]
-        self._skipped = [state.get(f"skipped_{reason}", 0) for reason in SKIP_REASONS]
-        self._steps_tried = state["steps"] + sum(self._skipped)
-        # Absent in older checkpoints, whose key states may have come without their layout.
-        narrow = state.get("narrow_inputs")
-        if narrow is None:
-            narrow = not self._windows_use_unnamed_columns(self.keys.window)
-        self._narrow_inputs = narrow
+    @classmethod
+    def from_state(cls, tree: Any, where: str) -> LSTMLearner:
+        """The learner of a :meth:`to_state`; :class:`~stream_lstm.errors.CheckpointRejected` if
+        ``tree`` is not one. Within :func:`~stream_lstm.learner.placement.learners_on_cpu` its
+        tensors stay on the CPU, as a new learner's do."""
+        learner = cls.__new__(cls)
+        restore_learner(learner, tree, where)
+        return learner
+
+    def change_settings(self, changes: dict[str, Any]) -> None:
+        """Apply settings that may change when a checkpoint is resumed (:data:`CHANGEABLE_SETTINGS`):
+        the step size (Adam's too), the gradient clip, and the device (the learner is rebuilt
+        there from its data form)."""
+        unknown = set(changes) - set(CHANGEABLE_SETTINGS)
+        if unknown:
+            raise ConfigError(f"{', '.join(sorted(unknown))} cannot change on a learner that has learned")
+        if "device" in changes:
+            state = self.to_state()
+            state["hyperparameters"]["device"] = changes["device"]
+            restore_learner(self, state, "learner")
+        if "learning_rate" in changes:
+            self.learning_rate = self.optimizer.lr = changes["learning_rate"]
+        if "clip_grad_norm" in changes:
+            self.clip_grad_norm = changes["clip_grad_norm"]
+
+    # The learner process receives its learner pickled over its pipe: in its data form too.
+    def __getstate__(self) -> State:
+        return self.to_state()
+
+    def __setstate__(self, state: State) -> None:
+        restore_learner(self, state, "learner")

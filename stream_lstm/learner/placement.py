@@ -7,6 +7,9 @@ start-up) and copy every checkpoint to the GPU and back. Under :func:`learners_o
 checks its ``device`` setting as usual but holds its tensors on the CPU; the setting itself is
 kept, so the child that unpickles the learner puts it on that device.
 
+:func:`learners_fall_back_to` names the device a learner restored from a checkpoint goes to when
+this host lacks the checkpoint's own (a checkpoint written on a GPU host, resumed on one without).
+
 No torch here: the service, which must not import torch, sets this for the learner module.
 """
 
@@ -17,6 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 _ON_CPU: ContextVar[bool] = ContextVar("stream_lstm_learners_on_cpu", default=False)
+_FALLBACK: ContextVar[str | None] = ContextVar("stream_lstm_learners_fall_back_to", default=None)
 
 
 @contextmanager
@@ -40,3 +44,27 @@ def learners_on_cpu(enabled: bool = True) -> Iterator[None]:
 def learners_kept_on_cpu() -> bool:
     """Whether a learner built now should hold its tensors on the CPU (see :func:`learners_on_cpu`)."""
     return _ON_CPU.get()
+
+
+@contextmanager
+def learners_fall_back_to(device: str | None) -> Iterator[None]:
+    """Within the block, a learner restored from a checkpoint whose device this host does not
+    have is restored on ``device`` instead (the service's ``--device``), and says so in the log;
+    ``None`` changes nothing: such a checkpoint is refused.
+
+    >>> with learners_fall_back_to("cpu"):
+    ...     fallback_device()
+    'cpu'
+    >>> fallback_device() is None
+    True
+    """
+    token = _FALLBACK.set(device)
+    try:
+        yield
+    finally:
+        _FALLBACK.reset(token)
+
+
+def fallback_device() -> str | None:
+    """The device of :func:`learners_fall_back_to`, if any."""
+    return _FALLBACK.get()

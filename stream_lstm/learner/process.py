@@ -14,8 +14,10 @@ changes. :meth:`LearnerProcess.start_predict` returns at once and may run one ba
 costs nothing.
 
 A checkpoint of an evaluator holding a :class:`LearnerProcess` holds a plain
-:class:`~stream_lstm.learner.LSTMLearner`: pickling asks the child for its learner. This module
-imports no torch; the child does.
+:class:`~stream_lstm.learner.lstm_learner.LSTMLearner`: :meth:`LearnerProcess.to_state` asks the
+child for its learner's data form. The pipe itself carries pickles (of events, answers and the
+learner's data form), between this process and the child it started: no checkpoint is ever
+unpickled. This module imports no torch; the child does.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 from stream_lstm.errors import StreamLSTMError
 from stream_lstm.learner.child_process import start_without_ctrl_c
 from stream_lstm.messages.events import Event
+from stream_lstm.models.build import model_from_state
 from stream_lstm.models.protocols import PredictsApart, TrainedModel
 
 #: Seconds to wait for the child to start (it imports torch) and answer its first request.
@@ -243,9 +246,18 @@ class LearnerProcess(TrainedModel, PredictsApart):
     def hyperparameters(self) -> dict[str, Any]:
         return dict(self._hyperparameters)
 
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        # Saved as the learner itself: a checkpoint does not depend on how it was run.
-        return pickle.loads, (self._call("state", settled=True),)
+    def change_settings(self, changes: dict[str, Any]) -> None:
+        """The learner's ``change_settings``, in the child."""
+        self._hyperparameters, self.torch_device = self._call("change_settings", changes, settled=True)
+
+    def to_state(self) -> dict[str, Any]:
+        """The child's learner as data (``LSTMLearner.to_state``): a checkpoint does not depend
+        on how the learner was run."""
+        return self._call("state", settled=True)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, str]]:
+        # Copied as the learner itself, built from its data form.
+        return model_from_state, (self.to_state(), "learner")
 
     # ------------------------------------------------------------------ the pipe
 
@@ -383,7 +395,7 @@ class _LearnerServer:
             self.learn_seconds += time.perf_counter() - started
             return None
         if operation == "state":
-            return pickle.dumps(learner, protocol=pickle.HIGHEST_PROTOCOL)
+            return learner.to_state()
         if operation == "tracked_keys":
             return set(learner.tracked_keys())
         if operation == "detach_keys":
@@ -393,6 +405,9 @@ class _LearnerServer:
         if operation == "attach_keys":
             learner.attach_keys(self.set_aside.pop(argument))
             return None
+        if operation == "change_settings":
+            learner.change_settings(argument)
+            return learner.hyperparameters(), str(learner.torch_device)
         if operation in ("export_keys", "import_keys", "forget_keys"):
             return getattr(learner, operation)(argument)
         if operation in _READ_OPERATIONS:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 # The largest magnitude the statistics are sized for: the decoder's bound on accepted values.
 # Values past it (none is accepted) are left out of the statistics, like missing ones, so that
 # they cannot overflow them.
 from stream_lstm.messages.events import MAX_ABS_VALUE
+from stream_lstm.models.state_data import Fields, State, damaged
 
 
 class RunningScaler:
@@ -115,3 +118,22 @@ class RunningScaler:
         # A column seen fewer than twice, or constant, is only centred: no division by ~0.
         usable = (total > 1) & (variance > 1e-16)
         self._inverse_std = np.where(usable, 1.0 / np.sqrt(np.where(usable, variance, 1.0)), 1.0)
+
+    def to_state(self) -> State:
+        """The statistics as data: per column, the count, mean and sum of squared deviations."""
+        return {"count": self.count.copy(), "mean": self.mean.copy(), "m2": self.m2.copy()}
+
+    @classmethod
+    def from_state(cls, tree: Any, where: str, n_columns: int) -> RunningScaler:
+        """The scaler of a :meth:`to_state` with ``n_columns`` columns
+        (:class:`~stream_lstm.errors.CheckpointRejected` if ``tree`` is not one)."""
+        fields = Fields(tree, where, ("count", "mean", "m2"))
+        scaler = cls(0)
+        scaler.n_columns = n_columns
+        scaler.count = fields.array("count", "float64", (n_columns,)).copy()
+        scaler.mean = fields.array("mean", "float64", (n_columns,)).copy()
+        scaler.m2 = fields.array("m2", "float64", (n_columns,)).copy()
+        if (scaler.count < 0).any() or (scaler.m2 < 0).any():
+            raise damaged(where, "a count or a sum of squares is negative")
+        scaler._refresh_scale()
+        return scaler

@@ -22,6 +22,14 @@ from river import linear_model, optim, preprocessing
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.events import Event
 from stream_lstm.models.protocols import GuardedModel, KeyedModel
+from stream_lstm.models.state_data import (
+    Fields,
+    State,
+    checked_array,
+    damaged,
+    labels_from_state,
+    labels_state,
+)
 
 
 class LogisticRegressionBaseline(GuardedModel):
@@ -169,7 +177,58 @@ class LogisticRegressionBaseline(GuardedModel):
             parts.append("intercept (not finite)")
         return parts
 
+    def to_state(self) -> State:
+        """The model as data (:mod:`stream_lstm.models.state_data`): settings, the feature names
+        in use, river's scaler statistics, weights, intercept and optimizer step count."""
+        scaler, classifier = self.scaler, self.classifier
+        return {
+            "kind": "logreg",
+            "learning_rate": self.learning_rate,
+            "l2": self.l2,
+            "max_features": self.max_features,
+            "input_clip": self.input_clip,
+            "feature_names": list(self.feature_names),
+            "features_dropped": self.features_dropped,
+            "scaler_counts": _named_values(scaler.counts, np.int64),
+            "scaler_means": _named_values(scaler.means, np.float64),
+            "scaler_vars": _named_values(scaler.vars, np.float64),
+            "weights": _named_values(dict(classifier._weights.items()), np.float64),
+            "intercept": np.array(classifier.intercept, dtype=np.float64),  # the finite check reads it
+            "optimizer_iterations": int(classifier.optimizer.n_iterations),
+        }
+
+    @classmethod
+    def from_state(cls, tree: Any, where: str) -> LogisticRegressionBaseline:
+        """The model of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
+        ``tree`` is not one)."""
+        fields = Fields(tree, where, _LOGREG_FIELDS)
+        fields.str("kind", choices=("logreg",))
+        model = cls(
+            learning_rate=fields.float("learning_rate", low=math.ulp(0.0)),
+            l2=fields.float("l2", low=0.0),
+            max_features=fields.int("max_features", low=1),
+            input_clip=fields.float("input_clip", low=math.ulp(0.0)),
+        )
+        names = fields.strings("feature_names")
+        if len(names) > model.max_features:
+            raise damaged(fields.path("feature_names"), "more names than max_features")
+        model.feature_names = dict.fromkeys(names)
+        model.features_dropped = fields.int("features_dropped")
+        counts = _values_from_state(fields, "scaler_counts", "int64")
+        if any(count < 0 for count in counts.values()):
+            raise damaged(fields.path("scaler_counts"), "a count is negative")
+        model.scaler.counts.update(counts)
+        model.scaler.means.update(_values_from_state(fields, "scaler_means", "float64"))
+        model.scaler.vars.update(_values_from_state(fields, "scaler_vars", "float64"))
+        weights = model.classifier._weights
+        for name, value in _values_from_state(fields, "weights", "float64").items():
+            weights[name] = value
+        model.classifier.intercept = float(fields.array("intercept", "float64", ()))
+        model.classifier.optimizer.n_iterations = fields.int("optimizer_iterations")
+        return model
+
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # Only the conversion of a checkpoint of the old pickle format unpickles a model.
         self.__dict__.update(state)
         if "feature_names" not in state:
             # Written before the feature set was bounded: keep the first max_features names the
@@ -186,6 +245,37 @@ class LogisticRegressionBaseline(GuardedModel):
     def __getstate__(self) -> dict[str, Any]:
         # The last batch predicted is not state: it only saves work between the two calls.
         return {**self.__dict__, "_predicted": None}
+
+
+_LOGREG_FIELDS = (
+    "kind",
+    "learning_rate",
+    "l2",
+    "max_features",
+    "input_clip",
+    "feature_names",
+    "features_dropped",
+    "scaler_counts",
+    "scaler_means",
+    "scaler_vars",
+    "weights",
+    "intercept",
+    "optimizer_iterations",
+)
+
+
+def _named_values(values: Mapping[str, Any], dtype: type) -> State:
+    """A mapping of names to numbers as data: the names in order, the numbers as an array (where
+    a non-finite one is kept, for the finite check to find)."""
+    return {"names": list(values), "values": np.fromiter(values.values(), dtype=dtype, count=len(values))}
+
+
+def _values_from_state(fields: Fields, name: str, dtype: str) -> dict[str, Any]:
+    """Read back :func:`_named_values` (plain Python numbers, as river keeps them)."""
+    inner = fields.nested(name, ("names", "values"))
+    names = inner.strings("names")
+    values = checked_array(inner.raw("values"), inner.path("values"), dtype, (len(names),))
+    return dict(zip(names, values.tolist(), strict=True))
 
 
 def _finite_number(value: Any) -> bool:
@@ -269,3 +359,20 @@ class NoChangeBaseline(KeyedModel):
     def attach_keys(self, labels: OrderedDict[str, int]) -> None:
         """Put back what :meth:`detach_keys` took out."""
         self.last_label = labels
+
+    def to_state(self) -> State:
+        """The model as data: ``max_keys`` and every key's latest label, least recent first."""
+        return {"kind": "no_change", "max_keys": self.max_keys, "last_label": labels_state(self.last_label)}
+
+    @classmethod
+    def from_state(cls, tree: Any, where: str) -> NoChangeBaseline:
+        """The model of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
+        ``tree`` is not one)."""
+        fields = Fields(tree, where, ("kind", "max_keys", "last_label"))
+        fields.str("kind", choices=("no_change",))
+        model = cls(max_keys=fields.int("max_keys", low=1))
+        labels = labels_from_state(fields.raw("last_label"), fields.path("last_label"))
+        if len(labels) > model.max_keys:
+            raise damaged(fields.path("last_label"), "more keys than max_keys")
+        model.last_label = OrderedDict(labels)
+        return model

@@ -8,6 +8,7 @@ from typing import Any
 from stream_lstm.errors import ConfigError
 from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
 from stream_lstm.models.protocols import OnlineClassifier
+from stream_lstm.models.state_data import damaged
 
 MODEL_NAMES = ("lstm", "logreg", "no_change")
 
@@ -40,3 +41,20 @@ def build_models(
         else:
             models[name] = NoChangeBaseline(max_keys=max_keys)
     return models
+
+
+def model_from_state(tree: Any, where: str) -> OnlineClassifier:
+    """The model of a ``to_state()``, by the ``kind`` it names (one of :data:`MODEL_NAMES`).
+
+    :class:`~stream_lstm.errors.CheckpointRejected` if ``tree`` is not such a state.
+    """
+    kind = tree.get("kind") if isinstance(tree, dict) else None
+    if kind not in MODEL_NAMES:
+        raise damaged(f"{where}.kind", f"expected one of {', '.join(MODEL_NAMES)}")
+    if kind == "lstm":
+        from stream_lstm.learner.lstm_learner import LSTMLearner  # torch is imported only when needed
+
+        return LSTMLearner.from_state(tree, where)
+    if kind == "logreg":
+        return LogisticRegressionBaseline.from_state(tree, where)
+    return NoChangeBaseline.from_state(tree, where)

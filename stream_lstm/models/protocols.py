@@ -104,6 +104,11 @@ class TrainedModel(KeyedModel, GuardedModel):
     def device_memory_bytes(self) -> int:
         """Device memory its tensors take (0 on the CPU)."""
 
+    @abstractmethod
+    def change_settings(self, changes: dict[str, Any]) -> None:
+        """Take new values of the hyperparameters that may change on a resumed checkpoint (the
+        step size, say); :class:`~stream_lstm.errors.ConfigError` for any other."""
+
 
 class PredictsApart(OnlineClassifier):
     """A model that predicts in another process, one batch ahead of this one."""

@@ -14,8 +14,9 @@ import logging
 from collections.abc import Callable
 
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
+from stream_lstm.evaluation.resume_settings import resume_with_settings
 from stream_lstm.kafka.interface import KafkaClient, Partition
-from stream_lstm.learner.placement import learners_on_cpu
+from stream_lstm.learner.placement import learners_fall_back_to, learners_on_cpu
 from stream_lstm.learner.process import LearnerProcess
 from stream_lstm.models.protocols import TrainedModel, models_that
 from stream_lstm.service.ledger import Ledger, PartitionProgress
@@ -47,8 +48,13 @@ class Recovery:
     def load_placed_evaluator(self, *, latest: bool = True) -> PrequentialEvaluator:
         """:meth:`load_evaluator`, then :meth:`place_learner`. A learner bound for the learner
         process is built here on the CPU: on a GPU host this process would otherwise open a CUDA
-        context of its own only to pass the weights on."""
-        with learners_on_cpu(self.settings.learner_process):
+        context of its own only to pass the weights on. A checkpoint's learner whose device this
+        host lacks is restored on the service's ``--device``."""
+        current = self.settings.learner_settings
+        with (
+            learners_on_cpu(self.settings.learner_process),
+            learners_fall_back_to(current.get("device") if current is not None else None),
+        ):
             evaluator = self.load_evaluator(latest=latest)
         return self.place_learner(evaluator)
 
@@ -66,7 +72,7 @@ class Recovery:
                 self.store.describe(),
                 own.evaluator.events,
             )
-            return own.evaluator
+            return self._with_current_settings(own.evaluator, f"the checkpoint of instance {instance_id}")
         other = self.store.newest_other_instance(instance_id, latest=latest)
         if other is not None:
             log.info(
@@ -76,8 +82,12 @@ class Recovery:
                 other.evaluator.events,
                 self.store.describe(),
             )
-            other.evaluator.reset_scores()
-            return other.evaluator
+            # The same rules as for its own checkpoint: it goes on with that instance's weights.
+            evaluator = self._with_current_settings(
+                other.evaluator, f"the checkpoint of instance {other.instance}, to warm-start from,"
+            )
+            evaluator.reset_scores()
+            return evaluator
         if self.store.root is not None and (self.store.root / "state.ckpt").exists():
             log.warning(
                 "%s holds a checkpoint of stream-lstm 0.1's single-file format, which this version "
@@ -88,6 +98,14 @@ class Recovery:
             "no checkpoint in %s: instance %s starts a fresh learner", self.store.describe(), instance_id
         )
         return self.new_evaluator()
+
+    def _with_current_settings(self, evaluator: PrequentialEvaluator, source: str) -> PrequentialEvaluator:
+        """``evaluator`` once its settings are found to agree with the service's, the changeable
+        ones applied (:mod:`stream_lstm.evaluation.resume_settings`); ConfigError otherwise."""
+        current = self.settings.learner_settings
+        if current is None:
+            return evaluator
+        return resume_with_settings(evaluator, current, f"{source} in {self.store.describe()}")
 
     def place_learner(self, evaluator: PrequentialEvaluator) -> PrequentialEvaluator:
         """Move the evaluator's trained model into the learner process, if the settings ask for one."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stream_lstm.config.secret import Secret
 from stream_lstm.kafka.interface import KafkaSettings
@@ -40,3 +42,7 @@ class ServiceSettings:
     learner_process: bool = False
     #: CPU threads torch may use in that process.
     torch_threads: int = 1
+    #: The learner settings (``models``, ``window``, ``max_keys``, the LSTM's hyperparameters) a
+    #: resumed checkpoint must agree with, or whose changeable ones are applied to it
+    #: (:mod:`stream_lstm.evaluation.resume_settings`); ``None``: resumed as saved, unchecked.
+    learner_settings: Mapping[str, Any] | None = None

@@ -1,62 +1,58 @@
-"""Atomic checkpoints: a whole evaluator (models, scores) and whatever else the caller adds.
+"""Atomic checkpoints of an instance's or a partition's state, as data that runs no code.
+
+The bytes are the format of :mod:`stream_lstm.state.codec`: JSON and arrays of numbers, read back
+with every field checked (:mod:`stream_lstm.state.state_tree`). Whatever bytes a file or a record
+of the checkpoint topic holds, :func:`decode_checkpoint` returns a state or raises
+:class:`~stream_lstm.errors.CheckpointRejected`, and nothing else: checkpoints of the old pickle
+format are recognised and refused (``old_format``), never unpickled
+(``stream-lstm convert-checkpoint`` converts a trusted one, :mod:`stream_lstm.state.legacy_pickle`).
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk, then renamed
 over the old one, so a crash at any moment leaves either the old or the new checkpoint, never a
-torn one. The payload is a pickle behind a small header: only load checkpoints you wrote.
+torn one.
 """
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from stream_lstm.errors import CheckpointError
-
-MAGIC = b"STREAM-LSTM-CHECKPOINT\n"
-FORMAT_VERSION = 1
-
-#: Where the modules of checkpoints written before the package was laid out by data path went, so
-#: that those checkpoints still load. A pickle names each object's module; only these are renamed.
-MOVED_MODULES = {
-    "stream_lstm.baselines": "stream_lstm.models.baselines",
-    "stream_lstm.evaluation": "stream_lstm.evaluation.prequential",
-    "stream_lstm.learner_process": "stream_lstm.learner.process",
-    "stream_lstm.state_store": "stream_lstm.state.directory_store",
-}
+from stream_lstm.errors import CheckpointError, CheckpointRejected
+from stream_lstm.state.codec import MAGIC as MAGIC
+from stream_lstm.state.codec import decode_tree, encode_tree
+from stream_lstm.state.state_tree import INSTANCE, PARTITION, state_kind, state_to_tree, tree_to_state
+from stream_lstm.state.store import InstanceState, PartitionState
 
 
-class _MovedModulesUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        return super().find_class(MOVED_MODULES.get(module, module), name)
-
-
-def encode_checkpoint(state: Any) -> bytes:
-    """``state`` as the bytes of a checkpoint (header and pickle)."""
+def encode_checkpoint(state: InstanceState | PartitionState) -> bytes:
+    """``state`` as the bytes of a checkpoint (:class:`CheckpointError` if it cannot be one)."""
     try:
-        payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as error:  # pickling can fail in many ways; all mean "cannot save"
+        kind = state_kind(state)
+        tree = state_to_tree(state)
+    except CheckpointError:
+        raise
+    except Exception as error:  # a part that has no data form: "cannot save"
         raise CheckpointError(f"cannot serialise the checkpoint state: {error}") from error
-    return MAGIC + FORMAT_VERSION.to_bytes(2, "big") + payload
+    return encode_tree(tree, kind)
 
 
-def decode_checkpoint(data: bytes, where: str) -> Any:
-    """Read back what :func:`encode_checkpoint` made; ``where`` names the source in errors."""
-    if not data.startswith(MAGIC):
-        raise CheckpointError(f"{where} is not a stream-lstm checkpoint")
-    version = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 2], "big")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{where} has checkpoint format {version}; this version reads {FORMAT_VERSION}")
+def decode_checkpoint(data: bytes, where: str) -> InstanceState | PartitionState:
+    """Read back what :func:`encode_checkpoint` made; ``where`` names the source in errors.
+
+    Raises :class:`CheckpointRejected`, and no other error, for any bytes that are not such a
+    checkpoint.
+    """
+    kind, tree = decode_tree(data, where, (INSTANCE, PARTITION))
     try:
-        return _MovedModulesUnpickler(io.BytesIO(data[len(MAGIC) + 2 :])).load()
-    except Exception as error:
-        raise CheckpointError(f"checkpoint {where} is damaged: {error}") from error
+        return tree_to_state(tree, kind, where)
+    except CheckpointRejected as error:
+        raise CheckpointRejected(f"checkpoint {where} is damaged: {error}", error.reason) from None
+    except Exception as error:  # a check missed: still refused, never another error
+        raise CheckpointRejected(f"checkpoint {where} is damaged: {error!r}", "damaged") from None
 
 
-def save_checkpoint(path: str | Path, state: Any) -> int:
+def save_checkpoint(path: str | Path, state: InstanceState | PartitionState) -> int:
     """Write ``state`` atomically to ``path``; return the number of bytes written."""
     path = Path(path)
     data = encode_checkpoint(state)
@@ -78,8 +74,9 @@ def save_checkpoint(path: str | Path, state: Any) -> int:
     return len(data)
 
 
-def load_checkpoint(path: str | Path) -> Any:
-    """Read back what :func:`save_checkpoint` wrote; :class:`CheckpointError` if it cannot."""
+def load_checkpoint(path: str | Path) -> InstanceState | PartitionState:
+    """Read back what :func:`save_checkpoint` wrote; :class:`CheckpointError` if it cannot
+    (:class:`CheckpointRejected` if the file is not such a checkpoint)."""
     path = Path(path)
     try:
         data = path.read_bytes()

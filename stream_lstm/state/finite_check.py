@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stream_lstm.errors import CheckpointError
+from stream_lstm.errors import CheckpointError, CheckpointRejected
 from stream_lstm.learner.finite import count_non_finite, describe_count
 
 #: Exported key-state fields that must be finite everywhere.
@@ -80,7 +80,7 @@ def check_finite(state: Any, where: str, *, saving: bool) -> None:
     """Raise :class:`CheckpointError` naming ``where`` if ``state`` holds non-finite values.
 
     ``saving``: the checkpoint is about to be written (nothing is written), else it was just read
-    (it is not loaded).
+    (it is not loaded: :class:`CheckpointRejected`, reason ``damaged``).
     """
     parts = non_finite_parts(state)
     if not parts:
@@ -90,13 +90,13 @@ def check_finite(state: Any, where: str, *, saving: bool) -> None:
         listed += f"; and {len(parts) - SHOWN_PARTS} more"
     if saving:
         raise CheckpointError(f"checkpoint {where} not written: it would hold non-finite values: {listed}")
-    raise CheckpointError(f"checkpoint {where} refused: it holds non-finite values: {listed}")
+    raise CheckpointRejected(f"checkpoint {where} refused: it holds non-finite values: {listed}", "damaged")
 
 
 def checked_state(state: Any, kind: type, where: str) -> Any:
     """``state`` as read from ``where``, once it is found to be a ``kind`` holding only finite
-    values; every store checks what it loads with this (:class:`CheckpointError` otherwise)."""
+    values; every store checks what it loads with this (:class:`CheckpointRejected` otherwise)."""
     if not isinstance(state, kind):
-        raise CheckpointError(f"{where} does not hold a {kind.__name__}")
+        raise CheckpointRejected(f"{where} does not hold a {kind.__name__}", "damaged")
     check_finite(state, where, saving=False)
     return state

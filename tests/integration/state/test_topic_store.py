@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
+from typing import Any
 
+import numpy as np
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -44,6 +45,24 @@ def raw_records(bootstrap: str, topic: str) -> list[tuple[str, bytes | None]]:
             assert time.monotonic() < deadline, "reading the store topic timed out"
     finally:
         consumer.close()
+
+
+def key_states(size: int, seed: int = 0) -> dict[str, Any]:
+    """Key states that take ``size`` bytes of a checkpoint, give or take its header: one LSTM key
+    whose input window holds ``size / 4`` random floats."""
+    window = np.random.default_rng(seed).standard_normal((1, 1, size // 4)).astype(np.float32)
+    return {
+        "lstm": {
+            "keys": ["k"],
+            "h0": np.zeros((1, 1), np.float32),
+            "c0": np.zeros((1, 1), np.float32),
+            "window": window,
+            "window_len": np.ones(1, np.int64),
+            "prev_label": np.full(1, -1, np.int8),
+            "last_ts": np.full(1, np.nan),
+            "feature_columns": {},
+        }
+    }
 
 
 def instance_state(instance: str, events: int) -> InstanceState:
@@ -93,21 +112,22 @@ def test_a_checkpoint_larger_than_a_message_is_chunked_and_old_versions_are_tomb
 ) -> None:
     store = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=100_000)
     try:
-        payload = os.urandom(350_000)
-        store.save_partition(PartitionState(topic="in", partition=0, offset=1, key_state={"blob": payload}))
+        store.save_partition(PartitionState(topic="in", partition=0, offset=1, key_state=key_states(350_000)))
         first = raw_records(broker.bootstrap_servers, store_topic)
         first_chunks = [key for key, _ in first if "@" in key]
         assert len(first_chunks) == 4  # 350 kB and a header in chunks of 100 kB
         assert all(len(value) <= 100_000 for _, value in first)
 
-        store.save_partition(PartitionState(topic="in", partition=0, offset=2, key_state={"blob": b"small"}))
+        small = key_states(20, seed=1)
+        store.save_partition(PartitionState(topic="in", partition=0, offset=2, key_state=small))
         second = raw_records(broker.bootstrap_servers, store_topic)[len(first) :]
         tombstoned = {key for key, value in second if value is None}
         assert tombstoned == set(first_chunks)  # compaction can drop the old version entirely
 
         fresh = KafkaTopicStore(broker.bootstrap_servers, store_topic)
         try:
-            assert fresh.load_partition(("in", 0)).key_state == {"blob": b"small"}
+            loaded = fresh.load_partition(("in", 0)).key_state["lstm"]["window"]
+            np.testing.assert_array_equal(loaded, small["lstm"]["window"])
         finally:
             fresh.close()
     finally:
@@ -137,9 +157,9 @@ def test_a_writer_dying_before_its_manifest_leaves_the_previous_version(
     store = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=1000)
     try:
         store.save_partition(
-            PartitionState(topic="in", partition=0, offset=10, key_state={"v": b"old" * 1000})
+            PartitionState(topic="in", partition=0, offset=10, key_state=key_states(3000, seed=2))
         )
-        new = PartitionState(topic="in", partition=0, offset=20, key_state={"v": b"new" * 1000})
+        new = PartitionState(topic="in", partition=0, offset=20, key_state=key_states(3000, seed=3))
         die_at_the_manifest(store, new, monkeypatch)
 
         reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
@@ -165,10 +185,12 @@ def test_orphaned_chunks_are_swept_once_they_are_old_enough(
     writer = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=1000)
     try:
         writer.save_partition(
-            PartitionState(topic="in", partition=0, offset=10, key_state={"v": b"a" * 2500})
+            PartitionState(topic="in", partition=0, offset=10, key_state=key_states(2500, seed=4))
         )
-        writer.save_partition(PartitionState(topic="in", partition=1, offset=5, key_state={"v": b"b" * 2500}))
-        dead = PartitionState(topic="in", partition=0, offset=20, key_state={"v": b"c" * 2500})
+        writer.save_partition(
+            PartitionState(topic="in", partition=1, offset=5, key_state=key_states(2500, seed=5))
+        )
+        dead = PartitionState(topic="in", partition=0, offset=20, key_state=key_states(2500, seed=6))
         die_at_the_manifest(writer, dead, monkeypatch)
     finally:
         writer.close()
@@ -245,7 +267,7 @@ def test_two_writers_of_one_name_never_leave_a_manifest_without_its_chunks(
     old_owner = KafkaTopicStore(broker.bootstrap_servers, store_topic, chunk_bytes=1000)
     try:
         new_owner.save_partition(
-            PartitionState(topic="in", partition=0, offset=1, key_state={"v": b"1" * 3000})
+            PartitionState(topic="in", partition=0, offset=1, key_state=key_states(3000, seed=7))
         )
         assert old_owner.load_partition(("in", 0)).offset == 1
         at_manifest, go_on = threading.Event(), threading.Event()
@@ -260,13 +282,13 @@ def test_two_writers_of_one_name_never_leave_a_manifest_without_its_chunks(
         old_owner._send = pause_before_the_manifest  # type: ignore[method-assign]
         late = threading.Thread(
             target=old_owner.save_partition,
-            args=(PartitionState(topic="in", partition=0, offset=2, key_state={"v": b"2" * 3000}),),
+            args=(PartitionState(topic="in", partition=0, offset=2, key_state=key_states(3000, seed=8)),),
         )
         late.start()
         assert at_manifest.wait(30)  # its chunks are in the topic, its manifest not yet
         assert new_owner.load_partition(("in", 0)).offset == 1  # sees those chunks, unnamed
         new_owner.save_partition(
-            PartitionState(topic="in", partition=0, offset=3, key_state={"v": b"3" * 3000})
+            PartitionState(topic="in", partition=0, offset=3, key_state=key_states(3000, seed=9))
         )
         go_on.set()
         late.join(30)

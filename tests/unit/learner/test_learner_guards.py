@@ -23,12 +23,14 @@ from hypothesis import strategies as st
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.learner.legacy_state import learner_from_pickled_state
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.messages.events import Event
 from stream_lstm.models.baselines import LogisticRegressionBaseline
 from stream_lstm.offline.evaluate import batches, evaluate_stream
 from stream_lstm.offline.generator import temporal_stream
+from tests.old_checkpoints import old_learner_state
 
 BIG = 1e18  # the largest magnitude the decoder accepts
 
@@ -339,18 +341,17 @@ def test_input_clip_is_a_validated_hyperparameter_with_a_default_for_old_checkpo
         LogisticRegressionBaseline(input_clip=0.0)
 
 
-def test_a_learner_saved_before_the_guards_loads_with_their_defaults() -> None:
+def test_a_learner_saved_before_the_guards_converts_with_their_defaults() -> None:
     learner = LSTMLearner(hidden_size=4, device="cpu", max_features=2)
     events = [Event(key="a", features={"p": 1.0, "q": 2.0, "r": 3.0}, label=1)] * 3
     learner.predict_proba_many(events)
     learner.learn_many(events)
-    state = learner.__getstate__()
+    state = old_learner_state(learner)
     # What an older version wrote: the dropped names as a set, no counts, no input_clip.
     del state["features_dropped"], state["skipped_non_finite_loss"], state["skipped_non_finite_gradient"]
     del state["hyperparameters"]["input_clip"]
     state["dropped_features"] = {"r"}
-    old = LSTMLearner.__new__(LSTMLearner)
-    old.__setstate__(state)
+    old = learner_from_pickled_state(state)
     assert old.input_clip == 10.0 and old.hyperparameters()["input_clip"] == 10.0
     assert old.guard_stats() == {
         "skipped_non_finite_loss": 0,

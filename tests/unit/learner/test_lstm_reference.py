@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from stream_lstm.learner.fused_lstm import PADDED_CALL_MAX_ROWS
+from stream_lstm.learner.legacy_state import learner_from_pickled_state
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.generator import temporal_stream
+from tests.old_checkpoints import old_learner_state
 
 
 def reference_probabilities(learner: LSTMLearner, events: list[Event]) -> np.ndarray:
@@ -276,7 +278,7 @@ def test_imported_key_states_continue_alike_on_the_named_columns_and_on_all(with
 
 def test_a_checkpoint_without_the_narrowing_flag_decides_it_from_its_windows() -> None:
     """Learners pickled before the flag existed may hold windows with values in columns they have
-    no name for (imported without a layout): unpickled, they keep every column then, and only
+    no name for (imported without a layout): converted, they keep every column then, and only
     then."""
     learner = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     events = list(temporal_stream(200, n_keys=10, seed=3))
@@ -285,10 +287,9 @@ def test_a_checkpoint_without_the_narrowing_flag_decides_it_from_its_windows() -
     used = np.array([0, 1, 2, learner.max_features])
     for unnamed_value, narrows in ((0.0, True), (2.5, False)):
         learner.keys.window[0, 0, learner.max_features - 1] = unnamed_value  # a column without a name
-        state = learner.__getstate__()
+        state = old_learner_state(learner)
         del state["narrow_inputs"]
-        reloaded = LSTMLearner.__new__(LSTMLearner)
-        reloaded.__setstate__(state)
+        reloaded = learner_from_pickled_state(state)
         assert (reloaded._input_columns(used) is not None) == narrows
 
 

@@ -1,0 +1,92 @@
+"""The settings a resumed checkpoint must share with the service, and those it may change.
+
+An instance checkpoint holds the settings its models were built with
+(:meth:`~stream_lstm.evaluation.prequential.PrequentialEvaluator.learner_settings`). When the
+service resumes one, its own or another instance's (a warm start), with other settings, the
+checkpoint's would silently win: the service would run other models, sizes and steps than it was
+told to. So every difference is either refused or applied:
+
+* **refused** (:data:`FIXED`): the models, the rolling window, ``max_keys`` and the LSTM's sizes
+  and seed. They shape the state itself (weights, key states, score windows), or, for the seed,
+  only the initial weights, which a resumed learner no longer has: a new value cannot take effect.
+* **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``clip_grad_norm`` and ``device`` change how
+  the learner goes on, not what it has learned, so they are applied to the loaded learner and
+  logged.
+
+``torch_threads``, ``batch_size`` and the checkpoint and Kafka settings are the service's, not the
+learner's: a checkpoint does not hold them, and they may change freely.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from stream_lstm.errors import ConfigError
+from stream_lstm.evaluation.prequential import PrequentialEvaluator
+from stream_lstm.models.protocols import trained_model
+
+log = logging.getLogger(__name__)
+
+#: Settings that must be the checkpoint's (see the module doc).
+FIXED = ("models", "window", "max_keys", "hidden_size", "tbptt_steps", "max_features", "input_clip", "seed")
+#: Settings that may differ from the checkpoint's: applied to the loaded learner.
+RESUME_SAFE = ("learning_rate", "clip_grad_norm", "device")
+
+
+def current_learner_settings(settings: Mapping[str, Any], lstm: Mapping[str, Any]) -> dict[str, Any]:
+    """The learner settings of resolved ``stream-lstm run`` settings, as a checkpoint holds them
+    (``lstm``: the LSTM's keyword arguments)."""
+    return {
+        "models": list(settings["models"]),
+        "window": settings["window"],
+        "max_keys": settings["max_keys"],
+        **lstm,
+    }
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings, of :data:`FIXED` and :data:`RESUME_SAFE`, that both hold with different values:
+    name -> (checkpoint's, current)."""
+    differences = {}
+    for name in (*FIXED, *RESUME_SAFE):
+        if name in saved and name in current:
+            before, now = saved[name], current[name]
+            if name == "models":
+                before, now = list(before), list(now)
+            if before != now:
+                differences[name] = (before, now)
+    return differences
+
+
+def resume_with_settings(
+    evaluator: PrequentialEvaluator, current: Mapping[str, Any], source: str
+) -> PrequentialEvaluator:
+    """``evaluator``, loaded from ``source`` (e.g. "the checkpoint of instance a in directory d"),
+    with the :data:`RESUME_SAFE` settings of ``current`` applied; :class:`ConfigError` listing
+    every difference if any :data:`FIXED` setting differs."""
+    differences = settings_differences(evaluator.learner_settings(), current)
+    refused = {name: values for name, values in differences.items() if name in FIXED}
+    if refused:
+        listed = "; ".join(
+            f"{name}: checkpoint {_shown(before)}, now {_shown(now)}"
+            for name, (before, now) in refused.items()
+        )
+        raise ConfigError(
+            f"{source} was written with other settings ({listed}). These cannot change on a resumed "
+            "learner: run with the checkpoint's settings, or start a new learner with a new "
+            "checkpoint store (another --checkpoint-dir or --checkpoint-topic) and a new --group-id"
+        )
+    changes = {name: now for name, (_, now) in differences.items()}
+    if changes:
+        trained = trained_model(evaluator.models)
+        if trained is not None:
+            trained.change_settings(changes)
+        for name, (before, now) in differences.items():
+            log.info("%s: %s was %s in the checkpoint, now %s", source, name, _shown(before), _shown(now))
+    return evaluator
