@@ -2,7 +2,8 @@
 
 The records are written as a writer of the topic would write a checkpoint (chunks, then a
 manifest whose size and hash match them), so that only the decoder stands between them and the
-service: it refuses them without unpickling (the marker file never appears).
+service: it refuses them without unpickling (the marker file never appears), and the store skips
+them, counted, as it skips any record that is not a checkpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from stream_lstm.errors import CheckpointRejected
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
 from stream_lstm.messages.events import Event
 from stream_lstm.state.store import InstanceState
@@ -52,14 +52,17 @@ def test_a_code_running_record_is_refused_and_runs_nothing(broker: Broker, form:
         publish_checkpoint(broker.bootstrap_servers, topic, instance_name("evil"), payload)
         publish_checkpoint(broker.bootstrap_servers, topic, partition_name(("events", 0)), payload)
 
-        reader = KafkaTopicStore(broker.bootstrap_servers, topic)
+        rejected: list[tuple[str, str]] = []
+        reader = KafkaTopicStore(
+            broker.bootstrap_servers, topic, on_rejected=lambda reason, name: rejected.append((reason, name))
+        )
         try:
-            with pytest.raises(CheckpointRejected) as refused:
-                reader.load_instance("evil")
-            assert refused.value.reason == REASONS[form]
-            with pytest.raises(CheckpointRejected) as refused:
-                reader.load_partition(("events", 0))
-            assert refused.value.reason == REASONS[form]
+            # Skipped and counted, never fatal: there is no earlier version to fall back to.
+            assert reader.load_instance("evil") is None
+            assert reader.load_partition(("events", 0)) is None
+            assert sorted(rejected) == sorted(
+                [(REASONS[form], instance_name("evil")), (REASONS[form], partition_name(("events", 0)))]
+            )
             # A new instance warm-starting skips the hostile record for a good checkpoint.
             newest = reader.newest_other_instance("new")
             assert newest is not None and newest.instance == "good"
