@@ -1,9 +1,10 @@
 """The LSTM learner as data: what a checkpoint holds of it, and the strict reading back.
 
-:func:`learner_state` gives the tree of :mod:`stream_lstm.models.state_data`: the
+:class:`LearnerPersistence`, a base of :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`:
+:meth:`~LearnerPersistence.to_state` gives the tree of :mod:`stream_lstm.models.state_data`: the
 hyperparameters, the weights, Adam's averages and step counts, the key store, the scaler's
 statistics, the feature layout and the counters, every tensor as a NumPy array of float32.
-:func:`restore_learner` reads one back into a learner built from its hyperparameters, after
+:meth:`~LearnerPersistence.from_state` reads one back into a learner built from its hyperparameters, after
 checking every shape against them: the network is first laid out on torch's ``meta`` device,
 which allocates nothing, so that no number in a hostile checkpoint can make it allocate more
 memory than the checkpoint's own bytes.
@@ -13,12 +14,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.key_state import KeyStateStore
 from stream_lstm.learner.network import LSTMNetwork
@@ -26,9 +28,6 @@ from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import SKIP_REASONS
 from stream_lstm.models.state_data import Fields, State, checked_array, checked_int, damaged
-
-if TYPE_CHECKING:
-    from stream_lstm.learner.lstm_learner import LSTMLearner
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +71,36 @@ def _array(tensor: torch.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else tensor.detach().to("cpu", torch.float32).numpy().copy()
 
 
-def learner_state(learner: LSTMLearner) -> State:
-    """``learner`` as data (it must not be between a prediction and its learning)."""
+class LearnerPersistence:
+    """The learner's data form, and the learner process's pickles of it (a base of the learner:
+    it reads and sets the learner's own attributes, which :meth:`_restore` builds)."""
+
+    def to_state(self) -> State:
+        """The learner as data (not between a prediction and its learning): what a checkpoint holds."""
+        return _learner_state(self)
+
+    @classmethod
+    def from_state(cls, tree: Any, where: str) -> Self:
+        """The learner of a :meth:`to_state`; :class:`~stream_lstm.errors.CheckpointRejected` if
+        ``tree`` is not one. Within :func:`~stream_lstm.learner.placement.learners_on_cpu` its
+        tensors stay on the CPU, as a new learner's do."""
+        learner = cls.__new__(cls)
+        _restore_learner(learner, tree, where)
+        return learner
+
+    def _restore(self, tree: Any, where: str) -> None:
+        """Make this learner the one of ``tree`` (a :meth:`to_state`), rebuilding its tensors."""
+        _restore_learner(self, tree, where)
+
+    # The learner process receives its learner pickled over its pipe: in its data form too.
+    def __getstate__(self) -> State:
+        return self.to_state()
+
+    def __setstate__(self, state: State) -> None:
+        _restore_learner(self, state, "learner")
+
+
+def _learner_state(learner: Any) -> State:
     if learner._pending is not None:
         raise RuntimeError("cannot save between predict_proba_many and learn_many")
     optimizer = learner.optimizer.state_dict()
@@ -134,8 +161,8 @@ def _optional_scalar(fields: Fields, name: str, device: torch.device) -> torch.T
     return None if value is None else _tensor(checked_array(value, fields.path(name), "float32", ()), device)
 
 
-def restore_learner(learner: LSTMLearner, tree: Any, where: str) -> None:
-    """Make ``learner`` (made with ``__new__``) the learner of a :func:`learner_state`;
+def _restore_learner(learner: Any, tree: Any, where: str) -> None:
+    """Make ``learner`` (made with ``__new__``) the learner of a :func:`_learner_state`;
     :class:`~stream_lstm.errors.CheckpointRejected` if ``tree`` is not one."""
     fields = Fields(tree, where, _FIELDS)
     fields.str("kind", choices=("lstm",))
@@ -174,8 +201,6 @@ def restore_learner(learner: LSTMLearner, tree: Any, where: str) -> None:
 def _usable_device(device: str) -> str:
     """``device``, or the fallback of :func:`~stream_lstm.learner.placement.learners_fall_back_to`
     where this host lacks it (else the ConfigError that says so)."""
-    from stream_lstm.learner.lstm_learner import resolve_device  # loaded by now: it imports this module
-
     fallback = fallback_device()
     try:
         resolve_device(device)
@@ -189,7 +214,7 @@ def _usable_device(device: str) -> str:
     return device
 
 
-def _restore_optimizer(learner: LSTMLearner, read: Fields) -> None:
+def _restore_optimizer(learner: Any, read: Fields) -> None:
     betas = read.list("betas")
     if len(betas) != 2:
         raise damaged(read.path("betas"), "expected two numbers")

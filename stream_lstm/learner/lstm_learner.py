@@ -21,37 +21,24 @@ import torch
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.learner.adam import FusedAdam
+from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.forward import ChunkedForward, Pending
 from stream_lstm.learner.key_transfer import KeyTransfer
-from stream_lstm.learner.learner_state import learner_state, restore_learner
+from stream_lstm.learner.learner_state import LearnerPersistence
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import GuardedTraining, finite_or_zero
 from stream_lstm.messages.events import Event
 from stream_lstm.models.protocols import TrainedModel
-from stream_lstm.models.state_data import State
 
 #: The hyperparameters :meth:`LSTMLearner.change_settings` changes on a learner that has learned:
 #: they change how it goes on learning, not what it has learned or the shape of its state.
 CHANGEABLE_SETTINGS = ("learning_rate", "clip_grad_norm", "device")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` is CUDA when a GPU is visible, else the CPU; anything else is used as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ConfigError(f"unknown device {device!r}: {error}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    return resolved
-
-
-class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, TrainedModel):
+class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersistence, TrainedModel):
     """An LSTM binary classifier that learns online from a stream of keyed events.
 
     Weights are shared; every key has its own recurrent state. Each micro-batch is handled in two
@@ -257,19 +244,6 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, TrainedModel):
 
     # ------------------------------------------------------------------ persistence
 
-    def to_state(self) -> State:
-        """The learner as data (:mod:`stream_lstm.learner.learner_state`): what a checkpoint holds."""
-        return learner_state(self)
-
-    @classmethod
-    def from_state(cls, tree: Any, where: str) -> LSTMLearner:
-        """The learner of a :meth:`to_state`; :class:`~stream_lstm.errors.CheckpointRejected` if
-        ``tree`` is not one. Within :func:`~stream_lstm.learner.placement.learners_on_cpu` its
-        tensors stay on the CPU, as a new learner's do."""
-        learner = cls.__new__(cls)
-        restore_learner(learner, tree, where)
-        return learner
-
     def change_settings(self, changes: dict[str, Any]) -> None:
         """Apply settings that may change when a checkpoint is resumed (:data:`CHANGEABLE_SETTINGS`):
         the step size (Adam's too), the gradient clip, and the device (the learner is rebuilt
@@ -280,15 +254,8 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, TrainedModel):
         if "device" in changes:
             state = self.to_state()
             state["hyperparameters"]["device"] = changes["device"]
-            restore_learner(self, state, "learner")
+            self._restore(state, "learner")
         if "learning_rate" in changes:
             self.learning_rate = self.optimizer.lr = changes["learning_rate"]
         if "clip_grad_norm" in changes:
             self.clip_grad_norm = changes["clip_grad_norm"]
-
-    # The learner process receives its learner pickled over its pipe: in its data form too.
-    def __getstate__(self) -> State:
-        return self.to_state()
-
-    def __setstate__(self, state: State) -> None:
-        restore_learner(self, state, "learner")

@@ -3,21 +3,20 @@ that wait for every acknowledgement. Two implementations, one per client library
 store follows ``--kafka-client`` and reaches the cluster through the same security settings as
 every other client of the service.
 
-:func:`open_store_log` creates the topic when it is missing (one partition, compacted: the
-settings of :data:`~stream_lstm.state.topic_admin.STORE_TOPIC_CONFIGS`) and returns a
-:class:`StoreLog` positioned at the topic's beginning. A failure that may pass (the cluster is
-away, a request timed out) is a :class:`StoreLogError`; one that cannot (the topic has several
-partitions) is a plain :class:`~stream_lstm.errors.CheckpointError`.
+:func:`~stream_lstm.state.store_log_choice.open_store_log` creates the topic when it is
+missing (one partition, compacted: the settings of
+:data:`~stream_lstm.state.topic_admin.STORE_TOPIC_CONFIGS`) and returns a :class:`StoreLog`
+positioned at the topic's beginning. A failure that may pass (the cluster is away, a request
+timed out) is a :class:`StoreLogError`; one that cannot (the topic has several partitions) is a
+plain :class:`~stream_lstm.errors.CheckpointError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from stream_lstm.errors import CheckpointError
-from stream_lstm.kafka.security import PLAINTEXT, KafkaSecurity
 
 #: Room for the record's overhead above a chunk, in the producer's and the fetch's size limits.
 RECORD_HEADROOM = 64 * 1024
@@ -58,32 +57,6 @@ class StoreLog(Protocol):
         ...
 
     def close(self, timeout_s: float) -> None: ...
-
-
-def open_store_log(
-    bootstrap_servers: str,
-    topic: str,
-    *,
-    client: str = "kafka-python",
-    security: KafkaSecurity = PLAINTEXT,
-    chunk_bytes: int,
-    timeout_s: float,
-    connect_timeout_s: float,
-) -> StoreLog:
-    """Create ``topic`` if missing and open it with the client library ``client`` names."""
-    kind: Callable[..., StoreLog]
-    if client == "confluent":
-        from stream_lstm.state.store_log_confluent import ConfluentStoreLog as kind
-    else:
-        from stream_lstm.state.store_log_kafka_python import KafkaPythonStoreLog as kind
-    return kind(
-        bootstrap_servers,
-        topic,
-        security=security,
-        chunk_bytes=chunk_bytes,
-        timeout_s=timeout_s,
-        connect_timeout_s=connect_timeout_s,
-    )
 
 
 def single_partition(topic: str, count: int) -> None:

@@ -55,7 +55,8 @@ from stream_lstm.state.checkpoint import decode_checkpoint, encode_checkpoint
 from stream_lstm.state.finite_check import check_finite, checked_state
 from stream_lstm.state.signing import CheckpointSigner
 from stream_lstm.state.store import InstanceState, PartitionState, check_instance_id, check_not_stale
-from stream_lstm.state.store_log import StoreLog, StoreLogError, StoreRecord, open_store_log
+from stream_lstm.state.store_log import StoreLog, StoreLogError, StoreRecord
+from stream_lstm.state.store_log_choice import open_store_log
 from stream_lstm.state.topic_chunks import (
     DEFAULT_CHUNK_BYTES,
     chunk_key,
