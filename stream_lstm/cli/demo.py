@@ -5,15 +5,18 @@ replays the generated multi-key stream into it at a steady rate, shows a live pr
 from the service's /metrics, and at the end (or on Ctrl-C) prints the final comparison and stops
 everything it started. Given a :class:`Cluster` (``--bootstrap-servers`` and the security
 settings), it runs on that cluster instead, in topics of its own that it deletes at the end; the
-service child gets the connection settings through its environment, never its command line.
+service child reads the connection settings from a settings file only its user may read, which
+the demo deletes at the end: secrets go neither on a command line nor into an environment.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -46,35 +49,45 @@ class Cluster:
     bootstrap_servers: str
     client: str = "kafka-python"
     security: KafkaSecurity = PLAINTEXT
-    #: The connection settings as ``STREAM_LSTM_*`` variables for the service child.
-    environment: dict[str, str] = field(default_factory=dict, repr=False)
+    #: The connection settings as a TOML settings file for the service child (secrets included).
+    settings_toml: str = field(default="", repr=False)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> Cluster:
-        environment = {"STREAM_LSTM_KAFKA_CLIENT": settings["kafka_client"]}
+        lines = [f"kafka_client = {_toml(settings['kafka_client'])}"]
         for setting in SECURITY_SETTINGS:
             value = settings[setting.name]
             if value is None or value == ():
                 continue
             if setting.repeated:
-                text = "\n".join(f"{name}={_text(item)}" for name, item in value)
+                items = ", ".join(_toml(f"{name}={_reveal(item)}") for name, item in value)
+                lines.append(f"{setting.name} = [{items}]")
             else:
-                text = _text(value)
-            environment[setting.env] = text
+                lines.append(f"{setting.name} = {_toml(_reveal(value))}")
         return cls(
             bootstrap_servers=settings["bootstrap_servers"],
             client=settings["kafka_client"],
             security=security_from_settings(settings),
-            environment=environment,
+            settings_toml="\n".join(lines) + "\n",
         )
 
+    def write_settings(self, folder: Path) -> Path:
+        """The settings file, readable by this user alone (the caller deletes it)."""
+        descriptor, path = tempfile.mkstemp(prefix=".demo-connection-", suffix=".toml", dir=folder)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:  # mkstemp: mode 0600
+            out.write(self.settings_toml)
+        return Path(path)
 
-def _text(value: Any) -> str:
-    if isinstance(value, Secret):
-        return value.reveal()
+
+def _reveal(value: Any) -> Any:
+    return value.reveal() if isinstance(value, Secret) else value
+
+
+def _toml(value: Any) -> str:
+    """A TOML value: a bool, or a string (JSON's escapes are TOML's)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return json.dumps(str(value))
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -128,6 +141,7 @@ def run_demo(
     )
     group = "stream-lstm-demo" if cluster is None else f"stream-lstm-demo-{run_id}"
     created: list[str] = []
+    connection_file: Path | None = None
     service: subprocess.Popen[bytes] | None = None
     interrupted = threading.Event()
     previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.set())
@@ -164,7 +178,8 @@ def run_demo(
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("STREAM_LSTM_")}
         if cluster is not None:
-            env.update(cluster.environment)
+            connection_file = cluster.write_settings(workdir)
+            command += ["--config", str(connection_file)]
         log_path = workdir / "service.log"
         with log_path.open("wb") as log:
             service = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -196,6 +211,8 @@ def run_demo(
                 service.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 service.kill()
+        if connection_file is not None:
+            connection_file.unlink(missing_ok=True)
         if broker is not None:
             broker.stop()
             print("stopped the service and the broker", file=out, flush=True)

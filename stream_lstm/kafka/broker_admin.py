@@ -114,13 +114,13 @@ def _admin_client(bootstrap_servers: str, timeout: float, security: KafkaSecurit
     """An admin client for the broker; :class:`BrokerError` if it is unreachable."""
     timeout_ms = max(int(timeout * 1000), 100)
     try:
-        return KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            client_id="stream-lstm-broker-admin",
-            bootstrap_timeout_ms=timeout_ms,
-            request_timeout_ms=timeout_ms,
-            **security.kafka_python_config(KafkaAdminClient.DEFAULT_CONFIG),
-        )
+        defaults = {
+            "bootstrap_servers": bootstrap_servers,
+            "client_id": "stream-lstm-broker-admin",
+            "bootstrap_timeout_ms": timeout_ms,
+            "request_timeout_ms": timeout_ms,
+        }
+        return KafkaAdminClient(**security.kafka_python_config(KafkaAdminClient.DEFAULT_CONFIG, defaults))
     except (KafkaError, OSError) as error:
         raise BrokerError(f"cannot reach the broker on {bootstrap_servers}: {error}") from error
 

@@ -75,18 +75,19 @@ class KafkaPythonIO(SendingClient):
             # Without a broker, fail fast and let the service's backoff retry (and hear SIGTERM).
             "bootstrap_timeout_ms": 5_000,
         }
-        self.consumer = KafkaConsumer(
-            group_id=settings.group_id,
-            enable_auto_commit=False,  # offsets are committed only after predictions are acked
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
-            max_poll_interval_ms=settings.max_poll_interval_ms,
-            max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            **{**common, **settings.security.kafka_python_config(_CONSUMER_KEYWORDS)},
-        )
+        consumer = {
+            **common,
+            "group_id": settings.group_id,
+            "enable_auto_commit": False,  # offsets are committed only after predictions are acked
+            "auto_offset_reset": "earliest",
+            "isolation_level": "read_committed",
+            "session_timeout_ms": settings.session_timeout_ms,
+            "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+            "max_poll_interval_ms": settings.max_poll_interval_ms,
+            "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
+            "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        }
+        self.consumer = KafkaConsumer(**settings.security.kafka_python_config(_CONSUMER_KEYWORDS, consumer))
         try:
             self.sender = KafkaPythonSender(settings, common)
         except Exception:

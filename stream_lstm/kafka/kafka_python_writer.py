@@ -17,14 +17,14 @@ class KafkaPythonEventWriter:
         self, bootstrap_servers: str, topic: str, *, linger_ms: int = 20, security: KafkaSecurity = PLAINTEXT
     ) -> None:
         self.topic = topic
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers.split(","),
-            client_id="stream-lstm-producer",
-            acks="all",
-            linger_ms=linger_ms,
-            max_block_ms=30_000,
-            **security.kafka_python_config(KafkaProducer.DEFAULT_CONFIG),
-        )
+        defaults = {
+            "bootstrap_servers": bootstrap_servers.split(","),
+            "client_id": "stream-lstm-producer",
+            "acks": "all",
+            "linger_ms": linger_ms,
+            "max_block_ms": 30_000,
+        }
+        self.producer = KafkaProducer(**security.kafka_python_config(KafkaProducer.DEFAULT_CONFIG, defaults))
 
     def send(self, key: str, value: bytes) -> None:
         """Queue one message."""

@@ -19,7 +19,7 @@ go straight to a client library, hold them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +113,6 @@ KAFKA_PYTHON_NAMES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max.request.size": ("max_request_size", _integer),
     "retries": ("retries", _integer),
     "delivery.timeout.ms": ("delivery_timeout_ms", _integer),
-    "partition.assignment.strategy": ("partition_assignment_strategy", _text),
 }
 
 #: Words that make an option's value a secret (never shown).
@@ -210,13 +209,17 @@ class KafkaSecurity:
             config[name] = value.reveal() if isinstance(value, Secret) else value
         return config
 
-    def kafka_python_config(self, accepted: Collection[str] | None = None) -> dict[str, Any]:
+    def kafka_python_config(
+        self, accepted: Collection[str] | None = None, defaults: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """kafka-python keyword arguments (secrets revealed: for the client library only).
 
         ``accepted``: the keywords of the client class (its ``DEFAULT_CONFIG``); options it does
-        not take (a producer's ``linger.ms`` for a consumer) are left out for it.
+        not take (a producer's ``linger.ms`` for a consumer) are left out for it. ``defaults``:
+        the caller's own keywords, which an option of the same name overrides (as with librdkafka,
+        where the options come last), rather than clash with.
         """
-        config: dict[str, Any] = {"security_protocol": self.protocol}
+        config: dict[str, Any] = {**(defaults or {}), "security_protocol": self.protocol}
         if self.uses_tls:
             config["ssl_check_hostname"] = self.ssl_check_hostname
             if self.ssl_ca_file:

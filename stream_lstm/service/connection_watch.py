@@ -4,7 +4,8 @@ Both client libraries retry a misconfigured connection forever and say little (k
 "Unable to bootstrap"; librdkafka: a transport error now and then). :class:`ConnectionWatch` runs
 the library-neutral diagnosis of :mod:`stream_lstm.kafka.connection_check` (TCP, TLS, the Kafka
 protocol, SASL) when the service cannot connect: at start, before the checkpoint store is opened
-(:meth:`ConnectionWatch.wait_until_ok`), and, rate-limited, whenever the loop finds itself
+(:meth:`ConnectionWatch.wait_until_ok`), and, rate-limited and on a thread of its own so that the
+loop never waits for it (:meth:`ConnectionWatch.check_soon`), whenever the loop finds itself
 disconnected. The cause goes to the log once per change and to ``/healthz``.
 """
 
@@ -67,6 +68,7 @@ class ConnectionWatch:
         self.problem: ConnectionProblem | None = None
         self._next_check = 0.0
         self._last_logged = (None, -REPEAT_LOG_S)  # (problem, when)
+        self._worker: threading.Thread | None = None
 
     def check(self, *, force: bool = False) -> ConnectionProblem | None:
         """Diagnose now if ``force`` or if the last diagnosis is ``interval_s`` old; the problem."""
@@ -82,6 +84,16 @@ class ConnectionWatch:
         self._report(problem, now)
         self.problem = problem
         return problem
+
+    def check_soon(self) -> None:
+        """:meth:`check` on a thread of its own, unless one is running or the last is recent: the
+        caller (the loop) goes on, and reads :attr:`problem` when it is there."""
+        if self._worker is not None and self._worker.is_alive():
+            return
+        if self._clock() < self._next_check:
+            return
+        self._worker = threading.Thread(target=self.check, name="connection-diagnosis", daemon=True)
+        self._worker.start()
 
     def clear(self) -> None:
         """The client is connected: whatever the last diagnosis found has passed."""

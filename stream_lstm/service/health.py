@@ -20,8 +20,8 @@ PROBE_INTERVAL_S = 1.0
 class Health:
     """The broker connection as the loop last saw it, the last error, and a failing checkpoint.
 
-    With a :class:`ConnectionWatch`, a lost connection is diagnosed (rate-limited), and the cause
-    it names replaces the client's vaguer error in the log and in ``/healthz``.
+    With a :class:`ConnectionWatch`, a lost connection is diagnosed (rate-limited, in the
+    background), and the cause it names replaces the client's vaguer error in ``/healthz``.
     """
 
     def __init__(
@@ -42,8 +42,7 @@ class Health:
             if connected:
                 self.watch.clear()
             else:
-                problem = self.watch.check()
-                error = problem.message if problem is not None else error
+                self.watch.check_soon()
         if connected != self.broker_connected:
             if connected:
                 log.info("connected to Kafka at %s", self.bootstrap_servers)
@@ -69,11 +68,12 @@ class Health:
         """Ready when connected to Kafka, checkpointing and not stopping; details for /healthz."""
         ready = self.broker_connected and not stopping and connected_client and self.checkpoint_error is None
         connection = {} if self.watch is None else {"kafka_connection": problem_health(self.watch.problem)}
+        diagnosed = self.watch.problem if self.watch is not None and not self.broker_connected else None
         return ready, {
             **connection,
             "broker_connected": self.broker_connected,
             "stopping": stopping,
-            "last_error": self.last_error,
+            "last_error": diagnosed.message if diagnosed is not None else self.last_error,
             "checkpoint_error": self.checkpoint_error,
             "events_learned": events_learned,
         }

@@ -40,13 +40,19 @@ class ConfluentStoreLog:
             "bootstrap.servers": bootstrap_servers,
             "client.id": f"stream-lstm-store-{topic}",
             "logger": log,
-            **security.confluent_config(),
         }
-        self._create_topic(common, connect_timeout_s)
+        options = security.confluent_config()  # last, as for every client: an option overrides
+        self._create_topic({**common, **options}, connect_timeout_s)
         self._failures: list[KafkaError] = []
         self._producer = _client(
             Producer,
-            {**common, "acks": "all", "linger.ms": 0, "message.max.bytes": chunk_bytes + RECORD_HEADROOM},
+            {
+                **common,
+                "acks": "all",
+                "linger.ms": 0,
+                "message.max.bytes": chunk_bytes + RECORD_HEADROOM,
+                **options,
+            },
         )
         self._consumer = _client(
             Consumer,
@@ -59,6 +65,7 @@ class ConfluentStoreLog:
                 "fetch.wait.max.ms": 10,
                 "max.partition.fetch.bytes": max(chunk_bytes + RECORD_HEADROOM, 1024 * 1024),
                 "auto.offset.reset": "earliest",
+                **options,
             },
         )
         try:

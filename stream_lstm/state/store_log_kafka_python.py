@@ -33,26 +33,30 @@ class KafkaPythonStoreLog:
                 timeout_s=timeout_s,
                 security=security,
             )
+            producer = {
+                "bootstrap_servers": bootstrap_servers,
+                "acks": "all",
+                "linger_ms": 0,
+                "max_request_size": chunk_bytes + RECORD_HEADROOM,
+                "client_id": f"stream-lstm-store-{topic}",
+            }
             self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap_servers,
-                acks="all",
-                linger_ms=0,
-                max_request_size=chunk_bytes + RECORD_HEADROOM,
-                client_id=f"stream-lstm-store-{topic}",
-                **security.kafka_python_config(KafkaProducer.DEFAULT_CONFIG),
+                **security.kafka_python_config(KafkaProducer.DEFAULT_CONFIG, producer)
             )
         except KafkaError as error:
             raise StoreLogError(f"cannot open the checkpoint topic {topic!r}: {error}") from error
         try:
+            consumer = {
+                "bootstrap_servers": bootstrap_servers,
+                "group_id": None,
+                "enable_auto_commit": False,
+                "fetch_max_wait_ms": 10,
+                "request_timeout_ms": int(timeout_s * 1000),
+                "max_partition_fetch_bytes": max(chunk_bytes + RECORD_HEADROOM, 1024 * 1024),
+                "client_id": f"stream-lstm-store-{topic}",
+            }
             self._consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap_servers,
-                group_id=None,
-                enable_auto_commit=False,
-                fetch_max_wait_ms=10,
-                request_timeout_ms=int(timeout_s * 1000),
-                max_partition_fetch_bytes=max(chunk_bytes + RECORD_HEADROOM, 1024 * 1024),
-                client_id=f"stream-lstm-store-{topic}",
-                **security.kafka_python_config(KafkaConsumer.DEFAULT_CONFIG),
+                **security.kafka_python_config(KafkaConsumer.DEFAULT_CONFIG, consumer)
             )
             single_partition(topic, len(self._consumer.partitions_for_topic(topic) or ()))
             self._consumer.assign([self._partition])

@@ -44,12 +44,12 @@ def create_store_topic(
     permission is refused even for a topic that exists: that refusal only logs a warning, and
     the store then uses the topic if it exists (an operator created it, compacted, one partition).
     """
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
-        client_id="stream-lstm-store",
-        bootstrap_timeout_ms=int(connect_timeout_s * 1000),
-        **security.kafka_python_config(KafkaAdminClient.DEFAULT_CONFIG),
-    )
+    defaults = {
+        "bootstrap_servers": bootstrap_servers,
+        "client_id": "stream-lstm-store",
+        "bootstrap_timeout_ms": int(connect_timeout_s * 1000),
+    }
+    admin = KafkaAdminClient(**security.kafka_python_config(KafkaAdminClient.DEFAULT_CONFIG, defaults))
     try:
         response = admin.create_topics(
             {topic: {"num_partitions": 1, "replication_factor": -1, "configs": dict(STORE_TOPIC_CONFIGS)}},

@@ -75,11 +75,30 @@ def new_manifest(data: bytes, chunks: int, version: str, epoch: int = 0) -> dict
     }
 
 
+#: A manifest is a few hundred bytes: a longer record under a manifest's key is not one (and is
+#: never parsed: JSON nested deep enough would exhaust the parser's recursion).
+MAX_MANIFEST_BYTES = 4096
+
+#: The most chunks a manifest may name (100 GB at the default chunk size), so that a forged count
+#: cannot make a reader build billions of chunk keys.
+MAX_CHUNKS = 100_000
+
+
+def _parse_manifest(value: bytes) -> Any:
+    """The JSON of a manifest record; ``ValueError`` for one too long or nested too deep."""
+    if len(value) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{len(value):,} bytes, longer than any manifest")
+    try:
+        return json.loads(value)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+
+
 def manifest_epoch(value: bytes) -> int | None:
     """The ownership epoch a manifest record names; ``None`` for one without (written by a
     version before epochs, which cannot be ordered against the others) or unreadable."""
     try:
-        epoch = json.loads(value).get("epoch")
+        epoch = _parse_manifest(value).get("epoch")
     except (ValueError, AttributeError):
         return None
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
@@ -95,7 +114,7 @@ def read_manifest(view: Mapping[str, bytes], name: str, where: str) -> dict[str,
     :class:`CheckpointRejected` naming ``where`` when it cannot be read (``not_a_checkpoint``) or
     has another format (``unknown_version``)."""
     try:
-        manifest = json.loads(view[name])
+        manifest = _parse_manifest(view[name])
         if manifest["format"] != MANIFEST_FORMAT:
             raise CheckpointRejected(
                 f"{where} has store format {manifest['format']}; this version reads {MANIFEST_FORMAT}",
@@ -111,6 +130,8 @@ def read_manifest(view: Mapping[str, bytes], name: str, where: str) -> dict[str,
         for field, kind in fields:
             if not isinstance(manifest[field], kind) or isinstance(manifest[field], bool):
                 raise TypeError(field)
+        if not 0 <= manifest["chunks"] <= min(manifest["bytes"], MAX_CHUNKS):
+            raise ValueError(f"{manifest['chunks']} chunks for {manifest['bytes']} bytes")
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointRejected(
             f"{where} has an unreadable manifest: {error!r}", "not_a_checkpoint"

@@ -95,6 +95,8 @@ def test_the_whole_service_runs_over_a_secured_listener(
         "--checkpoint-topic", f"checkpoints-{group_id}",
         "--checkpoint-interval", "1",
         "--models", "lstm,no_change",
+        # An option every client takes, and that the service also sets (it overrides, not clashes).
+        "--kafka-option", "client.id=stream-lstm-secured", "--kafka-option", "request.timeout.ms=30000",
         *debug,
     ).start()  # fmt: skip
     predictions = TopicReader(apache_kafka.bootstrap_servers, topics["output"], read_committed=True)
@@ -150,7 +152,7 @@ def test_produce_and_demo_run_over_sasl_ssl(apache_kafka: ApacheKafkaBroker, tmp
     apache_kafka.create_topics([topic])
     produced = subprocess.run(
         [sys.executable, "-m", "stream_lstm", "produce", "--synthetic", "--events", "200",
-         "--topic", topic, "--bootstrap-servers", bootstrap, *flags],
+         "--topic", topic, "--bootstrap-servers", bootstrap, *flags, "--kafka-option", "client.id=producer"],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert produced.returncode == 0, produced.stderr

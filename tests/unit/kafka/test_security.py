@@ -147,3 +147,13 @@ def test_the_service_settings_repr_shows_no_secret() -> None:
 
     settings = KafkaSettings("b:9093", "in", "out", "dead", "group", security=SCRAM)
     assert "alice-secret" not in repr(settings) and "SCRAM-SHA-512" in repr(settings)
+
+
+def test_an_option_overrides_the_callers_default_instead_of_clashing_with_it() -> None:
+    security = KafkaSecurity(
+        options=(parse_kafka_option("client.id=mine"), parse_kafka_option("linger.ms=7"))
+    )
+    defaults = {"client_id": "stream-lstm", "linger_ms": 5, "acks": "all"}
+    config = security.kafka_python_config(KafkaProducer.DEFAULT_CONFIG, defaults)
+    assert config["client_id"] == "mine" and config["linger_ms"] == 7 and config["acks"] == "all"
+    assert set(config) <= set(KafkaProducer.DEFAULT_CONFIG)

@@ -12,6 +12,7 @@ from stream_lstm.kafka.security import PLAINTEXT
 from stream_lstm.service.connection_watch import REPEAT_LOG_S, ConnectionWatch
 from stream_lstm.service.health import Health
 from stream_lstm.telemetry.metrics import Telemetry
+from tests.waiting import wait_for
 
 WRONG_PASSWORD = ConnectionProblem("sasl_authentication_failed", "wrong user name or password", "b:9093")
 AWAY = ConnectionProblem("unreachable", "nothing listens at b:9093", "b:9093")
@@ -90,6 +91,7 @@ def test_health_names_the_diagnosed_cause_instead_of_the_clients_error(connected
     watch = Script(WRONG_PASSWORD).watch()
     health = Health("b:9093", Telemetry(), watch)
     health.set_connected(False, "NoBrokersAvailable")
+    wait_for(lambda: watch.problem is not None, 10, "the diagnosis in the background")
     ready, details = health.report(stopping=False, connected_client=False, events_learned=0)
     assert not ready and details["last_error"] == WRONG_PASSWORD.message
     assert details["kafka_connection"]["code"] == "sasl_authentication_failed"
@@ -98,3 +100,22 @@ def test_health_names_the_diagnosed_cause_instead_of_the_clients_error(connected
         assert health.report(stopping=False, connected_client=True, events_learned=0)[1][
             "kafka_connection"
         ] == {"ok": True}
+
+
+def test_check_soon_diagnoses_on_a_thread_of_its_own_and_never_two_at_once() -> None:
+    release = threading.Event()
+    calls = []
+
+    def slow(bootstrap: str, security: object, *, timeout_s: float) -> ConnectionProblem | None:
+        calls.append(1)
+        release.wait(10)
+        return AWAY
+
+    watch = ConnectionWatch("b:9093", PLAINTEXT, interval_s=0, diagnose=slow)
+    watch.check_soon()  # returns at once: the loop does not wait for the diagnosis
+    watch.check_soon()  # one is running: no second
+    wait_for(lambda: calls, 10, "the diagnosis to start")
+    assert watch.problem is None and len(calls) == 1
+    release.set()
+    wait_for(lambda: watch.problem == AWAY, 10, "the diagnosis to finish")
+    assert len(calls) == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from stream_lstm.state.signing import MIN_KEY_BYTES, CheckpointSigner
-from stream_lstm.state.topic_chunks import chunk_key, new_manifest
+from stream_lstm.state.topic_chunks import chunk_key, manifest_epoch, new_manifest
 from stream_lstm.state.topic_screen import MANIFEST_HISTORY, RecordScreen
 
 NAME = "partitions/in/0"
@@ -81,3 +81,18 @@ def test_the_history_is_bounded() -> None:
     while screen.fall_back(view, NAME):
         fallbacks += 1
     assert fallbacks == MANIFEST_HISTORY - 1
+
+
+def test_a_manifest_nested_too_deep_too_long_or_naming_too_many_chunks_is_refused_not_fatal() -> None:
+    """A planted record of any of these shapes once escaped as RecursionError or built billions of
+    chunk keys; each is now a manifest refused like any other, with or without a key."""
+    deep = b"[" * 200_000 + b"]" * 200_000
+    huge_count = json.dumps({**new_manifest(b"x" * 10, 1, "v"), "chunks": 10**10}).encode()
+    too_long = json.dumps({**new_manifest(b"x", 1, "v"), "padding": "p" * 10_000}).encode()
+    for screen in (RecordScreen("store"), RecordScreen("store", SIGNER)):
+        rejections = Rejections()
+        screen.on_rejected = rejections
+        for value in (deep, huge_count, too_long):
+            assert not screen.admits(NAME, value)
+        assert [reason for reason, _ in rejections] == ["not_a_checkpoint"] * 3
+    assert manifest_epoch(deep) is None
