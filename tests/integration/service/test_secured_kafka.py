@@ -140,7 +140,9 @@ def test_the_whole_service_runs_over_a_secured_listener(
             assert password not in text, f"the password shows in the {where}"
 
 
-def test_produce_and_demo_run_over_sasl_ssl(apache_kafka: ApacheKafkaBroker, tmp_path: Path) -> None:
+def test_produce_and_demo_run_over_sasl_ssl(
+    apache_kafka: ApacheKafkaBroker, kafka_client: str, tmp_path: Path
+) -> None:
     """``produce`` writes to a SASL_SSL listener with the password from the environment's file
     variable; ``demo`` runs its whole stream on the cluster, then deletes its topics."""
     bootstrap, flags, _ = connection(apache_kafka, "SCRAM-SHA-512", tmp_path / "password")
@@ -152,7 +154,8 @@ def test_produce_and_demo_run_over_sasl_ssl(apache_kafka: ApacheKafkaBroker, tmp
     apache_kafka.create_topics([topic])
     produced = subprocess.run(
         [sys.executable, "-m", "stream_lstm", "produce", "--synthetic", "--events", "200",
-         "--topic", topic, "--bootstrap-servers", bootstrap, *flags, "--kafka-option", "client.id=producer"],
+         "--topic", topic, "--bootstrap-servers", bootstrap, *flags, "--kafka-option", "client.id=producer",
+         "--kafka-client", kafka_client],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert produced.returncode == 0, produced.stderr
@@ -165,7 +168,7 @@ def test_produce_and_demo_run_over_sasl_ssl(apache_kafka: ApacheKafkaBroker, tmp
     demo = subprocess.run(
         [sys.executable, "-m", "stream_lstm", "demo", "--events", "600", "--keys", "30", "--rate", "2000",
          "--workdir", str(tmp_path / "demo"), "--metrics-port", str(free_port()),
-         "--bootstrap-servers", bootstrap, *flags],
+         "--bootstrap-servers", bootstrap, *flags, "--kafka-client", kafka_client],
         capture_output=True, text=True, timeout=240, env=env,
     )  # fmt: skip
     assert demo.returncode == 0, demo.stdout + demo.stderr + (tmp_path / "demo" / "service.log").read_text()
