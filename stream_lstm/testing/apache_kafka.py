@@ -94,7 +94,7 @@ class ApacheKafkaBroker(BrokerProcess):
             host,
             free_port(host),
             self.folder / "broker.log",
-            cluster_id=base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+            cluster_id=new_cluster_id(),
         )
         self.sasl_ssl_port = free_port(host)
         self.ssl_port = free_port(host)
@@ -248,3 +248,12 @@ class ApacheKafkaBroker(BrokerProcess):
 def _escaped(value: str) -> str:
     """``value`` as a Java properties file reads it back: backslashes doubled."""
     return value.replace("\\", "\\\\")
+
+
+def new_cluster_id() -> str:
+    """A random cluster id as Kafka writes one (22 characters of URL-safe base64), never starting
+    with ``-``: ``kafka-storage format`` would read that as an option (as Kafka's own ids avoid)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id

@@ -234,6 +234,7 @@ def test_the_checkpoint_topic_stays_bounded_under_compaction(
         },
     )
     flags = ("--checkpoint-topic", store_topic, "--checkpoint-every", "25", "--checkpoint-interval", "1")
+    flags += ("--batch-size", "16")  # a checkpoint after almost every batch: many to compact
     first = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, *flags)
     second = ServiceProcess(kafka.bootstrap_servers, topics, group_id, tmp_path, *flags)
     events = list(temporal_stream(5000, n_keys=16, seed=5))

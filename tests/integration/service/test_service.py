@@ -275,8 +275,9 @@ def test_exactly_once_predictions_survive_a_sigkill(
 def test_a_service_waiting_for_its_checkpoint_topic_answers_healthz_then_runs(
     tmp_path: Path, group_id: str
 ) -> None:
-    """Opening a checkpoint topic waits for the broker (up to 120 s): meanwhile /healthz answers
-    503 with what the service waits for, rather than nothing (a probe would take it for dead)."""
+    """A service started before its broker waits for it (its checkpoint topic too): meanwhile
+    /healthz answers 503 naming what it waits for, rather than nothing (a probe would take it for
+    dead), and the service runs once the broker is up."""
     late = EmbeddedBroker(port=free_port(), log_path=tmp_path / "late-broker.log")
     topics = {"input": "late-in", "output": "late-out", "dead": "late-dead"}
     service = ServiceProcess(
@@ -284,13 +285,15 @@ def test_a_service_waiting_for_its_checkpoint_topic_answers_healthz_then_runs(
     ).start()
     try:
 
-        def answered() -> tuple[int, dict[str, Any]] | None:
+        def waiting() -> dict[str, Any] | None:
             service.assert_alive()
-            return service.health()
+            answer = service.health()
+            return answer[1] if answer is not None and "kafka_connection" in answer[1] else None
 
-        status, body = wait_for(answered, 60, "/healthz while the broker is not up yet")
-        assert status == 503
-        assert "checkpoint topic late-checkpoints" in body["starting"]
+        body = wait_for(waiting, 60, "/healthz naming the broker the service waits for")
+        assert body["status"] == "not_ready" and "connecting to Kafka" in body["starting"]
+        assert body["kafka_connection"]["code"] == "unreachable", body
+        assert body["kafka_connection"]["server"] == late.bootstrap_servers
         late.start(timeout=30)
         late.create_topics(list(topics.values()))
         produce(late.bootstrap_servers, topics["input"], temporal_stream(50, n_keys=3, seed=2))
