@@ -206,13 +206,13 @@ class Replay:
         self.probabilities = probabilities
         self.next = 0
 
-    def predict_proba_many(self, events: Sequence) -> Any:
+    def predict_batch(self, events: Sequence) -> Any:
         import numpy as np
 
         start, self.next = self.next, self.next + len(events)
         return np.asarray(self.probabilities[start : self.next], dtype=np.float64)
 
-    def learn_many(self, events: Sequence) -> None:
+    def learn_batch(self, events: Sequence) -> None:
         pass
 
 

@@ -1,7 +1,7 @@
 """The LSTM learner alone: events/s by key count and batch size, per device, and its memory.
 
 Why: the service and ``evaluate`` benchmarks mix the learner with I/O, parsing, the baselines and
-scoring; this one times only ``predict_proba_many`` + ``learn_many`` (one optimizer step per
+scoring; this one times only ``predict_batch`` + ``learn_batch`` (one optimizer step per
 batch) on pre-built events of the project's generated stream, so it shows what the LSTM itself
 costs per event, how that depends on the batch size and the number of keys, and what a GPU
 changes. One torch CPU thread, as the service uses by default.
@@ -83,8 +83,8 @@ def synchronize(learner: LSTMLearner) -> None:
 
 
 def step(learner: LSTMLearner, batch: Sequence[Event]) -> None:
-    learner.predict_proba_many(batch)
-    learner.learn_many(batch)
+    learner.predict_batch(batch)
+    learner.learn_batch(batch)
 
 
 @functools.lru_cache(maxsize=2)
@@ -222,7 +222,7 @@ def kernel_floor(device: str, batch: int, repeats: int) -> tuple[float, float]:
 
     def forward_backward() -> None:
         for weight in learner._lstm_weights:
-            weight.grad = None  # as in learn_many
+            weight.grad = None  # as in learn_batch
         outputs, _, _ = learner._lstm_call(inputs, h, c, learner._weights_for(columns))  # as per batch
         outputs[:, -1].sum().backward()
 

@@ -111,7 +111,7 @@ class PrequentialEvaluator:
             if name in remote:
                 continue
             started = time.perf_counter()
-            predictions[name] = model.predict_proba_many(events)
+            predictions[name] = model.predict_batch(events)
             self.seconds[name] += time.perf_counter() - started
         for name, model in remote.items():
             predictions[name], seconds = model.finish_predict(events)
@@ -141,7 +141,7 @@ class PrequentialEvaluator:
         n_labelled = len(events) if every else int(labelled.sum())
         if n_labelled:
             labels = np.array([y for y in raw_labels if y is not None], dtype=np.int8)
-            reference = self.reference.predict_proba_many(events)
+            reference = self.reference.predict_batch(events)
             if not every:
                 reference = reference[labelled]
             reference_correct = (reference >= 0.5) == (labels == 1)
@@ -150,11 +150,11 @@ class PrequentialEvaluator:
                 scorer.update(labels, probabilities, reference_correct)
                 if self.keep_trace:
                     self.trace[name].append((probabilities >= 0.5) == (labels == 1))
-        self.reference.learn_many(events)
+        self.reference.learn_batch(events)
         remote = self._asynchronous()  # their seconds come with their predictions
         for name, model in self.models.items():
             started = time.perf_counter()
-            model.learn_many(events)
+            model.learn_batch(events)
             if name not in remote:
                 self.seconds[name] += time.perf_counter() - started
         self.events += len(events)

@@ -51,7 +51,7 @@ class BatchInputs:
 
 @dataclass(slots=True)
 class Pending:
-    """The forward pass of a batch, kept until the learner's ``learn_many`` consumes it."""
+    """The forward pass of a batch, kept until the learner's ``learn_batch`` consumes it."""
 
     events: Sequence[Event]
     batch: BatchInputs

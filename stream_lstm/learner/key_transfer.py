@@ -119,4 +119,4 @@ class KeyTransfer:
 
     def _check_no_pending(self) -> None:
         if self._pending is not None:
-            raise RuntimeError("key states cannot change between predict_proba_many and learn_many")
+            raise RuntimeError("key states cannot change between predict_batch and learn_batch")

@@ -102,7 +102,7 @@ class LearnerPersistence:
 
 def _learner_state(learner: Any) -> State:
     if learner._pending is not None:
-        raise RuntimeError("cannot save between predict_proba_many and learn_many")
+        raise RuntimeError("cannot save between predict_batch and learn_batch")
     optimizer = learner.optimizer.state_dict()
     group = optimizer["param_groups"][0]
     per_parameter = [optimizer["state"][index] for index in sorted(optimizer["state"])]

@@ -42,9 +42,9 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     """An LSTM binary classifier that learns online from a stream of keyed events.
 
     Weights are shared; every key has its own recurrent state. Each micro-batch is handled in two
-    calls: :meth:`predict_proba_many` runs one batched forward pass over every key in the batch
+    calls: :meth:`predict_batch` runs one batched forward pass over every key in the batch
     (its stored window, then its new events in order) with the weights learned from earlier
-    batches, and :meth:`learn_many` backpropagates the loss of the batch's labelled events
+    batches, and :meth:`learn_batch` backpropagates the loss of the batch's labelled events
     through that same pass and takes one optimizer step. The prediction for an event therefore
     depends only on earlier events of its key and on earlier batches.
 
@@ -90,8 +90,8 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     --------
     >>> learner = LSTMLearner(hidden_size=4, tbptt_steps=2, device="cpu")
     >>> batch = [Event(key="a", features={"x": 1.0}, label=1), Event(key="a", label=0)]
-    >>> probabilities = learner.predict_proba_many(batch)
-    >>> learner.learn_many(batch)
+    >>> probabilities = learner.predict_batch(batch)
+    >>> learner.learn_batch(batch)
     >>> probabilities.shape, learner.events_learned, learner.steps
     ((2,), 2, 1)
     """
@@ -193,17 +193,17 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
 
     # ------------------------------------------------------------------ predict and learn
 
-    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+    def predict_batch(self, events: Sequence[Event]) -> np.ndarray:
         """Probability that each event's label is 1, from earlier events and earlier batches only.
 
-        Keeps the forward pass so that :meth:`learn_many` on the same batch can reuse it.
+        Keeps the forward pass so that :meth:`learn_batch` on the same batch can reuse it.
         """
         if not events:
             return np.zeros(0)
         self._pending = self._forward(events)
         return self._pending.probabilities
 
-    def learn_many(self, events: Sequence[Event]) -> None:
+    def learn_batch(self, events: Sequence[Event]) -> None:
         """Advance every key past ``events`` and take one optimizer step on their labels.
 
         The step is skipped, and counted (:meth:`guard_stats`), when the loss or the gradient

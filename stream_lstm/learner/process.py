@@ -10,7 +10,7 @@ sent, and learns every batch right after answering its predictions. The learner 
 predict(batch 1), learn(batch 1), predict(batch 2), ... as it would in the service's own
 process, so the predictions are the same (same weights, same key states); only the waiting
 changes. :meth:`LearnerProcess.start_predict` returns at once and may run one batch ahead of
-:meth:`LearnerProcess.finish_predict`; :meth:`LearnerProcess.learn_many` of a predicted batch
+:meth:`LearnerProcess.finish_predict`; :meth:`LearnerProcess.learn_batch` of a predicted batch
 costs nothing.
 
 A checkpoint of an evaluator holding a :class:`LearnerProcess` holds a plain
@@ -67,8 +67,8 @@ class _InFlight:
 class LearnerProcess(TrainedModel, PredictsApart):
     """An :class:`~stream_lstm.learner.LSTMLearner` run in a child process.
 
-    Offers what the evaluator and the service use of the learner: ``predict_proba_many`` and
-    ``learn_many`` (every predicted batch must then be learned, in order, as in prequential
+    Offers what the evaluator and the service use of the learner: ``predict_batch`` and
+    ``learn_batch`` (every predicted batch must then be learned, in order, as in prequential
     evaluation), the per-key state calls, ``training_stats``, ``key_stats``, ``guard_stats``,
     ``non_finite_parts``, ``steps`` and pickling. A failure in the child, or its death, raises
     :class:`LearnerProcessError` on the next call that waits for it, and on every call after.
@@ -188,19 +188,19 @@ class LearnerProcess(TrainedModel, PredictsApart):
         batch.collected = True
         return probabilities, seconds
 
-    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
-        """Probability that each event's label is 1 (see ``LSTMLearner.predict_proba_many``)."""
+    def predict_batch(self, events: Sequence[Event]) -> np.ndarray:
+        """Probability that each event's label is 1 (see ``LSTMLearner.predict_batch``)."""
         if not self.predicting(events):
             self.start_predict(events)
         return self.finish_predict(events)[0]
 
-    def learn_many(self, events: Sequence[Event]) -> None:
+    def learn_batch(self, events: Sequence[Event]) -> None:
         """Learn ``events``: free for the oldest batch predicted (the child learned it already)."""
         self._check()
         if self._in_flight:
             oldest = self._in_flight[0]
             if oldest.events is not events or not oldest.collected:
-                raise RuntimeError("learn_many must take the oldest batch predicted, after its predictions")
+                raise RuntimeError("learn_batch must take the oldest batch predicted, after its predictions")
             self._in_flight.popleft()
             return
         self._send("learn", list(events))  # a batch that was never predicted
@@ -382,7 +382,7 @@ class _LearnerServer:
             return self.learner.hyperparameters(), str(self.learner.torch_device), self.learner.steps
         if operation == "predict":
             started = time.perf_counter()
-            probabilities = learner.predict_proba_many(argument)
+            probabilities = learner.predict_batch(argument)
             self.predicted = argument
             # The seconds reported with a batch: its prediction and the previous batch's learning.
             seconds = self.learn_seconds + time.perf_counter() - started
@@ -390,7 +390,7 @@ class _LearnerServer:
             return probabilities, seconds, learner.steps
         if operation == "learn":
             started = time.perf_counter()
-            learner.learn_many(self.predicted if argument is None else argument)
+            learner.learn_batch(self.predicted if argument is None else argument)
             self.predicted = None
             self.learn_seconds += time.perf_counter() - started
             return None

@@ -3,6 +3,8 @@
 An event belongs to one entity (``key``); events of one key are ordered. Features are a free
 mapping from names to finite numbers, so they may appear, disappear or arrive in any order between
 events. ``label`` is 0, 1, or ``None`` for an event that is predicted but not learned from.
+``categories`` are the event's categorical features (text values by name), which the models turn
+into a bounded number of inputs (:mod:`stream_lstm.messages.categories`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class Event:
         Finite numeric features by name.
     label
         0, 1, or ``None`` when the outcome is unknown.
+    categories
+        Categorical features by name: text values such as ``{"city": "Paris"}``. A name is either a
+        feature or a category in one event, never both.
 
     Examples
     --------
@@ -45,6 +50,7 @@ class Event:
     ts: float | None = None
     features: Mapping[str, float] = field(default_factory=dict)
     label: int | None = None
+    categories: Mapping[str, str] = field(default_factory=dict)
 
 
 _PLAIN_LABELS = {"0": 0, "1": 1}
@@ -255,7 +261,7 @@ def decode_event(
     ``limits.max_message_bytes``.
 
     >>> decode_event(b'{"features": {"x": 1.5}, "label": 1}', b"sensor-7")
-    Event(key='sensor-7', ts=None, features={'x': 1.5}, label=1)
+    Event(key='sensor-7', ts=None, features={'x': 1.5}, label=1, categories={})
     >>> decode_event(b'{"features": {"x": NaN}}')
     Traceback (most recent call last):
     ...
@@ -351,11 +357,13 @@ def _key_too_long(size: int, limits: InputLimits) -> str:
 def encode_event(event: Event) -> bytes:
     """The JSON message value of an event (what :func:`decode_event` reads).
 
+    Categories are text values beside the numeric features in ``features``.
+
     >>> decode_event(encode_event(Event(key="a", ts=1.0, features={"x": 2.0}, label=0)))
-    Event(key='a', ts=1.0, features={'x': 2.0}, label=0)
+    Event(key='a', ts=1.0, features={'x': 2.0}, label=0, categories={})
     """
     return json.dumps(
-        {"key": event.key, "ts": event.ts, "features": dict(event.features), "label": event.label},
+        {"key": event.key, "ts": event.ts, "features": {**event.features, **event.categories}, "label": event.label},
         separators=(",", ":"),
         allow_nan=False,
     ).encode()

@@ -4,9 +4,9 @@
   same bounded set of feature names as the LSTM's, standardised values clipped as the LSTM's).
 * ``no_change``: the same key's previous label (the persistence forecast), 0.5 before any.
 
-Both follow the learner's protocol: :meth:`predict_proba_many` for a micro-batch uses only what
+Both follow the learner's protocol: :meth:`predict_batch` for a micro-batch uses only what
 was learned from earlier batches plus, for ``no_change``, earlier labels of the same key; then
-:meth:`learn_many` learns the batch.
+:meth:`learn_batch` learns the batch.
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ class LogisticRegressionBaseline(GuardedModel):
     --------
     >>> model = LogisticRegressionBaseline(max_features=1)
     >>> batch = [Event(features={"x": 1.0}, label=1), Event(features={"x": -1.0, "y": 2.0}, label=0)]
-    >>> model.predict_proba_many(batch).tolist()
+    >>> model.predict_batch(batch).tolist()
     [0.5, 0.5]
-    >>> model.learn_many(batch)
+    >>> model.learn_batch(batch)
     >>> list(model.feature_names), model.guard_stats()
     (['x'], {'features_dropped': 1})
     """
@@ -94,10 +94,10 @@ class LogisticRegressionBaseline(GuardedModel):
         #: The feature names in use, in order of first appearance (values unused).
         self.feature_names: dict[str, None] = {}
         self.features_dropped = 0
-        # The last batch predicted and its features restricted to feature_names, for learn_many.
+        # The last batch predicted and its features restricted to feature_names, for learn_batch.
         self._predicted: tuple[Sequence[Event], list[Mapping[str, float]]] | None = None
 
-    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+    def predict_batch(self, events: Sequence[Event]) -> np.ndarray:
         """Probability of label 1 for each event, from the weights before this batch."""
         features = self._bounded(events)
         self._predicted = (events, features)
@@ -109,7 +109,7 @@ class LogisticRegressionBaseline(GuardedModel):
             probabilities[~finite] = 0.5
         return probabilities
 
-    def learn_many(self, events: Sequence[Event]) -> None:
+    def learn_batch(self, events: Sequence[Event]) -> None:
         """Learn each labelled event in order (the scaler first, as the river pipeline does)."""
         predicted, self._predicted = self._predicted, None
         features = predicted[1] if predicted is not None and predicted[0] is events else self._bounded(events)
@@ -293,7 +293,7 @@ class NoChangeBaseline(KeyedModel):
     --------
     >>> model = NoChangeBaseline()
     >>> batch = [Event(key="a", label=1), Event(key="a", label=0), Event(key="b", label=0)]
-    >>> model.predict_proba_many(batch).tolist()
+    >>> model.predict_batch(batch).tolist()
     [0.5, 1.0, 0.5]
     """
 
@@ -303,7 +303,7 @@ class NoChangeBaseline(KeyedModel):
         self.max_keys = max_keys
         self.last_label: OrderedDict[str, int] = OrderedDict()
 
-    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+    def predict_batch(self, events: Sequence[Event]) -> np.ndarray:
         """The previous label of each event's key (earlier events of this batch included)."""
         in_batch: dict[str, int] = {}
         stored = self.last_label
@@ -317,7 +317,7 @@ class NoChangeBaseline(KeyedModel):
                 in_batch[event.key] = event.label
         return result
 
-    def learn_many(self, events: Sequence[Event]) -> None:
+    def learn_batch(self, events: Sequence[Event]) -> None:
         """Remember each key's latest label."""
         stored = self.last_label
         for event in events:

@@ -32,11 +32,11 @@ class OnlineClassifier(ABC):
     """A binary classifier that learns one micro-batch at a time, test-then-train."""
 
     @abstractmethod
-    def predict_proba_many(self, events: Sequence[Event]) -> np.ndarray:
+    def predict_batch(self, events: Sequence[Event]) -> np.ndarray:
         """P(label = 1) for each event, before any of them is learned."""
 
     @abstractmethod
-    def learn_many(self, events: Sequence[Event]) -> None:
+    def learn_batch(self, events: Sequence[Event]) -> None:
         """Learn the batch (events without a label only move the per-key state on)."""
 
 

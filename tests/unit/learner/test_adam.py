@@ -26,8 +26,8 @@ def _learn(learners: list[LSTMLearner], events: list, batch_size: int = 7) -> No
     for start in range(0, len(events), batch_size):
         batch = events[start : start + batch_size]
         for learner in learners:
-            learner.predict_proba_many(batch)
-            learner.learn_many(batch)
+            learner.predict_batch(batch)
+            learner.learn_batch(batch)
 
 
 def _assert_same(mine: LSTMLearner, theirs: LSTMLearner) -> None:
@@ -115,7 +115,7 @@ def test_the_learner_does_not_import_torch_dynamo() -> None:
         "from stream_lstm.learner.lstm_learner import LSTMLearner\n"
         "learner = LSTMLearner(hidden_size=4, device='cpu')\n"
         "batch = list(temporal_stream(20, n_keys=2, seed=1))\n"
-        "learner.predict_proba_many(batch); learner.learn_many(batch)\n"
+        "learner.predict_batch(batch); learner.learn_batch(batch)\n"
         "learner.__setstate__(learner.__getstate__())\n"
         "print('torch._dynamo' in sys.modules)\n"
     )

@@ -68,8 +68,8 @@ def test_encoding_carries_labels_and_timestamps_like_the_per_event_loop(
     learner = LSTMLearner(hidden_size=4, tbptt_steps=3, adapt_scaler=False, device="cpu")
     for warm_seed in range(3):  # keys with a history: known labels and timestamps, some not
         batch = messy_batch(n_events, n_keys, seed=100 + warm_seed)
-        learner.predict_proba_many(batch)
-        learner.learn_many(batch)
+        learner.predict_batch(batch)
+        learner.learn_batch(batch)
     events = messy_batch(n_events, n_keys, seed)
     groups = group_by_slot(learner.keys.lookup([e.key for e in events]))
     store_labels = learner.keys.prev_label[groups.slots].copy()

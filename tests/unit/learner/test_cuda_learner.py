@@ -64,8 +64,8 @@ def test_the_gpu_predicts_and_learns_what_the_cpu_does(monkeypatch: pytest.Monke
     for batch in batches(events, sizes):
         predictions = {}
         for device, learner in learners.items():
-            predictions[device] = learner.predict_proba_many(batch)
-            learner.learn_many(batch)
+            predictions[device] = learner.predict_batch(batch)
+            learner.learn_batch(batch)
         np.testing.assert_allclose(predictions["cuda"], predictions["cpu"], atol=2e-4)
     cpu, gpu = learners["cpu"], learners["cuda"]
     assert (gpu.steps, gpu.events_learned, gpu.events_seen) == (
@@ -89,8 +89,8 @@ def synchronisations(learner: LSTMLearner, batch: list[Event]) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            learner.predict_proba_many(batch)
-            learner.learn_many(batch)
+            learner.predict_batch(batch)
+            learner.learn_batch(batch)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return sum("synchronizing" in str(warning.message) for warning in caught)
@@ -103,8 +103,8 @@ def test_the_host_waits_for_the_gpu_once_per_batch_whatever_its_size(n_keys: int
     learner = LSTMLearner(device="cuda", max_keys=100_000)
     events = list(messy_stream(20_000, n_keys=n_keys, seed=2))
     for batch in batches(events, [256] * 20):  # warm: full windows for the few-key streams
-        learner.predict_proba_many(batch)
-        learner.learn_many(batch)
+        learner.predict_batch(batch)
+        learner.learn_batch(batch)
     rest = batches(events[5120:], [64, 4096, 1, 4096])
     counts = [(len(batch), synchronisations(learner, batch)) for batch in rest]
     assert counts == [(64, 1), (4096, 1), (1, 1), (4096, 1)]

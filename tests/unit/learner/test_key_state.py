@@ -25,8 +25,8 @@ def predict_stream(learner: LSTMLearner, events: list[Event], batch_size: int) -
     out = []
     for start in range(0, len(events), batch_size):
         batch = events[start : start + batch_size]
-        out.append(learner.predict_proba_many(batch))
-        learner.learn_many(batch)
+        out.append(learner.predict_batch(batch))
+        learner.learn_batch(batch)
     return np.concatenate(out)
 
 
@@ -44,8 +44,8 @@ def test_lru_bound_and_eviction_count() -> None:
     learner = frozen(max_keys=3)
     for key in ["a", "b", "c", "a", "d", "e"]:
         batch = [Event(key=key, features={"x": 1.0}, label=1)]
-        learner.predict_proba_many(batch)
-        learner.learn_many(batch)
+        learner.predict_batch(batch)
+        learner.learn_batch(batch)
     assert len(learner.keys) == 3
     assert learner.keys.evictions == 2  # "d" evicted "b", "e" evicted "c"
     assert learner.keys.keys() == ["a", "d", "e"]
@@ -55,18 +55,18 @@ def test_an_evicted_key_restarts_from_zero_state() -> None:
     learner = frozen(max_keys=2)
     history = [Event(key="a", features={"x": float(i)}, label=i % 2) for i in range(5)]
     probe = [Event(key="a", features={"x": 0.5}, label=None)]
-    fresh = frozen(max_keys=2).predict_proba_many(probe)[0]
+    fresh = frozen(max_keys=2).predict_batch(probe)[0]
     predict_stream(learner, history, batch_size=1)
-    assert learner.predict_proba_many(probe)[0] != pytest.approx(fresh, abs=1e-6)  # history matters
+    assert learner.predict_batch(probe)[0] != pytest.approx(fresh, abs=1e-6)  # history matters
     predict_stream(learner, [Event(key="b", label=0), Event(key="c", label=0)], batch_size=1)
     assert "a" not in learner.keys
-    assert learner.predict_proba_many(probe)[0] == pytest.approx(fresh, abs=1e-7)
+    assert learner.predict_batch(probe)[0] == pytest.approx(fresh, abs=1e-7)
 
 
 def test_a_batch_with_more_keys_than_max_keys_is_refused_clearly() -> None:
     learner = frozen(max_keys=2)
     with pytest.raises(ConfigError, match="max_keys"):
-        learner.predict_proba_many([Event(key=k) for k in "abc"])
+        learner.predict_batch([Event(key=k) for k in "abc"])
 
 
 def test_a_batch_never_evicts_its_own_keys() -> None:
@@ -74,10 +74,10 @@ def test_a_batch_never_evicts_its_own_keys() -> None:
     predict_stream(learner, [Event(key="a", features={"x": 3.0}, label=1)] * 3, batch_size=1)
     # "a" is least recently used when the batch [b, a] arrives; b must evict nothing of the batch.
     predict_stream(learner, [Event(key="z", label=1)], batch_size=1)
-    before = learner.predict_proba_many([Event(key="a", label=None)])[0]
-    learner.predict_proba_many([Event(key="b", label=None), Event(key="a", label=None)])
+    before = learner.predict_batch([Event(key="a", label=None)])[0]
+    learner.predict_batch([Event(key="b", label=None), Event(key="a", label=None)])
     assert "a" in learner.keys and "b" in learner.keys and "z" not in learner.keys
-    after = learner.predict_proba_many([Event(key="a", label=None)])[0]
+    after = learner.predict_batch([Event(key="a", label=None)])[0]
     assert after == pytest.approx(before, abs=1e-7)
 
 

@@ -84,8 +84,8 @@ def run(learner, events: list[Event], sizes: list[int]) -> None:  # type: ignore
         batch = events[start : start + size]
         if not batch:
             return
-        assert_probabilities(learner.predict_proba_many(batch), len(batch))
-        learner.learn_many(batch)
+        assert_probabilities(learner.predict_batch(batch), len(batch))
+        learner.learn_batch(batch)
         start += size
 
 
@@ -105,8 +105,8 @@ def test_extreme_accepted_values_never_leave_a_non_finite_number(
         batch = events[start : start + size]
         if not batch:
             break
-        assert_probabilities(learner.predict_proba_many(batch), len(batch))
-        learner.learn_many(batch)
+        assert_probabilities(learner.predict_batch(batch), len(batch))
+        learner.learn_batch(batch)
         assert_finite_state(learner)
         start += size
     # It did learn: the guards skipped nothing on these accepted values.
@@ -175,8 +175,8 @@ def test_any_sequence_of_accepted_batches_keeps_every_number_finite(
     logreg = LogisticRegressionBaseline(max_features=4, learning_rate=0.5)
     for batch in batches_:
         for model in (learner, logreg):
-            assert_probabilities(model.predict_proba_many(batch), len(batch))
-            model.learn_many(batch)
+            assert_probabilities(model.predict_batch(batch), len(batch))
+            model.learn_batch(batch)
         assert_finite_state(learner)
         assert logreg.non_finite_parts() == []
     assert list(logreg.feature_names) == sorted(learner.feature_columns, key=learner.feature_columns.get)
@@ -226,8 +226,8 @@ def trained_learner(check_on_host: bool) -> tuple[LSTMLearner, list[list[Event]]
     learner = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     learner._check_on_host = check_on_host
     for chunk in chunks[:10]:  # Adam's averages and step counts exist and are not zero
-        learner.predict_proba_many(chunk)
-        learner.learn_many(chunk)
+        learner.predict_batch(chunk)
+        learner.learn_batch(chunk)
     return learner, chunks[10:]
 
 
@@ -279,8 +279,8 @@ def test_a_batch_with_a_non_finite_loss_or_gradient_changes_no_weight_and_no_opt
     with monkeypatch.context() as patch:
         patch.setattr(torch, "binary_cross_entropy_with_logits", POISONS[reason])
         for chunk in rest[:2]:
-            learner.predict_proba_many(chunk)
-            learner.learn_many(chunk)
+            learner.predict_batch(chunk)
+            learner.learn_batch(chunk)
     assert_bit_identical(before, snapshot(learner))  # weights, Adam's moments and step counts
     assert learner.steps == steps
     stats = learner.guard_stats()
@@ -295,8 +295,8 @@ def test_a_batch_with_a_non_finite_loss_or_gradient_changes_no_weight_and_no_opt
     assert copy.guard_stats() == stats and copy.steps == steps
     copy._check_on_host = check_on_host
     for chunk in rest[2:4]:
-        copy.predict_proba_many(chunk)
-        copy.learn_many(chunk)
+        copy.predict_batch(chunk)
+        copy.learn_batch(chunk)
     assert copy.steps == steps + 2 and copy.guard_stats() == stats
     assert not torch.equal(copy.network.lstm.weight_hh_l0, before["weight lstm.weight_hh_l0"])
 
@@ -315,10 +315,10 @@ def test_a_poisoned_key_state_is_skipped_and_written_back_finite(
     learner.keys.h0[slot] = float("nan")
     learner.keys.c0[slot] = float("inf")
     batch = [Event(key="k1", features={"a": 1.0}, label=1), Event(key="k2", features={"a": 0.5}, label=0)]
-    probabilities = learner.predict_proba_many(batch)
+    probabilities = learner.predict_batch(batch)
     assert_probabilities(probabilities, 2)
     assert probabilities[0] == 0.5  # not a number from a NaN state: the neutral answer
-    learner.learn_many(batch)
+    learner.learn_batch(batch)
     assert learner.guard_stats()["skipped_non_finite_loss"] == 1
     assert_bit_identical(before, snapshot(learner))
     assert_finite_state(learner)
@@ -344,8 +344,8 @@ def test_input_clip_is_a_validated_hyperparameter_with_a_default_for_old_checkpo
 def test_a_learner_saved_before_the_guards_converts_with_their_defaults() -> None:
     learner = LSTMLearner(hidden_size=4, device="cpu", max_features=2)
     events = [Event(key="a", features={"p": 1.0, "q": 2.0, "r": 3.0}, label=1)] * 3
-    learner.predict_proba_many(events)
-    learner.learn_many(events)
+    learner.predict_batch(events)
+    learner.learn_batch(events)
     state = old_learner_state(learner)
     # What an older version wrote: the dropped names as a set, no counts, no input_clip.
     del state["features_dropped"], state["skipped_non_finite_loss"], state["skipped_non_finite_gradient"]
@@ -359,7 +359,7 @@ def test_a_learner_saved_before_the_guards_converts_with_their_defaults() -> Non
         "features_dropped": 0,
     }
     assert old.steps == learner.steps == 1 and not hasattr(old, "dropped_features")
-    np.testing.assert_array_equal(old.predict_proba_many(events), learner.predict_proba_many(events))
+    np.testing.assert_array_equal(old.predict_batch(events), learner.predict_batch(events))
 
 
 # ---------------------------------------------------------------------- bounded feature sets
@@ -450,7 +450,7 @@ def test_the_logistic_regression_stays_finite_under_extreme_values() -> None:
         assert np.isfinite(value)
     for table in (model.scaler.means, model.scaler.vars):
         assert all(np.isfinite(value) for value in table.values())
-    probabilities = model.predict_proba_many(events[:200])
+    probabilities = model.predict_batch(events[:200])
     assert_probabilities(probabilities, 200)
     assert len(set(probabilities.round(6))) > 1  # it still learns something
 
@@ -458,8 +458,8 @@ def test_the_logistic_regression_stays_finite_under_extreme_values() -> None:
 def test_a_logistic_regression_saved_before_the_bound_is_cut_to_it() -> None:
     model = LogisticRegressionBaseline()
     events = [Event(features={f"f{i}": float(i), "z": 1.0}, label=i % 2) for i in range(40)]
-    model.predict_proba_many(events)
-    model.learn_many(events)
+    model.predict_batch(events)
+    model.learn_batch(events)
     assert len(model.feature_names) == 32
     state = dict(model.__dict__)
     # What an older version pickled: river's objects alone, with every name it ever met.
@@ -473,7 +473,7 @@ def test_a_logistic_regression_saved_before_the_bound_is_cut_to_it() -> None:
     assert len(old.feature_names) == 32 and list(old.feature_names)[:2] == ["f0", "z"]
     assert set(old.scaler.counts) <= set(old.feature_names)
     assert set(old.classifier._weights.keys()) <= set(old.feature_names)
-    assert_probabilities(old.predict_proba_many(events), 40)
+    assert_probabilities(old.predict_batch(events), 40)
     assert old.features_dropped == 40 - 31  # f31 ... f39 have no place left (f0 ... f30 and z do)
 
 

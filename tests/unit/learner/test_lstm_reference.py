@@ -66,8 +66,8 @@ def test_chunked_forward_matches_step_by_step(batch_size: int, tbptt_steps: int,
     got = []
     for start in range(0, len(events), batch_size):
         batch = events[start : start + batch_size]
-        got.append(learner.predict_proba_many(batch))
-        learner.learn_many(batch)
+        got.append(learner.predict_batch(batch))
+        learner.learn_batch(batch)
     np.testing.assert_allclose(np.concatenate(got), expected, rtol=0, atol=1e-5)
 
 
@@ -79,10 +79,10 @@ def learn_side_by_side(
     for start in range(0, len(events), batch_size):
         batch = events[start : start + batch_size]
         np.testing.assert_allclose(
-            first.predict_proba_many(batch), second.predict_proba_many(batch), rtol=0, atol=atol
+            first.predict_batch(batch), second.predict_batch(batch), rtol=0, atol=atol
         )
-        first.learn_many(batch)
-        second.learn_many(batch)
+        first.learn_batch(batch)
+        second.learn_batch(batch)
         for mine, theirs in zip(first.network.parameters(), second.network.parameters(), strict=True):
             np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), rtol=0, atol=atol)
     for mine, theirs in zip(first.network.parameters(), second.network.parameters(), strict=True):
@@ -260,8 +260,8 @@ def test_imported_key_states_continue_alike_on_the_named_columns_and_on_all(with
     ]
     exporter = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     for start in range(0, 600, 50):
-        exporter.predict_proba_many(events[start : start + 50])
-        exporter.learn_many(events[start : start + 50])
+        exporter.predict_batch(events[start : start + 50])
+        exporter.learn_batch(events[start : start + 50])
     state = exporter.export_keys(list(exporter.tracked_keys()))
     if not with_layout:
         del state["feature_columns"]
@@ -282,8 +282,8 @@ def test_a_checkpoint_without_the_narrowing_flag_decides_it_from_its_windows() -
     then."""
     learner = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
     events = list(temporal_stream(200, n_keys=10, seed=3))
-    learner.predict_proba_many(events)
-    learner.learn_many(events)
+    learner.predict_batch(events)
+    learner.learn_batch(events)
     used = np.array([0, 1, 2, learner.max_features])
     for unnamed_value, narrows in ((0.0, True), (2.5, False)):
         learner.keys.window[0, 0, learner.max_features - 1] = unnamed_value  # a column without a name

@@ -23,8 +23,8 @@ BATCH = [Event(key="a", features={"x": 1.0}, label=1), Event(key="b", features={
 def test_a_learner_built_under_learners_on_cpu_holds_cpu_tensors_and_keeps_its_device_setting() -> None:
     with learners_on_cpu():
         learner = LSTMLearner(hidden_size=4, device="meta")
-        learner.predict_proba_many(BATCH)  # it runs: the tensors hold values
-        learner.learn_many(BATCH)
+        learner.predict_batch(BATCH)  # it runs: the tensors hold values
+        learner.learn_batch(BATCH)
         saved = pickle.dumps(learner)
         reloaded_here = pickle.loads(saved)
     tensors = [*learner.network.parameters(), learner.keys.h0, learner.keys.c0, learner.keys.window]

@@ -79,18 +79,18 @@ def test_load_replaces_the_learner_and_drops_what_was_in_flight(process) -> None
     process.load(pickle.loads(checkpoint))  # a rollback
     assert process.in_flight == 0
     np.testing.assert_array_equal(
-        process.predict_proba_many(chunks[0]), reference.predict_proba_many(chunks[0])
+        process.predict_batch(chunks[0]), reference.predict_batch(chunks[0])
     )
-    process.learn_many(chunks[0])
-    reference.learn_many(chunks[0])
+    process.learn_batch(chunks[0])
+    reference.learn_batch(chunks[0])
     assert process.key_stats() == reference.key_stats()
 
 
 def test_key_states_move_out_and_back_in(process) -> None:
     chunks = stream()
     for chunk in chunks[:4]:
-        process.predict_proba_many(chunk)
-        process.learn_many(chunk)
+        process.predict_batch(chunk)
+        process.learn_batch(chunk)
     keys = sorted(process.tracked_keys())
     assert keys and process.key_stats() == {"tracked": len(keys), "evicted": 0}
     exported = process.export_keys(keys[:2])
@@ -124,29 +124,29 @@ def test_calls_out_of_order_are_refused(process) -> None:
     with pytest.raises(RuntimeError, match="at most 2"):
         process.start_predict(third)
     with pytest.raises(RuntimeError, match="oldest batch"):
-        process.learn_many(first)  # not collected yet
+        process.learn_batch(first)  # not collected yet
     with pytest.raises(RuntimeError, match="in the order they were sent"):
         process.finish_predict(second)
     process.finish_predict(first)
     with pytest.raises(RuntimeError, match="oldest batch"):
-        process.learn_many(second)
-    process.learn_many(first)
+        process.learn_batch(second)
+    process.learn_batch(first)
     process.finish_predict(second)
-    process.learn_many(second)
+    process.learn_batch(second)
     assert process.in_flight == 0
     assert process.training_stats()  # still working after the refusals
 
 
 def test_a_failure_in_the_child_is_reported_with_its_cause_and_is_final(process) -> None:
     chunk = stream()[0]
-    process.predict_proba_many(chunk)
-    process.learn_many(chunk)
+    process.predict_batch(chunk)
+    process.learn_batch(chunk)
     columns = process.export_keys([])["feature_columns"]
     swapped = {"a": columns["b"], "b": columns["a"]}  # unreadable windows for this learner
     with pytest.raises(LearnerProcessError, match="ConfigError: key states were saved with another"):
         process.import_keys({"feature_columns": swapped})
     with pytest.raises(LearnerProcessError, match="ConfigError"):
-        process.predict_proba_many(chunk)  # its learner may be half-updated: nothing more
+        process.predict_batch(chunk)  # its learner may be half-updated: nothing more
     with pytest.raises(LearnerProcessError):
         pickle.dumps(process)
 
@@ -157,8 +157,8 @@ def test_a_stop_sent_to_the_process_group_is_left_to_the_parent(process) -> None
     os.kill(process.pid, signal.SIGTERM)
     os.kill(process.pid, signal.SIGINT)
     chunk = stream()[0]
-    assert process.predict_proba_many(chunk).shape == (len(chunk),)
-    process.learn_many(chunk)
+    assert process.predict_batch(chunk).shape == (len(chunk),)
+    process.learn_batch(chunk)
     process.close()
     assert not _alive(process.pid)
 
@@ -166,7 +166,7 @@ def test_a_stop_sent_to_the_process_group_is_left_to_the_parent(process) -> None
 def test_a_dead_child_is_reported(process) -> None:
     os.kill(process.pid, signal.SIGKILL)
     with pytest.raises(LearnerProcessError, match="exited"):
-        process.predict_proba_many(stream()[0])
+        process.predict_batch(stream()[0])
 
 
 def test_a_hung_child_is_given_up_after_the_answer_timeout() -> None:
@@ -175,10 +175,10 @@ def test_a_hung_child_is_given_up_after_the_answer_timeout() -> None:
         os.kill(hung.pid, signal.SIGSTOP)  # alive, but it answers nothing
         started = time.monotonic()
         with pytest.raises(LearnerProcessError, match="did not answer within 2 s"):
-            hung.predict_proba_many(stream()[0])
+            hung.predict_batch(stream()[0])
         assert time.monotonic() - started < 30
         with pytest.raises(LearnerProcessError, match="did not answer"):
-            hung.predict_proba_many(stream()[0])  # final: no second wait
+            hung.predict_batch(stream()[0])  # final: no second wait
     finally:
         hung.close(timeout_s=1.0)
     assert not _alive(hung.pid)
