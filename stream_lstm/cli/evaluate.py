@@ -11,12 +11,21 @@ from stream_lstm.config.declared import (
     EVALUATE_SETTINGS,
     PARALLEL_MIN_EVENTS,
     check_keys_cover_batch,
+    csv_columns,
     lstm_arguments,
 )
 from stream_lstm.config.setting import add_settings, positive_int
+from stream_lstm.errors import ConfigError
 
 #: Bad rows reported one by one; the further ones are only counted.
 SHOWN_BAD_ROWS = 20
+
+#: Bad rows quoted again in the closing error, with the hints.
+QUOTED_BAD_ROWS = 3
+
+#: Exit status of an evaluation whose file failed the checks (no usable row, no label, too many
+#: bad rows); usage and configuration errors exit with 2.
+DATA_FAILED = 1
 
 
 def add_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
@@ -27,8 +36,11 @@ def add_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
         description=(
             "Stream a CSV file through the models in file order (prequential: each micro-batch "
             "is predicted before it is learned), print a table of scores, and optionally write "
-            "a JSON report and a plot of rolling accuracy. Other columns are numeric features; "
-            "an empty cell is a missing feature; bad rows are reported by line and skipped."
+            "a JSON report and a plot of rolling accuracy. Other columns are features (numbers, "
+            "true/false, or categories with --categorical); an empty cell is a missing value; bad "
+            "rows are reported by line and skipped. Exit status 1 when no row is usable, no row "
+            "has a label, or more than --max-skipped of the rows are bad (with what to pass); 2 "
+            "for a usage error."
         ),
     )
     evaluate.add_argument("file", metavar="FILE.csv", help="the CSV file; its first line names the columns")
@@ -68,20 +80,23 @@ def evaluate_command(
         parser.error("evaluate needs the label column: --label COL (or STREAM_LSTM_LABEL)")
     check_keys_cover_batch(settings)
 
+    # On a terminal the progress line is cleared before a message; elsewhere no escape codes.
+    clear = "\r\033[K" if sys.stderr.isatty() else ""
+
     def report_bad_row(bad: BadRow) -> None:
         if source.skipped <= SHOWN_BAD_ROWS:
-            print(f"\r\033[K{args.file}:{bad.line}: skipped: {bad.reason}", file=sys.stderr)
+            print(f"{clear}{args.file}:{bad.line}: skipped: {bad.reason}", file=sys.stderr)
         elif source.skipped == SHOWN_BAD_ROWS + 1:
-            print("\r\033[K(further bad rows are counted, not shown)", file=sys.stderr)
+            print(f"{clear}(further bad rows are counted, not shown)", file=sys.stderr)
 
-    spec = CsvSpec(
-        args.file, label=settings["label"], key=settings["key"], ts=settings["ts"], limit=args.limit
-    )
+    spec = CsvSpec(args.file, **_tuples(csv_columns(settings)), limit=args.limit)
     source = spec.reader(on_bad_row=report_bad_row)
+    total = source.count_rows()
+    if total == 0:
+        raise ConfigError(f"{args.file} has no rows below its header: nothing to evaluate")
     names = settings["models"]
     # The LSTM keeps this process; the baselines, when there are any, may learn beside it.
     side_names = [name for name in names if name != "lstm"]
-    total = source.count_rows()
     if args.limit:
         total = min(total, args.limit)
     parallel = "lstm" in names and bool(side_names) and use_second_process(settings["parallel"], total)
@@ -134,6 +149,8 @@ def evaluate_command(
         learner=learner_info,
         processes=2 if parallel else 1,
     )
+    if report["events"] == 0:
+        return _data_failed(args.file, source, settings, "no row could be read: every row was skipped")
     rate = f"{report['events_per_second']:,.0f}" if report["events_per_second"] else "n/a"
     print(
         f"{report['events']:,} events ({report['labelled']:,} labelled, {report['skipped']:,} bad rows "
@@ -150,4 +167,36 @@ def evaluate_command(
             curves, args.plot, window=settings["window"], title=f"{args.file}: rolling accuracy"
         )
         print(f"plot written to {args.plot}")
+    if report["labelled"] == 0:
+        return _data_failed(
+            args.file,
+            source,
+            settings,
+            f"no row has a label in column {settings['label']!r}: nothing was scored",
+        )
+    rows = report["events"] + source.skipped
+    if source.skipped > settings["max_skipped"] * rows:
+        return _data_failed(
+            args.file,
+            source,
+            settings,
+            f"{source.skipped:,} of {rows:,} rows were skipped ({source.skipped / rows:.1%}), more than "
+            f"--max-skipped {settings['max_skipped']:.0%} allows",
+        )
     return 0
+
+
+def _tuples(columns: dict[str, Any]) -> dict[str, Any]:
+    """The CSV options with lists as tuples (a ``CsvSpec`` is frozen and goes to another process)."""
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in columns.items()}
+
+
+def _data_failed(file: str, source: Any, settings: dict[str, Any], problem: str) -> int:
+    """Say why the file failed, quote its first bad rows and what to pass; the exit status."""
+    lines = [f"stream-lstm: error: {file}: {problem}"]
+    for bad in source.bad_rows[:QUOTED_BAD_ROWS]:
+        lines.append(f"  line {bad.line}: {bad.reason}")
+    hints = source.summary.hints(positive_label=settings["positive_label"], ts=settings["ts"])
+    lines += [f"  hint: {hint}" for hint in hints]
+    print("\n".join(lines), file=sys.stderr)
+    return DATA_FAILED

@@ -49,11 +49,9 @@ def events_to_produce(args: argparse.Namespace, settings: dict[str, Any]) -> Ite
         def report(bad: Any) -> None:
             print(f"{args.file}:{bad.line}: skipped: {bad.reason}", file=sys.stderr)
 
-        return iter(
-            CsvEventSource(
-                args.file, label=settings["label"], key=settings["key"], ts=settings["ts"], on_bad_row=report
-            )
-        )
+        from stream_lstm.config.declared import csv_columns
+
+        return iter(CsvEventSource(args.file, **csv_columns(settings), on_bad_row=report))
 
     def stream() -> Iterator[Event]:
         while True:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from stream_lstm import __version__
 from stream_lstm.cli.arguments import SubParsers, add_config_argument
-from stream_lstm.config.declared import RUN_SETTINGS, check_keys_cover_batch, lstm_arguments
+from stream_lstm.config.declared import RUN_SETTINGS, check_keys_cover_batch, lstm_arguments, message_mapping
 from stream_lstm.config.setting import add_settings
 from stream_lstm.errors import ConfigError
 
@@ -108,6 +108,7 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
             max_features=settings["max_message_features"],
             max_abs_value=settings["max_abs_value"],
         ),
+        mapping=message_mapping(settings),
         instance_id=instance_id,
         learner_process=use_learner_process(settings["learner_process"]),
         torch_threads=settings["torch_threads"],

@@ -81,6 +81,118 @@ def check_keys_cover_batch(settings: dict[str, Any]) -> None:
         )
 
 
+# ---------------------------------------------------------------------- where an event is in a message or row
+
+
+def unit_share(text: str) -> float:
+    """A share from 0 to 1."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"expected a share from 0 to 1, got {text!r}")
+    return value
+
+
+def field_names(text: str) -> tuple[str, ...]:
+    """Comma-separated field or column names (``a,b,c``); spaces around a name are dropped."""
+    names = tuple(name.strip() for name in str(text).split(","))
+    if not all(names):
+        raise ValueError(f"expected names separated by commas, got {text!r}")
+    return names
+
+
+def label_value(text: str) -> str:
+    """A label value (``yes``, ``3``): not empty."""
+    value = str(text).strip()
+    if not value:
+        raise ValueError("expected a label value, got an empty one")
+    return value
+
+
+#: Which fields are features and how labels read: shared by messages (run) and CSV rows
+#: (evaluate, produce), so that the same options read the same data in both.
+FEATURE_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "features",
+        field_names,
+        None,
+        "read only these features, comma-separated (default: every field that is not the key, time or label)",
+        metavar="NAME,...",
+    ),
+    Setting(
+        "ignore", field_names, (), "never read these fields as features, comma-separated", metavar="NAME,..."
+    ),
+    Setting(
+        "categorical",
+        field_names,
+        (),
+        "these fields are categories even when their values are numbers (a zip code), comma-separated; "
+        "in messages, text values are categories anyway (in CSV files only these columns may hold text)",
+        metavar="NAME,...",
+    ),
+    Setting(
+        "positive_label",
+        label_value,
+        None,
+        "the label value that means 1 (yes, churned, 3); every other value means 0. Default: labels "
+        "are 0/1 or true/false",
+        metavar="VALUE",
+    ),
+)
+
+#: Where an event is in a JSON message (run).
+MESSAGE_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "key",
+        str,
+        "key",
+        "field of the entity key, a dot path into nested objects (device.id); a message without it "
+        "takes its Kafka message key",
+        metavar="FIELD",
+    ),
+    Setting("ts", str, "ts", "field of the event time (seconds or ISO-8601), a dot path", metavar="FIELD"),
+    Setting("label", str, "label", "field of the label, a dot path", metavar="FIELD"),
+    Setting(
+        "features_field",
+        str,
+        "features",
+        "object of the features, a dot path; '.' for flat messages, whose top-level fields other than "
+        "the key, time and label are the features",
+        metavar="FIELD",
+    ),
+    *FEATURE_SETTINGS,
+)
+
+
+def message_mapping(settings: dict[str, Any]) -> Any:
+    """The :class:`~stream_lstm.messages.mapping.MessageMapping` of the resolved settings."""
+    from stream_lstm.messages.mapping import MessageMapping
+
+    return MessageMapping(
+        key=settings["key"] or None,
+        ts=settings["ts"] or None,
+        label=settings["label"] or None,
+        features_field=settings["features_field"],
+        features=settings["features"],
+        ignore=frozenset(settings["ignore"]),
+        categorical=frozenset(settings["categorical"]),
+        positive_label=settings["positive_label"],
+    )
+
+
+def csv_columns(settings: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :class:`~stream_lstm.offline.csv_source.CsvEventSource` (and
+    ``CsvSpec``) in the resolved settings of ``evaluate`` or ``produce``."""
+    return {
+        "label": settings["label"],
+        "key": settings["key"],
+        "ts": settings["ts"],
+        "features": settings["features"],
+        "ignore": settings["ignore"],
+        "categorical": settings["categorical"],
+        "positive_label": settings["positive_label"],
+    }
+
+
 # ---------------------------------------------------------------------- CSV columns (evaluate, produce)
 
 _KEY_COLUMN = Setting("key", str, None, "name of the key column; without it the file is one stream")
@@ -268,6 +380,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "that wait it out, like the embedded one)",
     ),
     Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    *MESSAGE_SETTINGS,
     *LEARNER_SETTINGS,
     *RUNTIME_SETTINGS,
     Setting(
@@ -303,6 +416,7 @@ PRODUCE_SETTINGS: tuple[Setting, ...] = (
     Setting("label", str, None, "name of the label column (required with a FILE)"),
     _KEY_COLUMN,
     _TS_COLUMN,
+    *FEATURE_SETTINGS,
     Setting("rate", positive_float, None, "events per second (default: as fast as possible)"),
 )
 
@@ -312,6 +426,14 @@ EVALUATE_SETTINGS: tuple[Setting, ...] = (
     Setting("label", str, None, "name of the label column (required)"),
     _KEY_COLUMN,
     _TS_COLUMN,
+    *FEATURE_SETTINGS,
+    Setting(
+        "max_skipped",
+        unit_share,
+        0.05,
+        "fail (exit status 1) when more than this share of the rows are bad and skipped (0 to 1)",
+        metavar="SHARE",
+    ),
     *LEARNER_SETTINGS,
     *RUNTIME_SETTINGS,
     Setting(

@@ -14,9 +14,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from stream_lstm.errors import ConfigError, EventError
+from stream_lstm.messages.mapping import DEFAULT_MAPPING, MessageMapping
 
 #: The key of events that carry none: they form one stream.
 DEFAULT_KEY = ""
@@ -203,13 +204,15 @@ DECODE_ERROR_CODES = (
     "too_deep",  # nested deeper than the JSON parser goes
     "duplicate_field",  # an object names a field twice: which one is meant is ambiguous
     "not_object",  # the value is JSON but not an object
-    "missing_features",  # no "features" object
+    "missing_features",  # no features object (where the mapping expects one)
     "too_many_features",  # more than max_features features
     "bad_feature_name",  # a feature name that is not valid Unicode, is empty or too long
     "bad_number",  # a feature value that is not a number
+    "bad_feature",  # a feature value that is an object or a list
+    "bad_category",  # a text value that is not valid Unicode or is too long
     "non_finite",  # NaN, Infinity, or a number too large for a float
     "out_of_range",  # a feature value over max_abs_value in size
-    "bad_label",  # a label other than 0, 1 or null
+    "bad_label",  # a label other than 0, 1, true, false or null (or, with positive_label, not a scalar)
     "bad_ts",  # a ts that is not a number or an ISO-8601 time, or is out of range
     "bad_key",  # a key that is not a string, or not valid Unicode (a message key not UTF-8)
     "key_too_long",  # a key over max_key_bytes
@@ -251,17 +254,19 @@ def decode_event(
     *,
     max_bytes: int | None = None,
     limits: InputLimits = DEFAULT_LIMITS,
+    mapping: MessageMapping = DEFAULT_MAPPING,
 ) -> Event:
     """Decode a JSON message value into an :class:`Event`; :class:`EventError` when it is refused.
 
-    The value is ``{"key": str?, "ts": number | ISO-8601?, "features": {name: number},
-    "label": 0 | 1 | null}``; without ``key``, the Kafka message key (UTF-8) is the entity key.
-    Whatever this accepts can be encoded, learned, checkpointed and produced: ``limits`` bound
-    the sizes and magnitudes, and every string is valid Unicode. ``max_bytes`` overrides
-    ``limits.max_message_bytes``.
+    With the default ``mapping`` the value is ``{"key": str?, "ts": number | ISO-8601?,
+    "features": {name: number | bool | text | null}, "label": 0 | 1 | bool | null}``; without
+    ``key``, the Kafka message key (UTF-8) is the entity key. ``mapping`` names other fields and
+    shapes (:class:`~stream_lstm.messages.mapping.MessageMapping`). Whatever this accepts can be
+    encoded, learned, checkpointed and produced: ``limits`` bound the sizes and magnitudes, and
+    every string is valid Unicode. ``max_bytes`` overrides ``limits.max_message_bytes``.
 
-    >>> decode_event(b'{"features": {"x": 1.5}, "label": 1}', b"sensor-7")
-    Event(key='sensor-7', ts=None, features={'x': 1.5}, label=1, categories={})
+    >>> decode_event(b'{"features": {"x": 1.5, "on": true, "city": "Paris"}, "label": 1}', b"sensor-7")
+    Event(key='sensor-7', ts=None, features={'x': 1.5, 'on': 1.0}, label=1, categories={'city': 'Paris'})
     >>> decode_event(b'{"features": {"x": NaN}}')
     Traceback (most recent call last):
     ...
@@ -287,54 +292,159 @@ def decode_event(
         raise EventError(f"value is not JSON: {_show(str(error), 120)}", "not_json") from None
     if not isinstance(data, dict):
         raise EventError(f"value must be a JSON object, got {type(data).__name__}", "not_object")
-    raw_features = data.get("features")
-    if not isinstance(raw_features, dict):
-        raise EventError('value has no "features" object', "missing_features")
-    if len(raw_features) > limits.max_features:
+    return event_from_object(data, message_key, limits=limits, mapping=mapping)
+
+
+def event_from_object(
+    data: dict[str, Any],
+    message_key: bytes | None = None,
+    *,
+    limits: InputLimits = DEFAULT_LIMITS,
+    mapping: MessageMapping = DEFAULT_MAPPING,
+) -> Event:
+    """The :class:`Event` of a decoded JSON object, read through ``mapping`` (see :func:`decode_event`).
+
+    >>> from stream_lstm.messages.mapping import MessageMapping
+    >>> flat = MessageMapping(key="device.id", features_field=".", positive_label="yes")
+    >>> event_from_object({"device": {"id": 7}, "load": 0.6, "city": "Paris", "label": "yes"}, mapping=flat)
+    Event(key='7', ts=None, features={'load': 0.6}, label=1, categories={'city': 'Paris'})
+    """
+    fields = mapping.selected_fields(mapping.feature_fields(data))
+    if len(fields) > limits.max_features:
         raise EventError(
-            f"{len(raw_features):,} features exceed the limit of {limits.max_features:,}", "too_many_features"
+            f"{len(fields):,} features exceed the limit of {limits.max_features:,}", "too_many_features"
         )
-    if raw_features:
-        _check_names(raw_features, limits.max_name_bytes)
+    if fields:
+        _check_names(fields, limits.max_name_bytes)
+    features, categories = _feature_values(fields, data is not fields, limits, mapping)
+    key = _event_key(mapping.key_of(data), message_key, limits)
+    label = mapping.read_label(mapping.label_of(data))
+    ts = parse_timestamp(mapping.ts_of(data), max_abs=limits.max_abs_value)
+    return Event(key=key, ts=ts, features=features, label=label, categories=categories)
+
+
+def _feature_values(
+    fields: dict[str, Any], owned: bool, limits: InputLimits, mapping: MessageMapping
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The numeric features and the categories of ``fields``.
+
+    The usual message holds only numbers, and when ``owned`` (``fields`` is a dict of the
+    decoder's own, not the whole message) its ints are made floats in place, without a copy.
+    """
     max_abs = limits.max_abs_value
-    features = raw_features  # a fresh dict of the decoder's: ints are made floats in place
-    for name, raw in raw_features.items():
+    forced = mapping.categorical
+    if owned and not forced:
+        for name, raw in fields.items():
+            kind = type(raw)
+            if kind is float:
+                number = raw
+            elif kind is int:
+                try:
+                    number = fields[name] = float(raw)
+                except OverflowError:  # an integer literal too large for a float
+                    raise EventError(f"feature {_show(name)} is out of range", "non_finite") from None
+            else:
+                break  # text, a boolean, null, ...: read them all the general way
+            if not -max_abs <= number <= max_abs:  # also false for NaN
+                _raise_out_of_range(name, raw, number, max_abs)
+        else:
+            return fields, {}
+    features: dict[str, float] = {}
+    categories: dict[str, str] = {}
+    for name, raw in fields.items():
         kind = type(raw)
-        if kind is float:
-            number = raw
-        elif kind is int:
+        if name in forced:
+            text = mapping.category_text(name, raw)
+            if text is not None:
+                categories[name] = _checked_category(name, text, limits)
+        elif kind is float or kind is int:
             try:
-                number = features[name] = float(raw)
-            except OverflowError:  # an integer literal too large for a float
+                number = float(raw)
+            except OverflowError:
                 raise EventError(f"feature {_show(name)} is out of range", "non_finite") from None
-        else:
-            raise EventError(f"feature {_show(name)} must be a number, got {_show(raw)}", "bad_number")
-        if not -max_abs <= number <= max_abs:  # also false for NaN
-            if math.isfinite(number):
-                raise EventError(
-                    f"feature {_show(name)} is out of range (|x| > {max_abs:g}): {_show(raw)}", "out_of_range"
-                )
-            raise EventError(f"feature {_show(name)} must be finite, got {_show(raw)}", "non_finite")
-    key = data.get("key")
-    if key is None:
+            if not -max_abs <= number <= max_abs:
+                _raise_out_of_range(name, raw, number, max_abs)
+            features[name] = number
+        elif kind is bool:
+            features[name] = 1.0 if raw else 0.0
+        elif kind is str:
+            value = text_value(name, raw, max_abs)
+            if type(value) is float:
+                features[name] = value
+            elif value is not None:
+                categories[name] = _checked_category(name, value, limits)
+        elif raw is not None:
+            what = "an object" if kind is dict else "a list" if kind is list else kind.__name__
+            raise EventError(
+                f"feature {_show(name)} is {what}, not a number, text or true/false (leave it out with "
+                f"ignore={_show(name)})",
+                "bad_feature",
+            )
+    return features, categories
+
+
+_BOOLEAN_TEXT = {"true": 1.0, "false": 0.0}
+
+
+def text_value(name: str, text: str, max_abs: float = MAX_ABS_VALUE) -> float | str | None:
+    """What a text value of a feature is: a number when it reads as one (``"0.6"``), 1/0 for
+    ``true``/``false`` in any case, ``None`` when empty, else itself, a category. Text that reads
+    as a number out of range or not finite (``"NaN"``) is refused (:class:`EventError`), as the
+    number would be.
+
+    >>> text_value("x", "0.6"), text_value("x", "TRUE"), text_value("x", ""), text_value("city", "Paris")
+    (0.6, 1.0, None, 'Paris')
+    """
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        boolean = _BOOLEAN_TEXT.get(text.strip().lower())
+        return text if boolean is None else boolean
+    if not -max_abs <= number <= max_abs:
+        _raise_out_of_range(name, text, number, max_abs)
+    return number
+
+
+def _raise_out_of_range(name: str, raw: Any, number: float, max_abs: float) -> NoReturn:
+    if math.isfinite(number):
+        raise EventError(
+            f"feature {_show(name)} is out of range (|x| > {max_abs:g}): {_show(raw)}", "out_of_range"
+        )
+    raise EventError(f"feature {_show(name)} must be finite, got {_show(raw)}", "non_finite")
+
+
+def _checked_category(name: str, text: str, limits: InputLimits) -> str:
+    """``text`` if it is valid Unicode of at most ``max_name_bytes``; :class:`EventError` otherwise."""
+    size = _utf8_size(text, f"category {_show(name)}", "bad_category")
+    if size > limits.max_name_bytes:
+        raise EventError(
+            f"category {_show(name)} has a value of {size:,} bytes (at most {limits.max_name_bytes:,})",
+            "bad_category",
+        )
+    return text
+
+
+def _event_key(raw: Any, message_key: bytes | None, limits: InputLimits) -> str:
+    """The entity key: the key field (text or an integer), else the message key, else one stream."""
+    if raw is None:
         if message_key is None:
-            key = DEFAULT_KEY
-        else:
-            if len(message_key) > limits.max_key_bytes:
-                raise EventError(_key_too_long(len(message_key), limits), "key_too_long")
-            try:
-                key = message_key.decode()
-            except UnicodeDecodeError:
-                raise EventError("message key is not UTF-8", "bad_key") from None
-    elif not isinstance(key, str):
-        raise EventError(f"key must be a string, got {_show(key)}", "bad_key")
-    elif (size := _utf8_size(key, "key", "bad_key")) > limits.max_key_bytes:
+            return DEFAULT_KEY
+        if len(message_key) > limits.max_key_bytes:
+            raise EventError(_key_too_long(len(message_key), limits), "key_too_long")
+        try:
+            return message_key.decode()
+        except UnicodeDecodeError:
+            raise EventError("message key is not UTF-8", "bad_key") from None
+    kind = type(raw)
+    if kind is int:
+        raw = str(raw)
+    elif kind is not str:
+        raise EventError(f"key must be text or an integer, got {_show(raw)}", "bad_key")
+    if (size := _utf8_size(raw, "key", "bad_key")) > limits.max_key_bytes:
         raise EventError(_key_too_long(size, limits), "key_too_long")
-    label = data.get("label")
-    if label is not None and (isinstance(label, bool) or label not in (0, 1)):
-        raise EventError(f"label must be 0, 1 or null, got {_show(label)}", "bad_label")
-    ts = parse_timestamp(data.get("ts"), max_abs=max_abs)
-    return Event(key=key, ts=ts, features=features, label=None if label is None else int(label))
+    return raw
 
 
 def _check_names(features: dict[str, Any], max_bytes: int) -> None:
@@ -363,7 +473,12 @@ def encode_event(event: Event) -> bytes:
     Event(key='a', ts=1.0, features={'x': 2.0}, label=0, categories={})
     """
     return json.dumps(
-        {"key": event.key, "ts": event.ts, "features": {**event.features, **event.categories}, "label": event.label},
+        {
+            "key": event.key,
+            "ts": event.ts,
+            "features": {**event.features, **event.categories},
+            "label": event.label,
+        },
         separators=(",", ":"),
         allow_nan=False,
     ).encode()

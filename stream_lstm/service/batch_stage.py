@@ -87,6 +87,7 @@ class BatchStage:
         """Decode the batch, dead-letter what is malformed, and send it to a learner process."""
         started = time.perf_counter()
         limits = self.settings.limits
+        mapping = self.settings.mapping
         publisher = self.publisher
         refused_outputs = publisher.refused
         ledger = self.ledger
@@ -104,7 +105,7 @@ class BatchStage:
             replay = ledger.is_replay(partition, message.offset)
             refused = refused_outputs.of((*partition, message.offset))
             try:
-                event = decode_event(message.value, message.key, limits=limits)
+                event = decode_event(message.value, message.key, limits=limits, mapping=mapping)
             except EventError as error:
                 dead[partition] = dead.get(partition, 0) + 1
                 if not replay:

@@ -10,6 +10,7 @@ from typing import Any
 from stream_lstm.config.secret import Secret
 from stream_lstm.kafka.interface import KafkaSettings
 from stream_lstm.messages.events import DEFAULT_LIMITS, InputLimits
+from stream_lstm.messages.mapping import DEFAULT_MAPPING, MessageMapping
 from stream_lstm.state.directory_store import default_instance_id
 
 
@@ -32,6 +33,8 @@ class ServiceSettings:
     flush_timeout_s: float = 10.0
     #: What a message may hold (sizes, magnitudes); the rest goes to the dead-letter topic.
     limits: InputLimits = DEFAULT_LIMITS
+    #: Where the key, time, label and features are in a message (``--key``, ``--features-field``, ...).
+    mapping: MessageMapping = DEFAULT_MAPPING
     scores_interval_s: float = 1.0
     instance_id: str = field(default_factory=default_instance_id)
     #: Checkpoint (which waits for the broker to acknowledge every record) once the records

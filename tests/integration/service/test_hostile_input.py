@@ -43,7 +43,7 @@ def issue_cases() -> list[tuple[bytes | None, bytes, str | None]]:
         (None, json.dumps({"key": "k" * 600_000, "features": {"x": 1}, "label": 1}).encode(), "key_too_long"),
         (b"m" * 600_000, b'{"features": {"x": 1}, "label": 1}', "key_too_long"),
         (None, b'{"features": ' + b"\x00" * 400_000 + b"}", "not_json"),
-        (None, json.dumps({"features": {"x": "\u2028" * 130_000}}).encode(), "bad_number"),
+        (None, json.dumps({"features": {"x": "\u2028" * 130_000}}).encode(), "bad_category"),
         (None, b'{"key": "k2", "features": {"x": 1}, "label": 7, "label": 0}', "duplicate_field"),
         (None, b'{"key": "k2", "features": {}, "deep": ' + deep + b"}", "too_deep"),
         (

@@ -40,8 +40,8 @@ def test_evaluate_writes_table_json_and_plot(
     assert "600 events (600 labelled, 2 bad rows skipped)" in out
     for name in ("lstm", "logreg", "no_change"):
         assert name in out
-    assert f"{stream_csv}:602: skipped: column 'a' must be a number" in err
-    assert f"{stream_csv}:603: skipped: label must be 0, 1 or empty" in err
+    assert f"{stream_csv}:602: skipped: column 'a' is text ('not-a-number'), not a number" in err
+    assert f"{stream_csv}:603: skipped: label must be 0, 1, true, false or empty" in err
     report = json.loads(report_path.read_text())
     assert report["events"] == 600 and report["skipped"] == 2
     assert report["seconds"] > 0 and report["events_per_second"] > 0
@@ -244,7 +244,17 @@ def test_parallel_auto_uses_a_second_process_only_where_it_pays_off(
 
 def test_a_closed_stdout_ends_the_command_quietly(stream_csv: Path) -> None:
     """`stream-lstm evaluate ... | head -1`: the reader going away is no crash with a traceback."""
-    command = [sys.executable, "-m", "stream_lstm", "evaluate", str(stream_csv), "--label", "label"]
+    command = [
+        sys.executable,
+        "-m",
+        "stream_lstm",
+        "evaluate",
+        str(stream_csv),
+        "--label",
+        "label",
+        "--key",
+        "key",
+    ]
     process = subprocess.Popen(
         [*command, "--models", "no_change", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

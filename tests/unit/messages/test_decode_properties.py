@@ -23,6 +23,7 @@ from stream_lstm.messages.events import (
     decode_event,
     encode_event,
 )
+from stream_lstm.messages.mapping import DEFAULT_MAPPING, FLAT, MessageMapping
 from stream_lstm.messages.records import (
     DEAD_LETTER_REASONS,
     dead_letter_key,
@@ -58,9 +59,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> DirectoryStore:
     return DirectoryStore(tmp_path_factory.mktemp("checkpoints"))
 
 
-def survives_every_step(event: Event, evaluator: PrequentialEvaluator, store: DirectoryStore) -> None:
-    """Encode, learn, checkpoint and produce ``event``: what the service does with it."""
-    assert decode_event(encode_event(event)) == event
+def survives_every_step(
+    event: Event,
+    evaluator: PrequentialEvaluator,
+    store: DirectoryStore,
+    mapping: MessageMapping = DEFAULT_MAPPING,
+) -> None:
+    """Encode, learn, checkpoint and produce ``event``: what the service does with it. ``mapping``:
+    the one it was decoded with (its encoding is the default shape, with the same categories)."""
+    assert decode_event(encode_event(event), mapping=MessageMapping(categorical=mapping.categorical)) == event
     predictions = evaluator.process([event])
     probabilities = {name: float(values[0]) for name, values in predictions.items()}
     assert all(0.0 <= p <= 1.0 for p in probabilities.values()), probabilities
@@ -96,14 +103,18 @@ def refused_as_a_dead_letter(value: bytes | None, key: bytes | None, error: Even
 
 
 def decode_or_dead_letter(
-    value: bytes | None, key: bytes | None, evaluator: PrequentialEvaluator, store: DirectoryStore
+    value: bytes | None,
+    key: bytes | None,
+    evaluator: PrequentialEvaluator,
+    store: DirectoryStore,
+    mapping: MessageMapping = DEFAULT_MAPPING,
 ) -> Event | None:
     try:
-        event = decode_event(value, key)
+        event = decode_event(value, key, mapping=mapping)
     except EventError as error:
         refused_as_a_dead_letter(value, key, error)
         return None
-    survives_every_step(event, evaluator, store)
+    survives_every_step(event, evaluator, store, mapping)
     return event
 
 
@@ -153,6 +164,45 @@ def test_hostile_messages_decode_or_become_dead_letters(
     value: bytes, key: bytes | None, evaluator: PrequentialEvaluator, store: DirectoryStore
 ) -> None:
     decode_or_dead_letter(value, key, evaluator, store)
+
+
+#: A user's mapping that uses every setting: flat messages, a nested key, text labels, a forced category.
+USER_MAPPING = MessageMapping(
+    key="device.id",
+    ts="meta.time",
+    label="outcome",
+    features_field=FLAT,
+    ignore=frozenset({"note"}),
+    categorical=frozenset({"zip"}),
+    positive_label="yes",
+)
+
+
+@st.composite
+def hostile_flat_messages(draw: st.DrawFn) -> bytes:
+    """A flat message for :data:`USER_MAPPING` with hostile names, values, keys and labels."""
+    fields: dict[str, object] = draw(
+        st.dictionaries(ANY_TEXT, st.one_of(HOSTILE_NUMBERS, WRONG_TYPES, ANY_TEXT), max_size=6)
+    )
+    fields["device"] = draw(
+        st.one_of(
+            st.fixed_dictionaries({"id": st.one_of(ANY_TEXT, HOSTILE_NUMBERS, WRONG_TYPES)}), WRONG_TYPES
+        )
+    )
+    fields["meta"] = {"time": draw(st.one_of(HOSTILE_NUMBERS, ANY_TEXT, st.none()))}
+    fields["zip"] = draw(st.one_of(HOSTILE_NUMBERS, WRONG_TYPES, ANY_TEXT))
+    fields["outcome"] = draw(st.one_of(st.sampled_from(["yes", "no", None]), HOSTILE_NUMBERS, WRONG_TYPES))
+    fields["note"] = draw(WRONG_TYPES)
+    text = json.dumps(fields, ensure_ascii=draw(st.booleans()), allow_nan=True)
+    return text.encode(draw(st.sampled_from(["utf-8", "utf-16"])), "surrogatepass")
+
+
+@PROPERTY
+@given(value=hostile_flat_messages(), key=st.one_of(st.none(), st.binary(max_size=20)))
+def test_hostile_messages_in_a_users_shape_decode_or_become_dead_letters(
+    value: bytes, key: bytes | None, evaluator: PrequentialEvaluator, store: DirectoryStore
+) -> None:
+    decode_or_dead_letter(value, key, evaluator, store, USER_MAPPING)
 
 
 @pytest.mark.parametrize(

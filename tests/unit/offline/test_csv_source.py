@@ -49,8 +49,8 @@ def test_bad_rows_are_skipped_counted_and_reported_with_line_numbers(tmp_path: P
     assert [e.features["x"] for e in events] == [1.0, 4.0]
     assert source.skipped == 4
     assert [bad.line for bad in source.bad_rows] == [3, 4, 5, 6]
-    assert "column 'x' must be a number" in source.bad_rows[0].reason
-    assert "label must be 0, 1 or empty" in source.bad_rows[1].reason
+    assert "column 'x' is text" in source.bad_rows[0].reason
+    assert "label must be 0, 1, true, false or empty" in source.bad_rows[1].reason
     assert "expected 2 cells, found 1" in source.bad_rows[2].reason
     assert "finite" in source.bad_rows[3].reason
     assert seen == source.bad_rows
@@ -87,7 +87,7 @@ def test_every_label_and_timestamp_form_is_read_and_bad_ones_are_reported(tmp_pa
     assert [(e.ts, e.label) for e in events] == [(10.0, 1), (11.5, 1), (12.0, 0), (13.0, 1), (None, None)]
     assert [bad.line for bad in source.bad_rows] == [6, 7, 8, 9]
     assert all("ts must be" in bad.reason for bad in source.bad_rows[:3])
-    assert "label must be 0, 1 or empty" in source.bad_rows[3].reason
+    assert "label must be 0, 1, true, false or empty" in source.bad_rows[3].reason
 
 
 def test_numbers_past_the_magnitude_limit_are_bad_rows_as_in_messages(tmp_path: Path) -> None:
