@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stream_lstm.config.setting import positive_int
+from stream_lstm.config.setting import argument_type, positive_int
 
 #: What ``parser.add_subparsers()`` returns; each command module adds its parser to it.
 SubParsers = argparse._SubParsersAction
@@ -20,8 +20,10 @@ def add_stream_arguments(
 ) -> None:
     """--events, --keys and --seed of the generated stream."""
     parser.add_argument(
-        "--events", type=positive_int, default=events, help=f"{note}events (default: {events})"
+        "--events", type=argument_type(positive_int), default=events, help=f"{note}events (default: {events})"
     )
-    parser.add_argument("--keys", type=positive_int, default=1000, help=f"{note}keys (default: 1000)")
+    parser.add_argument(
+        "--keys", type=argument_type(positive_int), default=1000, help=f"{note}keys (default: 1000)"
+    )
     if seed:
         parser.add_argument("--seed", type=int, default=0, help=f"{note}seed of the stream (default: 0)")

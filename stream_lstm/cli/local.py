@@ -14,7 +14,14 @@ from typing import Any
 
 from stream_lstm.cli.arguments import SubParsers, add_config_argument, add_stream_arguments
 from stream_lstm.config.declared import DEMO_SETTINGS
-from stream_lstm.config.setting import add_settings, non_negative_int, positive_float, positive_int
+from stream_lstm.config.setting import (
+    add_settings,
+    argument_type,
+    port,
+    port_or_any,
+    positive_float,
+    positive_int,
+)
 
 
 def add_broker_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
@@ -25,7 +32,10 @@ def add_broker_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
         description="Run the embedded broker (Tansu) on 127.0.0.1 until SIGINT or SIGTERM (data in memory).",
     )
     broker.add_argument(
-        "--port", type=non_negative_int, default=9092, help="port to listen on (default: 9092)"
+        "--port",
+        type=argument_type(port_or_any),
+        default=9092,
+        help="port to listen on, 0: any free port (default: 9092)",
     )
     broker.add_argument(
         "--topics",
@@ -33,7 +43,10 @@ def add_broker_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
         help="comma-separated topics to create once it is up (e.g. events,predictions)",
     )
     broker.add_argument(
-        "--partitions", type=positive_int, default=1, help="partitions of --topics (default: 1)"
+        "--partitions",
+        type=argument_type(positive_int),
+        default=1,
+        help="partitions of --topics (default: 1)",
     )
     broker.set_defaults(handler=broker_command, settings=())
 
@@ -51,10 +64,12 @@ def add_demo_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
         ),
     )
     add_stream_arguments(demo, events=40_000, seed=False)
-    demo.add_argument("--rate", type=positive_float, default=2_500, help="events per second (default: 2500)")
+    demo.add_argument(
+        "--rate", type=argument_type(positive_float), default=2_500, help="events per second (default: 2500)"
+    )
     demo.add_argument("--workdir", default="demo-output", help="logs and checkpoints (default: demo-output)")
     demo.add_argument(
-        "--metrics-port", type=positive_int, default=9100, help="service metrics port (default: 9100)"
+        "--metrics-port", type=argument_type(port), default=9100, help="service metrics port (default: 9100)"
     )
     add_config_argument(demo)
     add_settings(demo, DEMO_SETTINGS)
@@ -115,6 +130,10 @@ def demo_command(args: argparse.Namespace, settings: dict[str, Any], parser: arg
     configure_logging()
 
     cluster = Cluster.from_settings(settings) if settings["bootstrap_servers"] else None
+    if cluster is not None:
+        from stream_lstm.cli.kafka_reachable import require_kafka
+
+        require_kafka(cluster.bootstrap_servers, cluster.security)
     return run_demo(
         events=args.events,
         keys=args.keys,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from stream_lstm.cli.arguments import SubParsers, add_config_argument, add_stream_arguments
 from stream_lstm.config.declared import PRODUCE_SETTINGS
-from stream_lstm.config.setting import add_settings, positive_int
+from stream_lstm.config.setting import add_settings, argument_type, positive_int
 
 if TYPE_CHECKING:
     from stream_lstm.messages.events import Event
@@ -28,7 +28,7 @@ def add_command(commands: SubParsers[argparse.ArgumentParser]) -> None:
     produce.add_argument("file", metavar="FILE.csv", nargs="?", help="the CSV file (omit with --synthetic)")
     produce.add_argument("--synthetic", action="store_true", help="replay the project's generated stream")
     add_stream_arguments(produce, events=50_000, note="--synthetic: ")
-    produce.add_argument("--limit", type=positive_int, metavar="N", help="stop after N events")
+    produce.add_argument("--limit", type=argument_type(positive_int), metavar="N", help="stop after N events")
     produce.add_argument("--repeat", action="store_true", help="start again at the end, forever")
     add_config_argument(produce)
     add_settings(produce, PRODUCE_SETTINGS)
@@ -77,17 +77,16 @@ def produce_command(
     if args.file and not settings["label"]:
         parser.error("produce FILE.csv needs the label column: --label COL (or STREAM_LSTM_LABEL)")
 
+    from stream_lstm.cli.kafka_reachable import require_kafka
+    from stream_lstm.kafka.security import security_from_settings
     from stream_lstm.telemetry.redaction import configure_logging
 
     configure_logging()
     events = events_to_produce(args, settings)
-    from stream_lstm.kafka.security import security_from_settings
-
+    security = security_from_settings(settings)
+    require_kafka(settings["bootstrap_servers"], security)
     writer = EventWriter(
-        settings["bootstrap_servers"],
-        settings["topic"],
-        client=settings["kafka_client"],
-        security=security_from_settings(settings),
+        settings["bootstrap_servers"], settings["topic"], client=settings["kafka_client"], security=security
     )
     rate = settings["rate"]
     progress = ProgressLine(args.limit)

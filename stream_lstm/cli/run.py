@@ -89,6 +89,7 @@ def service_settings(settings: dict[str, Any]) -> ServiceSettings:
         heartbeat_interval_ms=settings["heartbeat_interval_ms"],
         max_poll_interval_ms=settings["max_poll_interval_ms"],
         fetch_max_wait_ms=settings["fetch_max_wait_ms"],
+        start_from=settings["start_from"],
         client=settings["kafka_client"],
         security=security_from_settings(settings),
     )

@@ -13,13 +13,15 @@ from typing import Any
 from stream_lstm.config.secret import secret
 from stream_lstm.config.setting import (
     Setting,
+    host_port_list,
     kafka_client,
+    log_level,
     max_abs_value,
     model_list,
     non_negative_float,
-    non_negative_int,
     parse_auto_bool,
     parse_bool,
+    port_or_any,
     positive_float,
     positive_int,
 )
@@ -221,6 +223,18 @@ def sasl_mechanism(text: str) -> str:
     return value
 
 
+#: Where ``--start-from`` starts a partition the group has no offset for.
+START_POSITIONS = ("earliest", "latest")
+
+
+def start_position(text: str) -> str:
+    """earliest or latest, in any case."""
+    value = str(text).strip().lower()
+    if value not in START_POSITIONS:
+        raise ValueError(f"expected earliest or latest, got {text!r}")
+    return value
+
+
 def kafka_option(text: str) -> tuple[str, Any]:
     """``NAME=VALUE`` in librdkafka's property names (see :mod:`stream_lstm.kafka.security`)."""
     from stream_lstm.kafka.security import parse_kafka_option
@@ -289,7 +303,12 @@ _KAFKA_CLIENT = Setting(
 )
 
 KAFKA_SETTINGS: tuple[Setting, ...] = (
-    Setting("bootstrap_servers", str, "127.0.0.1:9092", "Kafka bootstrap servers, HOST:PORT[,HOST:PORT]"),
+    Setting(
+        "bootstrap_servers",
+        host_port_list,
+        "127.0.0.1:9092",
+        "Kafka bootstrap servers, HOST:PORT[,HOST:PORT] (IPv6: [::1]:9092)",
+    ),
     _KAFKA_CLIENT,
     *SECURITY_SETTINGS,
 )
@@ -302,6 +321,14 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting("output_topic", str, "predictions", "topic the predictions are written to"),
     Setting("dead_letter_topic", str, "dead-letters", "topic malformed messages are written to"),
     Setting("group_id", str, "stream-lstm", "Kafka consumer group of the service"),
+    Setting(
+        "start_from",
+        start_position,
+        "earliest",
+        "where a partition starts when the group has no offset for it (none in the checkpoint "
+        "store, none committed): earliest (learn the topic's history) or latest (only new events)",
+        metavar="earliest|latest",
+    ),
     Setting(
         "checkpoint_dir",
         str,
@@ -343,7 +370,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("checkpoint_every", positive_int, 10_000, "checkpoint after this many messages"),
     Setting("checkpoint_interval", positive_float, 5.0, "checkpoint at least this often, in seconds"),
-    Setting("metrics_port", non_negative_int, 9100, "port of /metrics and /healthz (0: any free port)"),
+    Setting("metrics_port", port_or_any, 9100, "port of /metrics and /healthz (0: any free port)"),
     Setting("metrics_host", str, "0.0.0.0", "address /metrics and /healthz listen on"),
     Setting("exactly_once", parse_bool, False, "write predictions and offsets in Kafka transactions"),
     Setting(
@@ -379,7 +406,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
         "longest time the broker may hold a fetch that finds nothing new (bounds latency on brokers "
         "that wait it out, like the embedded one)",
     ),
-    Setting("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting("log_level", log_level, "INFO", "DEBUG, INFO, WARNING or ERROR (any case)", metavar="LEVEL"),
     *MESSAGE_SETTINGS,
     *LEARNER_SETTINGS,
     *RUNTIME_SETTINGS,
@@ -399,7 +426,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
 DEMO_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "bootstrap_servers",
-        str,
+        host_port_list,
         None,
         "run on this Kafka cluster (HOST:PORT[,HOST:PORT]) instead of starting the embedded broker; "
         "the demo creates topics of its own there and deletes them at the end",

@@ -13,14 +13,15 @@ This module holds the mechanics: :class:`Setting`, the parsers of values, the fl
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream_lstm.config.secret import read_secret_file
+from stream_lstm.config.secret import MASK, read_secret_file
 from stream_lstm.errors import ConfigError
 
 ENV_PREFIX = "STREAM_LSTM_"
@@ -48,7 +49,7 @@ def parse_auto_bool(text: str) -> bool | str:
 
 def positive_int(text: str) -> int:
     """An integer of at least 1."""
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
     return value
@@ -56,10 +57,87 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """An integer of at least 0."""
-    value = int(text)
+    value = _integer(text)
     if value < 0:
         raise ValueError(f"must be >= 0, got {value}")
     return value
+
+
+#: The log levels ``--log-level`` accepts, in any case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+#: The highest TCP port.
+MAX_PORT = 65535
+
+
+def port(text: str) -> int:
+    """A TCP port to connect to or listen on: 1 to 65535."""
+    value = _integer(text)
+    if not 1 <= value <= MAX_PORT:
+        raise ValueError(f"a port is 1 to {MAX_PORT}, got {value}")
+    return value
+
+
+def port_or_any(text: str) -> int:
+    """A TCP port to listen on: 1 to 65535, or 0 for any free port."""
+    value = _integer(text)
+    if not 0 <= value <= MAX_PORT:
+        raise ValueError(f"a port is 1 to {MAX_PORT} (or 0: any free port), got {value}")
+    return value
+
+
+def log_level(text: str) -> str:
+    """DEBUG, INFO, WARNING or ERROR, in any case; returned in capitals."""
+    value = str(text).strip().upper()
+    if value not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return value
+
+
+def host_port_list(text: str) -> str:
+    """``HOST:PORT[,HOST:PORT...]`` (an IPv6 address in brackets: ``[::1]:9092``), items stripped.
+
+    Each port is 1 to 65535; a host is a name or an address, without spaces or slashes (a URL
+    such as ``kafka://host:9092`` is not a bootstrap server).
+    """
+    items = [item.strip() for item in str(text).split(",")]
+    if not any(items):
+        raise ValueError("expected HOST:PORT[,HOST:PORT], got nothing")
+    for item in items:
+        _check_host_port(item)
+    return ",".join(items)
+
+
+def _check_host_port(item: str) -> None:
+    example = "(e.g. broker-1.example.com:9092, or [::1]:9092 for IPv6)"
+    host, colon, port_text = item.rpartition(":")
+    if not item:
+        raise ValueError(f"an empty item in the list; expected HOST:PORT {example}")
+    if not colon or not host:
+        raise ValueError(f"{item!r} is not HOST:PORT {example}")
+    if any(c.isspace() or c in "/@" for c in item) or not item.isprintable():
+        raise ValueError(f"{item!r} is not HOST:PORT {example}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host or any(c not in "0123456789abcdefABCDEF:." for c in host) or ":" not in host:
+            raise ValueError(f"{item!r}: {host!r} in brackets is not an IPv6 address")
+    elif ":" in host:
+        raise ValueError(f"{item!r}: write an IPv6 address in brackets, e.g. [::1]:9092")
+    if any(c in "[]" for c in host):
+        raise ValueError(f"{item!r}: {host!r} is not a host name or address {example}")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"{item!r}: the port must be a number, got {port_text!r} {example}")
+    try:
+        port(port_text)
+    except ValueError as error:
+        raise ValueError(f"{item!r}: {error}") from None
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {text!r}") from None
 
 
 def positive_float(text: str) -> float:
@@ -159,11 +237,11 @@ def add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -
             "help": f"{setting.help} (default: {setting.shown_default}; env {setting.env})",
         }
         if parse is parse_bool or parse is parse_auto_bool:  # a bare flag means true
-            kwargs["type"] = _argparse_type(parse)
+            kwargs["type"] = argument_type(parse)
             kwargs["nargs"] = "?"
             kwargs["const"] = True
         else:
-            kwargs["type"] = _argparse_type(parse)
+            kwargs["type"] = argument_type(parse)
         if setting.repeated:
             kwargs["action"] = "append"
             kwargs["help"] = f"{setting.help} (repeatable; env {setting.env}, one per line)"
@@ -197,11 +275,15 @@ def resolve_settings(
         elif secret_file is not None:
             values[setting.name] = read_secret_file(secret_file, setting.flag + "-file")
         elif setting.env in environ:
-            values[setting.name] = _parse(setting, environ[setting.env], f"${setting.env}")
+            raw = environ[setting.env]
+            values[setting.name] = _parse(setting, raw, f"{setting.env}={_shown(setting, raw)}")
         elif setting.secret and setting.env + "_FILE" in environ:
             values[setting.name] = read_secret_file(environ[setting.env + "_FILE"], f"${setting.env}_FILE")
         elif setting.name in from_file:
-            values[setting.name] = _parse(setting, from_file[setting.name], f"{config_path}")
+            raw = from_file[setting.name]
+            values[setting.name] = _parse(
+                setting, raw, f"{config_path}: {setting.name} = {_shown(setting, raw)}"
+            )
         elif setting.secret and setting.file_name in from_file:
             values[setting.name] = read_secret_file(from_file[setting.file_name], f"{config_path}")
         else:
@@ -248,10 +330,64 @@ def _parse_one(setting: Setting, raw: Any, where: str) -> Any:
         return setting.parse(raw if isinstance(raw, str) else str(raw))
     except (TypeError, ValueError) as error:
         # A secret's parser never echoes the value; others may, as their messages help.
-        raise ConfigError(f"{setting.name} from {where}: {error}") from None
+        detail = str(error)
+        if len(detail) > _SHOWN_CHARS * 2:  # a parser's message may quote the value
+            detail = detail[: _SHOWN_CHARS * 2] + "..."
+        raise ConfigError(f"{where}: {detail}") from None
 
 
-def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+def _shown(setting: Setting, raw: Any) -> str:
+    """A value as an error message shows where it came from: never a secret, never a whole page."""
+    if setting.secret:
+        return MASK
+    text = str(raw)
+    if len(text) > _SHOWN_CHARS or not text.isprintable():
+        return repr(text[:_SHOWN_CHARS]) + ("..." if len(text) > _SHOWN_CHARS else "")
+    return text
+
+
+#: An error message shows at most this many characters of a value from the environment or a file.
+_SHOWN_CHARS = 80
+
+
+def known_variables(settings: Iterable[Setting]) -> set[str]:
+    """Every ``STREAM_LSTM_*`` variable these settings read (and ``STREAM_LSTM_CONFIG``)."""
+    known = {ENV_PREFIX + "CONFIG"}
+    for setting in settings:
+        known.add(setting.env)
+        if setting.secret:
+            known.add(setting.env + "_FILE")
+    return known
+
+
+def _closest(name: str, known: set[str]) -> str | None:
+    """The known variable ``name`` shortens (``..._BOOTSTRAP``) or misspells, if one is close."""
+    suffixes = {variable.removeprefix(ENV_PREFIX): variable for variable in sorted(known)}
+    given = name.removeprefix(ENV_PREFIX)
+    longer = [variable for suffix, variable in suffixes.items() if suffix.startswith(given)]
+    if longer:
+        return longer[0]
+    close = difflib.get_close_matches(given, list(suffixes), n=1, cutoff=0.8)
+    return suffixes[close[0]] if close else None
+
+
+def unknown_variable_warnings(environ: Mapping[str, str], known: set[str]) -> list[str]:
+    """One line per ``STREAM_LSTM_*`` variable of ``environ`` that is not in ``known``, naming
+    the known one it may be a misspelling of: a misspelt variable would otherwise be ignored."""
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        hint = _closest(name, known)
+        hint = f"; did you mean {hint}?" if hint else ""
+        warnings.append(f"{name} is not a setting of stream-lstm and is ignored{hint}")
+    return warnings
+
+
+def argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` as an argparse ``type``: its ValueError's message becomes the usage error's, where
+    argparse would only say "invalid value"."""
+
     def convert(text: str) -> Any:
         try:
             return parse(text)

@@ -20,6 +20,7 @@ from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    OFFSET_END,
     OFFSET_INVALID,
     Consumer,
     KafkaError,
@@ -70,7 +71,8 @@ class ConfluentIO(SendingClient):
                 "group.id": settings.group_id,
                 "enable.auto.commit": False,  # offsets are committed only after predictions are acked
                 "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
+                # Where a partition starts without a checkpoint or a committed offset (--start-from).
+                "auto.offset.reset": settings.start_from,
                 "isolation.level": "read_committed",
                 "session.timeout.ms": settings.session_timeout_ms,
                 "heartbeat.interval.ms": settings.heartbeat_interval_ms,
@@ -168,9 +170,12 @@ class ConfluentIO(SendingClient):
             raise KafkaIOError(f"cannot seek {partition}: {error}") from error
 
     def seek_to_committed(self, partition: Partition) -> None:
-        """Start ``partition`` at the group's committed offset, or at its beginning without one."""
+        """Start ``partition`` at the group's committed offset, or without one at its beginning or
+        its end (``settings.start_from``)."""
         committed = self.committed(partition)
-        self.seek(partition, committed if committed is not None else OFFSET_BEGINNING)
+        if committed is None:
+            committed = OFFSET_END if self.settings.start_from == "latest" else OFFSET_BEGINNING
+        self.seek(partition, committed)
 
     def seek_to_beginning(self, partition: Partition) -> None:
         """Start ``partition`` at its first offset."""

@@ -115,6 +115,9 @@ class KafkaSettings:
     #: the latency of a consumer that keeps up.
     fetch_max_wait_ms: int = 100
     transactional_id: str | None = None
+    #: Where a partition starts that the group has no offset for, neither checkpointed nor
+    #: committed: ``"earliest"`` (its whole history) or ``"latest"`` (what is written from now on).
+    start_from: str = "earliest"
     client: str = KAFKA_CLIENTS[0]
     #: TLS, SASL and other client properties, for every client (:mod:`stream_lstm.kafka.security`).
     security: KafkaSecurity = field(default=PLAINTEXT)
@@ -147,7 +150,7 @@ class KafkaClient(Protocol):
         ...
 
     def seek_to_committed(self, partition: Partition) -> None:
-        """Start at the group's committed offset, or at the beginning without one (blocks)."""
+        """Start at the group's committed offset, or without one where ``start_from`` says (blocks)."""
         ...
 
     def seek_to_beginning(self, partition: Partition) -> None:

@@ -79,7 +79,8 @@ class KafkaPythonIO(SendingClient):
             **common,
             "group_id": settings.group_id,
             "enable_auto_commit": False,  # offsets are committed only after predictions are acked
-            "auto_offset_reset": "earliest",
+            # Where a partition starts without a checkpoint or a committed offset (--start-from).
+            "auto_offset_reset": settings.start_from,
             "isolation_level": "read_committed",
             "session_timeout_ms": settings.session_timeout_ms,
             "heartbeat_interval_ms": settings.heartbeat_interval_ms,
@@ -120,10 +121,13 @@ class KafkaPythonIO(SendingClient):
         self.consumer.seek(TopicPartition(*partition), offset)
 
     def seek_to_committed(self, partition: Partition) -> None:
-        """Start ``partition`` at the group's committed offset, or at its beginning without one."""
+        """Start ``partition`` at the group's committed offset, or without one at its beginning or
+        its end (``settings.start_from``)."""
         committed = self.committed(partition)
         if committed is not None:
             self.seek(partition, committed)
+        elif self.settings.start_from == "latest":
+            self.consumer.seek_to_end(TopicPartition(*partition))
         else:
             self.consumer.seek_to_beginning(TopicPartition(*partition))
 

@@ -6,7 +6,9 @@ the library-neutral diagnosis of :mod:`stream_lstm.kafka.connection_check` (TCP,
 protocol, SASL) when the service cannot connect: at start, before the checkpoint store is opened
 (:meth:`ConnectionWatch.wait_until_ok`), and, rate-limited and on a thread of its own so that the
 loop never waits for it (:meth:`ConnectionWatch.check_soon`), whenever the loop finds itself
-disconnected. The cause goes to the log once per change and to ``/healthz``.
+disconnected. The cause goes to ``/healthz`` and to the log: "cannot reach Kafka at HOST:PORT:
+REASON [code]" when the service starts and each time the cause changes (again after
+:data:`REPEAT_LOG_S` while it lasts, never once per retry), and a line when it is reachable again.
 """
 
 from __future__ import annotations
@@ -16,11 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from stream_lstm.kafka.connection_check import (
-    ConnectionProblem,
-    diagnose_connection,
-    problem_log_line,
-)
+from stream_lstm.kafka.connection_check import ConnectionProblem, diagnose_connection
 from stream_lstm.kafka.security import KafkaSecurity
 
 log = logging.getLogger(__name__)
@@ -31,6 +29,12 @@ PASSING_CODES = frozenset({"dns", "unreachable", "timeout", "unexpected"})
 
 #: While a problem lasts, the same line is logged again this often (seconds).
 REPEAT_LOG_S = 60.0
+
+
+def cannot_reach_message(problem: ConnectionProblem, bootstrap_servers: str) -> str:
+    """ "cannot reach Kafka at HOST:PORT: REASON": the server concerned (else the bootstrap list),
+    and the diagnosis's sentence, which names the cause and the setting to change."""
+    return f"cannot reach Kafka at {problem.server or bootstrap_servers}: {problem.message}"
 
 
 class ConnectionWatch:
@@ -118,9 +122,8 @@ class ConnectionWatch:
             return
         if problem is None:
             if logged is not None:
-                log.info("%s (%s)", problem_log_line(None), self.bootstrap_servers)
-        elif problem.code in PASSING_CODES:
-            log.warning("%s", problem_log_line(problem))
+                log.info("Kafka at %s is reachable again", self.bootstrap_servers)
         else:
-            log.error("%s", problem_log_line(problem))
+            level = logging.WARNING if problem.code in PASSING_CODES else logging.ERROR
+            log.log(level, "%s [%s]", cannot_reach_message(problem, self.bootstrap_servers), problem.code)
         self._last_logged = (problem, now)

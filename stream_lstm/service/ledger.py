@@ -70,6 +70,9 @@ class Ledger:
         self._replay_until: dict[Partition, int] = {}
         self._unchecked: set[Partition] = set()  # assigned, committed offset not read yet
         self._needs_seek: set[Partition] = set()  # a rollback could not rewind these yet
+        #: The first offset read of each owned partition, kept through rollbacks: where a
+        #: rollback goes back to when the partition has no checkpoint yet.
+        self.first_read: dict[Partition, int] = {}
 
     # ------------------------------------------------------------------ phases
 
@@ -107,6 +110,7 @@ class Ledger:
             self._replay_until.pop(partition, None)
             self._unchecked.discard(partition)
             self._needs_seek.discard(partition)
+            self.first_read.pop(partition, None)
             self.epochs.pop(partition, None)
         return released
 
@@ -155,6 +159,7 @@ class Ledger:
             progress = progress_of.get(partition)
             if progress is None:
                 progress = progress_of[partition] = PartitionProgress(offset=message.offset)
+                self.first_read.setdefault(partition, message.offset)
             progress.offset = message.offset + 1
             progress.dirty = True
         for message, event in learned:

@@ -6,6 +6,12 @@ Each assigned partition continues from its checkpoint (offset, counts, key state
 consumer is sought there; a seek the broker refuses is retried after the next poll. With
 exactly-once, the group's committed offset is read too, to find events that a crashed run
 published after its last checkpoint (they are replayed: learned, not published again).
+
+A partition without a checkpoint starts at the group's committed offset, else where
+``--start-from`` says: ``earliest`` learns its whole history (with exactly-once, from its
+beginning even when the group committed some of it: what was published is replayed), ``latest``
+only what is written from then on. A rollback before its first checkpoint goes back to where
+this run started reading it.
 """
 
 from __future__ import annotations
@@ -190,19 +196,27 @@ class Recovery:
         exactly_once = self.settings.kafka.exactly_once
         if progress is not None:
             kafka.seek(partition, progress.offset)
-        elif exactly_once:
+        elif exactly_once and self.settings.kafka.start_from == "earliest":
             # The learner has never seen this partition, but a crashed run may have committed
             # some of it: learn it from the start; the replay keeps it from being re-published.
             kafka.seek_to_beginning(partition)
+        # Else no seek: the client starts at the committed offset, or at the end without one.
         if exactly_once:
             self.ledger.check_committed(partition)
 
     def _seek_without_checkpoint(self, kafka: KafkaClient, partition: Partition) -> None:
-        if self.settings.kafka.exactly_once:
+        exactly_once = self.settings.kafka.exactly_once
+        latest = self.settings.kafka.start_from == "latest"
+        first_read = self.ledger.first_read.get(partition)
+        if latest and first_read is not None:
+            # "The end" has moved since this run started there: go back to where it started.
+            kafka.seek(partition, first_read)
+        elif exactly_once and not latest:
             kafka.seek_to_beginning(partition)
-            self.ledger.check_committed(partition)
         else:
-            kafka.seek_to_committed(partition)
+            kafka.seek_to_committed(partition)  # without a committed offset: as --start-from says
+        if exactly_once:
+            self.ledger.check_committed(partition)
 
     def check_committed_offsets(self, kafka: KafkaClient) -> None:
         """Exactly-once: find events a crashed run published and committed after its checkpoint.

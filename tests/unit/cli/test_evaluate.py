@@ -142,7 +142,7 @@ def test_bad_settings_from_env_or_file_or_data_are_clear_errors(
 ) -> None:
     monkeypatch.setenv("STREAM_LSTM_WINDOW", "many")
     assert main(["evaluate", str(stream_csv), "--label", "label"]) == 2
-    assert "window from $STREAM_LSTM_WINDOW" in capsys.readouterr().err
+    assert "STREAM_LSTM_WINDOW=many: expected a whole number" in capsys.readouterr().err
     monkeypatch.delenv("STREAM_LSTM_WINDOW")
     config = tmp_path / "bad.toml"
     config.write_text("batch_sise = 3\n")

@@ -57,9 +57,9 @@ def test_a_problem_is_logged_once_per_change_and_again_only_after_a_while(caplog
         watch.check()
     lines = [(record.levelname, record.getMessage()) for record in caplog.records]
     assert lines == [
-        ("ERROR", "Kafka connection problem [sasl_authentication_failed]: wrong user name or password"),
-        ("WARNING", "Kafka connection problem [unreachable]: nothing listens at b:9093"),
-        ("INFO", "Kafka connection: ok (b:9093)"),
+        ("ERROR", "cannot reach Kafka at b:9093: wrong user name or password [sasl_authentication_failed]"),
+        ("WARNING", "cannot reach Kafka at b:9093: nothing listens at b:9093 [unreachable]"),
+        ("INFO", "Kafka at b:9093 is reachable again"),
     ]
     caplog.clear()
     script.answers = [WRONG_PASSWORD]
