@@ -31,11 +31,12 @@ def run_without(module: str, *argv: str, cwd: Path) -> subprocess.CompletedProce
         "from stream_lstm.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
+    # No STREAM_LSTM_* setting of the developer's (a bootstrap server would move the demo there).
+    env = {key: value for key, value in os.environ.items() if not key.startswith("STREAM_LSTM_")}
     return subprocess.run(
         [sys.executable, "-c", script, *argv],
         cwd=cwd,
-        # No STREAM_LSTM_* setting of the developer's (a bootstrap server would move the demo there).
-        env={k: v for k, v in os.environ.items() if not k.startswith("STREAM_LSTM_")} | {"PYTHONPATH": str(ROOT)},
+        env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=120,
