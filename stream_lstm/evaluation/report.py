@@ -1,4 +1,8 @@
-"""Presenting evaluation results: a text table, a JSON file and a rolling-accuracy plot."""
+"""Presenting evaluation results: a text table, a JSON file and a rolling-accuracy plot.
+
+The plot needs matplotlib, which is the ``plot`` extra (``pip install 'stream-lstm[plot]'``), not
+a dependency of the package: :func:`require_plotting` refuses a plot before any work is done.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from stream_lstm.errors import ConfigError
 from stream_lstm.evaluation.scores import METRICS
+
+#: What to do when matplotlib is missing: the extra that brings it.
+PLOT_EXTRA_HINT = "pip install 'stream-lstm[plot]'"
 
 
 def format_table(models: Mapping[str, Mapping[str, Any]], *, window: int) -> str:
@@ -66,10 +74,26 @@ def write_json(path: str | Path, report: Mapping[str, Any]) -> None:
     Path(path).write_text(json.dumps(json_ready(report), indent=2) + "\n")
 
 
+def require_plotting() -> None:
+    """Raise :class:`ConfigError` naming the ``plot`` extra when matplotlib cannot be imported.
+
+    Call it before an evaluation that ends in a plot, so that a missing extra is said at once
+    rather than after the whole stream has been read.
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(f"--plot needs matplotlib, which is not installed: {PLOT_EXTRA_HINT}") from error
+
+
 def plot_rolling_accuracy(
     curves: Mapping[str, np.ndarray], path: str | Path, *, window: int, title: str
 ) -> None:
-    """Save a PNG with each model's rolling accuracy against the labelled events seen."""
+    """Save a PNG with each model's rolling accuracy against the labelled events seen.
+
+    Raises :class:`ConfigError` without matplotlib (see :func:`require_plotting`).
+    """
+    require_plotting()
     import matplotlib
 
     matplotlib.use("Agg")

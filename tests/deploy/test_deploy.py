@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,9 @@ def test_every_alert_has_a_unit_test_and_names_only_exported_metrics() -> None:
         "StreamLSTMCheckpointRejected",
     }
     assert {rule["alert"] for rule in rules} == expected
+    # A container that is gone leaves no up series behind (Docker's DNS drops its name).
+    target_down = next(rule for rule in rules if rule["alert"] == "StreamLSTMTargetDown")
+    assert 'absent(up{job="stream-lstm"})' in target_down["expr"]
     for rule in rules:
         assert f"alertname: {rule['alert']}" in tests, rule["alert"]
         assert set(METRIC_NAME.findall(rule["expr"])) <= exported_metric_names(), rule["alert"]
@@ -93,6 +97,25 @@ def test_dashboard_queries_name_only_exported_metrics_and_parse(tmp_path: Path) 
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_log_loss_panel_gives_no_change_an_axis_of_its_own() -> None:
+    """no_change's log loss is in the tens (a certain miss costs ~34.5): on a shared axis it flattens
+    the LSTM's and logreg's. Grafana gives a series its own axis when its label differs."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panel = next(panel for panel in dashboard["panels"] if "log loss" in panel["title"].lower())
+    assert all("{{model}}" in target["legendFormat"] for target in panel["targets"])
+    shared = panel["fieldConfig"]["defaults"].get("custom", {})
+    override = next(
+        override
+        for override in panel["fieldConfig"]["overrides"]
+        if re.match(override["matcher"]["options"], "no_change a:9100")
+    )
+    assert override["matcher"]["id"] == "byRegexp"
+    assert not re.match(override["matcher"]["options"], "lstm a:9100")
+    properties = {item["id"]: item["value"] for item in override["properties"]}
+    assert properties["custom.axisPlacement"] == "right" != shared.get("axisPlacement", "auto")
+    assert properties["custom.axisLabel"] != shared.get("axisLabel")
+
+
 def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> None:
     datasource = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "stream-lstm.yml").read_text())
@@ -106,6 +129,18 @@ def test_grafana_provisioning_points_at_the_dashboard_and_the_datasource() -> No
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == f"{provider['providers'][0]['options']['path']}/{DASHBOARD.name}"
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def kafka_listeners(environment: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """Each listener of the apache/kafka service: name -> (bound address, advertised address, protocol)."""
+
+    def by_name(variable: str, separator: str) -> dict[str, str]:
+        return dict(item.split(separator, 1) for item in environment[variable].split(","))
+
+    bound = by_name("KAFKA_LISTENERS", "://")
+    advertised = by_name("KAFKA_ADVERTISED_LISTENERS", "://")
+    protocols = by_name("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", ":")
+    return {name: (bound[name], advertised.get(name, ""), protocols[name]) for name in bound}
 
 
 def dockerfile_final_stage() -> list[tuple[str, str]]:
@@ -152,6 +187,15 @@ def test_the_image_runs_as_a_non_root_user_that_owns_the_checkpoint_volume() -> 
     healthcheck = next(args for keyword, args in stage if keyword == "HEALTHCHECK")
     assert f"127.0.0.1:{env['STREAM_LSTM_METRICS_PORT']}/healthz" in healthcheck
     assert keywords[-2:] == ["ENTRYPOINT", "CMD"]
+
+
+def test_the_image_builds_the_package_with_its_readme_and_license() -> None:
+    """`pip install .` in the image reads the files pyproject.toml names: a missing license file
+    would give a wheel without its license."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    text = re.sub(r"\\\n", " ", (ROOT / "deploy" / "Dockerfile").read_text())
+    copied = {name for line in text.splitlines() if line.startswith("COPY ") for name in line.split()[1:-1]}
+    assert {"pyproject.toml", project["readme"], *project["license-files"]} <= copied, copied
 
 
 @pytest.mark.parametrize(
@@ -208,11 +252,34 @@ def test_compose_matches_the_service_flags_files_ports_and_topics() -> None:
     # on, and each replica names itself in the shared checkpoint store by its host name.
     assert "container_name" not in services["stream-lstm"] and "ports" not in services["stream-lstm"]
     assert "STREAM_LSTM_INSTANCE_ID" not in env
+    # Clients on the host reach Kafka on a listener that advertises localhost, published to
+    # 127.0.0.1 only; the containers keep theirs.
+    kafka = services["kafka"]
+    listeners = kafka_listeners(kafka["environment"])
+    assert listeners["PLAINTEXT"][1] == env["STREAM_LSTM_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    bound, advertised, protocol = listeners["HOST"]
+    host, port = advertised.split(":")
+    assert host == "localhost" and protocol == "PLAINTEXT" and bound == f":{port}"
+    assert kafka["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert kafka["environment"]["KAFKA_INTER_BROKER_LISTENER_NAME"] == "PLAINTEXT"
     # The GPU overlay reserves an NVIDIA GPU with the compose device syntax and selects CUDA.
     gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["stream-lstm"]
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu["environment"]["STREAM_LSTM_DEVICE"] == "cuda"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/service.md"])
+def test_the_docs_show_how_to_produce_and_consume_from_the_host(doc: str) -> None:
+    """The compose stack's docs name the host listener in a produce line and show a console consumer."""
+    kafka = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["kafka"]
+    host_address = kafka_listeners(kafka["environment"])["HOST"][1]
+    text = re.sub(r"\\\n\s*", "", (ROOT / doc).read_text())  # shell lines joined
+    produce = re.search(rf"stream-lstm produce --bootstrap-servers {host_address} --topic (\S+)", text)
+    assert produce, f"{doc} has no produce line for {host_address}"
+    assert produce.group(1) == "events"
+    consumer = re.search(r"docker compose exec kafka \S+/kafka-console-consumer\.sh .*--topic (\S+)", text)
+    assert consumer and consumer.group(1) == "predictions", f"{doc} has no console-consumer line"
 
 
 def test_the_sasl_overlay_connects_the_stack_with_settings_the_service_has() -> None:
@@ -252,3 +319,10 @@ def test_the_sasl_overlay_connects_the_stack_with_settings_the_service_has() -> 
     username = services["stream-lstm"]["environment"]["STREAM_LSTM_SASL_USERNAME"]
     assert f"--entity-name {username}" in services["kafka-users"]["command"][0]
     assert "prometheus" not in services and "grafana" not in services
+    # The host listener keeps its address (the base stack publishes its port) and takes SASL_SSL
+    # logins with the certificate, which names localhost too.
+    base_listeners = kafka_listeners(base["kafka"]["environment"])
+    overlay_listeners = kafka_listeners({**base["kafka"]["environment"], **kafka})
+    assert overlay_listeners["HOST"] == (*base_listeners["HOST"][:2], "SASL_SSL")
+    assert "DNS:localhost" in script
+    assert "ports" not in services["kafka"]
