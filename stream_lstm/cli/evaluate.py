@@ -71,7 +71,12 @@ def evaluate_command(
 ) -> int:
     """Evaluate the models on ``args.file``; print the table, write the report and plot asked for."""
     from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
-    from stream_lstm.evaluation.report import format_table, plot_rolling_accuracy, write_json
+    from stream_lstm.evaluation.report import (
+        format_table,
+        plot_rolling_accuracy,
+        require_plotting,
+        write_json,
+    )
     from stream_lstm.offline.csv_source import BadRow
     from stream_lstm.offline.evaluate import CsvSpec, SideLane, evaluate_stream, evaluation_report
     from stream_lstm.telemetry.progress import ProgressLine
@@ -79,6 +84,8 @@ def evaluate_command(
     if not settings["label"]:
         parser.error("evaluate needs the label column: --label COL (or STREAM_LSTM_LABEL)")
     check_keys_cover_batch(settings)
+    if args.plot:
+        require_plotting()
 
     # On a terminal the progress line is cleared before a message; elsewhere no escape codes.
     clear = "\r\033[K" if sys.stderr.isatty() else ""
