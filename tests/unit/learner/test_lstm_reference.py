@@ -78,9 +78,7 @@ def learn_side_by_side(
     final weights, must agree to ``atol``."""
     for start in range(0, len(events), batch_size):
         batch = events[start : start + batch_size]
-        np.testing.assert_allclose(
-            first.predict_batch(batch), second.predict_batch(batch), rtol=0, atol=atol
-        )
+        np.testing.assert_allclose(first.predict_batch(batch), second.predict_batch(batch), rtol=0, atol=atol)
         first.learn_batch(batch)
         second.learn_batch(batch)
         for mine, theirs in zip(first.network.parameters(), second.network.parameters(), strict=True):

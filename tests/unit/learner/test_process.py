@@ -78,9 +78,7 @@ def test_load_replaces_the_learner_and_drops_what_was_in_flight(process) -> None
     process.start_predict(chunks[1])
     process.load(pickle.loads(checkpoint))  # a rollback
     assert process.in_flight == 0
-    np.testing.assert_array_equal(
-        process.predict_batch(chunks[0]), reference.predict_batch(chunks[0])
-    )
+    np.testing.assert_array_equal(process.predict_batch(chunks[0]), reference.predict_batch(chunks[0]))
     process.learn_batch(chunks[0])
     reference.learn_batch(chunks[0])
     assert process.key_stats() == reference.key_stats()
