@@ -26,6 +26,7 @@ from stream_lstm.config.setting import (
     positive_int,
 )
 from stream_lstm.errors import ConfigError
+from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 
 #: ``evaluate --parallel auto`` uses a second process from this many events on.
 PARALLEL_MIN_EVENTS = 25_000
@@ -48,6 +49,13 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
         10.0,
         "standardised inputs of the LSTM and logreg are clipped to plus or minus this",
     ),
+    Setting(
+        "category_buckets",
+        non_negative_int,
+        DEFAULT_CATEGORY_BUCKETS,
+        "inputs of the LSTM and logreg for categorical (text) features, hashed by name and value"
+        " (0: categories are ignored)",
+    ),
     Setting("device", str, "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N"),
     Setting("seed", int, 0, "seed of the LSTM's initial weights"),
 )
@@ -59,6 +67,7 @@ LSTM_HYPERPARAMETERS = (
     "learning_rate",
     "clip_grad_norm",
     "max_features",
+    "category_buckets",
     "input_clip",
     "device",
     "seed",

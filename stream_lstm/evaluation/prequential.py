@@ -240,8 +240,9 @@ class PrequentialEvaluator:
 
     def learner_settings(self) -> dict[str, Any]:
         """The settings its models were built with, as ``stream-lstm run`` names them: ``models``,
-        ``window``, ``max_keys``, the LSTM's hyperparameters (with an LSTM) and the feature bound
-        and clip the logistic regression shares with it (with one). A checkpoint holds them."""
+        ``window``, ``max_keys``, the LSTM's hyperparameters (with an LSTM) and the feature bound,
+        clip and category buckets the logistic regression shares with it (with one). A checkpoint
+        holds them."""
         settings: dict[str, Any] = {
             "models": list(self.models),
             "window": self.window,
@@ -253,6 +254,7 @@ class PrequentialEvaluator:
             elif isinstance(model, LogisticRegressionBaseline):
                 settings.setdefault("max_features", model.max_features)
                 settings.setdefault("input_clip", model.input_clip)
+                settings.setdefault("category_buckets", model.category_buckets)
         return settings
 
     def to_state(self) -> State:

@@ -7,8 +7,10 @@ checkpoint's would silently win: the service would run other models, sizes and s
 told to. So every difference is either refused or applied:
 
 * **refused** (:data:`FIXED`): the models, the rolling window, ``max_keys`` and the LSTM's sizes
-  and seed. They shape the state itself (weights, key states, score windows), or, for the seed,
-  only the initial weights, which a resumed learner no longer has: a new value cannot take effect.
+  (``category_buckets`` among them: a checkpoint written before categorical features holds a
+  learner with 0) and seed. They shape the state itself (weights, key states, score windows),
+  or, for the seed, only the initial weights, which a resumed learner no longer has: a new value
+  cannot take effect.
 * **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``clip_grad_norm`` and ``device`` change how
   the learner goes on, not what it has learned, so they are applied to the loaded learner and
   logged.
@@ -30,7 +32,17 @@ from stream_lstm.models.protocols import trained_model
 log = logging.getLogger(__name__)
 
 #: Settings that must be the checkpoint's (see the module doc).
-FIXED = ("models", "window", "max_keys", "hidden_size", "tbptt_steps", "max_features", "input_clip", "seed")
+FIXED = (
+    "models",
+    "window",
+    "max_keys",
+    "hidden_size",
+    "tbptt_steps",
+    "max_features",
+    "category_buckets",
+    "input_clip",
+    "seed",
+)
 #: Settings that may differ from the checkpoint's: applied to the loaded learner.
 RESUME_SAFE = ("learning_rate", "clip_grad_norm", "device")
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
 import numpy as np
 
+from stream_lstm.messages.categories import category_bucket
 from stream_lstm.messages.events import Event
 
 #: Up to this many events, a batch is grouped by key in Python.
@@ -26,6 +27,7 @@ _KEY = attrgetter("key")
 _TS = attrgetter("ts")
 _LABEL = attrgetter("label")
 _FEATURES = attrgetter("features")
+_CATEGORIES = attrgetter("categories")
 
 
 @dataclass(frozen=True)
@@ -177,3 +179,26 @@ def feature_values(maps: list[dict[str, float]], name: str) -> np.ndarray:
     """
     values = map(dict.get, maps, itertools.repeat(name), itertools.repeat(math.nan))
     return np.array(list(values), dtype=np.float64)
+
+
+def category_maps(events: Sequence[Event]) -> list[Mapping[str, str]]:
+    """Each event's categories."""
+    return list(map(_CATEGORIES, events))
+
+
+def category_rows_and_buckets(maps: list[Mapping[str, str]], buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every category of ``maps`` as (the index of its map, its bucket among ``buckets``).
+
+    >>> rows, found = category_rows_and_buckets([{}, {"colour": "red", "size": "L"}], 4)
+    >>> pairs = [("colour", "red"), ("size", "L")]
+    >>> rows.tolist(), found.tolist() == [category_bucket(name, value, 4) for name, value in pairs]
+    ([1, 1], True)
+    """
+    rows: list[int] = []
+    found: list[int] = []
+    for row, categories in enumerate(maps):
+        if categories:
+            for name, value in categories.items():
+                rows.append(row)
+                found.append(category_bucket(name, value, buckets))
+    return np.array(rows, dtype=np.int64), np.array(found, dtype=np.int64)

@@ -1,8 +1,13 @@
 """A batch of events as the LSTM's input vectors: feature layout, column assignment, scaling.
 
-Input vector layout (``max_features + EXTRA_INPUTS`` columns): the scaled features, each in the
-column its name was given when first met; the scaled log time gap since the key's previous
-event; the key's previous label as -1/+1 (0 when there is none); a flag for "no previous label".
+Input vector layout (``max_features + EXTRA_INPUTS + category_buckets`` columns): the scaled
+features, each in the column its name was given when first met; the scaled log time gap since the
+key's previous event; the key's previous label as -1/+1 (0 when there is none); a flag for "no
+previous label"; then one column per category bucket, holding how many of the event's categories
+hash to that bucket (:func:`~stream_lstm.messages.categories.category_bucket`; normally a single
+1.0). The bucket counts are not standardised (they are already of the size of the flags), only
+clipped to ``input_clip`` like every other input, and they come last so that a learner without
+categories (``category_buckets=0``) has the layout of the versions before them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import numpy as np
 from stream_lstm.learner.batch_columns import (
     KeyGroups,
     carry_forward,
+    category_maps,
+    category_rows_and_buckets,
     feature_names,
     feature_values,
     plain_feature_maps,
@@ -36,15 +43,19 @@ class InputEncoding:
     ``max_features`` names met) and ``features_dropped`` (values of names that found no column).
     It reads the key states (``keys``) for each key's previous label and timestamp, and
     standardises with the learner's ``scaler``, whose last column is the log time gap.
+    ``_category_inputs_used`` turns true once a bucket column holds a value in an input or a
+    stored window (until then the LSTM may leave the bucket columns out, see ``_input_columns``).
     """
 
     max_features: int
+    category_buckets: int
     input_size: int
     input_clip: float
     feature_columns: dict[str, int]
     features_dropped: int
     keys: KeyStateStore
     scaler: RunningScaler
+    _category_inputs_used: bool
 
     def _encode(
         self, events: Sequence[Event], groups: KeyGroups, slots: np.ndarray, label_values: np.ndarray
@@ -74,6 +85,8 @@ class InputEncoding:
         has_label = prev_label != NO_LABEL
         inputs[:, n_features + 1] = np.where(has_label, 2.0 * prev_label - 1.0, 0.0)
         inputs[:, n_features + 2] = ~has_label
+        if self.category_buckets:
+            self._fill_categories(events, inputs)
         return (raw, used), inputs, last_label.astype(np.int8), last_ts
 
     def _fill_features(self, events: Sequence[Event], raw: np.ndarray) -> None:
@@ -103,6 +116,18 @@ class InputEncoding:
                         self.features_dropped += 1
                         continue
                 raw[i, column] = value
+
+    def _fill_categories(self, events: Sequence[Event], inputs: np.ndarray) -> None:
+        """Count each event's categories into the bucket columns of its row of ``inputs``."""
+        maps = category_maps(events)
+        if not any(maps):  # the usual batch: no categories at all
+            return
+        rows, buckets = category_rows_and_buckets(maps, self.category_buckets)
+        counts = inputs[:, self.max_features + EXTRA_INPUTS :]
+        np.add.at(counts, (rows, buckets), 1.0)
+        # Hundreds of categories of one event may share a bucket: bounded like every input.
+        np.minimum(counts, self.input_clip, out=counts)
+        self._category_inputs_used = True
 
     def _add_feature(self, name: str) -> int | None:
         if len(self.feature_columns) >= self.max_features:

@@ -234,20 +234,23 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         (named features and the time gap); ``None``, all of them, unless this leaves out at least
         half (and only on the CPU).
 
-        A column without a feature name is 0 in every input and every stored window, so leaving
-        it out of the LSTM changes nothing but the work: its input weights get a zero gradient
-        either way, and Adam never moves a weight whose gradient was always zero. Most streams
-        name a few of ``max_features``: at 3 features the input weight products shrink from 35
-        columns to 6: about +7-19% events/s at batches of 1,024-4,096 on a 2-core CPU. A GPU runs
-        the 35 columns on lanes that would idle, and would pay launches for the gathers, so it
-        keeps them all, as does a learner whose imported key states hold values in columns it has
-        no name for (see ``import_keys``).
+        A column without a feature name is 0 in every input and every stored window, and so are
+        the category buckets until the first category comes (``_category_inputs_used``): leaving
+        them out of the LSTM changes nothing but the work, since a weight of an input that is 0
+        contributes nothing and gets a zero gradient either way. Most streams name a few of
+        ``max_features`` and many have no categories: at 3 features the input weight products
+        shrink from 35 columns to 6: about +7-19% events/s at batches of 1,024-4,096 on a 2-core
+        CPU. A GPU runs all columns on lanes that would idle, and would pay launches for the
+        gathers, so it keeps them all, as does a learner whose imported key states hold values
+        in columns it has no name for (see ``import_keys``).
         """
-        width = used.size + EXTRA_INPUTS - 1
+        # The previous label's inputs, and the category buckets once they may hold values.
+        end = self.input_size if self._category_inputs_used else self.max_features + EXTRA_INPUTS
+        width = used.size + end - self.max_features - 1
         # Gathers cost calls: worth it only when they take out at least half the columns.
         if self._device.type != "cpu" or not self._narrow_inputs or 2 * width > self.input_size:
             return None
-        extra = np.arange(self.max_features + 1, self.input_size)  # the previous label's inputs
+        extra = np.arange(self.max_features + 1, end)
         return to_device(np.concatenate([used, extra]), self._device)
 
     def _weights_for(self, columns: torch.Tensor | None) -> list[torch.Tensor]:

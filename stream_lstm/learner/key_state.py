@@ -206,8 +206,8 @@ class KeyStateStore:
             return
         if state["window"].shape[1:] != self.window.shape[1:] or state["h0"].shape[1] != self.hidden_size:
             raise ConfigError(
-                "key states were saved with other sizes (hidden_size, tbptt_steps or max_features "
-                "differ); they cannot be continued"
+                "key states were saved with other sizes (hidden_size, tbptt_steps, max_features or "
+                "category_buckets differ); they cannot be continued"
             )
         keys = keys[-self.max_keys :]  # the most recently used ones, if there are too many
         count = len(keys)

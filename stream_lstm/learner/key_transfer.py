@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.forward import Pending
 from stream_lstm.learner.key_state import KeyStateStore
 
@@ -26,11 +27,13 @@ class KeyTransfer:
     tbptt_steps: int
     input_size: int
     max_features: int
+    category_buckets: int
     feature_columns: dict[str, int]
     keys: KeyStateStore
     _device: torch.device
     _pending: Pending | None
     _narrow_inputs: bool
+    _category_inputs_used: bool
 
     def _new_key_store(self) -> KeyStateStore:
         """An empty store for this learner's keys."""
@@ -66,10 +69,17 @@ class KeyTransfer:
         learner has not met yet take the exporter's columns; a feature that sits in different
         columns in the two learners makes the windows unreadable (:class:`ConfigError`). States
         without their layout (older versions) whose windows hold values in columns this learner
-        has no name for make it run the LSTM on every input column from then on.
+        has no name for make it run the LSTM on every input column from then on. The category
+        buckets are the same columns in every learner with the same ``category_buckets``.
         """
         self._check_no_pending()
         theirs: dict[str, int] = state.get("feature_columns", {})
+        outside = [name for name, column in theirs.items() if not 0 <= column < self.max_features]
+        if outside:
+            raise ConfigError(
+                f"key states were saved with features {sorted(outside)[:5]} in columns past this "
+                f"learner's {self.max_features} feature inputs; they cannot be continued by this learner"
+            )
         taken = {column: name for name, column in self.feature_columns.items()}
         clashes = [
             name
@@ -85,8 +95,12 @@ class KeyTransfer:
         self.keys.import_(state)
         for name, column in theirs.items():
             self.feature_columns.setdefault(name, column)
-        if state["keys"] and self._windows_use_unnamed_columns(torch.as_tensor(state["window"])):
-            self._narrow_inputs = False  # see _input_columns
+        if state["keys"]:
+            windows = torch.as_tensor(state["window"])
+            if self._windows_use_unnamed_columns(windows):
+                self._narrow_inputs = False  # see _input_columns
+            if self._windows_use_category_buckets(windows):
+                self._category_inputs_used = True  # see _input_columns
 
     def _windows_use_unnamed_columns(self, windows: torch.Tensor) -> bool:
         """Whether stored input ``windows`` hold a value in a feature column without a name (key
@@ -98,6 +112,16 @@ class KeyTransfer:
             rows = windows[start : start + 65_536, :, : self.max_features]
             used |= rows.ne(0).any(dim=0).any(dim=0).cpu()
         return bool((used & unnamed).any())
+
+    def _windows_use_category_buckets(self, windows: torch.Tensor) -> bool:
+        """Whether stored input ``windows`` hold a value in a category bucket column."""
+        first = self.max_features + EXTRA_INPUTS
+        if not self.category_buckets or windows.shape[2] <= first:
+            return False
+        return any(
+            bool(windows[start : start + 65_536, :, first:].ne(0).any())  # bounded temporaries
+            for start in range(0, windows.shape[0], 65_536)
+        )
 
     def forget_keys(self, keys: Sequence[str]) -> None:
         """Drop the state of ``keys``: they restart from a zero state if they come back."""

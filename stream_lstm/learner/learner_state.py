@@ -57,6 +57,7 @@ _HYPERPARAMETERS = (
     "input_clip",
     "max_keys",
     "max_features",
+    "category_buckets",
     "adapt_scaler",
     "device",
     "seed",
@@ -137,7 +138,11 @@ def _learner_state(learner: Any) -> State:
 
 
 def _hyperparameters(fields: Fields) -> dict[str, Any]:
-    read = fields.nested("hyperparameters", _HYPERPARAMETERS)
+    tree = fields.raw("hyperparameters")
+    if isinstance(tree, dict) and "category_buckets" not in tree:
+        # Written before categorical features: that learner had no category inputs.
+        tree = {**tree, "category_buckets": 0}
+    read = Fields(tree, fields.path("hyperparameters"), _HYPERPARAMETERS)
     return {
         "hidden_size": read.int("hidden_size", low=1),
         "tbptt_steps": read.int("tbptt_steps", low=1),
@@ -146,6 +151,7 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "input_clip": read.float("input_clip", low=_SMALLEST),
         "max_keys": read.int("max_keys", low=1),
         "max_features": read.int("max_features", low=1),
+        "category_buckets": read.int("category_buckets"),
         "adapt_scaler": read.bool("adapt_scaler"),
         "device": read.str("device"),
         "seed": read.int("seed", low=-(2**63), high=2**64 - 1),
@@ -167,7 +173,8 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     fields = Fields(tree, where, _FIELDS)
     fields.str("kind", choices=("lstm",))
     hyper = _hyperparameters(fields)
-    hidden, input_size = hyper["hidden_size"], hyper["max_features"] + EXTRA_INPUTS
+    hidden = hyper["hidden_size"]
+    input_size = hyper["max_features"] + EXTRA_INPUTS + hyper["category_buckets"]
     with torch.device("meta"):  # the shapes, without allocating the weights
         shapes = LSTMNetwork(input_size, hidden).state_dict()
     layout = {name: tuple(value.shape) for name, value in shapes.items()}
@@ -185,6 +192,10 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     learner.network.load_state_dict({name: _tensor(value, device) for name, value in weights.items()})
     _restore_optimizer(learner, fields.nested("optimizer", _OPTIMIZER_FIELDS))
     learner.keys.load_state(keys, fields.path("keys"))
+    # Read from the checked arrays on the host: the store's tensors may be on a device.
+    learner._category_inputs_used = len(learner.keys) > 0 and learner._windows_use_category_buckets(
+        torch.as_tensor(keys["window"])
+    )
     columns = hyper["max_features"] + 1
     learner.scaler = RunningScaler.from_state(fields.raw("scaler"), fields.path("scaler"), columns)
     learner.feature_columns = _feature_columns(fields, hyper["max_features"])

@@ -26,10 +26,11 @@ from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.forward import ChunkedForward, Pending
 from stream_lstm.learner.key_transfer import KeyTransfer
 from stream_lstm.learner.learner_state import LearnerPersistence
-from stream_lstm.learner.network import LSTMNetwork
+from stream_lstm.learner.network import seeded_network
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import GuardedTraining, finite_or_zero
+from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
 from stream_lstm.models.protocols import TrainedModel
 
@@ -74,6 +75,11 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         How many distinct feature names get an input: the first ones met, in order of first
         appearance; the values of later new names are dropped and counted (``features_dropped``),
         their names are not kept.
+    category_buckets
+        How many inputs the event's categories (text values) get: each (name, value) pair adds 1 to
+        the input of its bucket (:func:`~stream_lstm.messages.categories.category_bucket`), so
+        any number of names and values takes a bounded number of inputs; 0: categories are
+        ignored.
     adapt_scaler
         Whether the feature standardisation keeps learning; ``False`` leaves features unscaled.
     device
@@ -106,6 +112,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         input_clip: float = 10.0,
         max_keys: int = 100_000,
         max_features: int = 32,
+        category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
         adapt_scaler: bool = True,
         device: str = "auto",
         seed: int = 0,
@@ -118,6 +125,12 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if (
+            isinstance(category_buckets, bool)
+            or not isinstance(category_buckets, int)
+            or category_buckets < 0
+        ):
+            raise ConfigError(f"category_buckets must be a non-negative integer, got {category_buckets!r}")
         if not learning_rate >= 0:
             raise ConfigError(f"learning_rate must be >= 0, got {learning_rate!r}")
         if not clip_grad_norm > 0:
@@ -131,6 +144,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self.input_clip = float(input_clip)
         self.max_keys = max_keys
         self.max_features = max_features
+        self.category_buckets = category_buckets
         self.adapt_scaler = adapt_scaler
         self.device = device
         self.seed = seed
@@ -139,10 +153,10 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     def _build(self) -> None:
         device = resolve_device(self.device)  # checked even where the tensors stay on the CPU
         self._device = torch.device("cpu") if learners_kept_on_cpu() else device
-        self.input_size = self.max_features + EXTRA_INPUTS
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.network = LSTMNetwork(self.input_size, self.hidden_size).to(self._device)
+        self.input_size = self.max_features + EXTRA_INPUTS + self.category_buckets
+        self.network = seeded_network(
+            self.input_size, self.hidden_size, self.seed, later_inputs=self.category_buckets
+        ).to(self._device)
         self._parameters = list(self.network.parameters())
         lstm = self.network.lstm
         self._lstm_weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
@@ -170,6 +184,8 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self._full_window_path = True
         # Off once imported key states hold inputs in columns without a name (see import_keys).
         self._narrow_inputs = True
+        # On once a category bucket holds a value in an input or a stored window (see _input_columns).
+        self._category_inputs_used = False
 
     @property
     def torch_device(self) -> torch.device:
@@ -186,6 +202,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             "input_clip": self.input_clip,
             "max_keys": self.max_keys,
             "max_features": self.max_features,
+            "category_buckets": self.category_buckets,
             "adapt_scaler": self.adapt_scaler,
             "device": self.device,
             "seed": self.seed,

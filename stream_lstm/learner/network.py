@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 
@@ -15,3 +18,26 @@ class LSTMNetwork(nn.Module):
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
         self.head = nn.Linear(hidden_size, 1)
+
+
+def seeded_network(input_size: int, hidden_size: int, seed: int, *, later_inputs: int = 0) -> LSTMNetwork:
+    """A network with the initial weights of ``seed`` (torch's own generator is left as it was).
+
+    The weights are drawn as torch draws them for the first ``input_size - later_inputs`` inputs,
+    then the input weights of the last ``later_inputs`` columns (from the same uniform
+    distribution that torch uses): so no other weight depends on ``later_inputs``. A learner's
+    category buckets are such inputs, and they are 0 in a stream without categories: there the
+    learner is the one it would be without buckets, prediction for prediction.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = LSTMNetwork(input_size - later_inputs, hidden_size)
+        if not later_inputs:
+            return network
+        bound = 1 / math.sqrt(hidden_size)
+        later = torch.empty(4 * hidden_size, later_inputs).uniform_(-bound, bound)
+        wider = LSTMNetwork(input_size, hidden_size)
+    weights = network.state_dict()
+    weights["lstm.weight_ih_l0"] = torch.cat([weights["lstm.weight_ih_l0"], later], dim=1)
+    wider.load_state_dict(weights)
+    return wider

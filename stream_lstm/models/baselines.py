@@ -1,7 +1,8 @@
 """The two baselines every LSTM prediction is compared with.
 
 * ``logreg``: river's ``StandardScaler | LogisticRegression`` on the event's own features (the
-  same bounded set of feature names as the LSTM's, standardised values clipped as the LSTM's).
+  same bounded set of feature names as the LSTM's, standardised values clipped as the LSTM's) and
+  its categories (the same hashed buckets as the LSTM's, one input per bucket, unscaled).
 * ``no_change``: the same key's previous label (the persistence forecast), 0.5 before any.
 
 Both follow the learner's protocol: :meth:`predict_batch` for a micro-batch uses only what
@@ -11,6 +12,7 @@ was learned from earlier batches plus, for ``no_change``, earlier labels of the 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
@@ -20,6 +22,7 @@ import numpy as np
 from river import linear_model, optim, preprocessing
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS, category_bucket
 from stream_lstm.messages.events import Event
 from stream_lstm.models.protocols import GuardedModel, KeyedModel
 from stream_lstm.models.state_data import (
@@ -30,6 +33,9 @@ from stream_lstm.models.state_data import (
     labels_from_state,
     labels_state,
 )
+
+#: Each event's bucket inputs (bucket to count), or ``None`` for a batch without categories.
+_Buckets = list[dict[int, float]] | None
 
 
 class LogisticRegressionBaseline(GuardedModel):
@@ -42,6 +48,12 @@ class LogisticRegressionBaseline(GuardedModel):
     ``[-input_clip, input_clip]``, as the LSTM's inputs are, so that no accepted value (finite,
     at most 1e18 in size) can make a weight or a probability non-finite.
 
+    Categories get the LSTM's inputs too: each (name, value) pair counts 1 in the input of its
+    bucket among ``category_buckets`` (:func:`~stream_lstm.messages.categories.category_bucket`),
+    so an event with one category has a one-hot bucket input. The count is not standardised (the
+    LSTM's is not either) and is clipped to ``input_clip``. A bucket's input is named by the
+    integer of the bucket, which no feature name (always a string) can be.
+
     Parameters
     ----------
     learning_rate
@@ -52,6 +64,9 @@ class LogisticRegressionBaseline(GuardedModel):
         How many distinct feature names are used (the LSTM's ``max_features``).
     input_clip
         The bound of the standardised features (the LSTM's ``input_clip``).
+    category_buckets
+        How many inputs the categories are hashed into (the LSTM's ``category_buckets``); 0:
+        categories are ignored.
 
     Examples
     --------
@@ -62,12 +77,18 @@ class LogisticRegressionBaseline(GuardedModel):
     >>> model.learn_batch(batch)
     >>> list(model.feature_names), model.guard_stats()
     (['x'], {'features_dropped': 1})
+    >>> model.learn_batch([Event(categories={"colour": "red"}, label=1)])
+    >>> sorted(name for name in model.classifier._weights if isinstance(name, int)) == [
+    ...     category_bucket("colour", "red", model.category_buckets)
+    ... ]
+    True
     """
 
     # Class defaults: baselines unpickled from checkpoints written before these existed use them.
     max_features = 32
     input_clip = 10.0
     features_dropped = 0
+    category_buckets = 0
 
     def __init__(
         self,
@@ -76,6 +97,7 @@ class LogisticRegressionBaseline(GuardedModel):
         l2: float = 0.0,
         max_features: int = 32,
         input_clip: float = 10.0,
+        category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
     ) -> None:
         if not learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {learning_rate!r}")
@@ -83,10 +105,17 @@ class LogisticRegressionBaseline(GuardedModel):
             raise ConfigError(f"max_features must be a positive integer, got {max_features!r}")
         if not (isinstance(input_clip, (int, float)) and 0 < input_clip < math.inf):
             raise ConfigError(f"input_clip must be a finite number > 0, got {input_clip!r}")
+        if (
+            isinstance(category_buckets, bool)
+            or not isinstance(category_buckets, int)
+            or category_buckets < 0
+        ):
+            raise ConfigError(f"category_buckets must be a non-negative integer, got {category_buckets!r}")
         self.learning_rate = learning_rate
         self.l2 = l2
         self.max_features = max_features
         self.input_clip = float(input_clip)
+        self.category_buckets = category_buckets
         # The two steps of river's `StandardScaler | LogisticRegression`, called directly: the
         # same computation as the pipeline, without its per-call dispatch.
         self.scaler = preprocessing.StandardScaler()
@@ -94,16 +123,25 @@ class LogisticRegressionBaseline(GuardedModel):
         #: The feature names in use, in order of first appearance (values unused).
         self.feature_names: dict[str, None] = {}
         self.features_dropped = 0
-        # The last batch predicted and its features restricted to feature_names, for learn_batch.
-        self._predicted: tuple[Sequence[Event], list[Mapping[str, float]]] | None = None
+        # The last batch predicted, its features restricted to feature_names and its bucket
+        # inputs, for learn_batch.
+        self._predicted: tuple[Sequence[Event], list[Mapping[str, float]], _Buckets] | None = None
 
     def predict_batch(self, events: Sequence[Event]) -> np.ndarray:
         """Probability of label 1 for each event, from the weights before this batch."""
-        features = self._bounded(events)
-        self._predicted = (events, features)
+        features, buckets = self._bounded(events), self._bucket_inputs(events)
+        self._predicted = (events, features, buckets)
         transform, clip = self.scaler.transform_one, self._clip
         predict = self.classifier.predict_proba_one
-        probabilities = np.array([predict(clip(transform(x))).get(True, 0.5) for x in features])
+        if buckets is None:  # the usual batch: no categories
+            probabilities = np.array([predict(clip(transform(x))).get(True, 0.5) for x in features])
+        else:
+            probabilities = np.array(
+                [
+                    predict({**clip(transform(x)), **counts}).get(True, 0.5)
+                    for x, counts in zip(features, buckets, strict=True)
+                ]
+            )
         finite = np.isfinite(probabilities)
         if not finite.all():  # no accepted input leads here; a NaN must never be a prediction
             probabilities[~finite] = 0.5
@@ -112,12 +150,18 @@ class LogisticRegressionBaseline(GuardedModel):
     def learn_batch(self, events: Sequence[Event]) -> None:
         """Learn each labelled event in order (the scaler first, as the river pipeline does)."""
         predicted, self._predicted = self._predicted, None
-        features = predicted[1] if predicted is not None and predicted[0] is events else self._bounded(events)
+        if predicted is not None and predicted[0] is events:
+            _, features, buckets = predicted
+        else:
+            features, buckets = self._bounded(events), self._bucket_inputs(events)
         scaler, learn, clip = self.scaler, self.classifier.learn_one, self._clip
-        for event, x in zip(events, features, strict=True):
+        for event, x, counts in zip(
+            events, features, buckets or itertools.repeat(None, len(events)), strict=True
+        ):
             if event.label is not None:
                 scaler.learn_one(x)
-                learn(clip(scaler.transform_one(x)), bool(event.label))
+                inputs = clip(scaler.transform_one(x))
+                learn({**inputs, **counts} if counts else inputs, bool(event.label))
 
     def _bounded(self, events: Sequence[Event]) -> list[Mapping[str, float]]:
         """Each event's features restricted to the names in use, new names taking a place while
@@ -141,6 +185,22 @@ class LogisticRegressionBaseline(GuardedModel):
                 kept[name] = value
             out.append(kept)
         self.features_dropped += dropped
+        return out
+
+    def _bucket_inputs(self, events: Sequence[Event]) -> _Buckets:
+        """Each event's bucket inputs (bucket to its count of the event's categories, clipped to
+        ``input_clip``); ``None`` when no event of the batch has a category (or there are no
+        buckets)."""
+        buckets = self.category_buckets
+        if not buckets or not any(event.categories for event in events):
+            return None
+        out: list[dict[int, float]] = []
+        for event in events:
+            counts: dict[int, float] = {}
+            for name, value in event.categories.items():
+                bucket = category_bucket(name, value, buckets)
+                counts[bucket] = min(counts.get(bucket, 0.0) + 1.0, self.input_clip)
+            out.append(counts)
         return out
 
     def _clip(self, scaled: dict[str, float]) -> dict[str, float]:
@@ -179,20 +239,30 @@ class LogisticRegressionBaseline(GuardedModel):
 
     def to_state(self) -> State:
         """The model as data (:mod:`stream_lstm.models.state_data`): settings, the feature names
-        in use, river's scaler statistics, weights, intercept and optimizer step count."""
+        in use, river's scaler statistics, the weights of the features and of the category
+        buckets, intercept and optimizer step count."""
         scaler, classifier = self.scaler, self.classifier
+        weights = dict(classifier._weights.items())
+        bucket_weights = {name: value for name, value in weights.items() if not isinstance(name, str)}
         return {
             "kind": "logreg",
             "learning_rate": self.learning_rate,
             "l2": self.l2,
             "max_features": self.max_features,
             "input_clip": self.input_clip,
+            "category_buckets": self.category_buckets,
             "feature_names": list(self.feature_names),
             "features_dropped": self.features_dropped,
             "scaler_counts": _named_values(scaler.counts, np.int64),
             "scaler_means": _named_values(scaler.means, np.float64),
             "scaler_vars": _named_values(scaler.vars, np.float64),
-            "weights": _named_values(dict(classifier._weights.items()), np.float64),
+            "weights": _named_values(
+                {name: value for name, value in weights.items() if isinstance(name, str)}, np.float64
+            ),
+            "category_weights": {
+                "buckets": np.fromiter(bucket_weights, dtype=np.int64, count=len(bucket_weights)),
+                "values": np.fromiter(bucket_weights.values(), dtype=np.float64, count=len(bucket_weights)),
+            },
             "intercept": np.array(classifier.intercept, dtype=np.float64),  # the finite check reads it
             "optimizer_iterations": int(classifier.optimizer.n_iterations),
         }
@@ -200,7 +270,9 @@ class LogisticRegressionBaseline(GuardedModel):
     @classmethod
     def from_state(cls, tree: Any, where: str) -> LogisticRegressionBaseline:
         """The model of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
-        ``tree`` is not one)."""
+        ``tree`` is not one; one written before categorical features is a model without them)."""
+        if isinstance(tree, dict) and "category_buckets" not in tree and "category_weights" not in tree:
+            tree = {**tree, "category_buckets": 0, "category_weights": _NO_CATEGORY_WEIGHTS}
         fields = Fields(tree, where, _LOGREG_FIELDS)
         fields.str("kind", choices=("logreg",))
         model = cls(
@@ -208,6 +280,7 @@ class LogisticRegressionBaseline(GuardedModel):
             l2=fields.float("l2", low=0.0),
             max_features=fields.int("max_features", low=1),
             input_clip=fields.float("input_clip", low=math.ulp(0.0)),
+            category_buckets=fields.int("category_buckets"),
         )
         names = fields.strings("feature_names")
         if len(names) > model.max_features:
@@ -223,6 +296,8 @@ class LogisticRegressionBaseline(GuardedModel):
         weights = model.classifier._weights
         for name, value in _values_from_state(fields, "weights", "float64").items():
             weights[name] = value
+        for bucket, value in _bucket_weights_from_state(fields, model.category_buckets).items():
+            weights[bucket] = value
         model.classifier.intercept = float(fields.array("intercept", "float64", ()))
         model.classifier.optimizer.n_iterations = fields.int("optimizer_iterations")
         return model
@@ -253,15 +328,21 @@ _LOGREG_FIELDS = (
     "l2",
     "max_features",
     "input_clip",
+    "category_buckets",
     "feature_names",
     "features_dropped",
     "scaler_counts",
     "scaler_means",
     "scaler_vars",
     "weights",
+    "category_weights",
     "intercept",
     "optimizer_iterations",
 )
+
+
+#: The bucket weights of a model without any (a checkpoint written before categorical features).
+_NO_CATEGORY_WEIGHTS = {"buckets": np.zeros(0, dtype=np.int64), "values": np.zeros(0, dtype=np.float64)}
 
 
 def _named_values(values: Mapping[str, Any], dtype: type) -> State:
@@ -276,6 +357,18 @@ def _values_from_state(fields: Fields, name: str, dtype: str) -> dict[str, Any]:
     names = inner.strings("names")
     values = checked_array(inner.raw("values"), inner.path("values"), dtype, (len(names),))
     return dict(zip(names, values.tolist(), strict=True))
+
+
+def _bucket_weights_from_state(fields: Fields, buckets: int) -> dict[int, float]:
+    """Read back the weights of the category buckets: distinct buckets below ``buckets``."""
+    inner = fields.nested("category_weights", ("buckets", "values"))
+    found = inner.array("buckets", "int64", (None,))
+    values = inner.array("values", "float64", found.shape)
+    if ((found < 0) | (found >= buckets)).any():
+        raise damaged(inner.path("buckets"), f"a bucket is not in [0, {buckets})")
+    if np.unique(found).size != found.size:
+        raise damaged(inner.path("buckets"), "holds a bucket twice")
+    return dict(zip(found.tolist(), values.tolist(), strict=True))
 
 
 def _finite_number(value: Any) -> bool:

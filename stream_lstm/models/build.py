@@ -13,7 +13,7 @@ from stream_lstm.models.state_data import damaged
 MODEL_NAMES = ("lstm", "logreg", "no_change")
 
 #: The LSTM's keyword arguments that the logistic regression takes too (the same meaning).
-_SHARED_WITH_LOGREG = ("max_features", "input_clip")
+_SHARED_WITH_LOGREG = ("max_features", "input_clip", "category_buckets")
 
 
 def build_models(
@@ -21,8 +21,9 @@ def build_models(
 ) -> dict[str, OnlineClassifier]:
     """Create the named models; ``lstm`` holds keyword arguments for :class:`LSTMLearner`.
 
-    The logistic regression gets the LSTM's ``max_features`` and ``input_clip`` (from ``lstm``,
-    else the LSTM's defaults), so that both see the same features, clipped alike.
+    The logistic regression gets the LSTM's ``max_features``, ``input_clip`` and
+    ``category_buckets`` (from ``lstm``, else the LSTM's defaults), so that both see the same
+    features, clipped alike, and the same category buckets.
     """
     unknown = [name for name in names if name not in MODEL_NAMES]
     if unknown or not names:

@@ -1,0 +1,50 @@
+"""``category_buckets`` is a size of the models' state: a resume may not change it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stream_lstm.errors import ConfigError
+from stream_lstm.evaluation.prequential import PrequentialEvaluator
+from stream_lstm.evaluation.resume_settings import FIXED, current_learner_settings, resume_with_settings
+from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
+from stream_lstm.messages.events import Event
+from stream_lstm.models.build import build_models, model_from_state
+
+LSTM = {"hidden_size": 8, "device": "cpu"}
+
+
+def evaluator_of(models: tuple[str, ...], **lstm: Any) -> PrequentialEvaluator:
+    evaluator = PrequentialEvaluator(build_models(models, max_keys=64, lstm={**LSTM, **lstm}), max_keys=64)
+    evaluator.process([Event(key="a", features={"x": 1.0}, categories={"colour": "red"}, label=1)] * 4)
+    return evaluator
+
+
+def current(models: tuple[str, ...], buckets: int) -> dict[str, Any]:
+    settings = {"models": models, "window": 1000, "max_keys": 64}
+    return current_learner_settings(settings, {**LSTM, "category_buckets": buckets})
+
+
+@pytest.mark.parametrize("models", [("lstm", "logreg"), ("logreg", "no_change")])
+def test_other_category_buckets_are_refused(models: tuple[str, ...]) -> None:
+    assert "category_buckets" in FIXED
+    evaluator = evaluator_of(models)
+    assert evaluator.learner_settings()["category_buckets"] == DEFAULT_CATEGORY_BUCKETS
+    assert resume_with_settings(evaluator, current(models, DEFAULT_CATEGORY_BUCKETS), "it") is evaluator
+    with pytest.raises(ConfigError, match=f"category_buckets: checkpoint {DEFAULT_CATEGORY_BUCKETS}, now 8"):
+        resume_with_settings(evaluator, current(models, 8), "the checkpoint")
+
+
+def test_a_checkpoint_from_before_categories_resumes_only_with_zero_buckets() -> None:
+    models = ("lstm", "logreg")
+    evaluator = evaluator_of(models, category_buckets=0)
+    for model in evaluator.models.values():  # as a checkpoint of that version holds them
+        state = model.to_state()
+        state.get("hyperparameters", state).pop("category_buckets")
+        state.pop("category_weights", None)
+        evaluator.models[state["kind"]] = model_from_state(state, "checkpoint")
+    with pytest.raises(ConfigError, match=f"category_buckets: checkpoint 0, now {DEFAULT_CATEGORY_BUCKETS}"):
+        resume_with_settings(evaluator, current(models, DEFAULT_CATEGORY_BUCKETS), "the checkpoint")
+    assert resume_with_settings(evaluator, current(models, 0), "the checkpoint") is evaluator
