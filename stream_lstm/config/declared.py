@@ -19,6 +19,7 @@ from stream_lstm.config.setting import (
     max_abs_value,
     model_list,
     non_negative_float,
+    non_negative_int,
     parse_auto_bool,
     parse_bool,
     port_or_any,

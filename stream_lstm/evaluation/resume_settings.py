@@ -7,10 +7,12 @@ checkpoint's would silently win: the service would run other models, sizes and s
 told to. So every difference is either refused or applied:
 
 * **refused** (:data:`FIXED`): the models, the rolling window, ``max_keys`` and the LSTM's sizes
-  (``category_buckets`` among them: a checkpoint written before categorical features holds a
-  learner with 0) and seed. They shape the state itself (weights, key states, score windows),
+  (``category_buckets`` among them) and seed. They shape the state itself (weights, key states, score windows),
   or, for the seed, only the initial weights, which a resumed learner no longer has: a new value
   cannot take effect.
+* **kept, with a warning**: a checkpoint whose learner has no category inputs (``category_buckets``
+  0: every checkpoint written before categorical features) resumes under any ``category_buckets``,
+  so that an upgraded service resumes with its default settings; it learns nothing from categories.
 * **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``clip_grad_norm`` and ``device`` change how
   the learner goes on, not what it has learned, so they are applied to the loaded learner and
   logged.
@@ -83,6 +85,18 @@ def resume_with_settings(
     with the :data:`RESUME_SAFE` settings of ``current`` applied; :class:`ConfigError` listing
     every difference if any :data:`FIXED` setting differs."""
     differences = settings_differences(evaluator.learner_settings(), current)
+    kept = differences.pop("category_buckets", None)
+    if kept is not None and kept[0] == 0:
+        # A learner without category inputs, mostly one written before categorical features:
+        # refusing it would stop every upgraded service that resumes with the default settings.
+        log.warning(
+            "%s has no category inputs (category_buckets 0, now %s): it is resumed as it is and "
+            "learns nothing from categories; start a new checkpoint store to learn them",
+            source,
+            kept[1],
+        )
+    elif kept is not None:
+        differences["category_buckets"] = kept
     refused = {name: values for name, values in differences.items() if name in FIXED}
     if refused:
         listed = "; ".join(

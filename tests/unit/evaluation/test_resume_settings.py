@@ -1,4 +1,6 @@
-"""``category_buckets`` is a size of the models' state: a resume may not change it."""
+"""``category_buckets`` is a size of the models' state: a resume may not change it, except that a
+learner without category inputs (every checkpoint from before categorical features) resumes as it
+is, with a warning, so that an upgraded service starts with its default settings."""
 
 from __future__ import annotations
 
@@ -37,7 +39,9 @@ def test_other_category_buckets_are_refused(models: tuple[str, ...]) -> None:
         resume_with_settings(evaluator, current(models, 8), "the checkpoint")
 
 
-def test_a_checkpoint_from_before_categories_resumes_only_with_zero_buckets() -> None:
+def test_a_checkpoint_from_before_categories_resumes_as_it_is_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     models = ("lstm", "logreg")
     evaluator = evaluator_of(models, category_buckets=0)
     for model in evaluator.models.values():  # as a checkpoint of that version holds them
@@ -45,6 +49,15 @@ def test_a_checkpoint_from_before_categories_resumes_only_with_zero_buckets() ->
         state.get("hyperparameters", state).pop("category_buckets")
         state.pop("category_weights", None)
         evaluator.models[state["kind"]] = model_from_state(state, "checkpoint")
-    with pytest.raises(ConfigError, match=f"category_buckets: checkpoint 0, now {DEFAULT_CATEGORY_BUCKETS}"):
-        resume_with_settings(evaluator, current(models, DEFAULT_CATEGORY_BUCKETS), "the checkpoint")
+    with caplog.at_level("WARNING"):
+        assert (
+            resume_with_settings(evaluator, current(models, DEFAULT_CATEGORY_BUCKETS), "the checkpoint")
+            is evaluator
+        )
+    assert "the checkpoint has no category inputs (category_buckets 0, now 16)" in caplog.text
+    assert evaluator.learner_settings()["category_buckets"] == 0
+    assert evaluator.models["lstm"].category_buckets == 0
     assert resume_with_settings(evaluator, current(models, 0), "the checkpoint") is evaluator
+    # A checkpoint with category inputs keeps its number of them.
+    with pytest.raises(ConfigError, match="category_buckets: checkpoint 16, now 0"):
+        resume_with_settings(evaluator_of(models), current(models, 0), "the checkpoint")
