@@ -7,9 +7,9 @@ checkpoint's would silently win: the service would run other models, sizes and s
 told to. So every difference is either refused or applied:
 
 * **refused** (:data:`FIXED`): the models, the rolling window, ``max_keys`` and the LSTM's sizes
-  (``category_buckets`` among them) and seed. They shape the state itself (weights, key states, score windows),
-  or, for the seed, only the initial weights, which a resumed learner no longer has: a new value
-  cannot take effect.
+  (``category_buckets`` among them) and seed. They shape the state itself (weights, key states,
+  score windows), or, for the seed, only the initial weights, which a resumed learner no longer
+  has: a new value cannot take effect.
 * **kept, with a warning**: a checkpoint whose learner has no category inputs (``category_buckets``
   0: every checkpoint written before categorical features) resumes under any ``category_buckets``,
   so that an upgraded service resumes with its default settings; it learns nothing from categories.
