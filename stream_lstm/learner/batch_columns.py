@@ -17,7 +17,7 @@ from operator import attrgetter
 
 import numpy as np
 
-from stream_lstm.messages.categories import category_bucket
+from stream_lstm.messages.categories import category_probes
 from stream_lstm.messages.events import Event
 
 #: Up to this many events, a batch is grouped by key in Python.
@@ -187,18 +187,20 @@ def category_maps(events: Sequence[Event]) -> list[Mapping[str, str]]:
 
 
 def category_rows_and_buckets(maps: list[Mapping[str, str]], buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every category of ``maps`` as (the index of its map, its bucket among ``buckets``).
+    """Every category of ``maps`` as (the index of its map, a bucket among ``buckets``), once for
+    each of its buckets (:func:`~stream_lstm.messages.categories.category_probes`).
 
     >>> rows, found = category_rows_and_buckets([{}, {"colour": "red", "size": "L"}], 4)
     >>> pairs = [("colour", "red"), ("size", "L")]
-    >>> rows.tolist(), found.tolist() == [category_bucket(name, value, 4) for name, value in pairs]
-    ([1, 1], True)
+    >>> rows.tolist(), found.tolist() == [b for n, v in pairs for b in category_probes(n, v, 4)]
+    ([1, 1, 1, 1], True)
     """
     rows: list[int] = []
     found: list[int] = []
     for row, categories in enumerate(maps):
         if categories:
             for name, value in categories.items():
-                rows.append(row)
-                found.append(category_bucket(name, value, buckets))
+                for bucket in category_probes(name, value, buckets):
+                    rows.append(row)
+                    found.append(bucket)
     return np.array(rows, dtype=np.int64), np.array(found, dtype=np.int64)

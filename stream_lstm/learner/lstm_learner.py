@@ -77,7 +77,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         their names are not kept.
     category_buckets
         How many inputs the event's categories (text values) get: each (name, value) pair adds 1 to
-        the input of its bucket (:func:`~stream_lstm.messages.categories.category_bucket`), so
+        the inputs of its two buckets (:func:`~stream_lstm.messages.categories.category_probes`), so
         any number of names and values takes a bounded number of inputs; 0: categories are
         ignored.
     adapt_scaler

@@ -22,7 +22,7 @@ import numpy as np
 from river import linear_model, optim, preprocessing
 
 from stream_lstm.errors import ConfigError
-from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS, category_bucket
+from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS, category_probes
 from stream_lstm.messages.events import Event
 from stream_lstm.models.protocols import GuardedModel, KeyedModel
 from stream_lstm.models.state_data import (
@@ -48,9 +48,9 @@ class LogisticRegressionBaseline(GuardedModel):
     ``[-input_clip, input_clip]``, as the LSTM's inputs are, so that no accepted value (finite,
     at most 1e18 in size) can make a weight or a probability non-finite.
 
-    Categories get the LSTM's inputs too: each (name, value) pair counts 1 in the input of its
-    bucket among ``category_buckets`` (:func:`~stream_lstm.messages.categories.category_bucket`),
-    so an event with one category has a one-hot bucket input. The count is not standardised (the
+    Categories get the LSTM's inputs too: each (name, value) pair counts 1 in the inputs of its two
+    buckets among ``category_buckets`` (:func:`~stream_lstm.messages.categories.category_probes`),
+    so an event with one category has a two-hot bucket input. The count is not standardised (the
     LSTM's is not either) and is clipped to ``input_clip``. A bucket's input is named by the
     integer of the bucket, which no feature name (always a string) can be.
 
@@ -78,9 +78,9 @@ class LogisticRegressionBaseline(GuardedModel):
     >>> list(model.feature_names), model.guard_stats()
     (['x'], {'features_dropped': 1})
     >>> model.learn_batch([Event(categories={"colour": "red"}, label=1)])
-    >>> sorted(name for name in model.classifier._weights if isinstance(name, int)) == [
-    ...     category_bucket("colour", "red", model.category_buckets)
-    ... ]
+    >>> sorted(name for name in model.classifier._weights if isinstance(name, int)) == sorted(
+    ...     category_probes("colour", "red", model.category_buckets)
+    ... )
     True
     """
 
@@ -198,8 +198,8 @@ class LogisticRegressionBaseline(GuardedModel):
         for event in events:
             counts: dict[int, float] = {}
             for name, value in event.categories.items():
-                bucket = category_bucket(name, value, buckets)
-                counts[bucket] = min(counts.get(bucket, 0.0) + 1.0, self.input_clip)
+                for bucket in category_probes(name, value, buckets):
+                    counts[bucket] = min(counts.get(bucket, 0.0) + 1.0, self.input_clip)
             out.append(counts)
         return out
 

@@ -16,7 +16,7 @@ from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.legacy_state import learner_from_pickled_state
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.learner.process import LearnerProcess
-from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS, category_bucket
+from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS, category_probes
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.generator import temporal_stream
 from tests.old_checkpoints import old_learner_state
@@ -72,7 +72,8 @@ def test_each_category_counts_one_in_its_bucket_unscaled_and_clipped() -> None:
     expected = np.zeros((4, 8), dtype=np.float32)
     for row, event in enumerate(events):
         for name, value in event.categories.items():
-            expected[row, category_bucket(name, value, 8)] += 1.0
+            for bucket in category_probes(name, value, 8):
+                expected[row, bucket] += 1.0
     np.testing.assert_array_equal(inputs[:, first:], np.minimum(expected, 3.0))
     assert expected[3].max() > 3.0  # the clip was needed
     # The features and the other inputs are those of a learner without buckets.
