@@ -5,9 +5,10 @@ features, each in the column its name was given when first met; the scaled log t
 key's previous event; the key's previous label as -1/+1 (0 when there is none); a flag for "no
 previous label"; then one column per category bucket, holding how many of the event's categories
 hash to that bucket (two buckets per category:
-:func:`~stream_lstm.messages.categories.category_probes`; normally 1.0 in two columns). The bucket counts are not standardised (they are already of the size of the flags), only
-clipped to ``input_clip`` like every other input, and they come last so that a learner without
-categories (``category_buckets=0``) has the layout of the versions before them.
+:func:`~stream_lstm.messages.categories.category_probes`; normally 1.0 in two columns). The bucket
+counts are not standardised (they are already of the size of the flags), only clipped to
+``input_clip`` like every other input, and they come last so that a learner without categories
+(``category_buckets=0``) has the layout of the versions before them.
 """
 
 from __future__ import annotations
