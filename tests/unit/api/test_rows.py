@@ -166,3 +166,16 @@ def test_zero_one_labels_read_as_false_true() -> None:
 def test_field_names_are_checked(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         LSTMClassifier(device="cpu", **fields)
+
+
+def test_string_values_are_categories_the_model_learns_from() -> None:
+    """A label that only a category tells: after learning, the category moves the prediction."""
+    model = LSTMClassifier(hidden_size=8, tbptt_steps=2, learning_rate=0.05, device="cpu")
+    rng = np.random.default_rng(0)
+    colours = rng.choice(["red", "blue", "green"], size=600).tolist()
+    X = pd.DataFrame({"colour": colours, "noise": rng.normal(size=len(colours))})
+    y = pd.Series([colour == "red" for colour in colours])
+    for start in range(0, len(X), 16):
+        model.learn_many(X.iloc[start : start + 16], y.iloc[start : start + 16])
+    red, blue = (model.predict_proba_one({"colour": c, "noise": 0.0})[True] for c in ("red", "blue"))
+    assert red > blue + 0.3, (red, blue)
