@@ -4,9 +4,9 @@
 (:class:`~stream_lstm.learner.lstm_learner.LSTMLearner`, whose event-batch methods the service
 and ``stream-lstm evaluate`` call) with river's methods added, so that the object a user drops
 into a river pipeline or ``river.evaluate.progressive_val_score`` is the one the service builds,
-checkpoints and restores. River's rows become events as :mod:`stream_lstm.api.rows` says; predictions run on
-copies of the key states (:mod:`stream_lstm.api.row_states`), so that predicting changes nothing
-the model has learned.
+checkpoints and restores. River's rows become events as :mod:`stream_lstm.api.rows` says;
+predictions run on copies of the key states (:mod:`stream_lstm.api.row_states`), so that
+predicting changes nothing the model has learned.
 """
 
 from __future__ import annotations
