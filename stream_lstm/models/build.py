@@ -19,7 +19,8 @@ _SHARED_WITH_LOGREG = ("max_features", "input_clip", "category_buckets")
 def build_models(
     names: Sequence[str], *, max_keys: int = 100_000, lstm: Mapping[str, Any] | None = None
 ) -> dict[str, OnlineClassifier]:
-    """Create the named models; ``lstm`` holds keyword arguments for :class:`LSTMLearner`.
+    """Create the named models; ``lstm`` holds keyword arguments for the LSTM
+    (:class:`~stream_lstm.api.classifier.LSTMClassifier`, the object of the Python API too).
 
     The logistic regression gets the LSTM's ``max_features``, ``input_clip`` and
     ``category_buckets`` (from ``lstm``, else the LSTM's defaults), so that both see the same
@@ -33,9 +34,9 @@ def build_models(
     models: dict[str, OnlineClassifier] = {}
     for name in names:
         if name == "lstm":
-            from stream_lstm.learner.lstm_learner import LSTMLearner  # torch is imported only when needed
+            from stream_lstm.api.classifier import LSTMClassifier  # torch is imported only when needed
 
-            models[name] = LSTMLearner(max_keys=max_keys, **dict(lstm or {}))
+            models[name] = LSTMClassifier(max_keys=max_keys, **dict(lstm or {}))
         elif name == "logreg":
             shared = {key: value for key, value in (lstm or {}).items() if key in _SHARED_WITH_LOGREG}
             models[name] = LogisticRegressionBaseline(**shared)
@@ -53,9 +54,9 @@ def model_from_state(tree: Any, where: str) -> OnlineClassifier:
     if kind not in MODEL_NAMES:
         raise damaged(f"{where}.kind", f"expected one of {', '.join(MODEL_NAMES)}")
     if kind == "lstm":
-        from stream_lstm.learner.lstm_learner import LSTMLearner  # torch is imported only when needed
+        from stream_lstm.api.classifier import LSTMClassifier  # torch is imported only when needed
 
-        return LSTMLearner.from_state(tree, where)
+        return LSTMClassifier.from_state(tree, where)
     if kind == "logreg":
         return LogisticRegressionBaseline.from_state(tree, where)
     return NoChangeBaseline.from_state(tree, where)
