@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 # TORCH_SPEC=...): an importable torch is kept as it is.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo-output
+# Test processes of `make test` (pytest-xdist; each test file runs whole in one of them). Most of
+# the integration tests wait on brokers and services, so 2 halve the run on 2 cores; 1 runs serially.
+TEST_WORKERS ?= 2
 
 .PHONY: install test package-check lint format demo demo-evaluate bench clean
 
@@ -20,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The package as users get it: the sdist and the wheel built and checked, the wheel installed in a
 # new virtual environment and run from outside the source tree (.ci/package-check says how).

@@ -12,6 +12,7 @@ Java or Maven is missing, and :class:`KafkaJarsError` when Maven fails, quoting 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -61,10 +62,20 @@ def broker_classpath(pom_path: Path = POM_PATH, cache_dir: Path = CACHE_DIR) -> 
     """The classpath of Apache Kafka's broker, resolved by Maven once and then read from the cache.
 
     A cached classpath is used only while every jar on it is still in Maven's local repository.
+    Processes that ask at once (the test workers of ``make test``) take turns, so that one Maven
+    fills the local repository while the others wait and then read the cache: two Mavens
+    downloading into one repository can leave a jar half written.
     """
     java_executable()
     if not pom_path.is_file():
         raise KafkaJarsUnavailable(f"{pom_path} is missing: Apache Kafka runs from a checkout of stream-lstm")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / "resolve.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _resolved_classpath(pom_path, cache_dir)
+
+
+def _resolved_classpath(pom_path: Path, cache_dir: Path) -> str:
     digest = hashlib.sha256(pom_path.read_bytes()).hexdigest()[:16]
     cached = cache_dir / f"classpath-{digest}.txt"
     if cached.is_file():
@@ -74,7 +85,6 @@ def broker_classpath(pom_path: Path = POM_PATH, cache_dir: Path = CACHE_DIR) -> 
     maven = shutil.which("mvn")
     if maven is None:
         raise KafkaJarsUnavailable("Maven (mvn) is not installed (.ci/run installs it with apt-get)")
-    cache_dir.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.partial")
     command = [
         maven,
