@@ -124,6 +124,11 @@ class Checkpointer:
         """Flush, commit (exactly-once: the transaction), checkpoint, commit."""
         ledger = self.ledger
         if ledger.since_checkpoint == 0 and self.instance_saved:
+            if not in_callback:
+                # Idle, yet a stale owner's write may have followed one of ours in a topic store
+                # since our last checkpoint: read it now, so that ours is written again before
+                # compaction keeps the stale one (at the latest, in the final checkpoint of a stop).
+                self.refresh_store()
             return CheckpointOutcome.DONE
         offsets = ledger.offsets()
         committed = ledger.offsets_to_commit(offsets)

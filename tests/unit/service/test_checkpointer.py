@@ -77,6 +77,23 @@ def test_done_writes_the_checkpoints_then_commits_their_offsets(tmp_path: Path) 
     assert kafka.commits == [{P: 7}]
 
 
+def test_an_idle_checkpoint_still_reads_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing new to write, the store is still read (a topic store then writes again a
+    checkpoint of ours that a stale owner's followed), but not inside a rebalance callback."""
+    kafka = FlushingKafka()
+    checkpointer, publisher, _, store = setup(tmp_path, kafka)
+    assert checkpointer.checkpoint_and_commit(kafka, evaluator(), publisher) is CheckpointOutcome.DONE
+    reads: list[str] = []
+    monkeypatch.setattr(store, "refresh", lambda: reads.append("refresh"))
+    assert checkpointer.checkpoint_and_commit(kafka, evaluator(), publisher) is CheckpointOutcome.DONE
+    assert reads == ["refresh"] and kafka.commits == [{P: 7}]
+    assert (
+        checkpointer.checkpoint_and_commit(kafka, evaluator(), publisher, in_callback=True)
+        is CheckpointOutcome.DONE
+    )
+    assert reads == ["refresh"]
+
+
 @pytest.mark.parametrize(
     ("flush_error", "outcome"),
     [
