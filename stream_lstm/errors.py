@@ -87,7 +87,19 @@ AREA_ERRORS = {
     "KafkaJarsError": "stream_lstm.testing.kafka_jars",
 }
 
+
+def short_repr(value: object, limit: int = 40) -> str:
+    """A short ``repr`` of ``value`` for an error message: never the whole of a hostile input.
+
+    >>> short_repr("x" * 100, 10)
+    "'xxxxxx..."
+    """
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 __all__ = [
+    "short_repr",
     "CheckpointError",
     "CheckpointRejected",
     "StaleCheckpointError",

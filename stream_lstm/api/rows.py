@@ -38,8 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stream_lstm.errors import ConfigError, EventError
-from stream_lstm.messages.events import DEFAULT_KEY, DEFAULT_LIMITS, MAX_ABS_VALUE, Event, parse_timestamp
+from stream_lstm.errors import ConfigError, EventError, short_repr
+from stream_lstm.messages.events import (
+    DEFAULT_KEY,
+    DEFAULT_LIMITS,
+    MAX_ABS_VALUE,
+    Event,
+    parse_timestamp,
+    utf8_size,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,31 +56,17 @@ MAX_NAME_BYTES = DEFAULT_LIMITS.max_name_bytes
 MAX_KEY_BYTES = DEFAULT_LIMITS.max_key_bytes
 
 
-def _show(value: Any, limit: int = 40) -> str:
-    """A short ``repr`` for an error message: never the whole of a hostile value."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def _utf8_size(text: str, what: str, code: str) -> int:
-    """The UTF-8 size of ``text``; :class:`EventError` for a lone surrogate, which no checkpoint
-    or message can hold."""
-    try:
-        return len(text.encode())
-    except UnicodeEncodeError:
-        raise EventError(f"{what} is not valid Unicode (a lone surrogate)", code) from None
-
-
 def _checked_name(name: Any) -> str:
     if not isinstance(name, str):
         raise EventError(
-            f"feature names must be strings, got {_show(name)} ({type(name).__name__}): rename the field",
+            f"feature names must be strings, got {short_repr(name)} ({type(name).__name__}): "
+            "rename the field",
             "bad_feature_name",
         )
-    size = _utf8_size(name, f"feature name {_show(name)}", "bad_feature_name")
+    size = utf8_size(name, f"feature name {short_repr(name)}", "bad_feature_name")
     if not 1 <= size <= MAX_NAME_BYTES:
         raise EventError(
-            f"feature name {_show(name)} has {size:,} bytes (must be 1 to {MAX_NAME_BYTES:,})",
+            f"feature name {short_repr(name)} has {size:,} bytes (must be 1 to {MAX_NAME_BYTES:,})",
             "bad_feature_name",
         )
     return name
@@ -85,12 +78,14 @@ def _number(value: Any, what: str) -> float:
         number = float(value)
     except OverflowError:  # an int too large for a float
         raise EventError(
-            f"{what} is out of range (|x| > {MAX_ABS_VALUE:g}): {_show(value)}", "out_of_range"
+            f"{what} is out of range (|x| > {MAX_ABS_VALUE:g}): {short_repr(value)}", "out_of_range"
         ) from None
     if not math.isfinite(number):
-        raise EventError(f"{what} must be finite, got {_show(value)}", "non_finite")
+        raise EventError(f"{what} must be finite, got {short_repr(value)}", "non_finite")
     if abs(number) > MAX_ABS_VALUE:
-        raise EventError(f"{what} is out of range (|x| > {MAX_ABS_VALUE:g}): {_show(value)}", "out_of_range")
+        raise EventError(
+            f"{what} is out of range (|x| > {MAX_ABS_VALUE:g}): {short_repr(value)}", "out_of_range"
+        )
     return number
 
 
@@ -106,9 +101,10 @@ def _key(value: Any, field: str) -> str:
         return str(int(value))
     if not isinstance(value, str):
         raise EventError(
-            f"key field {_show(field)} must be a string or an integer, got {_show(value)}", "bad_key"
+            f"key field {short_repr(field)} must be a string or an integer, got {short_repr(value)}",
+            "bad_key",
         )
-    size = _utf8_size(value, f"key field {_show(field)}", "bad_key")
+    size = utf8_size(value, f"key field {short_repr(field)}", "bad_key")
     if size > MAX_KEY_BYTES:
         raise EventError(f"key of {size:,} bytes exceeds the limit of {MAX_KEY_BYTES:,}", "key_too_long")
     return value
@@ -119,20 +115,21 @@ def _timestamp(value: Any, field: str) -> float | None:
     (without a zone: UTC) or a NumPy ``datetime64``."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-        return _number(moment.timestamp(), f"time field {_show(field)}")
+        return _number(moment.timestamp(), f"time field {short_repr(field)}")
     if isinstance(value, np.datetime64):
         if np.isnat(value):
             return None
         seconds = (value - np.datetime64(0, "s")) / np.timedelta64(1, "s")
-        return _number(seconds, f"time field {_show(field)}")
+        return _number(seconds, f"time field {short_repr(field)}")
     if _is_bool(value) or not (value is None or isinstance(value, (str, numbers.Real))):
         raise EventError(
-            f"time field {_show(field)} must be a number, a time or a string, got {_show(value)}", "bad_ts"
+            f"time field {short_repr(field)} must be a number, a time or a string, got {short_repr(value)}",
+            "bad_ts",
         )
     if isinstance(value, str):
-        _utf8_size(value, f"time field {_show(field)}", "bad_ts")
+        utf8_size(value, f"time field {short_repr(field)}", "bad_ts")
         return parse_timestamp(value)
-    return None if value is None else _number(value, f"time field {_show(field)}")
+    return None if value is None else _number(value, f"time field {short_repr(field)}")
 
 
 def label_of(y: Any) -> int | None:
@@ -149,7 +146,7 @@ def label_of(y: Any) -> int | None:
     if isinstance(y, numbers.Real) and y in (0, 1):
         return int(y)
     raise EventError(
-        f"label must be True/False or 1/0 (None: no label), got {_show(y)}: this is a binary classifier",
+        f"label must be True/False or 1/0 (None: no label), got {short_repr(y)}: this is a binary classifier",
         "bad_label",
     )
 
@@ -185,7 +182,7 @@ class RowReader:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) and value):
                 raise ConfigError(
-                    f"{name} must be a field name (a non-empty string) or None, got {_show(value)}"
+                    f"{name} must be a field name (a non-empty string) or None, got {short_repr(value)}"
                 )
         if self.key_field is not None and self.key_field == self.ts_field:
             raise ConfigError(
@@ -215,14 +212,14 @@ class RowReader:
             elif _is_bool(value):
                 features[_checked_name(name)] = float(value)
             elif isinstance(value, numbers.Real):
-                features[_checked_name(name)] = _number(value, f"feature {_show(name)}")
+                features[_checked_name(name)] = _number(value, f"feature {short_repr(name)}")
             elif isinstance(value, str):
-                _utf8_size(value, f"the value of category {_show(name)}", "bad_number")
+                utf8_size(value, f"the value of category {short_repr(name)}", "bad_number")
                 categories[_checked_name(name)] = value
             else:
                 raise EventError(
-                    f"feature {_show(name)} must be a number, a bool, a string or None, got "
-                    f"{type(value).__name__} {_show(value)}",
+                    f"feature {short_repr(name)} must be a number, a bool, a string or None, got "
+                    f"{type(value).__name__} {short_repr(value)}",
                     "bad_number",
                 )
         return Event(key=key, ts=ts, features=features, label=label_of(y), categories=categories)

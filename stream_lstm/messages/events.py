@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
-from stream_lstm.errors import ConfigError, EventError
+from stream_lstm.errors import ConfigError, EventError, short_repr
 from stream_lstm.messages.mapping import DEFAULT_MAPPING, MessageMapping
 
 #: The key of events that carry none: they form one stream.
@@ -90,12 +90,6 @@ def parse_label(value: Any) -> int | None:
 MAX_ABS_VALUE = 1e18
 
 
-def _show(value: Any, limit: int = 40) -> str:
-    """A short ``repr`` of ``value`` for an error message: never the whole of a hostile input."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
 def parse_number(value: Any, what: str, *, max_abs: float = MAX_ABS_VALUE) -> float:
     """Read a finite float of magnitude at most ``max_abs`` from a number or numeric string;
     raise :class:`EventError` otherwise.
@@ -112,11 +106,11 @@ def parse_number(value: Any, what: str, *, max_abs: float = MAX_ABS_VALUE) -> fl
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise EventError(f"{what} must be a number, got {_show(value)}", "bad_number") from None
+        raise EventError(f"{what} must be a number, got {short_repr(value)}", "bad_number") from None
     if not math.isfinite(number):
-        raise EventError(f"{what} must be finite, got {_show(value)}", "non_finite")
+        raise EventError(f"{what} must be finite, got {short_repr(value)}", "non_finite")
     if abs(number) > max_abs:
-        raise EventError(f"{what} is out of range (|x| > {max_abs:g}): {_show(value)}", "out_of_range")
+        raise EventError(f"{what} is out of range (|x| > {max_abs:g}): {short_repr(value)}", "out_of_range")
     return number
 
 
@@ -136,14 +130,14 @@ def parse_timestamp(value: Any, *, max_abs: float = MAX_ABS_VALUE) -> float | No
         else:
             if not math.isfinite(number) or abs(number) > max_abs:
                 raise EventError(
-                    f"ts must be finite and at most {max_abs:g} in size, got {_show(value)}", "bad_ts"
+                    f"ts must be finite and at most {max_abs:g} in size, got {short_repr(value)}", "bad_ts"
                 )
             return number
         try:
             moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError:
             raise EventError(
-                f"ts must be a number or an ISO-8601 time, got {_show(value)}", "bad_ts"
+                f"ts must be a number or an ISO-8601 time, got {short_repr(value)}", "bad_ts"
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)  # a time without a zone is read as UTC
@@ -230,7 +224,7 @@ def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(fields) != len(pairs):
         seen: set[str] = set()
         twice = next(name for name, _ in pairs if name in seen or seen.add(name))
-        raise EventError(f"field {_show(twice)} appears twice in one object", "duplicate_field")
+        raise EventError(f"field {short_repr(twice)} appears twice in one object", "duplicate_field")
     return fields
 
 
@@ -238,7 +232,7 @@ def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_fields)
 
 
-def _utf8_size(text: str, what: str, code: str) -> int:
+def utf8_size(text: str, what: str, code: str) -> int:
     """The UTF-8 size of ``text``; :class:`EventError` if it cannot be encoded (lone surrogates)."""
     if text.isascii():
         return len(text)
@@ -289,7 +283,7 @@ def decode_event(
     except RecursionError:
         raise EventError("value is nested too deeply to be read", "too_deep") from None
     except (ValueError, UnicodeDecodeError) as error:
-        raise EventError(f"value is not JSON: {_show(str(error), 120)}", "not_json") from None
+        raise EventError(f"value is not JSON: {short_repr(str(error), 120)}", "not_json") from None
     if not isinstance(data, dict):
         raise EventError(f"value must be a JSON object, got {type(data).__name__}", "not_object")
     return event_from_object(data, message_key, limits=limits, mapping=mapping)
@@ -342,7 +336,7 @@ def _feature_values(
                 try:
                     number = fields[name] = float(raw)
                 except OverflowError:  # an integer literal too large for a float
-                    raise EventError(f"feature {_show(name)} is out of range", "non_finite") from None
+                    raise EventError(f"feature {short_repr(name)} is out of range", "non_finite") from None
             else:
                 break  # text, a boolean, null, ...: read them all the general way
             if not -max_abs <= number <= max_abs:  # also false for NaN
@@ -361,7 +355,7 @@ def _feature_values(
             try:
                 number = float(raw)
             except OverflowError:
-                raise EventError(f"feature {_show(name)} is out of range", "non_finite") from None
+                raise EventError(f"feature {short_repr(name)} is out of range", "non_finite") from None
             if not -max_abs <= number <= max_abs:
                 _raise_out_of_range(name, raw, number, max_abs)
             features[name] = number
@@ -376,8 +370,8 @@ def _feature_values(
         elif raw is not None:
             what = "an object" if kind is dict else "a list" if kind is list else kind.__name__
             raise EventError(
-                f"feature {_show(name)} is {what}, not a number, text or true/false (leave it out with "
-                f"ignore={_show(name)})",
+                f"feature {short_repr(name)} is {what}, not a number, text or true/false (leave it out with "
+                f"ignore={short_repr(name)})",
                 "bad_feature",
             )
     return features, categories
@@ -410,17 +404,18 @@ def text_value(name: str, text: str, max_abs: float = MAX_ABS_VALUE) -> float | 
 def _raise_out_of_range(name: str, raw: Any, number: float, max_abs: float) -> NoReturn:
     if math.isfinite(number):
         raise EventError(
-            f"feature {_show(name)} is out of range (|x| > {max_abs:g}): {_show(raw)}", "out_of_range"
+            f"feature {short_repr(name)} is out of range (|x| > {max_abs:g}): {short_repr(raw)}",
+            "out_of_range",
         )
-    raise EventError(f"feature {_show(name)} must be finite, got {_show(raw)}", "non_finite")
+    raise EventError(f"feature {short_repr(name)} must be finite, got {short_repr(raw)}", "non_finite")
 
 
 def _checked_category(name: str, text: str, limits: InputLimits) -> str:
     """``text`` if it is valid Unicode of at most ``max_name_bytes``; :class:`EventError` otherwise."""
-    size = _utf8_size(text, f"category {_show(name)}", "bad_category")
+    size = utf8_size(text, f"category {short_repr(name)}", "bad_category")
     if size > limits.max_name_bytes:
         raise EventError(
-            f"category {_show(name)} has a value of {size:,} bytes (at most {limits.max_name_bytes:,})",
+            f"category {short_repr(name)} has a value of {size:,} bytes (at most {limits.max_name_bytes:,})",
             "bad_category",
         )
     return text
@@ -441,8 +436,8 @@ def _event_key(raw: Any, message_key: bytes | None, limits: InputLimits) -> str:
     if kind is int:
         raw = str(raw)
     elif kind is not str:
-        raise EventError(f"key must be text or an integer, got {_show(raw)}", "bad_key")
-    if (size := _utf8_size(raw, "key", "bad_key")) > limits.max_key_bytes:
+        raise EventError(f"key must be text or an integer, got {short_repr(raw)}", "bad_key")
+    if (size := utf8_size(raw, "key", "bad_key")) > limits.max_key_bytes:
         raise EventError(_key_too_long(size, limits), "key_too_long")
     return raw
 
@@ -452,7 +447,7 @@ def _check_names(features: dict[str, Any], max_bytes: int) -> None:
     if "".join(features).isascii():
         longest = max(map(len, features))
     else:
-        longest = max(_utf8_size(name, "a feature name", "bad_feature_name") for name in features)
+        longest = max(utf8_size(name, "a feature name", "bad_feature_name") for name in features)
     if longest > max_bytes or "" in features:
         size = 0 if "" in features else longest
         raise EventError(

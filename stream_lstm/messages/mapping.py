@@ -21,18 +21,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream_lstm.errors import ConfigError, EventError
+from stream_lstm.errors import ConfigError, EventError, short_repr
 
 #: ``features_field`` of flat messages: every top-level field but the key, time and label fields.
 FLAT = "."
 
 _LABEL_TEXT = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
-
-
-def _show(value: Any, limit: int = 40) -> str:
-    """A short ``repr`` of ``value`` for an error message: never the whole of a hostile input."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _path(text: str | None, what: str) -> tuple[str, ...] | None:
@@ -219,7 +213,7 @@ class MessageMapping:
             if not text:
                 return None
         raise EventError(
-            f"label must be 0, 1, true, false or empty, got {_show(value)} (for other labels, set "
+            f"label must be 0, 1, true, false or empty, got {short_repr(value)} (for other labels, set "
             "positive_label, --positive-label, to the value that means 1)",
             "bad_label",
         )
@@ -240,7 +234,7 @@ class MessageMapping:
             return int(("true" if value else "false") == self.positive_label.lower())  # type: ignore[union-attr]
         if kind is int or kind is float:
             return int(self._positive_number is not None and value == self._positive_number)
-        raise EventError(f"label must be a number, text or true/false, got {_show(value)}", "bad_label")
+        raise EventError(f"label must be a number, text or true/false, got {short_repr(value)}", "bad_label")
 
     def category_text(self, name: str, value: Any) -> str | None:
         """A value of a ``categorical`` field as its category: text as it is, a number or boolean as
@@ -257,7 +251,7 @@ class MessageMapping:
         if value is None:
             return None
         raise EventError(
-            f"category {_show(name)} must be text, a number or true/false, got {type(value).__name__}",
+            f"category {short_repr(name)} must be text, a number or true/false, got {type(value).__name__}",
             "bad_category",
         )
 
