@@ -243,7 +243,8 @@ class LogisticRegressionBaseline(GuardedModel):
         buckets, intercept and optimizer step count."""
         scaler, classifier = self.scaler, self.classifier
         weights = dict(classifier._weights.items())
-        bucket_weights = {name: value for name, value in weights.items() if not isinstance(name, str)}
+        # Buckets are named by integers (a subclass may name inputs of its own otherwise).
+        bucket_weights = {name: value for name, value in weights.items() if isinstance(name, int)}
         return {
             "kind": "logreg",
             "learning_rate": self.learning_rate,

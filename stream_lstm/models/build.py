@@ -7,12 +7,13 @@ from typing import Any
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
+from stream_lstm.models.lag_logreg import LagLogisticRegression
 from stream_lstm.models.protocols import OnlineClassifier
 from stream_lstm.models.state_data import damaged
 
-MODEL_NAMES = ("lstm", "logreg", "no_change")
+MODEL_NAMES = ("lstm", "logreg", "logreg_lags", "no_change")
 
-#: The LSTM's keyword arguments that the logistic regression takes too (the same meaning).
+#: The LSTM's keyword arguments that the logistic regressions take too (the same meaning).
 _SHARED_WITH_LOGREG = ("max_features", "input_clip", "category_buckets")
 
 
@@ -22,9 +23,10 @@ def build_models(
     """Create the named models; ``lstm`` holds keyword arguments for the LSTM
     (:class:`~stream_lstm.api.classifier.LSTMClassifier`, the object of the Python API too).
 
-    The logistic regression gets the LSTM's ``max_features``, ``input_clip`` and
-    ``category_buckets`` (from ``lstm``, else the LSTM's defaults), so that both see the same
-    features, clipped alike, and the same category buckets.
+    The logistic regressions get the LSTM's ``max_features``, ``input_clip`` and
+    ``category_buckets`` (from ``lstm``, else the LSTM's defaults), so that they see the same
+    features, clipped alike, and the same category buckets; ``logreg_lags`` keeps at most
+    ``max_keys`` keys, as the LSTM.
     """
     unknown = [name for name in names if name not in MODEL_NAMES]
     if unknown or not names:
@@ -32,14 +34,16 @@ def build_models(
             f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_NAMES)}"
         )
     models: dict[str, OnlineClassifier] = {}
+    shared = {key: value for key, value in (lstm or {}).items() if key in _SHARED_WITH_LOGREG}
     for name in names:
         if name == "lstm":
             from stream_lstm.api.classifier import LSTMClassifier  # torch is imported only when needed
 
             models[name] = LSTMClassifier(max_keys=max_keys, **dict(lstm or {}))
         elif name == "logreg":
-            shared = {key: value for key, value in (lstm or {}).items() if key in _SHARED_WITH_LOGREG}
             models[name] = LogisticRegressionBaseline(**shared)
+        elif name == "logreg_lags":
+            models[name] = LagLogisticRegression(max_keys=max_keys, **shared)
         else:
             models[name] = NoChangeBaseline(max_keys=max_keys)
     return models
@@ -59,4 +63,6 @@ def model_from_state(tree: Any, where: str) -> OnlineClassifier:
         return LSTMClassifier.from_state(tree, where)
     if kind == "logreg":
         return LogisticRegressionBaseline.from_state(tree, where)
+    if kind == "logreg_lags":
+        return LagLogisticRegression.from_state(tree, where)
     return NoChangeBaseline.from_state(tree, where)

@@ -3,7 +3,8 @@
 An instance's checkpoint is its evaluator's ``to_state()`` (models, scores) with the instance id
 and the version that wrote it; a partition's is its offsets and counts with the exported key
 states of its keys, by model: the LSTM's arrays (:mod:`stream_lstm.learner.key_export`) and the
-latest labels of the no-change baseline and of the kappa-temporal reference. Reading a tree back
+latest labels of the no-change baseline and of the kappa-temporal reference, and the key histories
+of ``logreg_lags`` (:func:`~stream_lstm.models.lag_logreg.histories_to_state`). Reading a tree back
 checks every field (:mod:`stream_lstm.models.state_data`).
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from stream_lstm.evaluation.prequential import REFERENCE, PrequentialEvaluator
 from stream_lstm.learner.key_export import check_key_export
+from stream_lstm.models.lag_logreg import check_histories_state
 from stream_lstm.models.state_data import Fields, State, damaged, labels_from_state, labels_state
 from stream_lstm.state.store import InstanceState, PartitionState
 
@@ -68,7 +70,7 @@ def state_to_tree(state: InstanceState | PartitionState) -> State:
 def _export_to_tree(name: str, export: Any) -> Any:
     if name in _LABEL_EXPORTS:
         return labels_state(dict(export))
-    # The LSTM's: arrays, or tensors in states converted from the pickle format.
+    # The LSTM's (arrays, or tensors in states converted from the pickle format) and logreg_lags'.
     return {
         field: value.detach().cpu().numpy() if hasattr(value, "detach") else value
         for field, value in export.items()
@@ -94,6 +96,8 @@ def tree_to_state(tree: Any, kind: str, where: str) -> InstanceState | Partition
             key_state[name] = labels_from_state(export, at)
         elif name == "lstm":
             key_state[name] = check_key_export(export, at)
+        elif name == "logreg_lags":
+            key_state[name] = check_histories_state(export, at)
         else:
             raise damaged(at, "no model exports key states under this name")
     return PartitionState(

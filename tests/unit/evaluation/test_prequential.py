@@ -16,7 +16,7 @@ SMALL_LSTM = {"hidden_size": 8, "tbptt_steps": 4, "device": "cpu", "learning_rat
 
 def run(events: list[Event], batch_size: int) -> dict[str, np.ndarray]:
     evaluator = PrequentialEvaluator(
-        build_models(["lstm", "logreg", "no_change"], lstm=SMALL_LSTM), window=50
+        build_models(["lstm", "logreg", "logreg_lags", "no_change"], lstm=SMALL_LSTM), window=50
     )
     parts: dict[str, list[np.ndarray]] = {name: [] for name in evaluator.models}
     for start in range(0, len(events), batch_size):

@@ -49,7 +49,8 @@ WRONG_TYPES = st.one_of(st.none(), st.booleans(), ANY_TEXT, st.lists(st.integers
 def evaluator() -> PrequentialEvaluator:
     """One small evaluator learns every accepted event in turn, so hostile events follow each other."""
     models = build_models(
-        ["lstm", "logreg", "no_change"], lstm={"hidden_size": 4, "tbptt_steps": 3, "device": "cpu"}
+        ["lstm", "logreg", "logreg_lags", "no_change"],
+        lstm={"hidden_size": 4, "tbptt_steps": 3, "device": "cpu"},
     )
     return PrequentialEvaluator(models)
 

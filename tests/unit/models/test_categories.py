@@ -151,7 +151,7 @@ def events_with_categories(draw: st.DrawFn) -> list[Event]:
     return events
 
 
-@pytest.mark.parametrize("name", ["lstm", "logreg"])
+@pytest.mark.parametrize("name", ["lstm", "logreg", "logreg_lags"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(first=events_with_categories(), then=events_with_categories())
 def test_any_categories_survive_predict_learn_and_a_checkpoint(

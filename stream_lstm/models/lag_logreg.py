@@ -1,0 +1,557 @@
+"""``logreg_lags``: the logistic regression given what the LSTM is given, plus lag features.
+
+``logreg`` sees an event's own features only. The LSTM sees more: as inputs, the key's previous
+label and the time since the key's previous event, and through its recurrence every earlier event
+of the key. ``logreg_lags`` gets all of this that a linear model can take in, so that the
+comparison with the LSTM answers "does recurrence help beyond lag features?":
+
+* the LSTM's inputs of the event (:mod:`stream_lstm.learner.encoding`): its features, the log time
+  gap since the key's previous event with a timestamp (standardised), the key's previous label as
+  -1/+1 (0 when there is none) and a flag for "no previous label", and the category buckets;
+* the key's last ``lags`` events (3 by default), newest first, as lag features: each one's
+  features (standardised like the event's own) and its label as -1/+1 (0 for an event without a
+  label). A key with fewer earlier events has 0 in the missing lags' inputs.
+
+The previous label is taken exactly as the LSTM takes it: the label of the latest earlier labelled
+event of the key, earlier events of the same batch included; so are the lags (the LSTM's
+recurrence reads the earlier events of the batch, in order, before it predicts an event). No
+event's own label is ever an input of its prediction, and the weights used for a batch are those
+learned from earlier batches (test-then-train, as every model here).
+
+Per key it keeps the previous label, the latest timestamp and the last ``lags`` events' features
+(restricted to the ``max_features`` names in use) and labels, for at most ``max_keys`` keys (the
+least recently seen key is forgotten first, as the LSTM's are).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from river import preprocessing
+
+from stream_lstm.errors import ConfigError
+from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
+from stream_lstm.messages.events import MAX_ABS_VALUE, Event
+from stream_lstm.models.baselines import LogisticRegressionBaseline
+from stream_lstm.models.protocols import KeyedModel
+from stream_lstm.models.state_data import Fields, State, damaged
+
+#: How many of the key's earlier events are lag features by default.
+DEFAULT_LAGS = 3
+
+#: The names of the inputs besides features, buckets and lags. Tuples, so that no feature name
+#: (always a string) and no bucket (an integer) can be one of them.
+GAP = ("gap",)
+PREVIOUS_LABEL = ("previous_label",)
+NO_PREVIOUS_LABEL = ("no_previous_label",)
+CONTEXT_INPUTS = (GAP, PREVIOUS_LABEL, NO_PREVIOUS_LABEL)
+
+#: ``previous_label`` and a lag's label in a state, for none.
+NO_LABEL = -1
+
+
+def lag_feature_input(lag: int, name: str) -> tuple[str, int, str]:
+    """The input name of feature ``name`` of the key's ``lag``-th previous event (from 1)."""
+    return ("lag", lag, name)
+
+
+def lag_label_input(lag: int) -> tuple[str, int]:
+    """The input name of the label of the key's ``lag``-th previous event (from 1)."""
+    return ("lag_label", lag)
+
+
+#: One earlier event of a key: its features (the names in use) and its label.
+Lag = tuple[Mapping[str, float], int | None]
+
+
+@dataclass(slots=True)
+class KeyHistory:
+    """What is kept of one key: its latest label, its latest timestamp (NaN: none yet) and its
+    latest events, newest first."""
+
+    previous_label: int | None
+    last_ts: float
+    lags: deque[Lag]
+
+    @classmethod
+    def empty(cls, lags: int) -> KeyHistory:
+        return cls(None, math.nan, deque(maxlen=lags))
+
+    def copy(self) -> KeyHistory:
+        return KeyHistory(self.previous_label, self.last_ts, deque(self.lags, maxlen=self.lags.maxlen))
+
+    def context(self, ts: float | None) -> Context:
+        """What an event at ``ts`` sees of the key's past (the gap is NaN without both times)."""
+        gap = math.nan
+        if ts is not None and ts == ts and self.last_ts == self.last_ts:  # NaN: no time (as the LSTM's)
+            gap = math.log1p(max(float(ts) - self.last_ts, 0.0))
+        return Context(self.previous_label, gap, tuple(self.lags))
+
+    def advance(self, features: Mapping[str, float], event: Event) -> None:
+        """Move the key past ``event`` (``features``: its features restricted to the names in use)."""
+        if event.label is not None:
+            self.previous_label = event.label
+        if event.ts is not None and event.ts == event.ts:
+            self.last_ts = float(event.ts)
+        self.lags.appendleft((features, event.label))
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the prediction of one event takes from earlier events of its key."""
+
+    previous_label: int | None
+    #: ``log1p`` of the seconds since the key's latest earlier timestamp; NaN when there is none.
+    gap: float
+    lags: tuple[Lag, ...]
+
+
+class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
+    """River's standard scaler and logistic regression on the LSTM's inputs and lag features.
+
+    Everything :class:`~stream_lstm.models.baselines.LogisticRegressionBaseline` does (the bounded
+    feature names, clipping, category buckets, learning one event at a time with the scaler
+    first) it does alike; the time gap has a standard scaler of its own. Inputs are named as in
+    :data:`CONTEXT_INPUTS`, :func:`lag_feature_input` and :func:`lag_label_input`.
+
+    Parameters
+    ----------
+    lags
+        How many of the key's earlier events are lag features (0: only the LSTM's inputs).
+    max_keys
+        How many keys keep a history; beyond it the least recently seen key is forgotten.
+    learning_rate, l2, max_features, input_clip, category_buckets
+        As for :class:`~stream_lstm.models.baselines.LogisticRegressionBaseline`.
+
+    Examples
+    --------
+    >>> model = LagLogisticRegression(lags=2)
+    >>> batch = [Event(key="a", ts=0.0, features={"x": 1.0}, label=1), Event(key="a", ts=1.0, label=0)]
+    >>> [(c.previous_label, round(c.gap, 3), len(c.lags)) for c in model.contexts(batch)]
+    [(None, nan, 0), (1, 0.693, 1)]
+    >>> model.predict_batch(batch).tolist()
+    [0.5, 0.5]
+    >>> model.learn_batch(batch)
+    >>> model.contexts([Event(key="a")])[0].previous_label, list(model.tracked_keys())
+    (0, ['a'])
+    """
+
+    def __init__(
+        self,
+        *,
+        lags: int = DEFAULT_LAGS,
+        max_keys: int = 100_000,
+        learning_rate: float = 0.01,
+        l2: float = 0.0,
+        max_features: int = 32,
+        input_clip: float = 10.0,
+        category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
+    ) -> None:
+        super().__init__(
+            learning_rate=learning_rate,
+            l2=l2,
+            max_features=max_features,
+            input_clip=input_clip,
+            category_buckets=category_buckets,
+        )
+        if isinstance(lags, bool) or not isinstance(lags, int) or lags < 0:
+            raise ConfigError(f"lags must be a non-negative integer, got {lags!r}")
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ConfigError(f"max_keys must be a positive integer, got {max_keys!r}")
+        self.lags = lags
+        self.max_keys = max_keys
+        self.gap_scaler = preprocessing.StandardScaler()
+        #: Each tracked key's history, least recently seen first.
+        self.histories: OrderedDict[str, KeyHistory] = OrderedDict()
+        # The input names of the lags' features and labels (built once, looked up per event).
+        self._lag_feature_names: list[dict[str, tuple[str, int, str]]] = [{} for _ in range(lags)]
+        self._lag_label_names = [lag_label_input(lag) for lag in range(1, lags + 1)]
+        # The last batch predicted, with what predict_batch found for it, for learn_batch.
+        self._walked: _Walk | None = None
+
+    # ------------------------------------------------------------------ predict and learn
+
+    def predict_batch(self, events: Sequence[Event]) -> np.ndarray:
+        """Probability of label 1 for each event, from the weights before this batch and the
+        earlier events of its key (those of this batch included)."""
+        walk = self._walk(events)
+        self._walked = walk
+        predict, inputs = self.classifier.predict_proba_one, self._inputs
+        probabilities = np.array(
+            [
+                predict(inputs(x, counts, context)).get(True, 0.5)
+                for x, counts, context in zip(walk.features, walk.buckets, walk.contexts, strict=True)
+            ]
+        )
+        finite = np.isfinite(probabilities)
+        if not finite.all():  # no accepted input leads here; a NaN must never be a prediction
+            probabilities[~finite] = 0.5
+        return probabilities
+
+    def learn_batch(self, events: Sequence[Event]) -> None:
+        """Learn each labelled event in order (the scalers first, as the river pipeline does),
+        then move every key of the batch past its events."""
+        walk, self._walked = self._walked, None
+        if walk is None or walk.events is not events:
+            walk = self._walk(events)
+        scaler, gap_scaler, learn, inputs = (
+            self.scaler,
+            self.gap_scaler,
+            self.classifier.learn_one,
+            self._inputs,
+        )
+        for event, x, counts, context in zip(events, walk.features, walk.buckets, walk.contexts, strict=True):
+            if event.label is not None:
+                scaler.learn_one(x)
+                if context.gap == context.gap:
+                    gap_scaler.learn_one({"gap": context.gap})
+                learn(inputs(x, counts, context), bool(event.label))
+        stored = self.histories
+        for key, history in walk.histories.items():  # in order of first appearance, as the LSTM's
+            stored[key] = history
+            stored.move_to_end(key)
+        while len(stored) > self.max_keys:
+            stored.popitem(last=False)
+
+    def contexts(self, events: Sequence[Event]) -> list[Context]:
+        """What each event's prediction takes from the earlier events of its key (changes no
+        state but the feature names in use, as :meth:`predict_batch`)."""
+        return self._walk(events).contexts
+
+    def _walk(self, events: Sequence[Event]) -> _Walk:
+        """Each event's bounded features, bucket inputs and context; and each key's history
+        after the batch (copies: the stored ones change in :meth:`learn_batch` only)."""
+        features = self._bounded(events)
+        buckets = self._bucket_inputs(events) or [None] * len(events)
+        stored, lags = self.histories, self.lags
+        histories: dict[str, KeyHistory] = {}
+        contexts = []
+        for event, x in zip(events, features, strict=True):
+            history = histories.get(event.key)
+            if history is None:
+                known = stored.get(event.key)
+                history = histories[event.key] = known.copy() if known is not None else KeyHistory.empty(lags)
+            contexts.append(history.context(event.ts))
+            history.advance(x, event)
+        return _Walk(events, features, buckets, contexts, histories)
+
+    def _inputs(self, x: Mapping[str, float], counts: dict[int, float] | None, context: Context) -> dict:
+        """The inputs of one event: its features, buckets and context, and its key's lags."""
+        clip, transform = self._clip, self.scaler.transform_one
+        inputs: dict[Any, float] = clip(transform(x))  # a new dict (river's transform makes one)
+        if counts:
+            inputs.update(counts)
+        if context.gap == context.gap:
+            inputs[GAP] = clip(self.gap_scaler.transform_one({"gap": context.gap}))["gap"]
+        if context.previous_label is None:
+            inputs[NO_PREVIOUS_LABEL] = 1.0
+        else:
+            inputs[PREVIOUS_LABEL] = 2.0 * context.previous_label - 1.0
+        for lag, (lag_features, label) in enumerate(context.lags):
+            if lag_features:
+                names = self._lag_feature_names[lag]
+                for name, value in clip(transform(lag_features)).items():
+                    input_name = names.get(name)
+                    if input_name is None:
+                        input_name = names[name] = lag_feature_input(lag + 1, name)
+                    inputs[input_name] = value
+            if label is not None:
+                inputs[self._lag_label_names[lag]] = 2.0 * label - 1.0
+        return inputs
+
+    # ------------------------------------------------------------------ keys
+
+    def tracked_keys(self) -> Collection[str]:
+        """The keys with a history."""
+        return self.histories.keys()
+
+    def export_keys(self, keys: Sequence[str]) -> State:
+        """The histories of those of ``keys`` that have one, as data (:func:`histories_to_state`)."""
+        wanted = set(keys)
+        # In least-recently-seen order, which import_keys keeps.
+        return histories_to_state({key: h for key, h in self.histories.items() if key in wanted})
+
+    def import_keys(self, state: State) -> None:
+        """Take over the histories of an :meth:`export_keys` (of a model with other lags or
+        feature names too: lags beyond ``lags`` and features without a place are left out)."""
+        histories = histories_from_state(state, "imported key state", self.lags)
+        known = self.feature_names
+        for history in histories.values():
+            for index, (features, label) in enumerate(history.lags):
+                if not features.keys() <= known.keys():
+                    for name in features:
+                        if name not in known and len(known) < self.max_features:
+                            known[name] = None
+                    history.lags[index] = ({n: v for n, v in features.items() if n in known}, label)
+        stored = self.histories
+        for key, history in histories.items():
+            stored[key] = history
+            stored.move_to_end(key)
+        while len(stored) > self.max_keys:
+            stored.popitem(last=False)
+
+    def forget_keys(self, keys: Sequence[str]) -> None:
+        """Drop the histories of ``keys``."""
+        for key in keys:
+            self.histories.pop(key, None)
+
+    def detach_keys(self) -> OrderedDict[str, KeyHistory]:
+        """Take out every key's history, leaving none; :meth:`attach_keys` puts them back."""
+        histories, self.histories = self.histories, OrderedDict()
+        return histories
+
+    def attach_keys(self, histories: OrderedDict[str, KeyHistory]) -> None:
+        """Put back what :meth:`detach_keys` took out."""
+        self.histories = histories
+
+    # ------------------------------------------------------------------ state
+
+    def non_finite_parts(self) -> list[str]:
+        """As the logistic regression's, and the time gap's scaler statistics."""
+        parts = super().non_finite_parts()
+        gap = self.gap_scaler
+        if not all(math.isfinite(v) for v in (*gap.means.values(), *gap.vars.values())):
+            parts.append("scaler statistics of the time gap (not finite)")
+        return parts
+
+    def to_state(self) -> State:
+        """The model as data: the logistic regression's state (its features' and buckets'
+        weights), the weights of the context and lag inputs, the gap's scaler and the keys'
+        histories."""
+        weights = self.classifier._weights
+        lag_names = list(
+            dict.fromkeys(name[2] for name in weights if isinstance(name, tuple) and name[0] == "lag")
+        )
+        lag_weights = np.array(
+            [
+                [weights.get(lag_feature_input(lag, n), 0.0) for n in lag_names]
+                for lag in range(1, self.lags + 1)
+            ],
+            dtype=np.float64,
+        ).reshape(self.lags, len(lag_names))
+        gap = self.gap_scaler
+        return {
+            "kind": "logreg_lags",
+            "lags": self.lags,
+            "max_keys": self.max_keys,
+            "logreg": super().to_state(),
+            "context_weights": np.array(
+                [weights.get(name, 0.0) for name in CONTEXT_INPUTS], dtype=np.float64
+            ),
+            "lag_label_weights": np.array(
+                [weights.get(name, 0.0) for name in self._lag_label_names], dtype=np.float64
+            ),
+            "lag_feature_weights": {"names": lag_names, "values": lag_weights},
+            "gap_scaler": np.array(
+                [gap.counts.get("gap", 0), gap.means.get("gap", 0.0), gap.vars.get("gap", 0.0)],
+                dtype=np.float64,
+            ),
+            "key_state": histories_to_state(self.histories),
+        }
+
+    @classmethod
+    def from_state(cls, tree: Any, where: str) -> LagLogisticRegression:
+        """The model of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
+        ``tree`` is not one)."""
+        fields = Fields(tree, where, _FIELDS)
+        fields.str("kind", choices=("logreg_lags",))
+        lags = fields.int("lags")
+        base = LogisticRegressionBaseline.from_state(fields.raw("logreg"), fields.path("logreg"))
+        model = cls(
+            lags=lags,
+            max_keys=fields.int("max_keys", low=1),
+            learning_rate=base.learning_rate,
+            l2=base.l2,
+            max_features=base.max_features,
+            input_clip=base.input_clip,
+            category_buckets=base.category_buckets,
+        )
+        model.scaler, model.classifier = base.scaler, base.classifier
+        model.feature_names, model.features_dropped = base.feature_names, base.features_dropped
+        weights = model.classifier._weights
+        context = fields.array("context_weights", "float64", (len(CONTEXT_INPUTS),))
+        labels = fields.array("lag_label_weights", "float64", (lags,))
+        lag_features = fields.nested("lag_feature_weights", ("names", "values"))
+        names = lag_features.strings("names")
+        if not set(names) <= model.feature_names.keys():
+            raise damaged(lag_features.path("names"), "a name is not among the feature names")
+        values = lag_features.array("values", "float64", (lags, len(names)))
+        for name, value in zip(CONTEXT_INPUTS, context.tolist(), strict=True):
+            weights[name] = value
+        for name, value in zip(model._lag_label_names, labels.tolist(), strict=True):
+            weights[name] = value
+        for lag, row in enumerate(values.tolist(), 1):
+            for name, value in zip(names, row, strict=True):
+                weights[lag_feature_input(lag, name)] = value
+        gap = fields.array("gap_scaler", "float64", (3,))
+        count, mean, var = gap.tolist()
+        if not (np.isfinite(gap).all() and count >= 0 and count == int(count) and var >= 0):
+            raise damaged(fields.path("gap_scaler"), "expected a whole count, a mean and a variance >= 0")
+        if count:
+            model.gap_scaler.counts["gap"] = int(count)
+            model.gap_scaler.means["gap"] = mean
+            model.gap_scaler.vars["gap"] = var
+        histories = histories_from_state(fields.raw("key_state"), fields.path("key_state"), lags, strict=True)
+        if len(histories) > model.max_keys:
+            raise damaged(fields.path("key_state"), "more keys than max_keys")
+        for history in histories.values():
+            for features, _ in history.lags:
+                if not features.keys() <= model.feature_names.keys():
+                    raise damaged(fields.path("key_state"), "a lag holds a feature that is not in use")
+        model.histories = histories
+        return model
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The last batch predicted is not state: it only saves work between the two calls.
+        return {**super().__getstate__(), "_walked": None}
+
+
+@dataclass(frozen=True, slots=True)
+class _Walk:
+    """A batch as :meth:`LagLogisticRegression._walk` found it."""
+
+    events: Sequence[Event]
+    features: list[Mapping[str, float]]
+    buckets: list[dict[int, float]] | list[None]
+    contexts: list[Context]
+    #: The batch's keys' histories after the batch, in order of first appearance.
+    histories: dict[str, KeyHistory]
+
+
+_FIELDS = (
+    "kind",
+    "lags",
+    "max_keys",
+    "logreg",
+    "context_weights",
+    "lag_label_weights",
+    "lag_feature_weights",
+    "gap_scaler",
+    "key_state",
+)
+_HISTORY_FIELDS = (
+    "keys",
+    "previous_label",
+    "last_ts",
+    "lag_counts",
+    "lag_labels",
+    "lag_feature_counts",
+    "feature_names",
+    "lag_feature_index",
+    "lag_feature_values",
+)
+
+
+def histories_to_state(histories: Mapping[str, KeyHistory]) -> State:
+    """Key histories as data, in their order: per key its latest label (``NO_LABEL`` for none),
+    latest timestamp (NaN for none) and number of lags; per lag (newest first, key by key) its
+    label and number of features; per lag feature the index of its name in ``feature_names`` and
+    its value."""
+    names: dict[str, int] = {}
+    previous, last_ts, lag_counts, lag_labels, feature_counts = [], [], [], [], []
+    feature_index: list[int] = []
+    feature_values: list[float] = []
+    for history in histories.values():
+        previous.append(NO_LABEL if history.previous_label is None else history.previous_label)
+        last_ts.append(history.last_ts)
+        lag_counts.append(len(history.lags))
+        for features, label in history.lags:
+            lag_labels.append(NO_LABEL if label is None else label)
+            feature_counts.append(len(features))
+            for name, value in features.items():
+                feature_index.append(names.setdefault(name, len(names)))
+                feature_values.append(value)
+    return {
+        "keys": list(histories),
+        "previous_label": np.array(previous, dtype=np.int8),
+        "last_ts": np.array(last_ts, dtype=np.float64),
+        "lag_counts": np.array(lag_counts, dtype=np.int64),
+        "lag_labels": np.array(lag_labels, dtype=np.int8),
+        "lag_feature_counts": np.array(feature_counts, dtype=np.int64),
+        "feature_names": list(names),
+        "lag_feature_index": np.array(feature_index, dtype=np.int64),
+        "lag_feature_values": np.array(feature_values, dtype=np.float64),
+    }
+
+
+def check_histories_state(tree: Any, where: str) -> State:
+    """A :func:`histories_to_state` read from a checkpoint, checked to be consistent in itself
+    (:class:`~stream_lstm.errors.CheckpointRejected` otherwise)."""
+    fields = Fields(tree, where, _HISTORY_FIELDS)
+    keys = fields.strings("keys")
+    previous = fields.array("previous_label", "int8", (len(keys),))
+    last_ts = fields.array("last_ts", "float64", (len(keys),))
+    lag_counts = fields.array("lag_counts", "int64", (len(keys),))
+    if (lag_counts < 0).any():
+        raise damaged(fields.path("lag_counts"), "a count is negative")
+    n_lags = int(lag_counts.sum())
+    lag_labels = fields.array("lag_labels", "int8", (n_lags,))
+    feature_counts = fields.array("lag_feature_counts", "int64", (n_lags,))
+    if (feature_counts < 0).any():
+        raise damaged(fields.path("lag_feature_counts"), "a count is negative")
+    names = fields.strings("feature_names")
+    n_features = int(feature_counts.sum())
+    index = fields.array("lag_feature_index", "int64", (n_features,))
+    values = fields.array("lag_feature_values", "float64", (n_features,))
+    for name, labels in (("previous_label", previous), ("lag_labels", lag_labels)):
+        if ((labels < NO_LABEL) | (labels > 1)).any():
+            raise damaged(fields.path(name), f"a label is not {NO_LABEL}, 0 or 1")
+    if (np.abs(last_ts) > MAX_ABS_VALUE).any():  # NaN (no timestamp) compares false
+        raise damaged(fields.path("last_ts"), f"a timestamp is infinite or beyond {MAX_ABS_VALUE:g}")
+    if ((index < 0) | (index >= len(names))).any():
+        raise damaged(fields.path("lag_feature_index"), "an index is not that of a feature name")
+    if not (np.abs(values) <= MAX_ABS_VALUE).all():
+        raise damaged(fields.path("lag_feature_values"), f"a value is not finite or beyond {MAX_ABS_VALUE:g}")
+    return {
+        "keys": keys,
+        "previous_label": previous,
+        "last_ts": last_ts,
+        "lag_counts": lag_counts,
+        "lag_labels": lag_labels,
+        "lag_feature_counts": feature_counts,
+        "feature_names": names,
+        "lag_feature_index": index,
+        "lag_feature_values": values,
+    }
+
+
+def histories_from_state(
+    tree: Any, where: str, lags: int, *, strict: bool = False
+) -> OrderedDict[str, KeyHistory]:
+    """The key histories of a :func:`histories_to_state`, each with at most ``lags`` lags (the
+    newest; ``strict``: more is damage). Checked first (:func:`check_histories_state`)."""
+    state = check_histories_state(tree, where)
+    lag_counts = state["lag_counts"]
+    if strict and (lag_counts > lags).any():
+        raise damaged(f"{where}.lag_counts", f"a key holds more than {lags} lags")
+    names = state["feature_names"]
+    index = state["lag_feature_index"].tolist()
+    values = state["lag_feature_values"].tolist()
+    labels = state["lag_labels"].tolist()
+    feature_counts = state["lag_feature_counts"].tolist()
+    timestamps = state["last_ts"].tolist()
+    histories: OrderedDict[str, KeyHistory] = OrderedDict()
+    lag_at = feature_at = 0
+    for key, previous, last_ts, count in zip(
+        state["keys"], state["previous_label"].tolist(), timestamps, lag_counts.tolist(), strict=True
+    ):
+        history = KeyHistory(None if previous == NO_LABEL else previous, last_ts, deque(maxlen=lags))
+        for lag in range(count):
+            n = feature_counts[lag_at]
+            end = feature_at + n
+            features = dict(
+                zip([names[i] for i in index[feature_at:end]], values[feature_at:end], strict=True)
+            )
+            if len(features) != n:
+                raise damaged(f"{where}.lag_feature_index", "a lag holds a feature twice")
+            if lag < lags:
+                history.lags.append((features, None if labels[lag_at] == NO_LABEL else labels[lag_at]))
+            lag_at += 1
+            feature_at = end
+        histories[key] = history
+    return histories
