@@ -65,12 +65,12 @@ def evaluate_stream(
     if side_lane is not None:
         theirs = side_lane.results()
         _mix(evaluator, side_lane)
+        results = combine_results(evaluator.results(), theirs, order)  # refuses other events
         if evaluator.waiting_batches():
             raise EvaluationError(
                 f"the second process sent too few probabilities: {evaluator.waiting_batches():,} "
-                "batch(es) were not mixed (did the file change while it was read?)"
+                "batch(es) were not mixed"
             )
-        results = combine_results(evaluator.results(), theirs, order)
     else:
         results = evaluator.results()
     seconds = time.perf_counter() - started
