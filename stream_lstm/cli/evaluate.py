@@ -70,7 +70,8 @@ def evaluate_command(
     args: argparse.Namespace, settings: dict[str, Any], parser: argparse.ArgumentParser
 ) -> int:
     """Evaluate the models on ``args.file``; print the table, write the report and plot asked for."""
-    from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+    from stream_lstm.evaluation.mixture import MIXTURE
+    from stream_lstm.evaluation.prequential import build_evaluator
     from stream_lstm.evaluation.report import (
         format_table,
         plot_rolling_accuracy,
@@ -103,7 +104,7 @@ def evaluate_command(
         raise ConfigError(f"{args.file} has no rows below its header: nothing to evaluate")
     names = settings["models"]
     # The LSTM keeps this process; the baselines, when there are any, may learn beside it.
-    side_names = [name for name in names if name != "lstm"]
+    side_names = [name for name in names if name not in ("lstm", MIXTURE)]
     if args.limit:
         total = min(total, args.limit)
     parallel = "lstm" in names and bool(side_names) and use_second_process(settings["parallel"], total)
@@ -112,12 +113,16 @@ def evaluate_command(
         from stream_lstm.learner.cpu_threads import set_cpu_threads
 
         set_cpu_threads(settings["torch_threads"])
-    models = build_models(
-        ["lstm"] if parallel else names, max_keys=settings["max_keys"], lstm=lstm_arguments(settings)
+    # The mixture stays here: it mixes the side lane's probabilities with the LSTM's.
+    evaluator = build_evaluator(
+        names,
+        window=settings["window"],
+        max_keys=settings["max_keys"],
+        keep_trace=keep_trace,
+        lstm=lstm_arguments(settings),
+        elsewhere=side_names if parallel else (),
     )
-    evaluator = PrequentialEvaluator(
-        models, window=settings["window"], max_keys=settings["max_keys"], keep_trace=keep_trace
-    )
+    models = evaluator.models
     progress = ProgressLine(total, enabled=not args.no_progress)
     # Started just before the clock, which then counts all of the second process's work.
     side_lane = None
@@ -130,6 +135,7 @@ def evaluate_command(
             max_keys=settings["max_keys"],
             keep_trace=keep_trace,
             lstm=lstm_arguments(settings),
+            send_probabilities=MIXTURE in names,
         )
     try:
         seconds, results = evaluate_stream(

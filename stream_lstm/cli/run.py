@@ -122,7 +122,7 @@ def run_command(args: argparse.Namespace, settings: dict[str, Any], parser: argp
     import signal
     import threading
 
-    from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+    from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_evaluator
     from stream_lstm.kafka.connection_check import problem_health
     from stream_lstm.service.connection_watch import ConnectionWatch
     from stream_lstm.service.stream_service import StreamService
@@ -141,10 +141,12 @@ def run_command(args: argparse.Namespace, settings: dict[str, Any], parser: argp
         set_cpu_threads(settings["torch_threads"])
 
     def new_evaluator() -> PrequentialEvaluator:
-        models = build_models(
-            settings["models"], max_keys=settings["max_keys"], lstm=lstm_arguments(settings)
+        return build_evaluator(
+            settings["models"],
+            window=settings["window"],
+            max_keys=settings["max_keys"],
+            lstm=lstm_arguments(settings),
         )
-        return PrequentialEvaluator(models, window=settings["window"], max_keys=settings["max_keys"])
 
     settings_of_service = service_settings(settings)
     store_name = (

@@ -35,7 +35,12 @@ PARALLEL_MIN_EVENTS = 25_000
 # ---------------------------------------------------------------------- the learner (evaluate, run)
 
 LEARNER_SETTINGS: tuple[Setting, ...] = (
-    Setting("models", model_list, ("lstm", "logreg", "no_change"), "models to run, comma-separated"),
+    Setting(
+        "models",
+        model_list,
+        ("lstm", "logreg", "no_change", "mix"),
+        "models to run, comma-separated (mix: their mixture by past log loss)",
+    ),
     Setting("batch_size", positive_int, 64, "events per micro-batch (1: learn after every event)"),
     Setting("window", positive_int, 1000, "labelled events in the rolling scores"),
     Setting("hidden_size", positive_int, 32, "LSTM state size"),

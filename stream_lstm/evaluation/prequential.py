@@ -10,19 +10,21 @@ whole stream and over a rolling window of the latest labelled events
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from stream_lstm.errors import ConfigError
+from stream_lstm.errors import ConfigError, EvaluationError
+from stream_lstm.evaluation.mixture import MIXTURE, FixedShareMixture
 from stream_lstm.evaluation.results import EvaluationResults, model_reports, rolling_accuracy
 from stream_lstm.evaluation.scores import METRICS as METRICS
 from stream_lstm.evaluation.scores import Scorer
 from stream_lstm.messages.events import Event
 from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
-from stream_lstm.models.build import MODEL_NAMES as MODEL_NAMES
+from stream_lstm.models.build import MODEL_NAMES as BUILT_MODELS
 from stream_lstm.models.build import build_models as build_models
 from stream_lstm.models.build import model_from_state
 from stream_lstm.models.protocols import (
@@ -37,6 +39,9 @@ from stream_lstm.models.state_data import Fields, State, damaged
 
 # METRICS, MODEL_NAMES and build_models are imported from here too; Scorer must stay importable
 # from here, since checkpoints written before it moved to evaluation.scores name this module.
+
+#: What ``--models`` accepts: the models :func:`build_models` builds, and the mixture of them.
+MODEL_NAMES = (*BUILT_MODELS, MIXTURE)
 
 #: The name under which the kappa-temporal reference's key state is exported.
 REFERENCE = "_reference"
@@ -59,6 +64,10 @@ class PrequentialEvaluator:
         Bound on the keys the no-change reference of kappa-temporal tracks.
     keep_trace
         Keep each model's per-event correctness, for plotting rolling accuracy afterwards.
+    mixture
+        The ``mix`` model (:mod:`stream_lstm.evaluation.mixture`), scored beside the models. Its
+        experts are models of ``models`` or, when some are evaluated in another process, names
+        whose probabilities come later through :meth:`mix_late`.
 
     Examples
     --------
@@ -77,27 +86,53 @@ class PrequentialEvaluator:
         window: int = 1000,
         max_keys: int = 100_000,
         keep_trace: bool = False,
+        mixture: FixedShareMixture | None = None,
     ) -> None:
         if not models:
             raise ConfigError("at least one model is needed")
+        if MIXTURE in models:
+            raise ConfigError(f"{MIXTURE} is the evaluator's mixture, not a model to pass")
         self.models = dict(models)
         self.window = window
-        self.scores = {name: Scorer(window=window) for name in self.models}
+        self.mixture = mixture
         # kappa-temporal compares with no-change on exactly the same events, whatever is run.
         self.reference = NoChangeBaseline(max_keys=max_keys)
-        self.seconds = dict.fromkeys(self.models, 0.0)
-        self.events = 0
-        self.labelled = 0
         self.keep_trace = keep_trace
-        self.trace: dict[str, list[np.ndarray]] = {name: [] for name in self.models}
+        self.reset_scores()
+
+    @property
+    def names(self) -> list[str]:
+        """The models scored: those of :attr:`models`, then the mixture if there is one."""
+        return [*self.models, *([MIXTURE] if self.mixture is not None else [])]
+
+    def set_mixture(self, mixture: FixedShareMixture | None) -> None:
+        """Add a mixture of the models (fresh scores), replace it, or drop it (``None``)."""
+        if mixture is not None and list(mixture.experts) != list(self.models):
+            raise ConfigError(f"the mixture must mix exactly the models {', '.join(self.models)}")
+        self.mixture = mixture
+        self.scores.pop(MIXTURE, None)
+        self.seconds.pop(MIXTURE, None)
+        self.trace.pop(MIXTURE, None)
+        if mixture is not None:
+            self.scores[MIXTURE] = Scorer(window=self.window)
+            self.seconds[MIXTURE] = 0.0
+            self.trace[MIXTURE] = []
 
     def reset_scores(self) -> None:
         """Start the scores and counts afresh, keeping the models (a warm start from another run)."""
-        self.scores = {name: Scorer(window=self.window) for name in self.models}
-        self.seconds = dict.fromkeys(self.models, 0.0)
+        self.scores = {name: Scorer(window=self.window) for name in self.names}
+        self.seconds = dict.fromkeys(self.names, 0.0)
         self.events = 0
         self.labelled = 0
-        self.trace = {name: [] for name in self.models}
+        self.trace: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
+        # Labelled batches scored without the mixture, while it waits for experts from elsewhere.
+        self._late: deque[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = deque()
+        self._elsewhere: dict[str, list[np.ndarray]] = {name: [] for name in self._outside_experts()}
+
+    def _outside_experts(self) -> list[str]:
+        """The mixture's experts that this evaluator does not run."""
+        experts = self.mixture.experts if self.mixture is not None else ()
+        return [name for name in experts if name not in self.models]
 
     def predict(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
         """Every model's probabilities for the batch, before any of it is learned."""
@@ -116,7 +151,12 @@ class PrequentialEvaluator:
         for name, model in remote.items():
             predictions[name], seconds = model.finish_predict(events)
             self.seconds[name] += seconds
-        return {name: predictions[name] for name in self.models}
+        predictions = {name: predictions[name] for name in self.models}
+        if self.mixture is not None and not self._elsewhere:
+            started = time.perf_counter()
+            predictions[MIXTURE] = self.mixture.predict(predictions)
+            self.seconds[MIXTURE] += time.perf_counter() - started
+        return predictions
 
     def send_ahead(self, events: Sequence[Event]) -> bool:
         """Start the predictions of the models in other processes; False if there are none.
@@ -145,11 +185,11 @@ class PrequentialEvaluator:
             if not every:
                 reference = reference[labelled]
             reference_correct = (reference >= 0.5) == (labels == 1)
-            for name, scorer in self.scores.items():
+            for name in predictions:
                 probabilities = predictions[name] if every else predictions[name][labelled]
-                scorer.update(labels, probabilities, reference_correct)
-                if self.keep_trace:
-                    self.trace[name].append((probabilities >= 0.5) == (labels == 1))
+                self._score(name, labels, probabilities, reference_correct)
+            if self.mixture is not None:
+                self._learn_mixture(labels, reference_correct, predictions, labelled)
         self.reference.learn_batch(events)
         remote = self._asynchronous()  # their seconds come with their predictions
         for name, model in self.models.items():
@@ -159,6 +199,65 @@ class PrequentialEvaluator:
                 self.seconds[name] += time.perf_counter() - started
         self.events += len(events)
         self.labelled += n_labelled
+
+    def _score(
+        self, name: str, labels: np.ndarray, probabilities: np.ndarray, reference_correct: np.ndarray
+    ) -> None:
+        self.scores[name].update(labels, probabilities, reference_correct)
+        if self.keep_trace:
+            self.trace[name].append((probabilities >= 0.5) == (labels == 1))
+
+    def _learn_mixture(
+        self,
+        labels: np.ndarray,
+        reference_correct: np.ndarray,
+        predictions: Mapping[str, np.ndarray],
+        labelled: np.ndarray | None,
+    ) -> None:
+        """The mixture learns the batch's labels, or waits for its experts from elsewhere."""
+        assert self.mixture is not None
+        mine = {
+            name: predictions[name] if labelled is None else predictions[name][labelled]
+            for name in self.models
+        }
+        if self._elsewhere:
+            self._late.append((labels, reference_correct, mine))
+            self.mix_late({})
+            return
+        started = time.perf_counter()
+        self.mixture.learn(labels, mine)
+        self.seconds[MIXTURE] += time.perf_counter() - started
+
+    def mix_late(self, elsewhere: Mapping[str, np.ndarray]) -> None:
+        """Take the next probabilities of the mixture's experts that run in another process, and
+        score and update the mixture on each batch for which every expert's are now here.
+
+        ``elsewhere`` holds, by model name, probabilities of the next labelled events, in order,
+        as that process predicted them (on the same micro-batches): the mixture then predicts
+        each waiting batch with the weights it had before that batch, exactly as in one process.
+        """
+        assert self.mixture is not None
+        for name, probabilities in elsewhere.items():
+            self._elsewhere[name].append(np.asarray(probabilities, dtype=np.float64))
+        started = time.perf_counter()
+        while self._late:
+            labels, reference_correct, mine = self._late[0]
+            if any(sum(part.size for part in parts) < labels.size for parts in self._elsewhere.values()):
+                break
+            self._late.popleft()
+            arrived = {name: _take(parts, labels.size) for name, parts in self._elsewhere.items()}
+            experts = {**mine, **arrived}
+            self._score(MIXTURE, labels, self.mixture.predict(experts), reference_correct)
+            self.mixture.learn(labels, experts)
+        self.seconds[MIXTURE] += time.perf_counter() - started
+
+    def waits_for_elsewhere(self) -> bool:
+        """Whether the mixture mixes models that another process runs (see :meth:`mix_late`)."""
+        return bool(self._elsewhere)
+
+    def waiting_batches(self) -> int:
+        """Labelled batches the mixture still waits on experts from elsewhere for."""
+        return len(self._late)
 
     def process(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
         """Predict, score and learn one micro-batch; return the predictions."""
@@ -244,7 +343,7 @@ class PrequentialEvaluator:
         clip and category buckets the logistic regression shares with it (with one). A checkpoint
         holds them."""
         settings: dict[str, Any] = {
-            "models": list(self.models),
+            "models": self.names,
             "window": self.window,
             "max_keys": self.reference.max_keys,
         }
@@ -259,7 +358,11 @@ class PrequentialEvaluator:
 
     def to_state(self) -> State:
         """The evaluator as data (:mod:`stream_lstm.models.state_data`): each model's
-        ``to_state()`` in order, the scores, the kappa-temporal reference, counts and traces."""
+        ``to_state()`` in order, the scores, the kappa-temporal reference, counts, traces and, with
+        one, the mixture."""
+        if self._outside_experts():
+            raise EvaluationError("an evaluator whose mixture mixes models of another process is not saved")
+        mixture = {} if self.mixture is None else {"mixture": self.mixture.to_state()}
         return {
             "window": self.window,
             "models": [{"name": name, "state": model.to_state()} for name, model in self.models.items()],
@@ -273,18 +376,20 @@ class PrequentialEvaluator:
                 name: np.concatenate(parts).astype(bool) if parts else np.zeros(0, dtype=bool)
                 for name, parts in self.trace.items()
             },
+            **mixture,
         }
 
     @classmethod
     def from_state(cls, tree: Any, where: str) -> PrequentialEvaluator:
         """The evaluator of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
-        ``tree`` is not one)."""
-        fields = Fields(tree, where, _EVALUATOR_FIELDS)
+        ``tree`` is not one). A checkpoint written before the mixture existed has none."""
+        with_mixture = isinstance(tree, dict) and "mixture" in tree
+        fields = Fields(tree, where, (*_EVALUATOR_FIELDS, *(["mixture"] if with_mixture else [])))
         models: dict[str, OnlineClassifier] = {}
         for index, entry in enumerate(fields.list("models")):
             at = f"{fields.path('models')}[{index}]"
             model = Fields(entry, at, ("name", "state"))
-            name = model.str("name", choices=MODEL_NAMES)
+            name = model.str("name", choices=BUILT_MODELS)
             if name in models:
                 raise damaged(at, f"model {name} is given twice")
             models[name] = model_from_state(model.raw("state"), f"{at}.state")
@@ -292,27 +397,76 @@ class PrequentialEvaluator:
             raise damaged(fields.path("models"), "no model")
         evaluator = cls.__new__(cls)
         evaluator.models = models
+        evaluator.mixture = None
+        if with_mixture:
+            evaluator.mixture = FixedShareMixture.from_state(fields.raw("mixture"), fields.path("mixture"))
+            if list(evaluator.mixture.experts) != list(models):
+                raise damaged(fields.path("mixture.experts"), "the mixture's experts are not the models")
+        names = evaluator.names
         evaluator.window = fields.int("window", low=1)
-        scores = fields.nested("scores", models)
-        evaluator.scores = {name: Scorer.from_state(scores.raw(name), scores.path(name)) for name in models}
+        scores = fields.nested("scores", names)
+        evaluator.scores = {name: Scorer.from_state(scores.raw(name), scores.path(name)) for name in names}
         if any(scorer.window != evaluator.window for scorer in evaluator.scores.values()):
             raise damaged(fields.path("scores"), "a scorer's window is not the evaluator's")
         evaluator.reference = NoChangeBaseline.from_state(fields.raw("reference"), fields.path("reference"))
-        seconds = fields.nested("seconds", models)
-        evaluator.seconds = {name: seconds.float(name, low=0.0) for name in models}
+        seconds = fields.nested("seconds", names)
+        evaluator.seconds = {name: seconds.float(name, low=0.0) for name in names}
         evaluator.events = fields.int("events")
         evaluator.labelled = fields.int("labelled", high=evaluator.events)
         evaluator.keep_trace = fields.bool("keep_trace")
-        trace = fields.nested("trace", models)
-        evaluator.trace = {name: [trace.array(name, "bool", (None,))] for name in models}
+        trace = fields.nested("trace", names)
+        evaluator.trace = {name: [trace.array(name, "bool", (None,))] for name in names}
         evaluator.trace = {name: parts if parts[0].size else [] for name, parts in evaluator.trace.items()}
+        evaluator._late = deque()
+        evaluator._elsewhere = {}
         return evaluator
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Only the conversion of a checkpoint of the old pickle format unpickles an evaluator.
         for name in _RETIRED_ATTRIBUTES:
             state.pop(name, None)
+        state.setdefault("mixture", None)
+        state.setdefault("_late", deque())
+        state.setdefault("_elsewhere", {})
         self.__dict__.update(state)
+
+
+def build_evaluator(
+    names: Sequence[str],
+    *,
+    window: int = 1000,
+    max_keys: int = 100_000,
+    keep_trace: bool = False,
+    lstm: Mapping[str, Any] | None = None,
+    elsewhere: Sequence[str] = (),
+) -> PrequentialEvaluator:
+    """The evaluator of ``--models`` ``names``: the models :func:`build_models` builds and, with
+    :data:`~stream_lstm.evaluation.mixture.MIXTURE` among ``names``, their mixture.
+
+    The models of ``elsewhere`` are not built: another process runs them, and the mixture gets their
+    probabilities through :meth:`PrequentialEvaluator.mix_late`.
+    """
+    experts = [name for name in names if name != MIXTURE]
+    built = [name for name in experts if name not in elsewhere]
+    if MIXTURE in names and not experts:
+        raise ConfigError(f"{MIXTURE} mixes other models: name at least one more in --models")
+    if experts and not built:
+        raise ConfigError("at least one model besides the mixture must run in this process")
+    mixture = FixedShareMixture(experts) if MIXTURE in names else None
+    return PrequentialEvaluator(
+        build_models(built, max_keys=max_keys, lstm=lstm),
+        window=window,
+        max_keys=max_keys,
+        keep_trace=keep_trace,
+        mixture=mixture,
+    )
+
+
+def _take(parts: list[np.ndarray], count: int) -> np.ndarray:
+    """The first ``count`` values of the arrays ``parts`` (which must hold them), removed from it."""
+    joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    parts[:] = [joined[count:]] if joined.size > count else []
+    return joined[:count]
 
 
 _EVALUATOR_FIELDS = (

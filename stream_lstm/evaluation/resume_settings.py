@@ -10,6 +10,8 @@ told to. So every difference is either refused or applied:
   (``category_buckets`` among them) and seed. They shape the state itself (weights, key states,
   score windows), or, for the seed, only the initial weights, which a resumed learner no longer
   has: a new value cannot take effect.
+* **added or dropped**: the mixture (``mix``) alone may be added to or dropped from the models: it
+  is built fresh, with equal weights (a checkpoint written before the mixture has none).
 * **kept, with a warning**: a checkpoint whose learner has no category inputs (``category_buckets``
   0: every checkpoint written before categorical features) resumes under any ``category_buckets``,
   so that an upgraded service resumes with its default settings; it learns nothing from categories.
@@ -28,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.evaluation.mixture import MIXTURE, FixedShareMixture
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.models.protocols import trained_model
 
@@ -60,6 +63,10 @@ def current_learner_settings(settings: Mapping[str, Any], lstm: Mapping[str, Any
     }
 
 
+def _mixture_last(names: Any) -> list[str]:
+    return [name for name in names if name != MIXTURE] + [name for name in names if name == MIXTURE]
+
+
 def _shown(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
@@ -71,11 +78,26 @@ def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     for name in (*FIXED, *RESUME_SAFE):
         if name in saved and name in current:
             before, now = saved[name], current[name]
-            if name == "models":
-                before, now = list(before), list(now)
+            if name == "models":  # the mixture is scored after the models, wherever it is named
+                before, now = _mixture_last(before), _mixture_last(now)
             if before != now:
                 differences[name] = (before, now)
     return differences
+
+
+def _follow_mixture(evaluator: PrequentialEvaluator, current: Mapping[str, Any], source: str) -> None:
+    """Add or drop the mixture, when that is the only difference of the models."""
+    if "models" not in current:
+        return
+    wanted = list(current["models"])
+    if [name for name in wanted if name != MIXTURE] != list(evaluator.models):
+        return
+    if MIXTURE in wanted and evaluator.mixture is None:
+        log.info("%s has no mixture: %s starts with equal weights", source, MIXTURE)
+        evaluator.set_mixture(FixedShareMixture(list(evaluator.models)))
+    elif MIXTURE not in wanted and evaluator.mixture is not None:
+        log.info("%s: its mixture is dropped, as %s is not among the models", source, MIXTURE)
+        evaluator.set_mixture(None)
 
 
 def resume_with_settings(
@@ -84,6 +106,7 @@ def resume_with_settings(
     """``evaluator``, loaded from ``source`` (e.g. "the checkpoint of instance a in directory d"),
     with the :data:`RESUME_SAFE` settings of ``current`` applied; :class:`ConfigError` listing
     every difference if any :data:`FIXED` setting differs."""
+    _follow_mixture(evaluator, current, source)
     differences = settings_differences(evaluator.learner_settings(), current)
     kept = differences.pop("category_buckets", None)
     if kept is not None and kept[0] == 0:

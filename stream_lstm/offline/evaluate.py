@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, NamedTuple
 
+from stream_lstm.errors import EvaluationError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.evaluation.results import EvaluationResults, combine_results
 from stream_lstm.evaluation.scores import Scorer
@@ -49,24 +50,41 @@ def evaluate_stream(
     """Run every event through ``evaluator`` in micro-batches; return the seconds and results.
 
     With a ``side_lane`` (started on the same events), its models' results are reported beside
-    ``evaluator``'s, in ``order``, and the time includes waiting for them.
+    ``evaluator``'s, in ``order``, and the time includes waiting for them. When ``evaluator``'s
+    mixture mixes the side lane's models, their probabilities are passed on as they arrive.
     """
     started = time.perf_counter()
+    mixing = side_lane is not None and evaluator.waits_for_elsewhere()
     for count, batch in enumerate(batches(events, batch_size)):
         evaluator.process(batch)
         if progress is not None:
             progress.update(evaluator.events, lambda: _status(evaluator.scores, side_lane))
-        if side_lane is not None and count % 256 == 0:
+        if side_lane is not None and (mixing or count % 256 == 0):
             side_lane.check()
-    results = evaluator.results()
+            _mix(evaluator, side_lane)
     if side_lane is not None:
-        results = combine_results(results, side_lane.results(), order)
+        theirs = side_lane.results()
+        _mix(evaluator, side_lane)
+        results = combine_results(evaluator.results(), theirs, order)  # refuses other events
+        if evaluator.waiting_batches():
+            raise EvaluationError(
+                f"the second process sent too few probabilities: {evaluator.waiting_batches():,} "
+                "batch(es) were not mixed"
+            )
+    else:
+        results = evaluator.results()
     seconds = time.perf_counter() - started
     if progress is not None:
         progress.update(results.events, lambda: _status(results.scores, None), force=True)
         progress.close()
     warn_about_guards(results)
     return StreamEvaluation(seconds, results)
+
+
+def _mix(evaluator: PrequentialEvaluator, side_lane: SideLane) -> None:
+    """Pass the side lane's probabilities that arrived on to the mixture."""
+    for chunk in side_lane.take_probabilities():
+        evaluator.mix_late(chunk)
 
 
 def warn_about_guards(results: EvaluationResults) -> None:

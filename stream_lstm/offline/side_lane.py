@@ -5,6 +5,11 @@ events: :class:`SideLane` runs the baselines in a second process, which reads th
 while the first process runs the LSTM. Each process evaluates its models exactly as one process
 would; the two results are then reported together
 (:func:`~stream_lstm.evaluation.results.combine_results`).
+
+The mixture (``mix``) does read the other models' predictions: when the first process mixes, the
+second sends its models' probabilities of the labelled events as it goes, in chunks of
+:data:`CHUNK_BATCHES` batches, and the first process mixes them with its own
+(:meth:`~stream_lstm.evaluation.prequential.PrequentialEvaluator.mix_late`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+import numpy as np
+
 from stream_lstm.errors import EvaluationError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.evaluation.results import EvaluationResults
@@ -25,6 +32,10 @@ from stream_lstm.learner.child_process import start_without_ctrl_c
 from stream_lstm.models.build import build_models
 from stream_lstm.offline.batches import batches
 from stream_lstm.offline.csv_source import CsvSpec
+
+#: Micro-batches whose probabilities the second process sends at once (about 24 kB for three
+#: models at batch size 64, less than a pipe holds, so sending rarely waits for the reader).
+CHUNK_BATCHES = 16
 
 
 class SideLane:
@@ -45,6 +56,10 @@ class SideLane:
     lstm
         The LSTM's keyword arguments, as given to :func:`build_models` in this process (the
         baselines take its ``max_features`` and ``input_clip``).
+    send_probabilities
+        Send the models' probabilities of the labelled events as they are predicted (for the
+        mixture in this process): :meth:`check` collects them, :meth:`take_probabilities` hands
+        them over.
     """
 
     def __init__(
@@ -57,10 +72,19 @@ class SideLane:
         max_keys: int,
         keep_trace: bool,
         lstm: Mapping[str, Any] | None = None,
+        send_probabilities: bool = False,
     ) -> None:
         self.names = tuple(names)
         job = _SideJob(
-            spec, self.names, batch_size, window, max_keys, keep_trace, os.getpid(), dict(lstm or {})
+            spec,
+            self.names,
+            batch_size,
+            window,
+            max_keys,
+            keep_trace,
+            os.getpid(),
+            dict(lstm or {}),
+            send_probabilities,
         )
         context = multiprocessing.get_context("spawn")  # no fork of a process running torch
         self._results, sender = context.Pipe(duplex=False)
@@ -70,6 +94,7 @@ class SideLane:
         start_without_ctrl_c(self._process)
         sender.close()
         self._answer: tuple[str, Any] | None = None
+        self._probabilities: list[dict[str, np.ndarray]] = []
 
     @property
     def pid(self) -> int | None:
@@ -82,9 +107,10 @@ class SideLane:
         return self._process.is_alive()
 
     def check(self) -> None:
-        """Raise :class:`EvaluationError` now if the process has already failed."""
-        if self._answer is None and self._results.poll():
-            self._answer = self._receive()
+        """Collect what the process has sent so far; raise :class:`EvaluationError` now if it has
+        already failed."""
+        while self._answer is None and self._results.poll():
+            self._take(self._receive())
         if self._answer is not None and self._answer[0] == "error":
             raise EvaluationError(
                 f"the process evaluating {', '.join(self.names)} failed:\n{self._answer[1]}"
@@ -92,10 +118,22 @@ class SideLane:
 
     def results(self) -> EvaluationResults:
         """Wait for the process to finish; its evaluator's :meth:`PrequentialEvaluator.results`."""
-        if self._answer is None:
-            self._answer = self._receive()
+        while self._answer is None:
+            self._take(self._receive())
         self.check()
         return self._answer[1]
+
+    def take_probabilities(self) -> list[dict[str, np.ndarray]]:
+        """The chunks of probabilities collected since the last call, in order (each: by model,
+        the probabilities of the next labelled events)."""
+        chunks, self._probabilities = self._probabilities, []
+        return chunks
+
+    def _take(self, message: tuple[str, Any]) -> None:
+        if message[0] == "probabilities":
+            self._probabilities.append(message[1])
+        else:
+            self._answer = message
 
     def close(self) -> None:
         """Stop the process if it still runs."""
@@ -127,6 +165,7 @@ class _SideJob:
     keep_trace: bool
     parent: int
     lstm: dict[str, Any] | None = None
+    send_probabilities: bool = False
 
 
 def _run_side_lane(results: Connection, job: _SideJob) -> None:
@@ -139,10 +178,19 @@ def _run_side_lane(results: Connection, job: _SideJob) -> None:
             max_keys=job.max_keys,
             keep_trace=job.keep_trace,
         )
+        chunk: dict[str, list[np.ndarray]] = {name: [] for name in job.names}
         for count, batch in enumerate(batches(job.spec.events(), job.batch_size)):
             if count % 256 == 0 and os.getppid() != job.parent:
                 return
-            evaluator.process(batch)
+            predictions = evaluator.process(batch)
+            if job.send_probabilities:
+                labelled = np.array([event.label is not None for event in batch], dtype=bool)
+                for name in job.names:
+                    chunk[name].append(predictions[name][labelled])
+                if count % CHUNK_BATCHES == CHUNK_BATCHES - 1:
+                    _send_chunk(results, chunk)
+        if job.send_probabilities:
+            _send_chunk(results, chunk)
         answer: tuple[str, Any] = ("ok", evaluator.results())
     except BaseException as error:  # whatever it is, the parent reports it
         answer = ("error", "".join(traceback.format_exception(error)).rstrip())
@@ -152,3 +200,11 @@ def _run_side_lane(results: Connection, job: _SideJob) -> None:
         pass  # the parent is gone: nobody to tell
     finally:
         results.close()
+
+
+def _send_chunk(results: Connection, chunk: dict[str, list[np.ndarray]]) -> None:
+    """Send the probabilities gathered in ``chunk`` (if any) and empty it."""
+    if any(chunk.values()):
+        results.send(("probabilities", {name: np.concatenate(parts) for name, parts in chunk.items()}))
+    for parts in chunk.values():
+        parts.clear()

@@ -48,6 +48,8 @@ class Reporter:
         if now - self._last_scores >= self.settings.scores_interval_s:
             self._last_scores = now
             telemetry.set_scores(evaluator.report())
+            if evaluator.mixture is not None:
+                telemetry.set_mixture_weights(evaluator.mixture.weights_by_expert())
             telemetry.learned_events.set(evaluator.events)
             self._publish_learner_stats(evaluator)
             self._publish_guard_stats(evaluator)

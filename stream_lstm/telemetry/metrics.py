@@ -131,6 +131,19 @@ METRICS: tuple[MetricDeclaration, ...] = (
         for metric in SCORE_METRICS
     ),
     MetricDeclaration(
+        "mixture_weights",
+        "stream_lstm_mixture_weight",
+        Gauge,
+        "The weight of each model in the mixture (model mix), by its past log loss with fixed share; "
+        "the weights sum to 1, and the largest is the model winning now.",
+        (
+            Label(
+                "model",
+                meaning="a model the mixture mixes, or `base_rate` (its own: the rate of positives)",
+            ),
+        ),
+    ),
+    MetricDeclaration(
         "broker_up",
         "stream_lstm_broker_connected",
         Gauge,
@@ -269,6 +282,7 @@ class Telemetry:
     unlabelled: Counter
     predictions: Counter
     scores: dict[str, Gauge]
+    mixture_weights: Gauge
     broker_up: Gauge
     checkpoints: Counter
     checkpoints_rejected: Counter
@@ -321,3 +335,8 @@ class Telemetry:
             for metric in SCORE_METRICS:
                 self.scores[metric].labels(model=model, scope="stream").set(scores[metric])
                 self.scores[metric].labels(model=model, scope="rolling").set(scores["rolling"][metric])
+
+    def set_mixture_weights(self, weights: Mapping[str, float]) -> None:
+        """The mixture's current weight of each model."""
+        for model, weight in weights.items():
+            self.mixture_weights.labels(model=model).set(weight)

@@ -83,7 +83,7 @@ def test_dashboard_queries_name_only_exported_metrics_and_parse(tmp_path: Path) 
     assert used and used <= exported_metric_names(), used - exported_metric_names()
     titles = " ".join(panel["title"].lower() for panel in dashboard["panels"])
     for topic in ("throughput", "lag", "latency", "accuracy", "log loss", "roc auc", "kappa", "training loss",
-                  "dead letters", "checkpoint age", "gpu memory"):  # fmt: skip
+                  "dead letters", "checkpoint age", "gpu memory", "who is winning now"):  # fmt: skip
         assert topic in titles, topic
     # promtool parses every query as a recording rule.
     rules = {"groups": [{"name": "dashboard", "rules": [

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_evaluator, build_models
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.generator import temporal_stream
 
@@ -15,10 +15,10 @@ SMALL_LSTM = {"hidden_size": 8, "tbptt_steps": 4, "device": "cpu", "learning_rat
 
 
 def run(events: list[Event], batch_size: int) -> dict[str, np.ndarray]:
-    evaluator = PrequentialEvaluator(
-        build_models(["lstm", "logreg", "logreg_lags", "no_change"], lstm=SMALL_LSTM), window=50
+    evaluator = build_evaluator(
+        ["lstm", "logreg", "logreg_lags", "no_change", "mix"], lstm=SMALL_LSTM, window=50
     )
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in evaluator.models}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in evaluator.names}
     for start in range(0, len(events), batch_size):
         for name, p in evaluator.process(events[start : start + batch_size]).items():
             parts[name].append(p)

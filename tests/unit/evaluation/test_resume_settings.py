@@ -1,6 +1,7 @@
 """``category_buckets`` is a size of the models' state: a resume may not change it, except that a
 learner without category inputs (every checkpoint from before categorical features) resumes as it
-is, with a warning, so that an upgraded service starts with its default settings."""
+is, with a warning, so that an upgraded service starts with its default settings. The mixture alone
+may come or go."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.evaluation.mixture import MIXTURE
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.evaluation.resume_settings import FIXED, current_learner_settings, resume_with_settings
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
@@ -61,3 +63,15 @@ def test_a_checkpoint_from_before_categories_resumes_as_it_is_with_a_warning(
     # A checkpoint with category inputs keeps its number of them.
     with pytest.raises(ConfigError, match="category_buckets: checkpoint 16, now 0"):
         resume_with_settings(evaluator_of(models), current(models, 0), "the checkpoint")
+
+
+def test_the_mixture_alone_may_be_added_to_or_dropped_from_a_resumed_checkpoint() -> None:
+    evaluator = evaluator_of(("logreg", "no_change"))  # as written before the mixture
+    with_mix = current(("logreg", MIXTURE, "no_change"), DEFAULT_CATEGORY_BUCKETS)
+    assert resume_with_settings(evaluator, with_mix, "it") is evaluator
+    assert evaluator.names == ["logreg", "no_change", MIXTURE] and evaluator.mixture is not None
+    assert evaluator.scores[MIXTURE].count == 0
+    resume_with_settings(evaluator, current(("logreg", "no_change"), DEFAULT_CATEGORY_BUCKETS), "it")
+    assert evaluator.mixture is None and list(evaluator.scores) == ["logreg", "no_change"]
+    with pytest.raises(ConfigError, match="models"):
+        resume_with_settings(evaluator, current(("no_change", MIXTURE), DEFAULT_CATEGORY_BUCKETS), "it")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from stream_lstm.errors import EvaluationError
-from stream_lstm.evaluation.prequential import PrequentialEvaluator
+from stream_lstm.evaluation.mixture import MIXTURE
+from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_evaluator
 from stream_lstm.evaluation.results import combine_results
 from stream_lstm.models.build import build_models
 from stream_lstm.offline.csv_source import CsvSpec
@@ -117,3 +118,23 @@ def test_a_side_lane_can_be_started_outside_the_main_thread(stream_csv: Path) ->
     thread.start()
     thread.join(timeout=60)
     assert outcome == [500]
+
+
+def test_the_mixture_mixes_the_side_lanes_models_as_one_process_would(stream_csv: Path) -> None:
+    spec = CsvSpec(str(stream_csv), label="label", key="key", ts="ts", limit=2500)
+    names = ["logreg", "no_change", MIXTURE]
+    lane = SideLane(
+        spec, ["logreg"], batch_size=32, window=100, max_keys=1000, keep_trace=True, send_probabilities=True
+    )
+    try:
+        evaluator = build_evaluator(names, window=100, max_keys=1000, keep_trace=True, elsewhere=["logreg"])
+        assert list(evaluator.models) == ["no_change"]
+        here = evaluate_stream(spec.events(), evaluator, batch_size=32, side_lane=lane, order=names).results
+    finally:
+        lane.close()
+    alone = build_evaluator(names, window=100, max_keys=1000, keep_trace=True)
+    evaluate_stream(spec.events(), alone, batch_size=32)
+    assert list(here.scores) == names and evaluator.waiting_batches() == 0
+    for name in names:
+        assert here.scores[name].whole() == alone.scores[name].whole(), name
+        assert (here.rolling_accuracy_curve(name) == alone.rolling_accuracy_curve(name)).all()

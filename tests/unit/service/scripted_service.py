@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_evaluator
 from stream_lstm.kafka.interface import KafkaSettings, Message, Partition
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import encode_event
@@ -64,8 +64,9 @@ def run_service(
     )
 
     def new_evaluator() -> PrequentialEvaluator:
-        models = build_models(["lstm", "logreg", "no_change"], lstm={"hidden_size": 8, "device": "cpu"})
-        return PrequentialEvaluator(models)
+        return build_evaluator(
+            ["lstm", "logreg", "no_change", "mix"], lstm={"hidden_size": 8, "device": "cpu"}
+        )
 
     service = StreamService(
         settings, new_evaluator=new_evaluator, telemetry=Telemetry(), kafka_factory=kafka.connect, store=store

@@ -75,6 +75,10 @@ def test_batches_in_flight_give_the_predictions_of_the_service_without_them() ->
     assert len(predictions(there.kafka)) == 320 and all(
         len(p) == 1 for p in predictions(there.kafka).values()
     )
+    # Every record carries every model's prediction, the mixture's among them.
+    assert all(
+        list(p[0]) == ["lstm", "logreg", "no_change", "mix"] for p in predictions(there.kafka).values()
+    )
     assert store.load_instance("one").evaluator.events == 320
 
 

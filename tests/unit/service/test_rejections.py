@@ -184,12 +184,13 @@ def test_a_refused_prediction_whose_dead_letter_is_refused_too_is_skipped(
 
 def test_prediction_records_of_accepted_events_are_small() -> None:
     """Bounded by construction: the largest key the decoder accepts, escaped, fits in a record."""
+    from stream_lstm.evaluation.prequential import MODEL_NAMES
     from stream_lstm.messages.events import DEFAULT_LIMITS
     from stream_lstm.messages.records import prediction_value
 
     key = "\x01" * DEFAULT_LIMITS.max_key_bytes  # each escapes to six bytes
     value = prediction_value(
-        Event(key=key, ts=-1e18, label=1), ("t" * 249, 2**31, 2**63), dict.fromkeys("abcd", 0.5), 2**63
+        Event(key=key, ts=-1e18, label=1), ("t" * 249, 2**31, 2**63), dict.fromkeys(MODEL_NAMES, 0.5), 2**63
     )
     assert len(value) < 7_000
 

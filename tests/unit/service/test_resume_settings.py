@@ -17,7 +17,7 @@ import torch
 
 from stream_lstm.config.declared import LEARNER_SETTINGS, lstm_arguments
 from stream_lstm.errors import CheckpointRejected, ConfigError
-from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_evaluator
 from stream_lstm.evaluation.resume_settings import (
     FIXED,
     RESUME_SAFE,
@@ -44,8 +44,12 @@ def learner_settings(**changes: Any) -> dict[str, Any]:
 
 
 def evaluator_of(settings: dict[str, Any]) -> PrequentialEvaluator:
-    models = build_models(settings["models"], max_keys=settings["max_keys"], lstm=lstm_arguments(settings))
-    evaluator = PrequentialEvaluator(models, window=settings["window"], max_keys=settings["max_keys"])
+    evaluator = build_evaluator(
+        settings["models"],
+        window=settings["window"],
+        max_keys=settings["max_keys"],
+        lstm=lstm_arguments(settings),
+    )
     events = list(temporal_stream(64, n_keys=4, seed=1))
     for start in range(0, 64, 16):
         evaluator.process(events[start : start + 16])
@@ -72,7 +76,7 @@ def test_other_sizes_models_and_window_are_refused_with_every_difference() -> No
     message = str(refused.value)
     assert "the checkpoint of instance a was written with other settings" in message
     assert "hidden_size: checkpoint 8, now 4" in message
-    assert "models: checkpoint lstm,logreg,no_change, now lstm,no_change" in message
+    assert "models: checkpoint lstm,logreg,no_change,mix, now lstm,no_change" in message
     assert "window: checkpoint 1000, now 50" in message
     assert "learning_rate" not in message  # changeable: not a reason to refuse
     assert "--checkpoint-dir" in message and "checkpoint's settings" in message

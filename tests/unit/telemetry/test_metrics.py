@@ -116,3 +116,15 @@ def test_every_declared_metric_is_a_typed_attribute_of_telemetry() -> None:
     assert set(telemetry.scores) == {d.key for d in METRICS if d.attribute == "scores"}
     registered = {family.name for family in telemetry.registry.collect()}
     assert len(registered) == len(METRICS)
+
+
+def test_the_mixture_weights_are_a_gauge_per_model() -> None:
+    telemetry = Telemetry(CollectorRegistry())
+    telemetry.set_mixture_weights({"lstm": 0.7, "logreg": 0.2, "base_rate": 0.1})
+    weights = {
+        sample.labels["model"]: sample.value
+        for family in telemetry.registry.collect()
+        if family.name == "stream_lstm_mixture_weight"
+        for sample in family.samples
+    }
+    assert weights == {"lstm": 0.7, "logreg": 0.2, "base_rate": 0.1}
