@@ -66,8 +66,8 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
 
     Parameters
     ----------
-    hidden_size, tbptt_steps, learning_rate, clip_grad_norm, input_clip, max_keys, max_features,
-    adapt_scaler, device, seed, category_buckets
+    hidden_size, tbptt_steps, learning_rate, clip_grad_norm, steps_per_batch, input_clip, max_keys,
+    max_features, adapt_scaler, device, seed, category_buckets
         The learner's hyperparameters (see :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
     key_field
         The field of ``x`` holding the entity key (a string or an integer); ``None``: one stream.
@@ -97,6 +97,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
         tbptt_steps: int = 8,
         learning_rate: float = 0.01,
         clip_grad_norm: float = 1.0,
+        steps_per_batch: int = 1,
         input_clip: float = 10.0,
         max_keys: int = 100_000,
         max_features: int = 32,
@@ -115,6 +116,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
             tbptt_steps=tbptt_steps,
             learning_rate=learning_rate,
             clip_grad_norm=clip_grad_norm,
+            steps_per_batch=steps_per_batch,
             input_clip=input_clip,
             max_keys=max_keys,
             max_features=max_features,

@@ -62,6 +62,7 @@ class Pending:
     new_c0: torch.Tensor
     new_window: torch.Tensor
     new_window_len: np.ndarray
+    plan: FullWindowPlan | ChunkPlan | None = None  # how the pass ran (for another pass of the batch)
 
 
 class ChunkedForward(InputEncoding, FusedLSTMCalls):
@@ -104,9 +105,29 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         )
         k, window_steps = self.tbptt_steps, self.keys.window_steps
         window_len = self.keys.window_len[slots]
+        plan: FullWindowPlan | ChunkPlan
         if self._full_window_path and fits_full_windows(groups.counts, window_len, k, window_steps):
-            return self._forward_full_windows(events, batch, plan_full_windows(groups, k))
-        return self._forward_chunked(events, batch, plan_chunks(groups, window_len, k, window_steps))
+            plan = plan_full_windows(groups, k)
+            pending = self._forward_full_windows(events, batch, plan)
+        else:
+            plan = plan_chunks(groups, window_len, k, window_steps)
+            pending = self._forward_chunked(events, batch, plan)
+        pending.plan = plan
+        return pending
+
+    def _forward_again(self, pending: Pending) -> Pending:
+        """The forward pass of ``pending``'s batch run again from the same key states, with the
+        weights as they are now (for another optimizer step on the batch): the encoding and the
+        plan are reused, nothing is counted twice."""
+        batch, plan = pending.batch, pending.plan
+        batch.weights = self._weights_for(batch.columns)  # a gather of the input weights is stale
+        if isinstance(plan, FullWindowPlan):
+            again = self._forward_full_windows(pending.events, batch, plan)
+        else:
+            assert plan is not None
+            again = self._forward_chunked(pending.events, batch, plan)
+        again.plan = plan
+        return again
 
     def _forward_full_windows(
         self, events: Sequence[Event], batch: BatchInputs, plan: FullWindowPlan

@@ -54,6 +54,7 @@ _HYPERPARAMETERS = (
     "tbptt_steps",
     "learning_rate",
     "clip_grad_norm",
+    "steps_per_batch",
     "input_clip",
     "max_keys",
     "max_features",
@@ -64,6 +65,8 @@ _HYPERPARAMETERS = (
 )
 _OPTIMIZER_FIELDS = ("lr", "betas", "eps", "step", "exp_avg", "exp_avg_sq")
 _SMALLEST = math.ulp(0.0)
+#: The most optimizer steps per batch a checkpoint may ask for (each costs a pass of the batch).
+_MOST_STEPS_PER_BATCH = 1000
 #: Keys a new learner's store has room for before it grows (see KeyStateStore).
 _INITIAL_KEY_CAPACITY = 1024
 
@@ -142,12 +145,15 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
     if isinstance(tree, dict) and "category_buckets" not in tree:
         # Written before categorical features: that learner had no category inputs.
         tree = {**tree, "category_buckets": 0}
+    if isinstance(tree, dict) and "steps_per_batch" not in tree:
+        tree = {**tree, "steps_per_batch": 1}  # written before several steps per batch: one
     read = Fields(tree, fields.path("hyperparameters"), _HYPERPARAMETERS)
     return {
         "hidden_size": read.int("hidden_size", low=1),
         "tbptt_steps": read.int("tbptt_steps", low=1),
         "learning_rate": read.float("learning_rate", low=0.0),
         "clip_grad_norm": read.float("clip_grad_norm", low=_SMALLEST),
+        "steps_per_batch": read.int("steps_per_batch", low=1, high=_MOST_STEPS_PER_BATCH),
         "input_clip": read.float("input_clip", low=_SMALLEST),
         "max_keys": read.int("max_keys", low=1),
         "max_features": read.int("max_features", low=1),

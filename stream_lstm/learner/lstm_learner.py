@@ -1,4 +1,4 @@
-"""The online LSTM classifier: per-key state, truncated BPTT, one optimizer step per micro-batch.
+"""The online LSTM classifier: per-key state, truncated BPTT, optimizer steps per micro-batch.
 
 The learner's jobs live in its bases, a module each: :mod:`~stream_lstm.learner.encoding` (events
 to input vectors), :mod:`~stream_lstm.learner.tbptt_plan` (the chunks, planned in NumPy),
@@ -36,7 +36,7 @@ from stream_lstm.models.protocols import TrainedModel
 
 #: The hyperparameters :meth:`LSTMLearner.change_settings` changes on a learner that has learned:
 #: they change how it goes on learning, not what it has learned or the shape of its state.
-CHANGEABLE_SETTINGS = ("learning_rate", "clip_grad_norm", "device")
+CHANGEABLE_SETTINGS = ("learning_rate", "clip_grad_norm", "steps_per_batch", "device")
 
 
 class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersistence, TrainedModel):
@@ -46,8 +46,9 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     calls: :meth:`predict_batch` runs one batched forward pass over every key in the batch
     (its stored window, then its new events in order) with the weights learned from earlier
     batches, and :meth:`learn_batch` backpropagates the loss of the batch's labelled events
-    through that same pass and takes one optimizer step. The prediction for an event therefore
-    depends only on earlier events of its key and on earlier batches.
+    through that same pass and takes an optimizer step (``steps_per_batch`` of them: each after a
+    new forward pass of the batch with the weights of the step before). The prediction for an
+    event therefore depends only on earlier events of its key and on earlier batches.
 
     Truncated BPTT: every key keeps its last ``tbptt_steps - 1`` inputs and the detached state at
     the start of that window. A batch's sequence for a key is that window followed by its new
@@ -65,6 +66,11 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         Adam's step size; 0 freezes the weights.
     clip_grad_norm
         Gradients are rescaled so that their global norm is at most this.
+    steps_per_batch
+        Optimizer steps on each batch's labels: more steps learn more per event seen (a batch of
+        64 events otherwise gets one step where per-event learning takes 64), at the cost of a
+        forward and backward pass each. The batch is predicted before the first, so the
+        prequential rule holds whatever the number.
     input_clip
         Standardised inputs (features and the log time gap) are clipped to
         ``[-input_clip, input_clip]``, so that no accepted value, however far out, can saturate
@@ -109,6 +115,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         tbptt_steps: int = 8,
         learning_rate: float = 0.01,
         clip_grad_norm: float = 1.0,
+        steps_per_batch: int = 1,
         input_clip: float = 10.0,
         max_keys: int = 100_000,
         max_features: int = 32,
@@ -122,6 +129,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             ("tbptt_steps", tbptt_steps),
             ("max_keys", max_keys),
             ("max_features", max_features),
+            ("steps_per_batch", steps_per_batch),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -141,6 +149,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self.tbptt_steps = tbptt_steps
         self.learning_rate = learning_rate
         self.clip_grad_norm = clip_grad_norm
+        self.steps_per_batch = steps_per_batch
         self.input_clip = float(input_clip)
         self.max_keys = max_keys
         self.max_features = max_features
@@ -199,6 +208,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             "tbptt_steps": self.tbptt_steps,
             "learning_rate": self.learning_rate,
             "clip_grad_norm": self.clip_grad_norm,
+            "steps_per_batch": self.steps_per_batch,
             "input_clip": self.input_clip,
             "max_keys": self.max_keys,
             "max_features": self.max_features,
@@ -221,11 +231,14 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         return self._pending.probabilities
 
     def learn_batch(self, events: Sequence[Event]) -> None:
-        """Advance every key past ``events`` and take one optimizer step on their labels.
+        """Advance every key past ``events`` and take ``steps_per_batch`` optimizer steps on their
+        labels.
 
-        The step is skipped, and counted (:meth:`guard_stats`), when the loss or the gradient
-        norm is not finite; the key states written are then made finite (non-finite values: 0).
-        ``events_learned`` counts the labelled events of skipped batches too.
+        A step is skipped, and counted (:meth:`guard_stats`), when the loss or the gradient
+        norm is not finite, and no further step is taken on the batch; the key states written are
+        then made finite (non-finite values: 0). With several steps, the key states are those of
+        the last forward pass. ``events_learned`` counts each labelled event once, those of
+        skipped batches too.
         """
         if not events:
             return
@@ -238,6 +251,12 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         unsafe_states = not pending.finite
         if batch.targets is not None:
             unsafe_states |= self._train(pending)
+            for _ in range(1, self.steps_per_batch):
+                if self._check_on_host and unsafe_states:
+                    break  # a skipped step: no more steps on this batch
+                pending = self._forward_again(pending)
+                unsafe_states |= not pending.finite
+                unsafe_states |= self._train(pending, again=True)
         new_h0, new_c0, new_window = pending.new_h0, pending.new_c0, pending.new_window
         if unsafe_states:
             new_h0, new_c0, new_window = map(finite_or_zero, (new_h0, new_c0, new_window))
@@ -263,8 +282,8 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
 
     def change_settings(self, changes: dict[str, Any]) -> None:
         """Apply settings that may change when a checkpoint is resumed (:data:`CHANGEABLE_SETTINGS`):
-        the step size (Adam's too), the gradient clip, and the device (the learner is rebuilt
-        there from its data form)."""
+        the step size (Adam's too), the gradient clip, the steps per batch, and the device (the
+        learner is rebuilt there from its data form)."""
         unknown = set(changes) - set(CHANGEABLE_SETTINGS)
         if unknown:
             raise ConfigError(f"{', '.join(sorted(unknown))} cannot change on a learner that has learned")
@@ -276,3 +295,5 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             self.learning_rate = self.optimizer.lr = changes["learning_rate"]
         if "clip_grad_norm" in changes:
             self.clip_grad_norm = changes["clip_grad_norm"]
+        if "steps_per_batch" in changes:
+            self.steps_per_batch = changes["steps_per_batch"]

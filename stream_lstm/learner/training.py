@@ -50,11 +50,12 @@ class GuardedTraining:
     _last_loss: torch.Tensor | None
     _last_grad_norm: torch.Tensor | None
 
-    def _train(self, pending: Pending) -> bool:
+    def _train(self, pending: Pending, *, again: bool = False) -> bool:
         """Backpropagate the loss of the labelled events of ``pending`` (it has some) and take
         the optimizer step unless a guard skips it; return whether the key states of the pass
         may be non-finite (always, on the device path: whether it was skipped is not known here,
-        and it does not wait to know)."""
+        and it does not wait to know). ``again``: another step on a batch already counted in
+        ``events_learned``."""
         batch = pending.batch
         assert batch.targets is not None
         logits = pending.logits
@@ -63,7 +64,8 @@ class GuardedTraining:
         # The aten op itself: the functional wrapper's checks cost more than the op here.
         loss = torch.binary_cross_entropy_with_logits(logits, batch.targets, None, None, _MEAN)
         self._steps_tried += 1
-        self.events_learned += batch.targets.numel()
+        if not again:
+            self.events_learned += batch.targets.numel()
         self._last_loss = loss_value = loss.detach()
         if self._check_on_host:
             return self._step_checked_on_host(loss, float(loss_value))

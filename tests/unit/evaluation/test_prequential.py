@@ -14,10 +14,9 @@ from stream_lstm.offline.generator import temporal_stream
 SMALL_LSTM = {"hidden_size": 8, "tbptt_steps": 4, "device": "cpu", "learning_rate": 0.05}
 
 
-def run(events: list[Event], batch_size: int) -> dict[str, np.ndarray]:
-    evaluator = build_evaluator(
-        ["lstm", "logreg", "logreg_lags", "no_change", "mix"], lstm=SMALL_LSTM, window=50
-    )
+def run(events: list[Event], batch_size: int, steps_per_batch: int = 1) -> dict[str, np.ndarray]:
+    lstm = {**SMALL_LSTM, "steps_per_batch": steps_per_batch}
+    evaluator = build_evaluator(["lstm", "logreg", "logreg_lags", "no_change", "mix"], lstm=lstm, window=50)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in evaluator.names}
     for start in range(0, len(events), batch_size):
         for name, p in evaluator.process(events[start : start + batch_size]).items():
@@ -25,25 +24,28 @@ def run(events: list[Event], batch_size: int) -> dict[str, np.ndarray]:
     return {name: np.concatenate(p) for name, p in parts.items()}
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 32])
-def test_changing_label_of_t_or_later_leaves_prediction_of_t_unchanged(batch_size: int) -> None:
+@pytest.mark.parametrize(("batch_size", "steps_per_batch"), [(1, 1), (7, 1), (32, 1), (7, 3), (32, 3)])
+def test_changing_label_of_t_or_later_leaves_prediction_of_t_unchanged(
+    batch_size: int, steps_per_batch: int
+) -> None:
     events = list(temporal_stream(300, n_keys=4, seed=5))
     t = 150  # mid-batch for every batch size above
     altered = events[:t] + [dataclasses.replace(e, label=1 - e.label) for e in events[t:]]
-    before, after = run(events, batch_size), run(altered, batch_size)
+    before, after = run(events, batch_size, steps_per_batch), run(altered, batch_size, steps_per_batch)
     for name in before:
         np.testing.assert_array_equal(before[name][: t + 1], after[name][: t + 1], err_msg=name)
         # ...and the flipped labels do change later predictions, so the comparison has teeth.
         assert not np.array_equal(before[name][t + 1 :], after[name][t + 1 :]), name
 
 
-def test_changing_features_of_later_events_leaves_earlier_predictions_unchanged() -> None:
+@pytest.mark.parametrize("steps_per_batch", [1, 3])
+def test_changing_features_of_later_events_leaves_earlier_predictions_unchanged(steps_per_batch: int) -> None:
     events = list(temporal_stream(200, n_keys=3, seed=6))
     t = 100
     altered = events[: t + 1] + [
         dataclasses.replace(e, features={"a": 10.0, "z": -3.0}) for e in events[t + 1 :]
     ]
-    before, after = run(events, 16), run(altered, 16)
+    before, after = run(events, 16, steps_per_batch), run(altered, 16, steps_per_batch)
     for name in before:
         np.testing.assert_array_equal(before[name][: t + 1], after[name][: t + 1], err_msg=name)
 

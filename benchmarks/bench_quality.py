@@ -1,0 +1,190 @@
+"""Prediction quality on Elec2 and on generated temporal streams, against the best achievable.
+
+Runs `evaluate`'s machinery (:class:`PrequentialEvaluator`, `build_models`, micro-batches of the
+default size, all models in this process) on Elec2 and on each stream of the suite
+(:data:`stream_lstm.offline.families.SUITE`: lags, hidden regimes, drift, seasonality, label
+noise, no signal). One table: per stream and model, whole-stream accuracy, log loss,
+kappa-temporal and the model's own events/s, beside the oracle's expected accuracy and log loss
+(the best achievable; unknown for Elec2).
+
+With ``--variants``, a second table shows the LSTM alone under other settings on the same streams
+(the sample-efficiency levers: batch size, learning rate, optimizer steps per batch), each a
+comma-separated list of ``batch=``, ``lr=`` and ``steps=``, variants separated by ``;``. Usage:
+``python benchmarks/bench_quality.py [--events 20000] [--models lstm,logreg,no_change]
+[--streams a,b] [--variants "batch=1;batch=64,lr=0.03"] [--markdown OUT.md]`` (appends to OUT.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import describe_machine
+
+from stream_lstm.config.declared import LEARNER_SETTINGS
+from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.evaluation.report import render_table
+from stream_lstm.learner.cpu_threads import set_cpu_threads
+from stream_lstm.messages.events import Event
+from stream_lstm.offline.csv_source import CsvEventSource
+from stream_lstm.offline.evaluate import evaluate_stream
+from stream_lstm.offline.families import SUITE, suite_stream
+
+ELEC2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "elec2.csv"
+DEFAULTS = {s.name: s.default for s in LEARNER_SETTINGS}
+
+
+@dataclass
+class Stream:
+    """A stream of the benchmark: its events and, where known, the best achievable scores."""
+
+    name: str
+    events: list[Event]
+    best_accuracy: float = math.nan
+    best_log_loss: float = math.nan
+
+
+def streams(names: Sequence[str], n_events: int, seed: int) -> list[Stream]:
+    """Elec2 (when present and asked for) and the generated streams ``names``."""
+    chosen = []
+    for name in names:
+        if name == "elec2":
+            if not ELEC2.is_file():
+                print(f"Elec2 skipped: {ELEC2} not found", flush=True)
+                continue
+            chosen.append(Stream("elec2", list(CsvEventSource(ELEC2, label="class"))))
+        else:
+            generated = suite_stream(name, n_events, seed)
+            chosen.append(Stream(name, generated.events, generated.best_accuracy, generated.best_log_loss))
+    return chosen
+
+
+def evaluate(stream: Stream, models: Sequence[str], *, batch: int, lstm: dict[str, Any]) -> dict[str, Any]:
+    """One prequential run of ``models``: their reports, and the whole run's events/s."""
+    evaluator = PrequentialEvaluator(build_models(models, lstm={"device": "cpu", **lstm}))
+    started = time.perf_counter()
+    evaluate_stream(stream.events, evaluator, batch_size=batch)
+    seconds = time.perf_counter() - started
+    return {"models": evaluator.report(), "run_rate": len(stream.events) / seconds}
+
+
+def parse_variant(text: str) -> tuple[str, int, dict[str, Any]]:
+    """A variant ``batch=8,lr=0.03,steps=2``: its label, batch size and LSTM keyword arguments."""
+    batch, lstm = DEFAULTS["batch_size"], {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name == "batch":
+            batch = int(value)
+        elif name == "lr":
+            lstm["learning_rate"] = float(value)
+        elif name == "steps":
+            lstm["steps_per_batch"] = int(value)
+        else:
+            raise SystemExit(f"unknown variant setting {name!r} in {text!r}: use batch=, lr=, steps=")
+    label = f"batch {batch}, lr {lstm.get('learning_rate', DEFAULTS['learning_rate'])}"
+    if "steps_per_batch" in lstm:
+        label += f", {lstm['steps_per_batch']} steps"
+    return label, batch, lstm
+
+
+def _score(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
+def quality_table(results: list[tuple[Stream, dict[str, Any]]]) -> str:
+    headers = ["stream", "events", "best acc", "best log loss", "model", "accuracy", "log_loss", "kappa_t"]
+    headers += ["model events/s", "run events/s"]
+    rows = []
+    for stream, run in results:
+        for name, scores in run["models"].items():
+            rows.append(
+                [
+                    stream.name,
+                    f"{len(stream.events):,}",
+                    _score(stream.best_accuracy),
+                    _score(stream.best_log_loss),
+                    name,
+                    _score(scores["accuracy"]),
+                    _score(scores["log_loss"]),
+                    _score(scores["kappa_temporal"]),
+                    f"{scores['events_per_second']:,.0f}",
+                    f"{run['run_rate']:,.0f}",
+                ]
+            )
+    return render_table(headers, rows)
+
+
+def variants_table(results: list[tuple[Stream, str, dict[str, Any]]]) -> str:
+    headers = ["stream", "best acc", "LSTM setting", "accuracy", "log_loss", "rolling acc", "events/s"]
+    rows = []
+    for stream, label, run in results:
+        scores = run["models"]["lstm"]
+        rolling = scores.get("rolling", {}).get("accuracy", math.nan)
+        rows.append(
+            [
+                stream.name,
+                _score(stream.best_accuracy),
+                label,
+                _score(scores["accuracy"]),
+                _score(scores["log_loss"]),
+                _score(rolling),
+                f"{run['run_rate']:,.0f}",
+            ]
+        )
+    return render_table(headers, rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="events of each generated stream")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", default=",".join(DEFAULTS["models"]))
+    parser.add_argument("--streams", default=",".join(["elec2", *SUITE]))
+    parser.add_argument(
+        "--variants", default="batch=1", help='LSTM settings to compare, e.g. "batch=1;steps=2"'
+    )
+    parser.add_argument("--markdown", help="append the tables to this Markdown file")
+    args = parser.parse_args()
+    set_cpu_threads(1)  # evaluate's default (torch_threads)
+    models = [name.strip() for name in args.models.split(",") if name.strip()]
+    chosen = streams(
+        [name.strip() for name in args.streams.split(",") if name.strip()], args.events, args.seed
+    )
+    machine = f"Machine: {describe_machine()}"
+    print(machine, flush=True)
+    batch = DEFAULTS["batch_size"]
+    results = []
+    for stream in chosen:
+        print(f"  {stream.name}: {', '.join(models)} at batch {batch} ...", flush=True)
+        results.append((stream, evaluate(stream, models, batch=batch, lstm={})))
+    sections = [
+        f"Quality at the default settings (batch {batch}, lr {DEFAULTS['learning_rate']}); best: the "
+        f"oracle's expected scores (stream_lstm.offline.families)\n\n{quality_table(results)}"
+    ]
+    print("\n" + sections[-1] + "\n", flush=True)
+    if args.variants:
+        compared = []
+        for stream in chosen:
+            for text in filter(None, (v.strip() for v in args.variants.split(";"))):
+                label, size, lstm = parse_variant(text)
+                print(f"  {stream.name}: LSTM, {label} ...", flush=True)
+                compared.append((stream, label, evaluate(stream, ["lstm"], batch=size, lstm=lstm)))
+        sections.append(f"The LSTM alone under other settings\n\n{variants_table(compared)}")
+        print("\n" + sections[-1] + "\n", flush=True)
+    if args.markdown:
+        body = "\n\n".join(f"```\n{section}\n```" for section in sections)
+        with open(args.markdown, "a") as handle:
+            handle.write(f"\n# quality benchmark\n\n{machine}\n\n{body}\n")
+        print(f"appended to {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
