@@ -1,6 +1,6 @@
 """Prediction quality on Elec2 and on generated temporal streams, against the best achievable.
 
-Runs `evaluate`'s machinery (:class:`PrequentialEvaluator`, `build_models`, micro-batches of the
+Runs `evaluate`'s machinery (`build_evaluator`: the models and their mixture, micro-batches of the
 default size, all models in this process) on Elec2 and on each stream of the suite
 (:data:`stream_lstm.offline.families.SUITE`: lags, hidden regimes, drift, seasonality, label
 noise, no signal). One table: per stream and model, whole-stream accuracy, log loss,
@@ -10,7 +10,7 @@ kappa-temporal and the model's own events/s, beside the oracle's expected accura
 With ``--variants``, a second table shows the LSTM alone under other settings on the same streams
 (the sample-efficiency levers: batch size, learning rate, optimizer steps per batch), each a
 comma-separated list of ``batch=``, ``lr=`` and ``steps=``, variants separated by ``;``. Usage:
-``python benchmarks/bench_quality.py [--events 20000] [--models lstm,logreg,no_change]
+``python benchmarks/bench_quality.py [--events 20000] [--models lstm,logreg,logreg_lags,no_change,mix]
 [--streams a,b] [--variants "batch=1;batch=64,lr=0.03"] [--markdown OUT.md]`` (appends to OUT.md).
 """
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
 from stream_lstm.config.declared import LEARNER_SETTINGS
-from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.evaluation.prequential import build_evaluator
 from stream_lstm.evaluation.report import render_table
 from stream_lstm.learner.cpu_threads import set_cpu_threads
 from stream_lstm.messages.events import Event
@@ -69,7 +69,7 @@ def streams(names: Sequence[str], n_events: int, seed: int) -> list[Stream]:
 
 def evaluate(stream: Stream, models: Sequence[str], *, batch: int, lstm: dict[str, Any]) -> dict[str, Any]:
     """One prequential run of ``models``: their reports, and the whole run's events/s."""
-    evaluator = PrequentialEvaluator(build_models(models, lstm={"device": "cpu", **lstm}))
+    evaluator = build_evaluator(models, lstm={"device": "cpu", **lstm})
     started = time.perf_counter()
     evaluate_stream(stream.events, evaluator, batch_size=batch)
     seconds = time.perf_counter() - started

@@ -97,6 +97,11 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             text = response.read().decode()
     except OSError:
         return {}
+    return parse_samples(text)
+
+
+def parse_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text exposition, by name and labels."""
     samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -108,11 +113,17 @@ def _get(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), float("nan"))
 
 
+def models_scraped(samples: dict) -> list[str]:
+    """The models the service runs (those with a score in the scrape), in the usual order."""
+    present = {dict(labels).get("model") for name, labels in samples if name == "stream_lstm_accuracy"}
+    return [model for model in MODEL_NAMES if model in present]
+
+
 def comparison_table(samples: dict) -> str:
-    """Whole-stream scores and rolling accuracy of each model, from a scrape."""
+    """Whole-stream scores and rolling accuracy of each model the service runs, from a scrape."""
     headers = ["model", *METRICS, "rolling accuracy"]
     rows = []
-    for model in MODEL_NAMES:
+    for model in models_scraped(samples):
         cells = [f"{_get(samples, f'stream_lstm_{m}', model=model, scope='stream'):.4f}" for m in METRICS]
         rolling = _get(samples, "stream_lstm_accuracy", model=model, scope="rolling")
         rows.append([model, *cells, f"{rolling:.4f}"])
@@ -259,7 +270,8 @@ def _produce(
 
 def _status(samples: dict) -> str:
     parts = [
-        f"{m} {_get(samples, 'stream_lstm_accuracy', model=m, scope='rolling'):.3f}" for m in MODEL_NAMES
+        f"{m} {_get(samples, 'stream_lstm_accuracy', model=m, scope='rolling'):.3f}"
+        for m in models_scraped(samples)
     ]
     return "rolling acc: " + "  ".join(parts)
 

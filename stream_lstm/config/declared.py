@@ -38,7 +38,7 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "models",
         model_list,
-        ("lstm", "logreg", "no_change", "mix"),
+        ("lstm", "logreg", "logreg_lags", "no_change", "mix"),
         "models to run, comma-separated (mix: their mixture by past log loss)",
     ),
     Setting("batch_size", positive_int, 64, "events per micro-batch (1: learn after every event)"),

@@ -9,8 +9,9 @@ comparison with the LSTM answers "does recurrence help beyond lag features?":
   gap since the key's previous event with a timestamp (standardised), the key's previous label as
   -1/+1 (0 when there is none) and a flag for "no previous label", and the category buckets;
 * the key's last ``lags`` events (3 by default), newest first, as lag features: each one's
-  features (standardised like the event's own) and its label as -1/+1 (0 for an event without a
-  label). A key with fewer earlier events has 0 in the missing lags' inputs.
+  features as they were standardised (and clipped) for its own prediction, and its label as -1/+1
+  (0 for an event without a label). A key with fewer earlier events has 0 in the missing lags'
+  inputs. The LSTM's window likewise holds its earlier inputs as they were encoded.
 
 The previous label is taken exactly as the LSTM takes it: the label of the latest earlier labelled
 event of the key, earlier events of the same batch included; so are the lags (the LSTM's
@@ -18,8 +19,8 @@ recurrence reads the earlier events of the batch, in order, before it predicts a
 event's own label is ever an input of its prediction, and the weights used for a batch are those
 learned from earlier batches (test-then-train, as every model here).
 
-Per key it keeps the previous label, the latest timestamp and the last ``lags`` events' features
-(restricted to the ``max_features`` names in use) and labels, for at most ``max_keys`` keys (the
+Per key it keeps the previous label, the latest timestamp and the last ``lags`` events' standardised
+features (restricted to the ``max_features`` names in use) and labels, for at most ``max_keys`` keys (the
 least recently seen key is forgotten first, as the LSTM's are).
 """
 
@@ -65,7 +66,7 @@ def lag_label_input(lag: int) -> tuple[str, int]:
     return ("lag_label", lag)
 
 
-#: One earlier event of a key: its features (the names in use) and its label.
+#: One earlier event of a key: its standardised features (the names in use) and its label.
 Lag = tuple[Mapping[str, float], int | None]
 
 
@@ -93,7 +94,7 @@ class KeyHistory:
         return Context(self.previous_label, gap, tuple(self.lags))
 
     def advance(self, features: Mapping[str, float], event: Event) -> None:
-        """Move the key past ``event`` (``features``: its features restricted to the names in use)."""
+        """Move the key past ``event`` (``features``: its standardised features, as predicted from)."""
         if event.label is not None:
             self.previous_label = event.label
         if event.ts is not None and event.ts == event.ts:
@@ -181,11 +182,11 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         earlier events of its key (those of this batch included)."""
         walk = self._walk(events)
         self._walked = walk
-        predict, inputs = self.classifier.predict_proba_one, self._inputs
+        predict = self.classifier.predict_proba_one
         probabilities = np.array(
             [
-                predict(inputs(x, counts, context)).get(True, 0.5)
-                for x, counts, context in zip(walk.features, walk.buckets, walk.contexts, strict=True)
+                predict({**scaled, **context}).get(True, 0.5)
+                for scaled, context in zip(walk.scaled, walk.context_inputs, strict=True)
             ]
         )
         finite = np.isfinite(probabilities)
@@ -194,23 +195,25 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         return probabilities
 
     def learn_batch(self, events: Sequence[Event]) -> None:
-        """Learn each labelled event in order (the scalers first, as the river pipeline does),
-        then move every key of the batch past its events."""
+        """Learn each labelled event in order, then move every key of the batch past its events.
+
+        As the river pipeline does, the feature scaler learns an event before the event's own
+        features are standardised for learning; its other inputs (the gap, the previous label,
+        the lags) are those it was predicted from, which saves building them twice.
+        """
         walk, self._walked = self._walked, None
         if walk is None or walk.events is not events:
             walk = self._walk(events)
-        scaler, gap_scaler, learn, inputs = (
-            self.scaler,
-            self.gap_scaler,
-            self.classifier.learn_one,
-            self._inputs,
-        )
-        for event, x, counts, context in zip(events, walk.features, walk.buckets, walk.contexts, strict=True):
+        scaler, gap_scaler, learn = self.scaler, self.gap_scaler, self.classifier.learn_one
+        transform, clip = scaler.transform_one, self._clip
+        for event, x, context, inputs in zip(
+            events, walk.features, walk.contexts, walk.context_inputs, strict=True
+        ):
             if event.label is not None:
                 scaler.learn_one(x)
                 if context.gap == context.gap:
                     gap_scaler.learn_one({"gap": context.gap})
-                learn(inputs(x, counts, context), bool(event.label))
+                learn({**clip(transform(x)), **inputs}, bool(event.label))
         stored = self.histories
         for key, history in walk.histories.items():  # in order of first appearance, as the LSTM's
             stored[key] = history
@@ -224,28 +227,32 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         return self._walk(events).contexts
 
     def _walk(self, events: Sequence[Event]) -> _Walk:
-        """Each event's bounded features, bucket inputs and context; and each key's history
-        after the batch (copies: the stored ones change in :meth:`learn_batch` only)."""
+        """Each event's bounded and standardised features and its other inputs; and each key's
+        history after the batch (copies: the stored ones change in :meth:`learn_batch` only)."""
         features = self._bounded(events)
         buckets = self._bucket_inputs(events) or [None] * len(events)
+        transform, clip = self.scaler.transform_one, self._clip
+        scaled = [clip(transform(x)) for x in features]  # new dicts (river's transform makes one)
         stored, lags = self.histories, self.lags
         histories: dict[str, KeyHistory] = {}
         contexts = []
-        for event, x in zip(events, features, strict=True):
+        for event, x in zip(events, scaled, strict=True):
             history = histories.get(event.key)
             if history is None:
                 known = stored.get(event.key)
                 history = histories[event.key] = known.copy() if known is not None else KeyHistory.empty(lags)
             contexts.append(history.context(event.ts))
             history.advance(x, event)
-        return _Walk(events, features, buckets, contexts, histories)
+        context_inputs = [
+            self._context_inputs(counts, context) for counts, context in zip(buckets, contexts, strict=True)
+        ]
+        return _Walk(events, features, scaled, contexts, context_inputs, histories)
 
-    def _inputs(self, x: Mapping[str, float], counts: dict[int, float] | None, context: Context) -> dict:
-        """The inputs of one event: its features, buckets and context, and its key's lags."""
-        clip, transform = self._clip, self.scaler.transform_one
-        inputs: dict[Any, float] = clip(transform(x))  # a new dict (river's transform makes one)
-        if counts:
-            inputs.update(counts)
+    def _context_inputs(self, counts: dict[int, float] | None, context: Context) -> dict:
+        """An event's inputs besides its own features: its buckets, the gap, the previous label
+        and its key's lags."""
+        clip = self._clip
+        inputs: dict[Any, float] = dict(counts) if counts else {}
         if context.gap == context.gap:
             inputs[GAP] = clip(self.gap_scaler.transform_one({"gap": context.gap}))["gap"]
         if context.previous_label is None:
@@ -255,7 +262,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         for lag, (lag_features, label) in enumerate(context.lags):
             if lag_features:
                 names = self._lag_feature_names[lag]
-                for name, value in clip(transform(lag_features)).items():
+                for name, value in lag_features.items():
                     input_name = names.get(name)
                     if input_name is None:
                         input_name = names[name] = lag_feature_input(lag + 1, name)
@@ -416,9 +423,12 @@ class _Walk:
     """A batch as :meth:`LagLogisticRegression._walk` found it."""
 
     events: Sequence[Event]
+    #: Each event's features restricted to the names in use, and the same standardised.
     features: list[Mapping[str, float]]
-    buckets: list[dict[int, float]] | list[None]
+    scaled: list[dict[str, float]]
     contexts: list[Context]
+    #: Each event's inputs besides its own features (:meth:`LagLogisticRegression._context_inputs`).
+    context_inputs: list[dict[Any, float]]
     #: The batch's keys' histories after the batch, in order of first appearance.
     histories: dict[str, KeyHistory]
 

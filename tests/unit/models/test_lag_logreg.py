@@ -85,6 +85,11 @@ def test_previous_label_and_time_gap_are_the_lstms(events: list[Event], batch_si
 
 def test_the_lags_are_the_earlier_events_of_the_key_newest_first() -> None:
     model = LagLogisticRegression(lags=2)
+    model.learn_batch([Event(key="z", features={"x": float(v)}, label=v % 2) for v in range(8)])
+
+    def scaled(value: float) -> dict[str, float]:  # as predicted from, before the batch is learned
+        return model._clip(model.scaler.transform_one({"x": value}))
+
     batch = [
         Event(key="a", features={"x": 1.0}, label=1),
         Event(key="b", features={"x": 2.0}, label=0),
@@ -92,16 +97,18 @@ def test_the_lags_are_the_earlier_events_of_the_key_newest_first() -> None:
         Event(key="a", features={"x": 4.0}, label=0),
         Event(key="a", features={"x": 5.0}, label=1),
     ]
+    expected = {v: scaled(v) for v in (1.0, 3.0, 4.0, 5.0)}
+    assert len(set(map(str, expected.values()))) == 4  # the scaler tells the values apart
     lags = [context.lags for context in model.contexts(batch)]
     assert lags == [
         (),
         (),
-        (({"x": 1.0}, 1),),
-        (({"x": 3.0}, None), ({"x": 1.0}, 1)),
-        (({"x": 4.0}, 0), ({"x": 3.0}, None)),
+        ((expected[1.0], 1),),
+        ((expected[3.0], None), (expected[1.0], 1)),
+        ((expected[4.0], 0), (expected[3.0], None)),
     ]
     model.learn_batch(batch)  # the next batch continues from the learned histories
-    assert model.contexts([Event(key="a")])[0].lags == (({"x": 5.0}, 1), ({"x": 4.0}, 0))
+    assert model.contexts([Event(key="a")])[0].lags == ((expected[5.0], 1), (expected[4.0], 0))
 
 
 def test_the_inputs_are_named_apart_from_features_and_buckets() -> None:
