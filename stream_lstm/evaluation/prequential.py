@@ -118,6 +118,22 @@ class PrequentialEvaluator:
             self.seconds[MIXTURE] = 0.0
             self.trace[MIXTURE] = []
 
+    def change_models(self, names: Sequence[str], added: Mapping[str, OnlineClassifier]) -> None:
+        """Run the models ``names`` from now on, in that order: those it runs already keep their
+        state and scores, ``added`` holds the others (they start with fresh scores), and the rest
+        are dropped. The mixture is dropped too, since its experts change: set a new one with
+        :meth:`set_mixture`."""
+        missing = [name for name in names if name not in self.models and name not in added]
+        if missing or not names or MIXTURE in names:
+            raise ConfigError(f"cannot run {', '.join(names)}: no model given for {', '.join(missing)}")
+        self.set_mixture(None)
+        models = {**self.models, **added}
+        self.models = {name: models[name] for name in names}
+        fresh = set(added)
+        self.scores = {n: Scorer(window=self.window) if n in fresh else self.scores[n] for n in names}
+        self.seconds = {n: 0.0 if n in fresh else self.seconds[n] for n in names}
+        self.trace = {n: [] if n in fresh else self.trace[n] for n in names}
+
     def reset_scores(self) -> None:
         """Start the scores and counts afresh, keeping the models (a warm start from another run)."""
         self.scores = {name: Scorer(window=self.window) for name in self.names}

@@ -10,8 +10,11 @@ told to. So every difference is either refused or applied:
   (``category_buckets`` among them) and seed. They shape the state itself (weights, key states,
   score windows), or, for the seed, only the initial weights, which a resumed learner no longer
   has: a new value cannot take effect.
-* **added or dropped**: the mixture (``mix``) alone may be added to or dropped from the models: it
-  is built fresh, with equal weights (a checkpoint written before the mixture has none).
+* **added or dropped**: the baselines (``logreg``, ``logreg_lags``, ``no_change``) and the mixture
+  (``mix``) may be added to or dropped from the models, as long as the LSTM is in both or in
+  neither: an added baseline starts fresh (its scores too), and the mixture starts again with
+  equal weights whenever the models it mixes change (a checkpoint written before a model existed
+  resumes under the new default models).
 * **kept, with a warning**: a checkpoint whose learner has no category inputs (``category_buckets``
   0: every checkpoint written before categorical features) resumes under any ``category_buckets``,
   so that an upgraded service resumes with its default settings; it learns nothing from categories.
@@ -32,6 +35,7 @@ from typing import Any
 from stream_lstm.errors import ConfigError
 from stream_lstm.evaluation.mixture import MIXTURE, FixedShareMixture
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
+from stream_lstm.models.build import SHARED_WITH_LOGREG, TRAINED, build_models
 from stream_lstm.models.protocols import trained_model
 
 log = logging.getLogger(__name__)
@@ -85,17 +89,30 @@ def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     return differences
 
 
-def _follow_mixture(evaluator: PrequentialEvaluator, current: Mapping[str, Any], source: str) -> None:
-    """Add or drop the mixture, when that is the only difference of the models."""
+def _follow_models(evaluator: PrequentialEvaluator, current: Mapping[str, Any], source: str) -> None:
+    """Add or drop baselines and the mixture as ``current`` names them, when the trained model
+    (the LSTM) is the checkpoint's: an added baseline starts fresh, and the mixture starts again
+    with equal weights whenever its models change."""
     if "models" not in current:
         return
-    wanted = list(current["models"])
-    if [name for name in wanted if name != MIXTURE] != list(evaluator.models):
-        return
-    if MIXTURE in wanted and evaluator.mixture is None:
-        log.info("%s has no mixture: %s starts with equal weights", source, MIXTURE)
-        evaluator.set_mixture(FixedShareMixture(list(evaluator.models)))
-    elif MIXTURE not in wanted and evaluator.mixture is not None:
+    wanted = [name for name in current["models"] if name != MIXTURE]
+    have = list(evaluator.models)
+    if not wanted or [n for n in wanted if n in TRAINED] != [n for n in have if n in TRAINED]:
+        return  # the trained model differs: refused as a difference of models
+    added = [name for name in wanted if name not in have]
+    dropped = [name for name in have if name not in wanted]
+    if added or dropped or wanted != have:
+        shared = {name: current[name] for name in SHARED_WITH_LOGREG if name in current}
+        built = build_models(added, max_keys=current.get("max_keys", 100_000), lstm=shared) if added else {}
+        evaluator.change_models(wanted, built)
+        if added:
+            log.info("%s has no %s: started fresh", source, ", ".join(added))
+        if dropped:
+            log.info("%s: %s dropped, as not among the models", source, ", ".join(dropped))
+    if MIXTURE in current["models"] and evaluator.mixture is None:
+        log.info("%s: %s starts with equal weights", source, MIXTURE)
+        evaluator.set_mixture(FixedShareMixture(wanted))
+    elif MIXTURE not in current["models"] and evaluator.mixture is not None:
         log.info("%s: its mixture is dropped, as %s is not among the models", source, MIXTURE)
         evaluator.set_mixture(None)
 
@@ -106,7 +123,7 @@ def resume_with_settings(
     """``evaluator``, loaded from ``source`` (e.g. "the checkpoint of instance a in directory d"),
     with the :data:`RESUME_SAFE` settings of ``current`` applied; :class:`ConfigError` listing
     every difference if any :data:`FIXED` setting differs."""
-    _follow_mixture(evaluator, current, source)
+    _follow_models(evaluator, current, source)
     differences = settings_differences(evaluator.learner_settings(), current)
     kept = differences.pop("category_buckets", None)
     if kept is not None and kept[0] == 0:

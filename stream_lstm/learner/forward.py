@@ -8,6 +8,7 @@ learner backpropagates its loss and writes the keys' new states back.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,19 @@ class BatchInputs:
     weights: list[torch.Tensor]  # the LSTM's weights for those columns
 
 
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """What another optimizer step on a batch runs again: the chunks that hold its events, from
+    the (detached) start states the first pass found, with the weights as they are then."""
+
+    inputs: torch.Tensor  # chunk rows x steps x the input columns the LSTM runs on
+    h: torch.Tensor
+    c: torch.Tensor
+    lengths: np.ndarray | None  # each row's steps, for the padded run (None: one fused call)
+    event_rows: np.ndarray | None  # the chunk row of each event (None: one per row, in order)
+    event_steps: np.ndarray | int  # the step of each event in its row
+
+
 @dataclass(slots=True)
 class Pending:
     """The forward pass of a batch, kept until the learner's ``learn_batch`` consumes it."""
@@ -62,7 +76,7 @@ class Pending:
     new_c0: torch.Tensor
     new_window: torch.Tensor
     new_window_len: np.ndarray
-    plan: FullWindowPlan | ChunkPlan | None = None  # how the pass ran (for another pass of the batch)
+    rerun: Rerun | None = None  # how to run its chunks again (for another step on the batch)
 
 
 class ChunkedForward(InputEncoding, FusedLSTMCalls):
@@ -105,29 +119,36 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         )
         k, window_steps = self.tbptt_steps, self.keys.window_steps
         window_len = self.keys.window_len[slots]
-        plan: FullWindowPlan | ChunkPlan
         if self._full_window_path and fits_full_windows(groups.counts, window_len, k, window_steps):
-            plan = plan_full_windows(groups, k)
-            pending = self._forward_full_windows(events, batch, plan)
-        else:
-            plan = plan_chunks(groups, window_len, k, window_steps)
-            pending = self._forward_chunked(events, batch, plan)
-        pending.plan = plan
-        return pending
+            return self._forward_full_windows(events, batch, plan_full_windows(groups, k))
+        return self._forward_chunked(events, batch, plan_chunks(groups, window_len, k, window_steps))
 
     def _forward_again(self, pending: Pending) -> Pending:
-        """The forward pass of ``pending``'s batch run again from the same key states, with the
-        weights as they are now (for another optimizer step on the batch): the encoding and the
-        plan are reused, nothing is counted twice."""
-        batch, plan = pending.batch, pending.plan
-        batch.weights = self._weights_for(batch.columns)  # a gather of the input weights is stale
-        if isinstance(plan, FullWindowPlan):
-            again = self._forward_full_windows(pending.events, batch, plan)
-        else:
-            assert plan is not None
-            again = self._forward_chunked(pending.events, batch, plan)
-        again.plan = plan
-        return again
+        """``pending`` with its logits computed again by the weights as they are now (for another
+        optimizer step on the batch).
+
+        Only the chunks that hold the batch's events run again, from the start states the first
+        pass found: those are detached in truncated BPTT anyway, and finding them is most of a
+        long sequence's forward pass. The key states written after the batch stay those of the
+        first pass, the one the predictions came from. Nothing is counted twice.
+        """
+        batch, rerun = pending.batch, pending.rerun
+        assert rerun is not None
+        batch.weights = weights = self._weights_for(batch.columns)  # a gathered w_ih is stale
+        with torch.enable_grad():
+            if rerun.lengths is None:
+                outputs = self._lstm_call(rerun.inputs, rerun.h, rerun.c, weights)[0]
+            else:
+                outputs = self._run_lstm(rerun.inputs, rerun.lengths, (rerun.h, rerun.c), weights)
+            if rerun.event_rows is None:
+                assert isinstance(rerun.event_steps, int)
+                picked = outputs[:, rerun.event_steps]
+            else:
+                assert isinstance(rerun.event_steps, np.ndarray)
+                picked = gather_steps(outputs, rerun.event_rows, rerun.event_steps)
+            logits = self._head(picked)
+        probabilities, finite = _host_probabilities(logits)
+        return dataclasses.replace(pending, logits=logits, probabilities=probabilities, finite=finite)
 
     def _forward_full_windows(
         self, events: Sequence[Event], batch: BatchInputs, plan: FullWindowPlan
@@ -165,7 +186,11 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         with torch.no_grad():
             new_h0, new_c0 = torch.lstm_cell(model_chunks[:, 0], (h, c), *weights)
         new_window_len = np.full(n_keys, self.keys.window_steps, dtype=np.int64)
-        return _pending(events, batch, logits, (new_h0, new_c0), (chunks[:, 1:], new_window_len))
+        pending = _pending(events, batch, logits, (new_h0, new_c0), (chunks[:, 1:], new_window_len))
+        if batch.targets is not None:
+            rows = None if isinstance(plan.event_step, int) else batch.groups.row
+            pending.rerun = Rerun(model_chunks, h, c, None, rows, plan.event_step)
+        return pending
 
     def _forward_chunked(self, events: Sequence[Event], batch: BatchInputs, plan: ChunkPlan) -> Pending:
         """The general path of :meth:`_forward`: every key's window and new events in a grid,
@@ -191,8 +216,9 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         else:
             later = self._later_chunks(sequences, plan.later_chunks, (h, c), batch)
             chunk_inputs, chunk_state, new_state = later
+        model_inputs = narrow(chunk_inputs, columns)
         with torch.set_grad_enabled(batch.targets is not None):
-            outputs = self._run_lstm(narrow(chunk_inputs, columns), plan.chunk_len, chunk_state, weights)
+            outputs = self._run_lstm(model_inputs, plan.chunk_len, chunk_state, weights)
             picked = gather_steps(outputs, plan.event_chunk_row, plan.event_step)
             logits = self._head(picked)
         # The next window is the last k - 1 inputs; its start state is one step into the last
@@ -201,7 +227,12 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         if window.long_rows.size:
             new_state = self._step_rows(sequences, window.long_rows, window.long_steps, new_state, batch)
         new_window = gather_steps(sequences, np.arange(n_keys), window.positions)
-        return _pending(events, batch, logits, new_state, (new_window, window.window_len))
+        pending = _pending(events, batch, logits, new_state, (new_window, window.window_len))
+        if batch.targets is not None:
+            pending.rerun = Rerun(
+                model_inputs, *chunk_state, plan.chunk_len, plan.event_chunk_row, plan.event_step
+            )
+        return pending
 
     def _later_chunks(
         self,

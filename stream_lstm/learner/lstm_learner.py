@@ -46,9 +46,9 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     calls: :meth:`predict_batch` runs one batched forward pass over every key in the batch
     (its stored window, then its new events in order) with the weights learned from earlier
     batches, and :meth:`learn_batch` backpropagates the loss of the batch's labelled events
-    through that same pass and takes an optimizer step (``steps_per_batch`` of them: each after a
-    new forward pass of the batch with the weights of the step before). The prediction for an
-    event therefore depends only on earlier events of its key and on earlier batches.
+    through that same pass and takes an optimizer step (``steps_per_batch`` of them: each after
+    the batch's truncated chunks run again with the weights of the step before). The prediction
+    for an event therefore depends only on earlier events of its key and on earlier batches.
 
     Truncated BPTT: every key keeps its last ``tbptt_steps - 1`` inputs and the detached state at
     the start of that window. A batch's sequence for a key is that window followed by its new
@@ -236,8 +236,10 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
 
         A step is skipped, and counted (:meth:`guard_stats`), when the loss or the gradient
         norm is not finite, and no further step is taken on the batch; the key states written are
-        then made finite (non-finite values: 0). With several steps, the key states are those of
-        the last forward pass. ``events_learned`` counts each labelled event once, those of
+        then made finite (non-finite values: 0). With several steps, each step after the first
+        runs the batch's truncated chunks again from the start states of the first pass, and the
+        key states written are those of the first pass (the one the predictions came from).
+        ``events_learned`` counts each labelled event once, those of
         skipped batches too.
         """
         if not events:

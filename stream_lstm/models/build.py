@@ -12,9 +12,11 @@ from stream_lstm.models.protocols import OnlineClassifier
 from stream_lstm.models.state_data import damaged
 
 MODEL_NAMES = ("lstm", "logreg", "logreg_lags", "no_change")
+#: The models whose weights are trained by backpropagation: what a checkpoint is kept for.
+TRAINED = ("lstm",)
 
 #: The LSTM's keyword arguments that the logistic regressions take too (the same meaning).
-_SHARED_WITH_LOGREG = ("max_features", "input_clip", "category_buckets")
+SHARED_WITH_LOGREG = ("max_features", "input_clip", "category_buckets")
 
 
 def build_models(
@@ -34,7 +36,7 @@ def build_models(
             f"unknown model(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(MODEL_NAMES)}"
         )
     models: dict[str, OnlineClassifier] = {}
-    shared = {key: value for key, value in (lstm or {}).items() if key in _SHARED_WITH_LOGREG}
+    shared = {key: value for key, value in (lstm or {}).items() if key in SHARED_WITH_LOGREG}
     for name in names:
         if name == "lstm":
             from stream_lstm.api.classifier import LSTMClassifier  # torch is imported only when needed

@@ -1,7 +1,7 @@
 """``category_buckets`` is a size of the models' state: a resume may not change it, except that a
 learner without category inputs (every checkpoint from before categorical features) resumes as it
-is, with a warning, so that an upgraded service starts with its default settings. The mixture alone
-may come or go."""
+is, with a warning, so that an upgraded service starts with its default settings. Baselines and
+the mixture may come or go; the LSTM may not."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_a_checkpoint_from_before_categories_resumes_as_it_is_with_a_warning(
         resume_with_settings(evaluator_of(models), current(models, 0), "the checkpoint")
 
 
-def test_the_mixture_alone_may_be_added_to_or_dropped_from_a_resumed_checkpoint() -> None:
+def test_the_mixture_may_be_added_to_or_dropped_from_a_resumed_checkpoint() -> None:
     evaluator = evaluator_of(("logreg", "no_change"))  # as written before the mixture
     with_mix = current(("logreg", MIXTURE, "no_change"), DEFAULT_CATEGORY_BUCKETS)
     assert resume_with_settings(evaluator, with_mix, "it") is evaluator
@@ -73,5 +73,34 @@ def test_the_mixture_alone_may_be_added_to_or_dropped_from_a_resumed_checkpoint(
     assert evaluator.scores[MIXTURE].count == 0
     resume_with_settings(evaluator, current(("logreg", "no_change"), DEFAULT_CATEGORY_BUCKETS), "it")
     assert evaluator.mixture is None and list(evaluator.scores) == ["logreg", "no_change"]
-    with pytest.raises(ConfigError, match="models"):
-        resume_with_settings(evaluator, current(("no_change", MIXTURE), DEFAULT_CATEGORY_BUCKETS), "it")
+
+
+def test_baselines_may_be_added_fresh_or_dropped_while_the_lstm_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    evaluator = evaluator_of(("lstm", "logreg", "no_change"))  # as written before logreg_lags
+    lstm, learned = evaluator.models["lstm"], evaluator.scores["logreg"].count
+    defaults = ("lstm", "logreg", "logreg_lags", "no_change", MIXTURE)
+    with caplog.at_level("INFO"):
+        assert resume_with_settings(evaluator, current(defaults, DEFAULT_CATEGORY_BUCKETS), "it") is evaluator
+    assert "it has no logreg_lags: started fresh" in caplog.text
+    assert evaluator.names == list(defaults) and evaluator.models["lstm"] is lstm
+    assert evaluator.scores["logreg"].count == learned == 4 and evaluator.scores["logreg_lags"].count == 0
+    assert evaluator.mixture is not None and list(evaluator.mixture.experts) == list(defaults[:-1])
+    added = evaluator.models["logreg_lags"]
+    assert (added.max_keys, added.category_buckets) == (64, DEFAULT_CATEGORY_BUCKETS)
+    evaluator.process([Event(key="a", features={"x": 2.0}, label=0)] * 2)  # the new set runs
+    assert evaluator.scores["logreg_lags"].count == 2
+    resume_with_settings(evaluator, current(("lstm", "no_change"), DEFAULT_CATEGORY_BUCKETS), "it")
+    assert evaluator.names == ["lstm", "no_change"] and evaluator.mixture is None
+    assert evaluator.scores["lstm"].count == 6
+
+
+@pytest.mark.parametrize(
+    ("saved", "now"), [(("logreg", "no_change"), ("lstm", "no_change")), (("lstm", "logreg"), ("logreg",))]
+)
+def test_the_lstm_may_not_come_or_go(saved: tuple[str, ...], now: tuple[str, ...]) -> None:
+    evaluator = evaluator_of(saved)
+    with pytest.raises(ConfigError, match="models: checkpoint"):
+        resume_with_settings(evaluator, current(now, DEFAULT_CATEGORY_BUCKETS), "it")
+    assert evaluator.names == list(saved)

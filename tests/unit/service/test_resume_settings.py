@@ -70,13 +70,13 @@ def test_the_same_settings_resume_unchanged() -> None:
 
 def test_other_sizes_models_and_window_are_refused_with_every_difference() -> None:
     evaluator = evaluator_of(learner_settings())
-    current = learner_settings(hidden_size=4, models=("lstm", "no_change"), window=50, learning_rate=0.1)
+    current = learner_settings(hidden_size=4, models=("logreg", "no_change"), window=50, learning_rate=0.1)
     with pytest.raises(ConfigError) as refused:
         resume_with_settings(evaluator, current, "the checkpoint of instance a")
     message = str(refused.value)
     assert "the checkpoint of instance a was written with other settings" in message
     assert "hidden_size: checkpoint 8, now 4" in message
-    assert "models: checkpoint lstm,logreg,no_change,mix, now lstm,no_change" in message
+    assert "models: checkpoint lstm,logreg,logreg_lags,no_change,mix, now logreg,no_change" in message
     assert "window: checkpoint 1000, now 50" in message
     assert "learning_rate" not in message  # changeable: not a reason to refuse
     assert "--checkpoint-dir" in message and "checkpoint's settings" in message
