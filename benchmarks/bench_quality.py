@@ -11,7 +11,9 @@ With ``--variants``, a second table shows the LSTM alone under other settings on
 (the sample-efficiency levers: batch size, learning rate, optimizer steps per batch), each a
 comma-separated list of ``batch=``, ``lr=`` and ``steps=``, variants separated by ``;``. Usage:
 ``python benchmarks/bench_quality.py [--events 20000] [--models lstm,logreg,logreg_lags,no_change,mix]
-[--streams a,b] [--variants "batch=1;batch=64,lr=0.03"] [--markdown OUT.md]`` (appends to OUT.md).
+[--streams a,b] [--seeds 0,1] [--variants "batch=1;batch=64,lr=0.03"] [--markdown OUT.md]``
+(appends to OUT.md). A third table ranks the variants by their mean log loss over the streams, with
+each one's worst accuracy shortfall against the first variant (batch 1 by default).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class Stream:
     best_log_loss: float = math.nan
 
 
-def streams(names: Sequence[str], n_events: int, seed: int) -> list[Stream]:
-    """Elec2 (when present and asked for) and the generated streams ``names``."""
+def streams(names: Sequence[str], n_events: int, seeds: Sequence[int]) -> list[Stream]:
+    """Elec2 (when present and asked for) and the generated streams ``names``, one of each per
+    seed (named ``name/seed`` when there are several seeds)."""
     chosen = []
     for name in names:
         if name == "elec2":
@@ -61,9 +64,11 @@ def streams(names: Sequence[str], n_events: int, seed: int) -> list[Stream]:
                 print(f"Elec2 skipped: {ELEC2} not found", flush=True)
                 continue
             chosen.append(Stream("elec2", list(CsvEventSource(ELEC2, label="class"))))
-        else:
+            continue
+        for seed in seeds:
             generated = suite_stream(name, n_events, seed)
-            chosen.append(Stream(name, generated.events, generated.best_accuracy, generated.best_log_loss))
+            label = name if len(seeds) == 1 else f"{name}/{seed}"
+            chosen.append(Stream(label, generated.events, generated.best_accuracy, generated.best_log_loss))
     return chosen
 
 
@@ -142,10 +147,40 @@ def variants_table(results: list[tuple[Stream, str, dict[str, Any]]]) -> str:
     return render_table(headers, rows)
 
 
+def choice_table(results: list[tuple[Stream, str, dict[str, Any]]]) -> str:
+    """Per LSTM setting, its mean over the streams: log loss (what the defaults are chosen by),
+    accuracy, accuracy short of the first setting's (the batch-1 reference when it comes first)
+    and events/s; best first."""
+    by_label: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for stream, label, run in results:
+        by_label.setdefault(label, []).append((stream.name, run))
+    reference = {name: run["models"]["lstm"]["accuracy"] for name, run in next(iter(by_label.values()))}
+    rows = []
+    for label, runs in by_label.items():
+        scores = [run["models"]["lstm"] for _, run in runs]
+        gaps = [reference[name] - run["models"]["lstm"]["accuracy"] for name, run in runs]
+        rows.append(
+            (
+                sum(s["log_loss"] for s in scores) / len(scores),
+                [
+                    label,
+                    f"{sum(s['log_loss'] for s in scores) / len(scores):.4f}",
+                    f"{sum(s['accuracy'] for s in scores) / len(scores):.4f}",
+                    f"{max(gaps):+.4f}",
+                    f"{sum(run['run_rate'] for _, run in runs) / len(runs):,.0f}",
+                    str(len(runs)),
+                ],
+            )
+        )
+    headers = ["LSTM setting", "mean log_loss", "mean accuracy", "worst acc short of first"]
+    headers += ["mean events/s", "streams"]
+    return render_table(headers, [row for _, row in sorted(rows, key=lambda pair: pair[0])])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="events of each generated stream")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="seeds of the generated streams, comma-separated")
     parser.add_argument("--models", default=",".join(DEFAULTS["models"]))
     parser.add_argument("--streams", default=",".join(["elec2", *SUITE]))
     parser.add_argument(
@@ -156,7 +191,9 @@ def main() -> None:
     set_cpu_threads(1)  # evaluate's default (torch_threads)
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     chosen = streams(
-        [name.strip() for name in args.streams.split(",") if name.strip()], args.events, args.seed
+        [name.strip() for name in args.streams.split(",") if name.strip()],
+        args.events,
+        [int(seed) for seed in args.seeds.split(",") if seed.strip()],
     )
     machine = f"Machine: {describe_machine()}"
     print(machine, flush=True)
@@ -178,6 +215,8 @@ def main() -> None:
                 print(f"  {stream.name}: LSTM, {label} ...", flush=True)
                 compared.append((stream, label, evaluate(stream, ["lstm"], batch=size, lstm=lstm)))
         sections.append(f"The LSTM alone under other settings\n\n{variants_table(compared)}")
+        print("\n" + sections[-1] + "\n", flush=True)
+        sections.append(f"The settings by their mean over the streams\n\n{choice_table(compared)}")
         print("\n" + sections[-1] + "\n", flush=True)
     if args.markdown:
         body = "\n\n".join(f"```\n{section}\n```" for section in sections)

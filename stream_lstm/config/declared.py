@@ -47,6 +47,12 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
     Setting("tbptt_steps", positive_int, 8, "steps a gradient flows back through, per key"),
     Setting("learning_rate", non_negative_float, 0.01, "Adam step size of the LSTM (0 freezes it)"),
     Setting("clip_grad_norm", float, 1.0, "largest gradient norm of an LSTM step"),
+    Setting(
+        "steps_per_batch",
+        positive_int,
+        1,
+        "LSTM optimizer steps on each micro-batch (more learn more per event, at some speed)",
+    ),
     Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),
     Setting("max_features", positive_int, 32, "distinct feature names the LSTM takes as inputs"),
     Setting(
@@ -72,6 +78,7 @@ LSTM_HYPERPARAMETERS = (
     "tbptt_steps",
     "learning_rate",
     "clip_grad_norm",
+    "steps_per_batch",
     "max_features",
     "category_buckets",
     "input_clip",

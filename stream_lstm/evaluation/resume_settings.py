@@ -18,9 +18,9 @@ told to. So every difference is either refused or applied:
 * **kept, with a warning**: a checkpoint whose learner has no category inputs (``category_buckets``
   0: every checkpoint written before categorical features) resumes under any ``category_buckets``,
   so that an upgraded service resumes with its default settings; it learns nothing from categories.
-* **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``clip_grad_norm`` and ``device`` change how
-  the learner goes on, not what it has learned, so they are applied to the loaded learner and
-  logged.
+* **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``clip_grad_norm``, ``steps_per_batch`` and
+  ``device`` change how the learner goes on, not what it has learned, so they are applied to the
+  loaded learner and logged.
 
 ``torch_threads``, ``batch_size`` and the checkpoint and Kafka settings are the service's, not the
 learner's: a checkpoint does not hold them, and they may change freely.
@@ -53,7 +53,7 @@ FIXED = (
     "seed",
 )
 #: Settings that may differ from the checkpoint's: applied to the loaded learner.
-RESUME_SAFE = ("learning_rate", "clip_grad_norm", "device")
+RESUME_SAFE = ("learning_rate", "clip_grad_norm", "steps_per_batch", "device")
 
 
 def current_learner_settings(settings: Mapping[str, Any], lstm: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.evaluation.resume_settings import RESUME_SAFE
 from stream_lstm.learner.lstm_learner import CHANGEABLE_SETTINGS, LSTMLearner
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.evaluate import batches
@@ -110,7 +111,7 @@ def test_a_checkpoint_from_before_the_setting_takes_one_step() -> None:
 
 
 def test_the_steps_may_change_on_resume() -> None:
-    assert "steps_per_batch" in CHANGEABLE_SETTINGS  # RESUME_SAFE too, once it is a setting
+    assert "steps_per_batch" in CHANGEABLE_SETTINGS and "steps_per_batch" in RESUME_SAFE
     model = learner(1)
     model.change_settings({"steps_per_batch": 4})
     chunks = stream()
