@@ -197,7 +197,7 @@ def run_relay(bootstrap: str, topic: str, batch_size: int, fetch_wait_ms: int, p
     """
     from prometheus_client import Counter, start_http_server
 
-    from stream_lstm.messages.events import decode_event
+    from stream_lstm.messages.decoding import decode_event
 
     events = Counter("stream_lstm_events", "Events relayed.", ["outcome"])
     start_http_server(port, addr="127.0.0.1")

@@ -34,7 +34,8 @@ from machine import describe_machine
 from stream_lstm.evaluation.report import render_table
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.kafka.connect import EventWriter
-from stream_lstm.messages.events import decode_event, encode_event
+from stream_lstm.messages.decoding import decode_event
+from stream_lstm.messages.events import encode_event
 from stream_lstm.offline.generator import temporal_stream
 from stream_lstm.testing.apache_kafka import ApacheKafkaBroker
 

@@ -39,14 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stream_lstm.errors import ConfigError, EventError, short_repr
-from stream_lstm.messages.events import (
-    DEFAULT_KEY,
-    DEFAULT_LIMITS,
-    MAX_ABS_VALUE,
-    Event,
-    parse_timestamp,
-    utf8_size,
-)
+from stream_lstm.messages.decoding import utf8_size
+from stream_lstm.messages.events import DEFAULT_KEY, DEFAULT_LIMITS, MAX_ABS_VALUE, Event, parse_timestamp
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -4,7 +4,7 @@ Producers send their own shapes: ``{"key", "ts", "features": {...}, "label"}`` (
 flat object whose top-level fields are the features, nested objects (``device.id``), booleans,
 text labels such as ``"yes"``, text values such as ``"city": "Paris"``. A :class:`MessageMapping`
 names the fields (dot paths into nested objects) and says how values are read, and both ``run``
-(JSON messages, :func:`~stream_lstm.messages.events.decode_event`) and ``evaluate``/``produce``
+(JSON messages, :func:`~stream_lstm.messages.decoding.decode_event`) and ``evaluate``/``produce``
 (CSV rows, :mod:`stream_lstm.offline.csv_source`) read through it:
 
 * a number is a feature, ``true``/``false`` a 0/1 feature, text a category
@@ -74,7 +74,7 @@ class MessageMapping:
     Examples
     --------
     >>> flat = MessageMapping(features_field=".", positive_label="yes")
-    >>> from stream_lstm.messages.events import event_from_object
+    >>> from stream_lstm.messages.decoding import event_from_object
     >>> event_from_object({"key": "m1", "load": 0.6, "city": "Paris", "label": "yes"}, mapping=flat)
     Event(key='m1', ts=None, features={'load': 0.6}, label=1, categories={'city': 'Paris'})
     """

@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stream_lstm.messages.events import DECODE_ERROR_CODES, Event
+from stream_lstm.messages.decoding import DECODE_ERROR_CODES
+from stream_lstm.messages.events import Event
 
 #: One encoder for every prediction record: ``json.dumps`` with options builds a new one per call.
 _PREDICTION_ENCODER = json.JSONEncoder(allow_nan=False)

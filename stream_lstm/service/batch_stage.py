@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from stream_lstm.errors import EventError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.kafka.interface import Message, Partition
-from stream_lstm.messages.events import Event, decode_event
+from stream_lstm.messages.decoding import decode_event
+from stream_lstm.messages.events import Event
 from stream_lstm.models.protocols import trained_model
 from stream_lstm.service.ledger import Ledger
 from stream_lstm.service.publisher import Publisher

@@ -12,7 +12,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from stream_lstm.cli.main import main
 from stream_lstm.kafka.broker import free_port
-from stream_lstm.messages.events import decode_event
+from stream_lstm.messages.decoding import decode_event
 from stream_lstm.offline.generator import temporal_stream, write_csv
 from tests.integration.conftest import Broker
 from tests.integration.service_harness import wait_for

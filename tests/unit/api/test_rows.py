@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from stream_lstm import LSTMClassifier
 from stream_lstm.api.rows import RowReader, label_of
 from stream_lstm.errors import ConfigError, EventError
-from stream_lstm.messages.events import Event, decode_event, encode_event
+from stream_lstm.messages.decoding import decode_event
+from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.state.codec import decode_tree, encode_tree
 
 READER = RowReader(key_field="key", ts_field="ts")

@@ -15,14 +15,8 @@ from hypothesis import strategies as st
 
 from stream_lstm.errors import EventError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
-from stream_lstm.messages.events import (
-    DECODE_ERROR_CODES,
-    DEFAULT_LIMITS,
-    Event,
-    InputLimits,
-    decode_event,
-    encode_event,
-)
+from stream_lstm.messages.decoding import DECODE_ERROR_CODES, decode_event
+from stream_lstm.messages.events import DEFAULT_LIMITS, Event, InputLimits, encode_event
 from stream_lstm.messages.mapping import DEFAULT_MAPPING, FLAT, MessageMapping
 from stream_lstm.messages.records import (
     DEAD_LETTER_REASONS,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from stream_lstm.errors import EventError
-from stream_lstm.messages.events import DECODE_ERROR_CODES, Event, decode_event, encode_event
+from stream_lstm.messages.decoding import DECODE_ERROR_CODES, decode_event
+from stream_lstm.messages.events import Event, encode_event
 
 
 def test_decodes_a_full_message_and_prefers_the_key_in_the_value() -> None:

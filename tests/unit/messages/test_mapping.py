@@ -7,7 +7,8 @@ import json
 import pytest
 
 from stream_lstm.errors import ConfigError, EventError
-from stream_lstm.messages.events import Event, decode_event
+from stream_lstm.messages.decoding import decode_event
+from stream_lstm.messages.events import Event
 from stream_lstm.messages.mapping import MessageMapping
 from stream_lstm.offline.csv_source import CsvEventSource
 
