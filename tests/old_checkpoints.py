@@ -30,7 +30,8 @@ def old_learner_state(learner: LSTMLearner) -> dict[str, Any]:
         buffer,
     )
     return {
-        "hyperparameters": learner.hyperparameters(),
+        # The old format had no steps_per_batch (one step per batch).
+        "hyperparameters": {k: v for k, v in learner.hyperparameters().items() if k != "steps_per_batch"},
         "torch_state": buffer.getvalue(),
         "scaler": learner.scaler,
         "feature_columns": dict(learner.feature_columns),

@@ -97,7 +97,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
         tbptt_steps: int = 8,
         learning_rate: float = 0.01,
         clip_grad_norm: float = 1.0,
-        steps_per_batch: int = 1,
+        steps_per_batch: int = 2,
         input_clip: float = 10.0,
         max_keys: int = 100_000,
         max_features: int = 32,

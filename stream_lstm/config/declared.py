@@ -25,6 +25,7 @@ from stream_lstm.config.setting import (
     port_or_any,
     positive_float,
     positive_int,
+    steps_per_batch,
 )
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
@@ -49,8 +50,8 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
     Setting("clip_grad_norm", float, 1.0, "largest gradient norm of an LSTM step"),
     Setting(
         "steps_per_batch",
-        positive_int,
-        1,
+        steps_per_batch,
+        2,
         "LSTM optimizer steps on each micro-batch (more learn more per event, at some speed)",
     ),
     Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),

@@ -23,6 +23,7 @@ from typing import Any
 
 from stream_lstm.config.secret import MASK, read_secret_file
 from stream_lstm.errors import ConfigError
+from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH
 
 ENV_PREFIX = "STREAM_LSTM_"
 
@@ -52,6 +53,14 @@ def positive_int(text: str) -> int:
     value = _integer(text)
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def steps_per_batch(text: str) -> int:
+    """An integer from 1 to the learner's bound on steps per batch."""
+    value = positive_int(text)
+    if value > MAX_STEPS_PER_BATCH:
+        raise ValueError(f"must be at most {MAX_STEPS_PER_BATCH}, got {value}")
     return value
 
 

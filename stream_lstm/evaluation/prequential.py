@@ -113,10 +113,13 @@ class PrequentialEvaluator:
         self.scores.pop(MIXTURE, None)
         self.seconds.pop(MIXTURE, None)
         self.trace.pop(MIXTURE, None)
+        self.started_at.pop(MIXTURE, None)
         if mixture is not None:
             self.scores[MIXTURE] = Scorer(window=self.window)
             self.seconds[MIXTURE] = 0.0
             self.trace[MIXTURE] = []
+            if self.events:
+                self.started_at[MIXTURE] = self.events
 
     def change_models(self, names: Sequence[str], added: Mapping[str, OnlineClassifier]) -> None:
         """Run the models ``names`` from now on, in that order: those it runs already keep their
@@ -133,12 +136,16 @@ class PrequentialEvaluator:
         self.scores = {n: Scorer(window=self.window) if n in fresh else self.scores[n] for n in names}
         self.seconds = {n: 0.0 if n in fresh else self.seconds[n] for n in names}
         self.trace = {n: [] if n in fresh else self.trace[n] for n in names}
+        started = {n: self.events if n in fresh else self.started_at.get(n, 0) for n in names}
+        self.started_at = {n: at for n, at in started.items() if at}
 
     def reset_scores(self) -> None:
         """Start the scores and counts afresh, keeping the models (a warm start from another run)."""
         self.scores = {name: Scorer(window=self.window) for name in self.names}
         self.seconds = dict.fromkeys(self.names, 0.0)
         self.events = 0
+        #: The event count at which a model began, for one added later (see change_models).
+        self.started_at: dict[str, int] = {}
         self.labelled = 0
         self.trace: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
         # Labelled batches scored without the mixture, while it waits for experts from elsewhere.
@@ -338,6 +345,7 @@ class PrequentialEvaluator:
             seconds=self.seconds,
             trace=self.trace,
             guards=self.guard_stats(),
+            started_at=dict(self.started_at),
         )
 
     def guard_stats(self) -> dict[str, dict[str, int]]:
@@ -347,7 +355,7 @@ class PrequentialEvaluator:
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per model: whole-stream scores, rolling scores and the model's own events/s."""
-        return model_reports(self.scores, self.seconds, self.events)
+        return model_reports(self.scores, self.seconds, self.events, self.started_at)
 
     def rolling_accuracy_curve(self, name: str) -> np.ndarray:
         """Rolling accuracy after each labelled event (needs ``keep_trace=True``)."""
@@ -379,6 +387,7 @@ class PrequentialEvaluator:
         if self._outside_experts():
             raise EvaluationError("an evaluator whose mixture mixes models of another process is not saved")
         mixture = {} if self.mixture is None else {"mixture": self.mixture.to_state()}
+        started = {"started_at": dict(self.started_at)} if self.started_at else {}
         return {
             "window": self.window,
             "models": [{"name": name, "state": model.to_state()} for name, model in self.models.items()],
@@ -393,14 +402,16 @@ class PrequentialEvaluator:
                 for name, parts in self.trace.items()
             },
             **mixture,
+            **started,
         }
 
     @classmethod
     def from_state(cls, tree: Any, where: str) -> PrequentialEvaluator:
         """The evaluator of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
         ``tree`` is not one). A checkpoint written before the mixture existed has none."""
-        with_mixture = isinstance(tree, dict) and "mixture" in tree
-        fields = Fields(tree, where, (*_EVALUATOR_FIELDS, *(["mixture"] if with_mixture else [])))
+        optional = [name for name in ("mixture", "started_at") if isinstance(tree, dict) and name in tree]
+        with_mixture = "mixture" in optional
+        fields = Fields(tree, where, (*_EVALUATOR_FIELDS, *optional))
         models: dict[str, OnlineClassifier] = {}
         for index, entry in enumerate(fields.list("models")):
             at = f"{fields.path('models')}[{index}]"
@@ -429,6 +440,12 @@ class PrequentialEvaluator:
         evaluator.seconds = {name: seconds.float(name, low=0.0) for name in names}
         evaluator.events = fields.int("events")
         evaluator.labelled = fields.int("labelled", high=evaluator.events)
+        evaluator.started_at = {}
+        if "started_at" in optional:
+            raw = fields.raw("started_at")
+            begun = [name for name in names if isinstance(raw, dict) and name in raw]
+            started = fields.nested("started_at", begun)  # refuses a name that is no model's
+            evaluator.started_at = {name: started.int(name, low=1, high=evaluator.events) for name in begun}
         evaluator.keep_trace = fields.bool("keep_trace")
         trace = fields.nested("trace", names)
         evaluator.trace = {name: [trace.array(name, "bool", (None,))] for name in names}
@@ -444,6 +461,7 @@ class PrequentialEvaluator:
         state.setdefault("mixture", None)
         state.setdefault("_late", deque())
         state.setdefault("_elsewhere", {})
+        state.setdefault("started_at", {})
         self.__dict__.update(state)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,8 @@ class EvaluationResults:
     trace: dict[str, list[np.ndarray]]
     #: What the guards of the models that have guards left out (see ``GuardedModel``).
     guards: dict[str, dict[str, int]]
+    #: The event count at which a model began (one added to a resumed evaluator); 0 if absent.
+    started_at: dict[str, int] = field(default_factory=dict)
 
     def guard_stats(self) -> dict[str, dict[str, int]]:
         """What each guarded model left out, by reason, as ``PrequentialEvaluator.guard_stats``."""
@@ -43,7 +45,7 @@ class EvaluationResults:
 
     def report(self) -> dict[str, dict[str, Any]]:
         """Per model: whole-stream scores, rolling scores and the model's own events/s."""
-        return model_reports(self.scores, self.seconds, self.events)
+        return model_reports(self.scores, self.seconds, self.events, self.started_at)
 
     def rolling_accuracy_curve(self, name: str) -> np.ndarray:
         """Rolling accuracy of model ``name`` after each labelled event (needs kept traces)."""
@@ -51,16 +53,21 @@ class EvaluationResults:
 
 
 def model_reports(
-    scores: Mapping[str, Scorer], seconds: Mapping[str, float], events: int
+    scores: Mapping[str, Scorer],
+    seconds: Mapping[str, float],
+    events: int,
+    started_at: Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per model: whole-stream scores, rolling scores and ``events`` per second of its own time."""
+    """Per model: whole-stream scores, rolling scores and the events it ran per second of its
+    own time (``events``, less those before it began: ``started_at``)."""
     report = {}
     for name, scorer in scores.items():
         spent = seconds[name]
+        ran = events - (started_at or {}).get(name, 0)
         report[name] = {
             **scorer.whole(),
             "rolling": scorer.rolling(),
-            "events_per_second": events / spent if spent > 0 else math.nan,
+            "events_per_second": ran / spent if spent > 0 else math.nan,
         }
     return report
 
@@ -108,4 +115,5 @@ def combine_results(
         seconds=ordered(mine.seconds, theirs.seconds),
         trace=ordered(mine.trace, theirs.trace),
         guards={**mine.guards, **theirs.guards},
+        started_at={**mine.started_at, **theirs.started_at},
     )

@@ -89,30 +89,33 @@ def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     return differences
 
 
-def _follow_models(evaluator: PrequentialEvaluator, current: Mapping[str, Any], source: str) -> None:
-    """Add or drop baselines and the mixture as ``current`` names them, when the trained model
-    (the LSTM) is the checkpoint's: an added baseline starts fresh, and the mixture starts again
-    with equal weights whenever its models change."""
-    if "models" not in current:
-        return
-    wanted = [name for name in current["models"] if name != MIXTURE]
+def _same_trained_model(saved: Any, now: Any) -> bool:
+    """Whether two ``--models`` lists run the same trained model (the LSTM or none): then the
+    rest, baselines and the mixture, may differ."""
+    return [name for name in saved if name in TRAINED] == [name for name in now if name in TRAINED]
+
+
+def _follow_models(evaluator: PrequentialEvaluator, now: Any, saved: Mapping[str, Any], source: str) -> None:
+    """Add or drop baselines and the mixture as ``now`` names them (the trained model is the
+    checkpoint's): an added baseline starts fresh, built with the checkpoint's shared settings
+    (``saved``: those of its models), and the mixture starts again with equal weights whenever
+    the models it mixes change. The same models in another order keep the checkpoint's order."""
+    wanted = [name for name in now if name != MIXTURE]
     have = list(evaluator.models)
-    if not wanted or [n for n in wanted if n in TRAINED] != [n for n in have if n in TRAINED]:
-        return  # the trained model differs: refused as a difference of models
     added = [name for name in wanted if name not in have]
     dropped = [name for name in have if name not in wanted]
-    if added or dropped or wanted != have:
-        shared = {name: current[name] for name in SHARED_WITH_LOGREG if name in current}
-        built = build_models(added, max_keys=current.get("max_keys", 100_000), lstm=shared) if added else {}
+    if added or dropped:
+        shared = {name: saved[name] for name in SHARED_WITH_LOGREG if name in saved}
+        built = build_models(added, max_keys=saved["max_keys"], lstm=shared) if added else {}
         evaluator.change_models(wanted, built)
         if added:
             log.info("%s has no %s: started fresh", source, ", ".join(added))
         if dropped:
             log.info("%s: %s dropped, as not among the models", source, ", ".join(dropped))
-    if MIXTURE in current["models"] and evaluator.mixture is None:
+    if MIXTURE in now and evaluator.mixture is None:
         log.info("%s: %s starts with equal weights", source, MIXTURE)
-        evaluator.set_mixture(FixedShareMixture(wanted))
-    elif MIXTURE not in current["models"] and evaluator.mixture is not None:
+        evaluator.set_mixture(FixedShareMixture(list(evaluator.models)))
+    elif MIXTURE not in now and evaluator.mixture is not None:
         log.info("%s: its mixture is dropped, as %s is not among the models", source, MIXTURE)
         evaluator.set_mixture(None)
 
@@ -121,10 +124,14 @@ def resume_with_settings(
     evaluator: PrequentialEvaluator, current: Mapping[str, Any], source: str
 ) -> PrequentialEvaluator:
     """``evaluator``, loaded from ``source`` (e.g. "the checkpoint of instance a in directory d"),
-    with the :data:`RESUME_SAFE` settings of ``current`` applied; :class:`ConfigError` listing
-    every difference if any :data:`FIXED` setting differs."""
-    _follow_models(evaluator, current, source)
-    differences = settings_differences(evaluator.learner_settings(), current)
+    with the models of ``current`` (see :func:`_follow_models`) and its :data:`RESUME_SAFE`
+    settings applied; :class:`ConfigError` listing every difference if any :data:`FIXED` setting
+    differs (compared with the checkpoint as written, before anything changes)."""
+    saved = evaluator.learner_settings()
+    differences = settings_differences(saved, current)
+    models = differences.pop("models", None)
+    if models is not None and not _same_trained_model(*models):
+        differences["models"] = models
     kept = differences.pop("category_buckets", None)
     if kept is not None and kept[0] == 0:
         # A learner without category inputs, mostly one written before categorical features:
@@ -148,6 +155,8 @@ def resume_with_settings(
             "learner: run with the checkpoint's settings, or start a new learner with a new "
             "checkpoint store (another --checkpoint-dir or --checkpoint-topic) and a new --group-id"
         )
+    if models is not None:
+        _follow_models(evaluator, models[1], saved, source)
     changes = {name: now for name, (_, now) in differences.items()}
     if changes:
         trained = trained_model(evaluator.models)

@@ -125,7 +125,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
 
     def _forward_again(self, pending: Pending) -> Pending:
         """``pending`` with its logits computed again by the weights as they are now (for another
-        optimizer step on the batch).
+        optimizer step on the batch; nothing else of it changes).
 
         Only the chunks that hold the batch's events run again, from the start states the first
         pass found: those are detached in truncated BPTT anyway, and finding them is most of a
@@ -147,8 +147,9 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
                 assert isinstance(rerun.event_steps, np.ndarray)
                 picked = gather_steps(outputs, rerun.event_rows, rerun.event_steps)
             logits = self._head(picked)
-        probabilities, finite = _host_probabilities(logits)
-        return dataclasses.replace(pending, logits=logits, probabilities=probabilities, finite=finite)
+        # Only the logits are new: the predictions, their finiteness and the key states stay the
+        # first pass's (reading probabilities back would make a GPU wait, for nothing).
+        return dataclasses.replace(pending, logits=logits)
 
     def _forward_full_windows(
         self, events: Sequence[Event], batch: BatchInputs, plan: FullWindowPlan

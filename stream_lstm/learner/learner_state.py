@@ -23,6 +23,7 @@ from stream_lstm.errors import ConfigError
 from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.key_state import KeyStateStore
+from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
@@ -65,8 +66,6 @@ _HYPERPARAMETERS = (
 )
 _OPTIMIZER_FIELDS = ("lr", "betas", "eps", "step", "exp_avg", "exp_avg_sq")
 _SMALLEST = math.ulp(0.0)
-#: The most optimizer steps per batch a checkpoint may ask for (each costs a pass of the batch).
-_MOST_STEPS_PER_BATCH = 1000
 #: Keys a new learner's store has room for before it grows (see KeyStateStore).
 _INITIAL_KEY_CAPACITY = 1024
 
@@ -153,7 +152,7 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "tbptt_steps": read.int("tbptt_steps", low=1),
         "learning_rate": read.float("learning_rate", low=0.0),
         "clip_grad_norm": read.float("clip_grad_norm", low=_SMALLEST),
-        "steps_per_batch": read.int("steps_per_batch", low=1, high=_MOST_STEPS_PER_BATCH),
+        "steps_per_batch": read.int("steps_per_batch", low=1, high=MAX_STEPS_PER_BATCH),
         "input_clip": read.float("input_clip", low=_SMALLEST),
         "max_keys": read.int("max_keys", low=1),
         "max_features": read.int("max_features", low=1),

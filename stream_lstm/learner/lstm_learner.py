@@ -26,6 +26,7 @@ from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.forward import ChunkedForward, Pending
 from stream_lstm.learner.key_transfer import KeyTransfer
 from stream_lstm.learner.learner_state import LearnerPersistence
+from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH
 from stream_lstm.learner.network import seeded_network
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
@@ -105,7 +106,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     >>> probabilities = learner.predict_batch(batch)
     >>> learner.learn_batch(batch)
     >>> probabilities.shape, learner.events_learned, learner.steps
-    ((2,), 2, 1)
+    ((2,), 2, 2)
     """
 
     def __init__(
@@ -115,7 +116,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         tbptt_steps: int = 8,
         learning_rate: float = 0.01,
         clip_grad_norm: float = 1.0,
-        steps_per_batch: int = 1,
+        steps_per_batch: int = 2,
         input_clip: float = 10.0,
         max_keys: int = 100_000,
         max_features: int = 32,
@@ -133,6 +134,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        check_steps_per_batch(steps_per_batch)
         if (
             isinstance(category_buckets, bool)
             or not isinstance(category_buckets, int)
@@ -184,6 +186,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         # GuardedTraining).
         self._skipped = [0, 0]
         self._skipped_on_device: torch.Tensor | None = None
+        self._batch_skipped: torch.Tensor | None = None  # the device's flag for the batch in hand
         self._check_on_host = self._device.type == "cpu"
         # Kept as tensors: reading them would synchronise with the device every batch.
         self._last_loss: torch.Tensor | None = None
@@ -252,13 +255,12 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         # A forward pass that came out non-finite leaves states that must not be kept as they are.
         unsafe_states = not pending.finite
         if batch.targets is not None:
-            unsafe_states |= self._train(pending)
+            skipped = self._train(pending)
             for _ in range(1, self.steps_per_batch):
-                if self._check_on_host and unsafe_states:
+                if self._check_on_host and skipped:
                     break  # a skipped step: no more steps on this batch
-                pending = self._forward_again(pending)
-                unsafe_states |= not pending.finite
-                unsafe_states |= self._train(pending, again=True)
+                skipped = self._train(self._forward_again(pending), again=True)
+            unsafe_states |= skipped
         new_h0, new_c0, new_window = pending.new_h0, pending.new_c0, pending.new_window
         if unsafe_states:
             new_h0, new_c0, new_window = map(finite_or_zero, (new_h0, new_c0, new_window))
@@ -298,4 +300,13 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         if "clip_grad_norm" in changes:
             self.clip_grad_norm = changes["clip_grad_norm"]
         if "steps_per_batch" in changes:
-            self.steps_per_batch = changes["steps_per_batch"]
+            self.steps_per_batch = check_steps_per_batch(changes["steps_per_batch"])
+
+
+def check_steps_per_batch(value: Any) -> int:
+    """``value`` if it is a whole number of steps from 1 to :data:`MAX_STEPS_PER_BATCH`, else
+    :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS_PER_BATCH:
+        most = MAX_STEPS_PER_BATCH
+        raise ConfigError(f"steps_per_batch must be an integer from 1 to {most}, got {value!r}")
+    return value

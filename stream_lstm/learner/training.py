@@ -47,15 +47,20 @@ class GuardedTraining:
     _steps_tried: int
     _skipped: list[int]
     _skipped_on_device: torch.Tensor | None
+    _batch_skipped: torch.Tensor | None
     _last_loss: torch.Tensor | None
     _last_grad_norm: torch.Tensor | None
 
     def _train(self, pending: Pending, *, again: bool = False) -> bool:
         """Backpropagate the loss of the labelled events of ``pending`` (it has some) and take
-        the optimizer step unless a guard skips it; return whether the key states of the pass
-        may be non-finite (always, on the device path: whether it was skipped is not known here,
-        and it does not wait to know). ``again``: another step on a batch already counted in
-        ``events_learned``."""
+        the optimizer step unless a guard skips it; return whether it was skipped (always True
+        on the device path: it is not known there, and the host does not wait to know).
+
+        ``again``: another step on a batch already counted in ``events_learned``. A batch whose
+        step was skipped takes no further step: the host stops calling, and on the device a step
+        after a skipped one of its batch is neither taken nor counted (see
+        :meth:`_step_checked_on_device`).
+        """
         batch = pending.batch
         assert batch.targets is not None
         logits = pending.logits
@@ -64,12 +69,13 @@ class GuardedTraining:
         # The aten op itself: the functional wrapper's checks cost more than the op here.
         loss = torch.binary_cross_entropy_with_logits(logits, batch.targets, None, None, _MEAN)
         self._steps_tried += 1
-        if not again:
+        loss_value = loss.detach()
+        if not again:  # the batch's loss under the weights it was predicted with
             self.events_learned += batch.targets.numel()
-        self._last_loss = loss_value = loss.detach()
+            self._last_loss = loss_value
         if self._check_on_host:
             return self._step_checked_on_host(loss, float(loss_value))
-        self._step_checked_on_device(loss)
+        self._batch_skipped = self._step_checked_on_device(loss, self._batch_skipped if again else None)
         return True
 
     def _step_checked_on_host(self, loss: torch.Tensor, value: float) -> bool:
@@ -89,10 +95,15 @@ class GuardedTraining:
         self.optimizer.step()
         return False
 
-    def _step_checked_on_device(self, loss: torch.Tensor) -> None:
+    def _step_checked_on_device(self, loss: torch.Tensor, earlier: torch.Tensor | None) -> torch.Tensor:
         """:meth:`_step_checked_on_host` without reading anything back: the checks are a flag
         on the device, which the fused Adam kernel reads (``found_inf``: when it is 1 the kernel
-        leaves the weights and the averages alone, and the step counts are put back)."""
+        leaves the weights and the averages alone, and the step counts are put back).
+
+        ``earlier``: 1 when an earlier step on the same batch was skipped (``None`` for a
+        batch's first step); then this step is not taken either, and is counted as not tried
+        rather than skipped, as on the host, which stops. Returns that flag after this step.
+        """
         for parameter in self._parameters:
             parameter.grad = None
         loss.backward()
@@ -103,9 +114,17 @@ class GuardedTraining:
         # failing check; the second count less the first is the gradient's.
         flags = bad.cumsum_(0).clamp_(max=1.0)
         if self._skipped_on_device is None:
-            self._skipped_on_device = torch.zeros(2, dtype=torch.float64, device=self._device)
-        self._skipped_on_device.add_(flags)
-        self.optimizer.step(found_inf=flags[1])
+            # [loss skips, loss or gradient skips, steps not taken after a skip on their batch]
+            self._skipped_on_device = torch.zeros(3, dtype=torch.float64, device=self._device)
+        if earlier is None:
+            self._skipped_on_device[:2].add_(flags)
+            skipped = flags[1]
+        else:
+            self._skipped_on_device[:2].add_(flags * (1.0 - earlier))
+            self._skipped_on_device[2].add_(earlier)
+            skipped = torch.maximum(flags[1], earlier)
+        self.optimizer.step(found_inf=skipped)
+        return skipped
 
     def _clip_gradients(self) -> tuple[torch.Tensor, float | None]:
         """Scale the gradients to a global norm of at most ``clip_grad_norm``; return the norm,
@@ -129,13 +148,14 @@ class GuardedTraining:
     def steps(self) -> int:
         """Optimizer steps taken (skipped ones not counted). On a GPU, reading it waits for the
         device to finish the steps queued so far."""
-        return self._steps_tried - sum(self._skip_counts())
+        not_taken = 0 if self._skipped_on_device is None else int(self._skipped_on_device[2])
+        return self._steps_tried - sum(self._skip_counts()) - not_taken
 
     def _skip_counts(self) -> list[int]:
         """Skipped steps per reason (SKIP_REASONS), since the learner was built or loaded."""
         counts = list(self._skipped)
         if self._skipped_on_device is not None:
-            loss, either = (int(value) for value in self._skipped_on_device.tolist())
+            loss, either, _ = (int(value) for value in self._skipped_on_device.tolist())
             counts[0] += loss
             counts[1] += either - loss
         return counts
@@ -178,7 +198,8 @@ class GuardedTraining:
         return parts
 
     def training_stats(self) -> dict[str, float]:
-        """The last batch's training loss and gradient norm (NaN before the first step)."""
+        """The last batch's training loss, under the weights it was predicted with (its first
+        step's), and the gradient norm of its last step (NaN before the first step)."""
         loss, norm = self._last_loss, self._last_grad_norm
         return {
             "loss": float(loss) if loss is not None else math.nan,

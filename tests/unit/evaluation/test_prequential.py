@@ -59,7 +59,7 @@ def test_unlabelled_events_are_predicted_but_not_learned() -> None:
     unlabelled = [dataclasses.replace(e, label=None) for e in temporal_stream(64, n_keys=2, seed=2)]
     predictions = evaluator.process(unlabelled)
     assert all(p.shape == (64,) and np.isfinite(p).all() for p in predictions.values())
-    assert lstm.events_learned == 64 and lstm.events_seen == 128 and lstm.steps == 1
+    assert lstm.events_learned == 64 and lstm.events_seen == 128 and lstm.steps == lstm.steps_per_batch
     for before, after in zip(weights, lstm.network.parameters(), strict=True):
         assert np.array_equal(before.numpy(), after.detach().numpy())
     assert evaluator.scores["lstm"].count == 64  # unlabelled events are not scored either

@@ -104,3 +104,40 @@ def test_the_lstm_may_not_come_or_go(saved: tuple[str, ...], now: tuple[str, ...
     with pytest.raises(ConfigError, match="models: checkpoint"):
         resume_with_settings(evaluator, current(now, DEFAULT_CATEGORY_BUCKETS), "it")
     assert evaluator.names == list(saved)
+
+
+def test_a_fixed_setting_is_compared_before_a_baseline_is_added() -> None:
+    evaluator = evaluator_of(("logreg", "no_change"))
+    now = current(("logreg_lags", "logreg", "no_change"), DEFAULT_CATEGORY_BUCKETS)
+    now["max_features"] = 8
+    with pytest.raises(ConfigError, match="max_features: checkpoint 32, now 8"):
+        resume_with_settings(evaluator, now, "it")
+    assert evaluator.names == ["logreg", "no_change"]  # nothing changed before the refusal
+
+
+def test_an_added_baseline_gets_the_checkpoints_shared_settings() -> None:
+    evaluator = evaluator_of(("lstm", "logreg", "no_change"), category_buckets=0)  # as before categories
+    resume_with_settings(evaluator, current(("lstm", "logreg", "logreg_lags", "no_change"), 16), "it")
+    buckets = {name: getattr(model, "category_buckets", None) for name, model in evaluator.models.items()}
+    assert buckets == {"lstm": 0, "logreg": 0, "logreg_lags": 0, "no_change": None}
+
+
+def test_an_added_model_reports_its_own_events_per_second() -> None:
+    evaluator = evaluator_of(("logreg", "no_change"))
+    resume_with_settings(evaluator, current(("logreg", "logreg_lags", "no_change", MIXTURE), 16), "it")
+    evaluator.process([Event(key="a", features={"x": 2.0}, label=0)] * 6)
+    assert evaluator.started_at == {"logreg_lags": 4, MIXTURE: 4} and evaluator.events == 10
+    copy = PrequentialEvaluator.from_state(evaluator.to_state(), "evaluator")
+    assert copy.started_at == evaluator.started_at
+    report = copy.report()
+    for name in ("logreg_lags", MIXTURE):  # 6 events in its own seconds, not the evaluator's 10
+        assert report[name]["events_per_second"] == pytest.approx(6 / copy.seconds[name])
+
+
+def test_the_same_models_in_another_order_keep_the_checkpoints_order_and_mixture() -> None:
+    evaluator = evaluator_of(("logreg", "no_change"))
+    resume_with_settings(evaluator, current(("logreg", "no_change", MIXTURE), 16), "it")
+    evaluator.process([Event(key="a", features={"x": 2.0}, label=0)] * 3)
+    mixture = evaluator.mixture
+    resume_with_settings(evaluator, current((MIXTURE, "no_change", "logreg"), 16), "it")
+    assert evaluator.names == ["logreg", "no_change", MIXTURE] and evaluator.mixture is mixture

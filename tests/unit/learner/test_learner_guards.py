@@ -134,10 +134,11 @@ def test_values_past_the_decoders_bound_cannot_poison_the_learner_either(input_c
     assert_finite_state(learner)
     stats = learner.guard_stats()
     skipped = stats["skipped_non_finite_loss"] + stats["skipped_non_finite_gradient"]
+    steps = learner.steps_per_batch  # on each batch, unless its first step is skipped
     if input_clip == 10.0:
-        assert skipped == 0 and learner.steps == 15  # every batch: 1, 4 and 3 events, five times
+        assert skipped == 0 and learner.steps == 15 * steps  # batches of 1, 4 and 3 events, five times
     else:
-        assert skipped > 0 and learner.steps == 15 - skipped
+        assert skipped > 0 and learner.steps == (15 - skipped) * steps
 
 
 BATCH_EVENTS = st.builds(
@@ -297,7 +298,7 @@ def test_a_batch_with_a_non_finite_loss_or_gradient_changes_no_weight_and_no_opt
     for chunk in rest[2:4]:
         copy.predict_batch(chunk)
         copy.learn_batch(chunk)
-    assert copy.steps == steps + 2 and copy.guard_stats() == stats
+    assert copy.steps == steps + 2 * copy.steps_per_batch and copy.guard_stats() == stats
     assert not torch.equal(copy.network.lstm.weight_hh_l0, before["weight lstm.weight_hh_l0"])
 
 
@@ -358,7 +359,7 @@ def test_a_learner_saved_before_the_guards_converts_with_their_defaults() -> Non
         "skipped_non_finite_gradient": 0,
         "features_dropped": 0,
     }
-    assert old.steps == learner.steps == 1 and not hasattr(old, "dropped_features")
+    assert old.steps == learner.steps == learner.steps_per_batch and not hasattr(old, "dropped_features")
     np.testing.assert_array_equal(old.predict_batch(events), learner.predict_batch(events))
 
 

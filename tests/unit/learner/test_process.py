@@ -56,7 +56,8 @@ def test_predictions_and_weights_equal_the_learner_run_here_even_one_batch_ahead
     assert process.in_flight == 0
     for expected_batch, got_batch in zip(expected, got, strict=True):
         np.testing.assert_array_equal(got_batch, expected_batch)
-    assert process.steps == here.models["lstm"].steps - 1  # as of the last batch's prediction
+    # As of the last batch's prediction: before that batch's steps.
+    assert process.steps == here.models["lstm"].steps - here.models["lstm"].steps_per_batch
     assert there.scores["lstm"].whole() == here.scores["lstm"].whole()
     assert there.seconds["lstm"] > 0
     # Pickled, the process is the learner itself, with the same weights and state.

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from stream_lstm.config.setting import steps_per_batch as steps_per_batch_setting
 from stream_lstm.errors import ConfigError
 from stream_lstm.evaluation.resume_settings import RESUME_SAFE
+from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH
 from stream_lstm.learner.lstm_learner import CHANGEABLE_SETTINGS, LSTMLearner
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.evaluate import batches
@@ -119,10 +121,20 @@ def test_the_steps_may_change_on_resume() -> None:
     assert model.steps == 8
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "2"])
-def test_steps_per_batch_is_a_positive_integer(bad: object) -> None:
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, MAX_STEPS_PER_BATCH + 1])
+def test_steps_per_batch_is_a_whole_number_within_the_bound(bad: object) -> None:
     with pytest.raises(ConfigError, match="steps_per_batch"):
         learner(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="steps_per_batch"):
+        learner(1).change_settings({"steps_per_batch": bad})
+
+
+def test_the_setting_the_learner_and_its_checkpoint_share_one_bound() -> None:
+    assert steps_per_batch_setting(str(MAX_STEPS_PER_BATCH)) == MAX_STEPS_PER_BATCH
+    with pytest.raises(ValueError, match="at most"):
+        steps_per_batch_setting(str(MAX_STEPS_PER_BATCH + 1))
+    most = learner(MAX_STEPS_PER_BATCH)
+    assert LSTMLearner.from_state(most.to_state(), "learner").steps_per_batch == MAX_STEPS_PER_BATCH
 
 
 @pytest.mark.parametrize("reason", sorted(POISONS))

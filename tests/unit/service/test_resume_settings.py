@@ -105,7 +105,7 @@ def test_the_step_size_and_the_gradient_clip_are_applied_and_logged(caplog: pyte
     # Learning goes on with the new step size, and the next checkpoint holds it.
     steps = lstm.steps
     evaluator.process(list(temporal_stream(16, n_keys=4, seed=2)))
-    assert lstm.steps == steps + 1
+    assert lstm.steps == steps + lstm.steps_per_batch
     assert evaluator.learner_settings()["learning_rate"] == 0.1
 
 
