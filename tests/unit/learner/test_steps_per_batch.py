@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from stream_lstm.learner.lstm_learner import CHANGEABLE_SETTINGS, LSTMLearner
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.evaluate import batches
 from stream_lstm.offline.generator import temporal_stream
-from tests.unit.learner.test_learner_guards import POISONS, assert_finite_state
+from tests.unit.learner.test_learner_guards import POISONS, REAL_LOSS, assert_finite_state
 from tests.unit.learner.test_lstm_reference import PathCounter, learn_side_by_side
 
 
@@ -137,10 +138,16 @@ def test_the_setting_the_learner_and_its_checkpoint_share_one_bound() -> None:
     assert LSTMLearner.from_state(most.to_state(), "learner").steps_per_batch == MAX_STEPS_PER_BATCH
 
 
+@pytest.mark.parametrize("check_on_host", [True, False])
 @pytest.mark.parametrize("reason", sorted(POISONS))
-def test_a_skipped_step_ends_the_batchs_steps(reason: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_skipped_step_ends_the_batchs_steps(
+    reason: str, check_on_host: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the host the steps stop; on the device (its path run here on the CPU) the later steps
+    are neither taken nor counted: the counts and the weights agree."""
     chunks = stream()
     model = learner(3)
+    model._check_on_host = check_on_host
     learn(model, chunks[:5])
     steps = model.steps
     with monkeypatch.context() as patch:
@@ -148,3 +155,38 @@ def test_a_skipped_step_ends_the_batchs_steps(reason: str, monkeypatch: pytest.M
         learn(model, chunks[5:7])
     assert model.steps == steps and model.guard_stats()[f"skipped_{reason}"] == 2  # one per batch
     assert_finite_state(model)
+
+
+@pytest.mark.parametrize("reason", sorted(POISONS))
+def test_a_later_step_skipped_ends_the_batchs_steps_alike_on_host_and_device(
+    reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second of three steps of each batch is poisoned: the first is taken, the second
+    skipped and counted, the third neither taken nor counted, on either path."""
+    chunks = stream()
+    results = []
+    for check_on_host in (True, False):
+        model = learner(3)
+        model._check_on_host = check_on_host
+        learn(model, chunks[:5])
+        steps = model.steps
+        calls = itertools.count()
+        poison = POISONS[reason]
+
+        def second_step_poisoned(*args: object, poison=poison, calls=calls) -> torch.Tensor:
+            call = next(calls)
+            return poison(*args) if call % 3 == 1 else REAL_LOSS(*args)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(torch, "binary_cross_entropy_with_logits", second_step_poisoned)
+            # On the host the third step never runs, so its loss is not called: count per batch.
+            for chunk in chunks[5:7]:
+                model.predict_batch(chunk)
+                model.learn_batch(chunk)
+                if check_on_host:
+                    next(calls)
+        assert model.steps == steps + 2 and model.guard_stats()[f"skipped_{reason}"] == 2
+        assert_finite_state(model)
+        results.append(weights(model))
+    for on_host, on_device in zip(*results, strict=True):
+        torch.testing.assert_close(on_host, on_device)
