@@ -30,6 +30,9 @@ from stream_lstm.config.setting import (
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 
+#: The models run unless ``--models`` says otherwise: the LSTM, the baselines and their mixture.
+DEFAULT_MODELS = ("lstm", "logreg", "logreg_lags", "no_change", "mix")
+
 #: ``evaluate --parallel auto`` uses a second process from this many events on.
 PARALLEL_MIN_EVENTS = 25_000
 
@@ -39,7 +42,7 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "models",
         model_list,
-        ("lstm", "logreg", "logreg_lags", "no_change", "mix"),
+        DEFAULT_MODELS,
         "models to run, comma-separated (mix: their mixture by past log loss)",
     ),
     Setting("batch_size", positive_int, 64, "events per micro-batch (1: learn after every event)"),

@@ -286,7 +286,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
     def import_keys(self, state: State) -> None:
         """Take over the histories of an :meth:`export_keys` (of a model with other lags or
         feature names too: lags beyond ``lags`` and features without a place are left out)."""
-        histories = histories_from_state(state, "imported key state", self.lags)
+        histories = histories_from_state(state, "imported key state", self.lags, self.input_clip)
         known = self.feature_names
         for history in histories.values():
             for index, (features, label) in enumerate(history.lags):
@@ -403,7 +403,9 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             model.gap_scaler.counts["gap"] = int(count)
             model.gap_scaler.means["gap"] = mean
             model.gap_scaler.vars["gap"] = var
-        histories = histories_from_state(fields.raw("key_state"), fields.path("key_state"), lags, strict=True)
+        histories = histories_from_state(
+            fields.raw("key_state"), fields.path("key_state"), lags, model.input_clip, strict=True
+        )
         if len(histories) > model.max_keys:
             raise damaged(fields.path("key_state"), "more keys than max_keys")
         for history in histories.values():
@@ -531,11 +533,14 @@ def check_histories_state(tree: Any, where: str) -> State:
 
 
 def histories_from_state(
-    tree: Any, where: str, lags: int, *, strict: bool = False
+    tree: Any, where: str, lags: int, input_clip: float, *, strict: bool = False
 ) -> OrderedDict[str, KeyHistory]:
     """The key histories of a :func:`histories_to_state`, each with at most ``lags`` lags (the
-    newest; ``strict``: more is damage). Checked first (:func:`check_histories_state`)."""
+    newest; ``strict``: more is damage). Checked first (:func:`check_histories_state`); a lag's
+    value beyond ``input_clip`` is damage (lags hold standardised features, clipped)."""
     state = check_histories_state(tree, where)
+    if not (np.abs(state["lag_feature_values"]) <= input_clip).all():
+        raise damaged(f"{where}.lag_feature_values", f"a value is beyond the input clip {input_clip:g}")
     lag_counts = state["lag_counts"]
     if strict and (lag_counts > lags).any():
         raise damaged(f"{where}.lag_counts", f"a key holds more than {lags} lags")

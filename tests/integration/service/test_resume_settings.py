@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_lstm.config.declared import DEFAULT_MODELS
 from stream_lstm.offline.generator import temporal_stream
 from tests.integration.conftest import Broker, checkpoint_of
 from tests.integration.service_harness import TopicReader, produce, wait_for
@@ -24,13 +25,13 @@ def test_a_restart_with_other_sizes_is_refused_and_a_new_step_size_is_applied(
     checkpoint = tmp_path / "checkpoints" / "instances"
     written = {path.name: path.read_bytes() for path in checkpoint.iterdir() if path.suffix == ".ckpt"}
 
-    refused = service_factory("--hidden-size", "8", "--models", "lstm,no_change").start()
+    refused = service_factory("--hidden-size", "8", "--models", "logreg,no_change").start()
     assert refused.process is not None
     wait_for(lambda: refused.process.poll() is not None, 60, f"the service to stop; log:\n{refused.log()}")
     assert refused.process.returncode == 2
     log = refused.log()
     assert "hidden_size: checkpoint 16, now 8" in log
-    assert "models: checkpoint lstm,logreg,no_change, now lstm,no_change" in log
+    assert f"models: checkpoint {','.join(DEFAULT_MODELS)}, now logreg,no_change" in log
     assert {
         path.name: path.read_bytes() for path in checkpoint.iterdir() if path.suffix == ".ckpt"
     } == written

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_models
+from stream_lstm.config.declared import DEFAULT_MODELS
+from stream_lstm.evaluation.prequential import build_evaluator
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
 from stream_lstm.messages.events import Event, encode_event
 from stream_lstm.offline.generator import temporal_stream
@@ -44,20 +45,18 @@ def test_every_event_gets_one_prediction_in_key_order_equal_to_offline_evaluatio
     assert all(offsets == sorted(offsets) for offsets in by_key.values())  # per-key order kept
     for record, event in zip(sorted(records, key=lambda r: r["source"]["offset"]), events, strict=True):
         assert (record["key"], record["label"], record["ts"]) == (event.key, event.label, event.ts)
-        assert set(record["predictions"]) == {"lstm", "logreg", "no_change"}
+        assert list(record["predictions"]) == list(DEFAULT_MODELS)
 
     # The same events through the offline evaluator, cut at the service's batch boundaries
     # (every record of a batch carries the model step its weights came from).
     ordered = sorted(records, key=lambda r: r["source"]["offset"])
     boundaries = [i for i in range(1, 600) if ordered[i]["model_step"] != ordered[i - 1]["model_step"]]
-    offline = PrequentialEvaluator(
-        build_models(["lstm", "logreg", "no_change"], lstm={"hidden_size": 16, "device": "cpu"})
-    )
+    offline = build_evaluator(DEFAULT_MODELS, lstm={"hidden_size": 16, "device": "cpu"})
     expected: dict[str, list[float]] = collections.defaultdict(list)
     for start, end in zip([0, *boundaries], [*boundaries, 600], strict=True):
         for name, p in offline.process(events[start:end]).items():
             expected[name].extend(p.tolist())
-    for name in ("lstm", "logreg", "no_change"):
+    for name in DEFAULT_MODELS:  # the mixture too: it mixes exactly what the others predicted
         got = [record["predictions"][name] for record in ordered]
         np.testing.assert_allclose(got, expected[name], rtol=0, atol=1e-6, err_msg=name)
     assert len(boundaries) >= 600 // 32 - 1

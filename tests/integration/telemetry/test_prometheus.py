@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from stream_lstm.config.declared import DEFAULT_MODELS
 from stream_lstm.kafka.broker import free_port
 from stream_lstm.offline.generator import temporal_stream
 from tests.deploy.external_tools import required_tool
@@ -86,7 +87,7 @@ def test_prometheus_scrapes_consistent_metrics(
             "a checkpoint",
         )
         models = {r["metric"]["model"] for r in query(port, 'stream_lstm_accuracy{scope="rolling"}')}
-        assert models == {"lstm", "logreg", "no_change"}
+        assert models == set(DEFAULT_MODELS)
         stages = {r["metric"]["stage"] for r in query(port, "stream_lstm_batch_stage_seconds_count > 0")}
         assert {"decode", "predict", "produce", "learn", "checkpoint"} <= stages
         info = query(port, "stream_lstm_learner_info")

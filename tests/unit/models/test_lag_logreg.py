@@ -211,6 +211,7 @@ def test_no_lags_gives_the_lstms_inputs_only() -> None:
         (lambda s: s["key_state"].update(previous_label=np.array([3, 0], dtype=np.int8)), "previous_label"),
         (lambda s: s["key_state"].update(last_ts=np.array([math.inf, 0.0])), "last_ts"),
         (lambda s: s["key_state"]["lag_feature_values"].__setitem__(0, math.nan), "lag_feature_values"),
+        (lambda s: s["key_state"]["lag_feature_values"].__setitem__(0, 1e6), "beyond the input clip"),
         (lambda s: s["key_state"]["lag_feature_index"].__setitem__(0, 7), "lag_feature_index"),
         (lambda s: s["key_state"]["lag_counts"].__setitem__(0, 5), "lag_"),
         (lambda s: s.update(lags=1), "lag"),
