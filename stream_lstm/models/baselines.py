@@ -25,6 +25,7 @@ from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS, category_probes
 from stream_lstm.messages.events import Event
 from stream_lstm.models.protocols import GuardedModel, KeyedModel
+from stream_lstm.models.recent_keys import remember
 from stream_lstm.models.state_data import (
     Fields,
     State,
@@ -413,13 +414,8 @@ class NoChangeBaseline(KeyedModel):
 
     def learn_batch(self, events: Sequence[Event]) -> None:
         """Remember each key's latest label."""
-        stored = self.last_label
-        for event in events:
-            if event.label is not None:
-                stored[event.key] = event.label
-                stored.move_to_end(event.key)
-        while len(stored) > self.max_keys:
-            stored.popitem(last=False)
+        labelled = ((event.key, event.label) for event in events if event.label is not None)
+        remember(self.last_label, labelled, self.max_keys)
 
     def tracked_keys(self) -> Collection[str]:
         """The keys whose latest label is known."""
@@ -433,12 +429,7 @@ class NoChangeBaseline(KeyedModel):
 
     def import_keys(self, state: dict[str, int]) -> None:
         """Take over the latest labels of an :meth:`export_keys`."""
-        stored = self.last_label
-        for key, label in state.items():
-            stored[key] = label
-            stored.move_to_end(key)
-        while len(stored) > self.max_keys:
-            stored.popitem(last=False)
+        remember(self.last_label, state.items(), self.max_keys)
 
     def forget_keys(self, keys: Sequence[str]) -> None:
         """Drop the latest label of ``keys``."""

@@ -40,6 +40,7 @@ from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import MAX_ABS_VALUE, Event
 from stream_lstm.models.baselines import LogisticRegressionBaseline
 from stream_lstm.models.protocols import KeyedModel
+from stream_lstm.models.recent_keys import remember
 from stream_lstm.models.state_data import Fields, State, damaged
 
 #: How many of the key's earlier events are lag features by default.
@@ -214,12 +215,8 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
                 if context.gap == context.gap:
                     gap_scaler.learn_one({"gap": context.gap})
                 learn({**clip(transform(x)), **inputs}, bool(event.label))
-        stored = self.histories
-        for key, history in walk.histories.items():  # in order of first appearance, as the LSTM's
-            stored[key] = history
-            stored.move_to_end(key)
-        while len(stored) > self.max_keys:
-            stored.popitem(last=False)
+        # In order of first appearance in the batch, as the LSTM's.
+        remember(self.histories, walk.histories.items(), self.max_keys)
 
     def contexts(self, events: Sequence[Event]) -> list[Context]:
         """What each event's prediction takes from the earlier events of its key (changes no
@@ -295,12 +292,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
                         if name not in known and len(known) < self.max_features:
                             known[name] = None
                     history.lags[index] = ({n: v for n, v in features.items() if n in known}, label)
-        stored = self.histories
-        for key, history in histories.items():
-            stored[key] = history
-            stored.move_to_end(key)
-        while len(stored) > self.max_keys:
-            stored.popitem(last=False)
+        remember(self.histories, histories.items(), self.max_keys)
 
     def forget_keys(self, keys: Sequence[str]) -> None:
         """Drop the histories of ``keys``."""
