@@ -27,7 +27,7 @@ least recently seen key is forgotten first, as the LSTM's are).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +37,9 @@ from river import preprocessing
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
-from stream_lstm.messages.events import MAX_ABS_VALUE, Event
+from stream_lstm.messages.events import Event
 from stream_lstm.models.baselines import LogisticRegressionBaseline
+from stream_lstm.models.lag_history import Context, KeyHistory, histories_from_state, histories_to_state
 from stream_lstm.models.protocols import KeyedModel
 from stream_lstm.models.recent_keys import remember
 from stream_lstm.models.state_data import Fields, State, damaged
@@ -53,9 +54,6 @@ PREVIOUS_LABEL = ("previous_label",)
 NO_PREVIOUS_LABEL = ("no_previous_label",)
 CONTEXT_INPUTS = (GAP, PREVIOUS_LABEL, NO_PREVIOUS_LABEL)
 
-#: ``previous_label`` and a lag's label in a state, for none.
-NO_LABEL = -1
-
 
 def lag_feature_input(lag: int, name: str) -> tuple[str, int, str]:
     """The input name of feature ``name`` of the key's ``lag``-th previous event (from 1)."""
@@ -65,52 +63,6 @@ def lag_feature_input(lag: int, name: str) -> tuple[str, int, str]:
 def lag_label_input(lag: int) -> tuple[str, int]:
     """The input name of the label of the key's ``lag``-th previous event (from 1)."""
     return ("lag_label", lag)
-
-
-#: One earlier event of a key: its standardised features (the names in use) and its label.
-Lag = tuple[Mapping[str, float], int | None]
-
-
-@dataclass(slots=True)
-class KeyHistory:
-    """What is kept of one key: its latest label, its latest timestamp (NaN: none yet) and its
-    latest events, newest first."""
-
-    previous_label: int | None
-    last_ts: float
-    lags: deque[Lag]
-
-    @classmethod
-    def empty(cls, lags: int) -> KeyHistory:
-        return cls(None, math.nan, deque(maxlen=lags))
-
-    def copy(self) -> KeyHistory:
-        return KeyHistory(self.previous_label, self.last_ts, deque(self.lags, maxlen=self.lags.maxlen))
-
-    def context(self, ts: float | None) -> Context:
-        """What an event at ``ts`` sees of the key's past (the gap is NaN without both times)."""
-        gap = math.nan
-        if ts is not None and ts == ts and self.last_ts == self.last_ts:  # NaN: no time (as the LSTM's)
-            gap = math.log1p(max(float(ts) - self.last_ts, 0.0))
-        return Context(self.previous_label, gap, tuple(self.lags))
-
-    def advance(self, features: Mapping[str, float], event: Event) -> None:
-        """Move the key past ``event`` (``features``: its standardised features, as predicted from)."""
-        if event.label is not None:
-            self.previous_label = event.label
-        if event.ts is not None and event.ts == event.ts:
-            self.last_ts = float(event.ts)
-        self.lags.appendleft((features, event.label))
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What the prediction of one event takes from earlier events of its key."""
-
-    previous_label: int | None
-    #: ``log1p`` of the seconds since the key's latest earlier timestamp; NaN when there is none.
-    gap: float
-    lags: tuple[Lag, ...]
 
 
 class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
@@ -438,127 +390,3 @@ _FIELDS = (
     "gap_scaler",
     "key_state",
 )
-_HISTORY_FIELDS = (
-    "keys",
-    "previous_label",
-    "last_ts",
-    "lag_counts",
-    "lag_labels",
-    "lag_feature_counts",
-    "feature_names",
-    "lag_feature_index",
-    "lag_feature_values",
-)
-
-
-def histories_to_state(histories: Mapping[str, KeyHistory]) -> State:
-    """Key histories as data, in their order: per key its latest label (``NO_LABEL`` for none),
-    latest timestamp (NaN for none) and number of lags; per lag (newest first, key by key) its
-    label and number of features; per lag feature the index of its name in ``feature_names`` and
-    its value."""
-    names: dict[str, int] = {}
-    previous, last_ts, lag_counts, lag_labels, feature_counts = [], [], [], [], []
-    feature_index: list[int] = []
-    feature_values: list[float] = []
-    for history in histories.values():
-        previous.append(NO_LABEL if history.previous_label is None else history.previous_label)
-        last_ts.append(history.last_ts)
-        lag_counts.append(len(history.lags))
-        for features, label in history.lags:
-            lag_labels.append(NO_LABEL if label is None else label)
-            feature_counts.append(len(features))
-            for name, value in features.items():
-                feature_index.append(names.setdefault(name, len(names)))
-                feature_values.append(value)
-    return {
-        "keys": list(histories),
-        "previous_label": np.array(previous, dtype=np.int8),
-        "last_ts": np.array(last_ts, dtype=np.float64),
-        "lag_counts": np.array(lag_counts, dtype=np.int64),
-        "lag_labels": np.array(lag_labels, dtype=np.int8),
-        "lag_feature_counts": np.array(feature_counts, dtype=np.int64),
-        "feature_names": list(names),
-        "lag_feature_index": np.array(feature_index, dtype=np.int64),
-        "lag_feature_values": np.array(feature_values, dtype=np.float64),
-    }
-
-
-def check_histories_state(tree: Any, where: str) -> State:
-    """A :func:`histories_to_state` read from a checkpoint, checked to be consistent in itself
-    (:class:`~stream_lstm.errors.CheckpointRejected` otherwise)."""
-    fields = Fields(tree, where, _HISTORY_FIELDS)
-    keys = fields.strings("keys")
-    previous = fields.array("previous_label", "int8", (len(keys),))
-    last_ts = fields.array("last_ts", "float64", (len(keys),))
-    lag_counts = fields.array("lag_counts", "int64", (len(keys),))
-    if (lag_counts < 0).any():
-        raise damaged(fields.path("lag_counts"), "a count is negative")
-    n_lags = int(lag_counts.sum())
-    lag_labels = fields.array("lag_labels", "int8", (n_lags,))
-    feature_counts = fields.array("lag_feature_counts", "int64", (n_lags,))
-    if (feature_counts < 0).any():
-        raise damaged(fields.path("lag_feature_counts"), "a count is negative")
-    names = fields.strings("feature_names")
-    n_features = int(feature_counts.sum())
-    index = fields.array("lag_feature_index", "int64", (n_features,))
-    values = fields.array("lag_feature_values", "float64", (n_features,))
-    for name, labels in (("previous_label", previous), ("lag_labels", lag_labels)):
-        if ((labels < NO_LABEL) | (labels > 1)).any():
-            raise damaged(fields.path(name), f"a label is not {NO_LABEL}, 0 or 1")
-    if (np.abs(last_ts) > MAX_ABS_VALUE).any():  # NaN (no timestamp) compares false
-        raise damaged(fields.path("last_ts"), f"a timestamp is infinite or beyond {MAX_ABS_VALUE:g}")
-    if ((index < 0) | (index >= len(names))).any():
-        raise damaged(fields.path("lag_feature_index"), "an index is not that of a feature name")
-    if not (np.abs(values) <= MAX_ABS_VALUE).all():
-        raise damaged(fields.path("lag_feature_values"), f"a value is not finite or beyond {MAX_ABS_VALUE:g}")
-    return {
-        "keys": keys,
-        "previous_label": previous,
-        "last_ts": last_ts,
-        "lag_counts": lag_counts,
-        "lag_labels": lag_labels,
-        "lag_feature_counts": feature_counts,
-        "feature_names": names,
-        "lag_feature_index": index,
-        "lag_feature_values": values,
-    }
-
-
-def histories_from_state(
-    tree: Any, where: str, lags: int, input_clip: float, *, strict: bool = False
-) -> OrderedDict[str, KeyHistory]:
-    """The key histories of a :func:`histories_to_state`, each with at most ``lags`` lags (the
-    newest; ``strict``: more is damage). Checked first (:func:`check_histories_state`); a lag's
-    value beyond ``input_clip`` is damage (lags hold standardised features, clipped)."""
-    state = check_histories_state(tree, where)
-    if not (np.abs(state["lag_feature_values"]) <= input_clip).all():
-        raise damaged(f"{where}.lag_feature_values", f"a value is beyond the input clip {input_clip:g}")
-    lag_counts = state["lag_counts"]
-    if strict and (lag_counts > lags).any():
-        raise damaged(f"{where}.lag_counts", f"a key holds more than {lags} lags")
-    names = state["feature_names"]
-    index = state["lag_feature_index"].tolist()
-    values = state["lag_feature_values"].tolist()
-    labels = state["lag_labels"].tolist()
-    feature_counts = state["lag_feature_counts"].tolist()
-    timestamps = state["last_ts"].tolist()
-    histories: OrderedDict[str, KeyHistory] = OrderedDict()
-    lag_at = feature_at = 0
-    for key, previous, last_ts, count in zip(
-        state["keys"], state["previous_label"].tolist(), timestamps, lag_counts.tolist(), strict=True
-    ):
-        history = KeyHistory(None if previous == NO_LABEL else previous, last_ts, deque(maxlen=lags))
-        for lag in range(count):
-            n = feature_counts[lag_at]
-            end = feature_at + n
-            features = dict(
-                zip([names[i] for i in index[feature_at:end]], values[feature_at:end], strict=True)
-            )
-            if len(features) != n:
-                raise damaged(f"{where}.lag_feature_index", "a lag holds a feature twice")
-            if lag < lags:
-                history.lags.append((features, None if labels[lag_at] == NO_LABEL else labels[lag_at]))
-            lag_at += 1
-            feature_at = end
-        histories[key] = history
-    return histories

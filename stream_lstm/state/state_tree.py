@@ -14,7 +14,7 @@ from typing import Any
 
 from stream_lstm.evaluation.prequential import REFERENCE, PrequentialEvaluator
 from stream_lstm.learner.key_export import check_key_export
-from stream_lstm.models.lag_logreg import check_histories_state
+from stream_lstm.models.lag_history import check_histories_state
 from stream_lstm.models.state_data import Fields, State, damaged, labels_from_state, labels_state
 from stream_lstm.state.store import InstanceState, PartitionState
 

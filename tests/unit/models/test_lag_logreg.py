@@ -16,12 +16,12 @@ from stream_lstm.errors import CheckpointRejected, ConfigError
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import Event
 from stream_lstm.models.build import build_models, model_from_state
+from stream_lstm.models.lag_history import histories_to_state
 from stream_lstm.models.lag_logreg import (
     GAP,
     NO_PREVIOUS_LABEL,
     PREVIOUS_LABEL,
     LagLogisticRegression,
-    histories_to_state,
     lag_feature_input,
     lag_label_input,
 )
