@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from stream_lstm.errors import ConfigError, EvaluationError
+from stream_lstm.errors import ConfigError
+from stream_lstm.evaluation.evaluator_state import evaluator_from_state, evaluator_state
 from stream_lstm.evaluation.mixture import MIXTURE, FixedShareMixture
 from stream_lstm.evaluation.results import EvaluationResults, model_reports, rolling_accuracy
 from stream_lstm.evaluation.scores import METRICS as METRICS
@@ -26,7 +27,6 @@ from stream_lstm.messages.events import Event
 from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
 from stream_lstm.models.build import MODEL_NAMES as BUILT_MODELS
 from stream_lstm.models.build import build_models as build_models
-from stream_lstm.models.build import model_from_state
 from stream_lstm.models.protocols import (
     GuardedModel,
     KeyedModel,
@@ -35,7 +35,7 @@ from stream_lstm.models.protocols import (
     TrainedModel,
     models_that,
 )
-from stream_lstm.models.state_data import Fields, State, damaged
+from stream_lstm.models.state_data import State
 
 # METRICS, MODEL_NAMES and build_models are imported from here too; Scorer must stay importable
 # from here, since checkpoints written before it moved to evaluation.scores name this module.
@@ -381,78 +381,14 @@ class PrequentialEvaluator:
         return settings
 
     def to_state(self) -> State:
-        """The evaluator as data (:mod:`stream_lstm.models.state_data`): each model's
-        ``to_state()`` in order, the scores, the kappa-temporal reference, counts, traces and, with
-        one, the mixture."""
-        if self._outside_experts():
-            raise EvaluationError("an evaluator whose mixture mixes models of another process is not saved")
-        mixture = {} if self.mixture is None else {"mixture": self.mixture.to_state()}
-        started = {"started_at": dict(self.started_at)} if self.started_at else {}
-        return {
-            "window": self.window,
-            "models": [{"name": name, "state": model.to_state()} for name, model in self.models.items()],
-            "scores": {name: scorer.to_state() for name, scorer in self.scores.items()},
-            "reference": self.reference.to_state(),
-            "seconds": {name: float(seconds) for name, seconds in self.seconds.items()},
-            "events": self.events,
-            "labelled": self.labelled,
-            "keep_trace": self.keep_trace,
-            "trace": {
-                name: np.concatenate(parts).astype(bool) if parts else np.zeros(0, dtype=bool)
-                for name, parts in self.trace.items()
-            },
-            **mixture,
-            **started,
-        }
+        """The evaluator as data (:func:`~stream_lstm.evaluation.evaluator_state.evaluator_state`)."""
+        return evaluator_state(self)
 
     @classmethod
     def from_state(cls, tree: Any, where: str) -> PrequentialEvaluator:
         """The evaluator of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
-        ``tree`` is not one). A checkpoint written before the mixture existed has none."""
-        optional = [name for name in ("mixture", "started_at") if isinstance(tree, dict) and name in tree]
-        with_mixture = "mixture" in optional
-        fields = Fields(tree, where, (*_EVALUATOR_FIELDS, *optional))
-        models: dict[str, OnlineClassifier] = {}
-        for index, entry in enumerate(fields.list("models")):
-            at = f"{fields.path('models')}[{index}]"
-            model = Fields(entry, at, ("name", "state"))
-            name = model.str("name", choices=BUILT_MODELS)
-            if name in models:
-                raise damaged(at, f"model {name} is given twice")
-            models[name] = model_from_state(model.raw("state"), f"{at}.state")
-        if not models:
-            raise damaged(fields.path("models"), "no model")
-        evaluator = cls.__new__(cls)
-        evaluator.models = models
-        evaluator.mixture = None
-        if with_mixture:
-            evaluator.mixture = FixedShareMixture.from_state(fields.raw("mixture"), fields.path("mixture"))
-            if list(evaluator.mixture.experts) != list(models):
-                raise damaged(fields.path("mixture.experts"), "the mixture's experts are not the models")
-        names = evaluator.names
-        evaluator.window = fields.int("window", low=1)
-        scores = fields.nested("scores", names)
-        evaluator.scores = {name: Scorer.from_state(scores.raw(name), scores.path(name)) for name in names}
-        if any(scorer.window != evaluator.window for scorer in evaluator.scores.values()):
-            raise damaged(fields.path("scores"), "a scorer's window is not the evaluator's")
-        evaluator.reference = NoChangeBaseline.from_state(fields.raw("reference"), fields.path("reference"))
-        seconds = fields.nested("seconds", names)
-        evaluator.seconds = {name: seconds.float(name, low=0.0) for name in names}
-        evaluator.events = fields.int("events")
-        evaluator.labelled = fields.int("labelled", high=evaluator.events)
-        evaluator.started_at = {}
-        if "started_at" in optional:
-            raw = fields.raw("started_at")
-            begun = [name for name in names if isinstance(raw, dict) and name in raw]
-            started = fields.nested("started_at", begun)  # refuses a name that is no model's
-            evaluator.started_at = {name: started.int(name, low=1, high=evaluator.events) for name in begun}
-        evaluator.keep_trace = fields.bool("keep_trace")
-        trace = fields.nested("trace", names)
-        evaluator.trace = {name: [trace.array(name, "bool", (None,))] for name in names}
-        evaluator.trace = {name: parts if parts[0].size else [] for name, parts in evaluator.trace.items()}
-        evaluator._late = deque()
-        evaluator._elsewhere = {}
-        return evaluator
+        ``tree`` is not one; :func:`~stream_lstm.evaluation.evaluator_state.evaluator_from_state`)."""
+        return evaluator_from_state(cls, tree, where)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Only the conversion of a checkpoint of the old pickle format unpickles an evaluator.
@@ -501,16 +437,3 @@ def _take(parts: list[np.ndarray], count: int) -> np.ndarray:
     joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
     parts[:] = [joined[count:]] if joined.size > count else []
     return joined[:count]
-
-
-_EVALUATOR_FIELDS = (
-    "window",
-    "models",
-    "scores",
-    "reference",
-    "seconds",
-    "events",
-    "labelled",
-    "keep_trace",
-    "trace",
-)
