@@ -10,11 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream_lstm.config import secret as secret_registry
 from stream_lstm.config.declared import PRODUCE_SETTINGS, RUN_SETTINGS
 from stream_lstm.config.secret import MASK, MIN_REDACTED_LENGTH, Secret, redact
 from stream_lstm.config.setting import add_settings, resolve_settings
 from stream_lstm.errors import ConfigError
 from stream_lstm.telemetry.redaction import RedactingFilter
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _secrets_forgotten_after_the_module() -> object:
+    """The property test makes secrets of random text ("0000", say); every later test in the same
+    process would find them masked in its messages, so the registry is put back afterwards."""
+    known = secret_registry._known
+    yield
+    secret_registry._known = known
 
 
 def resolve(argv: list[str], environ: dict[str, str] | None = None, settings=RUN_SETTINGS) -> dict:
