@@ -3,7 +3,7 @@ bootstrap servers, the client library, TLS, SASL and extra client options.
 
 Part of :mod:`stream_lstm.config.declared` (every setting is declared once); a module of its own
 because the secured-cluster settings and their parsers are a subject of their own
-([docs/security.md](../../docs/security.md)).
+(docs/security.md).
 """
 
 from __future__ import annotations
