@@ -242,8 +242,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         then made finite (non-finite values: 0). With several steps, each step after the first
         runs the batch's truncated chunks again from the start states of the first pass, and the
         key states written are those of the first pass (the one the predictions came from).
-        ``events_learned`` counts each labelled event once, those of
-        skipped batches too.
+        ``events_learned`` counts each labelled event once, those of skipped batches too.
         """
         if not events:
             return
