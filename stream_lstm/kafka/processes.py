@@ -35,6 +35,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports on ``host`` that were free a moment ago.
+
+    All are bound at once before any is released: ports found one after another may repeat, as
+    the kernel may hand a port just released to the next bind of port 0 (a broker with two
+    listeners on one port then refuses to start).
+    """
+    with contextlib.ExitStack() as stack:
+        new = socket.socket
+        sockets = [stack.enter_context(new(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
 def kill_process_group(pgid: int) -> None:
     """SIGKILL a whole process group, ignoring one that is already gone."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from stream_lstm.kafka.broker_admin import BrokerError
 from stream_lstm.kafka.broker_process import BrokerProcess
-from stream_lstm.kafka.processes import free_port
+from stream_lstm.kafka.processes import free_ports
 from stream_lstm.testing.certificates import TestCertificates, make_certificates
 from stream_lstm.testing.kafka_jars import broker_classpath, java_executable
 
@@ -90,15 +90,8 @@ class ApacheKafkaBroker(BrokerProcess):
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        super().__init__(
-            host,
-            free_port(host),
-            self.folder / "broker.log",
-            cluster_id=new_cluster_id(),
-        )
-        self.sasl_ssl_port = free_port(host)
-        self.ssl_port = free_port(host)
-        self.controller_port = free_port(host)
+        port, self.sasl_ssl_port, self.ssl_port, self.controller_port = free_ports(4, host)
+        super().__init__(host, port, self.folder / "broker.log", cluster_id=new_cluster_id())
         self.heap_mb = heap_mb
         self.users = {
             "SCRAM-SHA-512": SaslUser("SCRAM-SHA-512", "scram-user", secrets.token_urlsafe(12)),
