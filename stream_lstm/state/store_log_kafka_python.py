@@ -25,6 +25,9 @@ class KafkaPythonStoreLog:
     ) -> None:
         self.topic = topic
         self._partition = TopicPartition(topic, 0)
+        # kafka-python waits without end for an offset unless told otherwise: a broker that does
+        # not answer would wedge the checkpoint, and with it the service's loop.
+        self._timeout_s = timeout_s
         try:
             create_store_topic(
                 bootstrap_servers,
@@ -71,15 +74,19 @@ class KafkaPythonStoreLog:
 
     def end_offset(self) -> int:
         try:
-            return int(self._consumer.end_offsets([self._partition])[self._partition])
+            timeout_ms = int(self._timeout_s * 1000)
+            return int(self._consumer.end_offsets([self._partition], timeout_ms=timeout_ms)[self._partition])
         except KafkaError as error:
             raise StoreLogError(f"cannot read the end of {self.topic!r}: {error}") from error
 
     def position(self) -> int:
         try:
-            return int(self._consumer.position(self._partition))
+            position = self._consumer.position(self._partition, timeout_ms=int(self._timeout_s * 1000))
         except KafkaError as error:
             raise StoreLogError(f"cannot read the position in {self.topic!r}: {error}") from error
+        if position is None:
+            raise StoreLogError(f"no position in {self.topic!r} after {self._timeout_s:g} s")
+        return int(position)
 
     def poll(self, timeout_s: float) -> list[StoreRecord]:
         try:
