@@ -23,7 +23,7 @@ from typing import Any
 
 from stream_lstm.config.secret import MASK, read_secret_file
 from stream_lstm.errors import ConfigError
-from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH
+from stream_lstm.learner.limits import check_steps_per_batch
 
 ENV_PREFIX = "STREAM_LSTM_"
 
@@ -57,11 +57,8 @@ def positive_int(text: str) -> int:
 
 
 def steps_per_batch(text: str) -> int:
-    """An integer from 1 to the learner's bound on steps per batch."""
-    value = positive_int(text)
-    if value > MAX_STEPS_PER_BATCH:
-        raise ValueError(f"must be at most {MAX_STEPS_PER_BATCH}, got {value}")
-    return value
+    """An integer from 1 to the learner's bound on steps per batch (the learner's own check)."""
+    return check_steps_per_batch(positive_int(text))
 
 
 def non_negative_int(text: str) -> int:

@@ -26,7 +26,7 @@ from stream_lstm.learner.encoding import EXTRA_INPUTS
 from stream_lstm.learner.forward import ChunkedForward, Pending
 from stream_lstm.learner.key_transfer import KeyTransfer
 from stream_lstm.learner.learner_state import LearnerPersistence
-from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH
+from stream_lstm.learner.limits import check_steps_per_batch
 from stream_lstm.learner.network import seeded_network
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
@@ -130,7 +130,6 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             ("tbptt_steps", tbptt_steps),
             ("max_keys", max_keys),
             ("max_features", max_features),
-            ("steps_per_batch", steps_per_batch),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -300,12 +299,3 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             self.clip_grad_norm = changes["clip_grad_norm"]
         if "steps_per_batch" in changes:
             self.steps_per_batch = check_steps_per_batch(changes["steps_per_batch"])
-
-
-def check_steps_per_batch(value: Any) -> int:
-    """``value`` if it is a whole number of steps from 1 to :data:`MAX_STEPS_PER_BATCH`, else
-    :class:`ConfigError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_STEPS_PER_BATCH:
-        most = MAX_STEPS_PER_BATCH
-        raise ConfigError(f"steps_per_batch must be an integer from 1 to {most}, got {value!r}")
-    return value
