@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import describe_machine
+from machine import append_results, describe_machine
 
 from stream_lstm.evaluation.report import render_table
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
@@ -171,8 +171,7 @@ def main() -> None:
     table = render_table(headers, rows)
     print(f"\n{title}\n\n{table}")
     if args.markdown:
-        with args.markdown.open("a") as out:
-            out.write(f"\n# hostile-input memory benchmark\n\n{machine}\n\n```\n{title}\n\n{table}\n```\n")
+        append_results(args.markdown, "hostile-input memory benchmark", machine, [f"{title}\n\n{table}"])
 
 
 if __name__ == "__main__":

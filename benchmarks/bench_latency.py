@@ -65,7 +65,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from machine import describe_machine
+from machine import append_results, describe_machine
 
 from stream_lstm.evaluation.report import render_table
 from stream_lstm.kafka.broker import EmbeddedBroker, free_port
@@ -442,9 +442,7 @@ def main() -> None:
     table = f"{title}\n\n{render_table(HEADERS, [row(r) for r in results])}"
     print(f"\n{table}\n\n({time.monotonic() - started:.0f} s in all)")
     if args.markdown:
-        with open(args.markdown, "a") as handle:
-            handle.write(f"\n# latency benchmark\n\n{machine}\n\n```\n{table}\n```\n")
-        print(f"appended to {args.markdown}")
+        append_results(args.markdown, "latency benchmark", machine, [table])
 
 
 if __name__ == "__main__":

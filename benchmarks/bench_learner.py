@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
-from machine import describe_machine
+from machine import append_results, describe_machine
 
 from stream_lstm.evaluation.report import render_table
 from stream_lstm.learner.cpu_threads import set_cpu_threads
@@ -396,10 +396,7 @@ def main() -> None:
         print(f"\n{sections[-1]}\n")
     print(f"({time.monotonic() - started:.0f} s in all)")
     if args.markdown:
-        body = "\n\n".join(f"```\n{section}\n```" for section in sections)
-        with open(args.markdown, "a") as handle:
-            handle.write(f"\n# learner benchmark\n\n{machine}\n\n{body}\n")
-        print(f"appended to {args.markdown}")
+        append_results(args.markdown, "learner benchmark", machine, sections)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import describe_machine
+from machine import append_results, describe_machine
 
 from stream_lstm.config.declared import LEARNER_SETTINGS
 from stream_lstm.evaluation.prequential import build_evaluator
@@ -224,10 +224,7 @@ def main() -> None:
         sections.append(f"The settings by their mean over the streams\n\n{choice_table(compared)}")
         print("\n" + sections[-1] + "\n", flush=True)
     if args.markdown:
-        body = "\n\n".join(f"```\n{section}\n```" for section in sections)
-        with open(args.markdown, "a") as handle:
-            handle.write(f"\n# quality benchmark\n\n{machine}\n\n{body}\n")
-        print(f"appended to {args.markdown}")
+        append_results(args.markdown, "quality benchmark", machine, sections)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,12 @@ def describe_machine() -> str:
     except ImportError:
         parts.append("no torch")
     return "; ".join(parts)
+
+
+def append_results(path: str | os.PathLike[str], title: str, machine: str, sections: list[str]) -> None:
+    """Append ``sections`` (plain-text tables) to the Markdown file ``path``: a ``# title``
+    heading, the machine's line, then each section in a code block."""
+    body = "\n\n".join(f"```\n{section}\n```" for section in sections)
+    with open(path, "a") as handle:
+        handle.write(f"\n# {title}\n\n{machine}\n\n{body}\n")
+    print(f"appended to {path}")
