@@ -1,4 +1,5 @@
-"""A one-line description of the machine a benchmark ran on, for the head of its tables."""
+"""The machine a benchmark ran on, in one line for the head of its tables, and how its tables are
+appended to benchmarks/RESULTS.md."""
 
 from __future__ import annotations
 
