@@ -23,6 +23,7 @@ from stream_lstm.api.rows import RowReader
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,7 +68,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
     Parameters
     ----------
     hidden_size, tbptt_steps, learning_rate, clip_grad_norm, steps_per_batch, input_clip, max_keys,
-    max_features, adapt_scaler, device, seed, category_buckets
+    max_features, adapt_scaler, device, seed, category_buckets, trend_scales
         The learner's hyperparameters (see :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
     key_field
         The field of ``x`` holding the entity key (a string or an integer); ``None``: one stream.
@@ -105,6 +106,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
         device: str = "auto",
         seed: int = 0,
         category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
+        trend_scales: int = DEFAULT_TREND_SCALES,
         key_field: str | None = None,
         ts_field: str | None = None,
     ) -> None:
@@ -124,6 +126,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
             device=device,
             seed=seed,
             category_buckets=category_buckets,
+            trend_scales=trend_scales,
         )
 
     # ------------------------------------------------------------------ river: one row

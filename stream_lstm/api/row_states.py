@@ -20,7 +20,15 @@ from stream_lstm.learner.key_export import NO_LABEL
 from stream_lstm.learner.key_state import KeyStateStore
 
 #: Filler of each per-key array for a key the learner does not track: its state when it is new.
-_NEW_KEY = {"h0": 0.0, "c0": 0.0, "window": 0.0, "window_len": 0, "prev_label": NO_LABEL, "last_ts": np.nan}
+_NEW_KEY = {
+    "h0": 0.0,
+    "c0": 0.0,
+    "window": 0.0,
+    "window_len": 0,
+    "prev_label": NO_LABEL,
+    "last_ts": np.nan,
+    "trend": 0.0,
+}
 
 
 def row_keys(count: int) -> list[str]:
@@ -46,6 +54,7 @@ def row_copies(store: KeyStateStore, keys: Sequence[str]) -> KeyStateStore:
         window_steps=store.window_steps,
         input_size=store.input_size,
         device=store.device,
+        trend_shape=store.trend_shape,
         initial_capacity=max(len(keys), 1),
     )
     scratch.import_(copies)

@@ -26,9 +26,11 @@ from stream_lstm.config.setting import (
     positive_float,
     positive_int,
     steps_per_batch,
+    trend_scales,
 )
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
+from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES
 
 #: The models run unless ``--models`` says otherwise: the LSTM, the baselines and their mixture.
 DEFAULT_MODELS = ("lstm", "logreg", "logreg_lags", "no_change", "mix")
@@ -72,6 +74,13 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
         "inputs of the LSTM and logreg for categorical (text) features, hashed by name and value"
         " (0: categories are ignored)",
     ),
+    Setting(
+        "trend_scales",
+        trend_scales,
+        DEFAULT_TREND_SCALES,
+        "trend inputs of the LSTM and logreg_lags per feature: its distance from the key's moving"
+        " averages, at half-lives of 4, 16, 64, ... events (0: none)",
+    ),
     Setting("device", str, "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N"),
     Setting("seed", int, 0, "seed of the LSTM's initial weights"),
 )
@@ -85,6 +94,7 @@ LSTM_HYPERPARAMETERS = (
     "steps_per_batch",
     "max_features",
     "category_buckets",
+    "trend_scales",
     "input_clip",
     "device",
     "seed",

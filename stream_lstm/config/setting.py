@@ -24,6 +24,7 @@ from typing import Any
 from stream_lstm.config.secret import MASK, read_secret_file
 from stream_lstm.errors import ConfigError
 from stream_lstm.learner.limits import check_steps_per_batch
+from stream_lstm.messages.trend_scales import check_trend_scales
 
 ENV_PREFIX = "STREAM_LSTM_"
 
@@ -59,6 +60,11 @@ def positive_int(text: str) -> int:
 def steps_per_batch(text: str) -> int:
     """An integer from 1 to the learner's bound on steps per batch (the learner's own check)."""
     return check_steps_per_batch(positive_int(text))
+
+
+def trend_scales(text: str) -> int:
+    """An integer from 0 to the learner's bound on trend scales (the learner's own check)."""
+    return check_trend_scales(non_negative_int(text))
 
 
 def non_negative_int(text: str) -> int:

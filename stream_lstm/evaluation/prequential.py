@@ -27,6 +27,7 @@ from stream_lstm.messages.events import Event
 from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
 from stream_lstm.models.build import MODEL_NAMES as BUILT_MODELS
 from stream_lstm.models.build import build_models as build_models
+from stream_lstm.models.lag_logreg import LagLogisticRegression
 from stream_lstm.models.protocols import (
     GuardedModel,
     KeyedModel,
@@ -378,6 +379,8 @@ class PrequentialEvaluator:
                 settings.setdefault("max_features", model.max_features)
                 settings.setdefault("input_clip", model.input_clip)
                 settings.setdefault("category_buckets", model.category_buckets)
+                if isinstance(model, LagLogisticRegression):
+                    settings.setdefault("trend_scales", model.trend_scales)
         return settings
 
     def to_state(self) -> State:

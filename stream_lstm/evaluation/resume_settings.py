@@ -7,9 +7,9 @@ checkpoint's would silently win: the service would run other models, sizes and s
 told to. So every difference is either refused or applied:
 
 * **refused** (:data:`FIXED`): the models, the rolling window, ``max_keys`` and the LSTM's sizes
-  (``category_buckets`` among them) and seed. They shape the state itself (weights, key states,
-  score windows), or, for the seed, only the initial weights, which a resumed learner no longer
-  has: a new value cannot take effect.
+  (``category_buckets`` and ``trend_scales`` among them) and seed. They shape the state itself
+  (weights, key states, score windows), or, for the seed, only the initial weights, which a
+  resumed learner no longer has: a new value cannot take effect.
 * **added or dropped**: the baselines (``logreg``, ``logreg_lags``, ``no_change``) and the mixture
   (``mix``) may be added to or dropped from the models, as long as the LSTM is in both or in
   neither: an added baseline starts fresh (its scores too), and the mixture starts again with
@@ -18,6 +18,8 @@ told to. So every difference is either refused or applied:
 * **kept, with a warning**: a checkpoint whose learner has no category inputs (``category_buckets``
   0: every checkpoint written before categorical features) resumes under any ``category_buckets``,
   so that an upgraded service resumes with its default settings; it learns nothing from categories.
+  Likewise a checkpoint without trend inputs (``trend_scales`` 0) resumes under any
+  ``trend_scales``, without them.
 * **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``clip_grad_norm``, ``steps_per_batch`` and
   ``device`` change how the learner goes on, not what it has learned, so they are applied to the
   loaded learner and logged.
@@ -35,7 +37,7 @@ from typing import Any
 from stream_lstm.errors import ConfigError
 from stream_lstm.evaluation.mixture import MIXTURE, FixedShareMixture
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
-from stream_lstm.models.build import SHARED_WITH_LOGREG, TRAINED, build_models
+from stream_lstm.models.build import SHARED_WITH_LAGS, TRAINED, build_models
 from stream_lstm.models.protocols import trained_model
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ FIXED = (
     "tbptt_steps",
     "max_features",
     "category_buckets",
+    "trend_scales",
     "input_clip",
     "seed",
 )
@@ -95,17 +98,25 @@ def _same_trained_model(saved: Any, now: Any) -> bool:
     return [name for name in saved if name in TRAINED] == [name for name in now if name in TRAINED]
 
 
-def _follow_models(evaluator: PrequentialEvaluator, now: Any, saved: Mapping[str, Any], source: str) -> None:
+def _follow_models(
+    evaluator: PrequentialEvaluator,
+    now: Any,
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    source: str,
+) -> None:
     """Add or drop baselines and the mixture as ``now`` names them (the trained model is the
     checkpoint's): an added baseline starts fresh, built with the checkpoint's shared settings
-    (``saved``: those of its models), and the mixture starts again with equal weights whenever
-    the models it mixes change. The same models in another order keep the checkpoint's order."""
+    (``saved``: those of its models; ``current``'s where none of them has one), and the mixture
+    starts again with equal weights whenever the models it mixes change. The same models in
+    another order keep the checkpoint's order."""
     wanted = [name for name in now if name != MIXTURE]
     have = list(evaluator.models)
     added = [name for name in wanted if name not in have]
     dropped = [name for name in have if name not in wanted]
     if added or dropped:
-        shared = {name: saved[name] for name in SHARED_WITH_LOGREG if name in saved}
+        shared = {name: saved.get(name, current.get(name)) for name in SHARED_WITH_LAGS}
+        shared = {name: value for name, value in shared.items() if value is not None}
         built = build_models(added, max_keys=saved["max_keys"], lstm=shared) if added else {}
         evaluator.change_models(wanted, built)
         if added:
@@ -120,6 +131,28 @@ def _follow_models(evaluator: PrequentialEvaluator, now: Any, saved: Mapping[str
         evaluator.set_mixture(None)
 
 
+#: Inputs that later versions added, by the setting of their number: a checkpoint without them
+#: (0, as every checkpoint written before them) resumes as it is under any number, with a
+#: warning; refusing it would stop every upgraded service that resumes with the default settings.
+ADDED_LATER = {"category_buckets": "category inputs", "trend_scales": "trend inputs"}
+
+
+def _keep_inputs_added_later(differences: dict[str, tuple[Any, Any]], source: str) -> None:
+    """Take out of ``differences`` the :data:`ADDED_LATER` inputs that the checkpoint lacks."""
+    for name, inputs in ADDED_LATER.items():
+        kept = differences.get(name)
+        if kept is not None and kept[0] == 0:
+            del differences[name]
+            log.warning(
+                "%s has no %s (%s 0, now %s): it is resumed as it is, without them; start a new "
+                "checkpoint store to learn from them",
+                source,
+                inputs,
+                name,
+                kept[1],
+            )
+
+
 def resume_with_settings(
     evaluator: PrequentialEvaluator, current: Mapping[str, Any], source: str
 ) -> PrequentialEvaluator:
@@ -132,18 +165,7 @@ def resume_with_settings(
     models = differences.pop("models", None)
     if models is not None and not _same_trained_model(*models):
         differences["models"] = models
-    kept = differences.pop("category_buckets", None)
-    if kept is not None and kept[0] == 0:
-        # A learner without category inputs, mostly one written before categorical features:
-        # refusing it would stop every upgraded service that resumes with the default settings.
-        log.warning(
-            "%s has no category inputs (category_buckets 0, now %s): it is resumed as it is and "
-            "learns nothing from categories; start a new checkpoint store to learn them",
-            source,
-            kept[1],
-        )
-    elif kept is not None:
-        differences["category_buckets"] = kept
+    _keep_inputs_added_later(differences, source)
     refused = {name: values for name, values in differences.items() if name in FIXED}
     if refused:
         listed = "; ".join(
@@ -156,7 +178,7 @@ def resume_with_settings(
             "checkpoint store (another --checkpoint-dir or --checkpoint-topic) and a new --group-id"
         )
     if models is not None:
-        _follow_models(evaluator, models[1], saved, source)
+        _follow_models(evaluator, models[1], saved, current, source)
     changes = {name: now for name, (_, now) in differences.items()}
     if changes:
         trained = trained_model(evaluator.models)

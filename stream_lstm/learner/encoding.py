@@ -7,8 +7,11 @@ previous label"; then one column per category bucket, holding how many of the ev
 hash to that bucket (two buckets per category:
 :func:`~stream_lstm.messages.categories.category_probes`; normally 1.0 in two columns). The bucket
 counts are not standardised (they are already of the size of the flags), only clipped to
-``input_clip`` like every other input, and they come last so that a learner without categories
-(``category_buckets=0``) has the layout of the versions before them.
+``input_clip`` like every other input, and they come after the inputs of the versions before them
+so that a learner without categories (``category_buckets=0``) has those versions' layout. Last, the
+trend inputs (:mod:`stream_lstm.learner.trend`): ``trend_scales`` blocks of ``max_features``
+columns, block ``s`` holding each feature's deviation from the key's average at scale ``s``, in
+the feature's column of the block (none when ``trend_scales`` is 0, the layout before them).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from stream_lstm.learner.batch_columns import (
 )
 from stream_lstm.learner.key_state import NO_LABEL, KeyStateStore
 from stream_lstm.learner.scaler import RunningScaler
+from stream_lstm.learner.trend import trend_deviations
 from stream_lstm.messages.events import Event
 
 #: Inputs after the features: the log time gap, the previous label, and "no previous label".
@@ -50,6 +54,8 @@ class InputEncoding:
 
     max_features: int
     category_buckets: int
+    trend_scales: int
+    _trend_rates: np.ndarray
     input_size: int
     input_clip: float
     feature_columns: dict[str, int]
@@ -60,13 +66,13 @@ class InputEncoding:
 
     def _encode(
         self, events: Sequence[Event], groups: KeyGroups, slots: np.ndarray, label_values: np.ndarray
-    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Build the batch's input vectors on the host (``label_values``: each event's label, NaN
         where it has none).
 
         Returns the raw values of the columns that can hold any and which columns those are
-        (for the scaler update), the inputs, and each key's last label and timestamp after the
-        batch.
+        (for the scaler update), the inputs, and each key's last label, timestamp and trend
+        averages after the batch.
         """
         n_features = self.max_features
         raw = np.full((len(events), n_features + 1), np.nan)
@@ -88,7 +94,32 @@ class InputEncoding:
         inputs[:, n_features + 2] = ~has_label
         if self.category_buckets:
             self._fill_categories(events, inputs)
-        return (raw, used), inputs, last_label.astype(np.int8), last_ts
+        trend_after = self._fill_trend(inputs, raw, used, groups, slots)
+        return (raw, used), inputs, last_label.astype(np.int8), last_ts, trend_after
+
+    def _fill_trend(
+        self, inputs: np.ndarray, raw: np.ndarray, used: np.ndarray, groups: KeyGroups, slots: np.ndarray
+    ) -> np.ndarray:
+        """Write the trend inputs of the named features into ``inputs``; return the keys' averages
+        after the batch (``raw``: the values of the ``used`` scaler columns, NaN where missing)."""
+        start = self.keys.trend[slots]
+        features = used[:-1]  # the last used column is the time gap's
+        if not self.trend_scales or not features.size:
+            return start
+        deviations, end = trend_deviations(
+            inputs[:, features].astype(np.float64),
+            ~np.isnan(raw[:, :-1]),
+            groups,
+            start[:, :, features].astype(np.float64),
+            self._trend_rates,
+        )
+        first = self.max_features + EXTRA_INPUTS + self.category_buckets
+        blocks = first + np.arange(self.trend_scales)[:, None] * self.max_features
+        clip = self.input_clip
+        columns = (blocks + features[None, :]).ravel()
+        inputs[:, columns] = deviations.reshape(len(inputs), -1).clip(-clip, clip)
+        start[:, :, features] = end
+        return start
 
     def _fill_features(self, events: Sequence[Event], raw: np.ndarray) -> None:
         """Write each event's features into its row of ``raw``, in their columns (new names get a

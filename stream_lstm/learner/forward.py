@@ -44,6 +44,7 @@ class BatchInputs:
     inputs: np.ndarray  # one input vector per event
     last_label: np.ndarray  # each key's last label after the batch
     last_ts: np.ndarray  # each key's last timestamp after the batch
+    trend_after: np.ndarray  # each key's trend averages after the batch
     label_index: torch.Tensor | None  # the labelled events; None with targets: every event is
     targets: torch.Tensor | None  # their labels; None: no event has one
     columns: torch.Tensor | None  # the input columns the LSTM runs on (None: all)
@@ -98,7 +99,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         groups = group_by_slot(self.keys.lookup(batch_keys(events)))
         slots = groups.slots
         label_values = optional_floats(batch_labels(events))  # NaN: no label
-        raw, inputs, last_label, last_ts = self._encode(events, groups, slots, label_values)
+        raw, inputs, last_label, last_ts, trend_after = self._encode(events, groups, slots, label_values)
         raw_features, raw_columns = raw
         columns = self._input_columns(raw_columns)
         label_index, targets = self._label_tensors(label_values)
@@ -112,6 +113,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
             inputs=inputs,
             last_label=last_label,
             last_ts=last_ts,
+            trend_after=trend_after,
             label_index=label_index,
             targets=targets,
             columns=columns,
@@ -297,14 +299,18 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         gathers, so it keeps them all, as does a learner whose imported key states hold values
         in columns it has no name for (see ``import_keys``).
         """
-        # The previous label's inputs, and the category buckets once they may hold values.
-        end = self.input_size if self._category_inputs_used else self.max_features + EXTRA_INPUTS
-        width = used.size + end - self.max_features - 1
+        # The previous label's inputs, the category buckets once they may hold values, and the
+        # trend inputs of the named features.
+        buckets_end = self.max_features + EXTRA_INPUTS + self.category_buckets
+        end = buckets_end if self._category_inputs_used else self.max_features + EXTRA_INPUTS
+        features = used[:-1]
+        trend = buckets_end + (np.arange(self.trend_scales)[:, None] * self.max_features + features).ravel()
+        width = used.size + end - self.max_features - 1 + trend.size
         # Gathers cost calls: worth it only when they take out at least half the columns.
         if self._device.type != "cpu" or not self._narrow_inputs or 2 * width > self.input_size:
             return None
         extra = np.arange(self.max_features + 1, end)
-        return to_device(np.concatenate([used, extra]), self._device)
+        return to_device(np.concatenate([used, extra, trend]), self._device)
 
     def _weights_for(self, columns: torch.Tensor | None) -> list[torch.Tensor]:
         """The LSTM's weights for the input ``columns`` (all of them for ``None``); the input

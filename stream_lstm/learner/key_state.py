@@ -20,11 +20,13 @@ class KeyStateStore:
     """Holds, for every tracked key, what truncated BPTT needs to continue that key's sequence.
 
     Per key: the detached LSTM state ``(h0, c0)`` at the start of its window, the window of its
-    last ``window_steps`` input vectors (newest last), its previous label and its previous
-    timestamp. Keys live in slots of preallocated tensors (grown by doubling up to ``max_keys``),
-    so a batch gathers and scatters the state of all its keys with one indexing operation each.
-    When a new key arrives and ``max_keys`` keys are tracked, the least recently seen key is
-    evicted; if it comes back it starts again from a zero state.
+    last ``window_steps`` input vectors (newest last), its previous label, its previous
+    timestamp, and its feature averages for the trend inputs (``trend_shape``: scales ×
+    features, on the host; see :mod:`stream_lstm.learner.trend`). Keys live in slots of
+    preallocated tensors (grown by doubling up to ``max_keys``), so a batch gathers and scatters
+    the state of all its keys with one indexing operation each. When a new key arrives and
+    ``max_keys`` keys are tracked, the least recently seen key is evicted; if it comes back it
+    starts again from a zero state.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class KeyStateStore:
         window_steps: int,
         input_size: int,
         device: torch.device,
+        trend_shape: tuple[int, int] = (0, 0),
         initial_capacity: int = 1024,
     ) -> None:
         if max_keys < 1:
@@ -43,6 +46,7 @@ class KeyStateStore:
         self.hidden_size = hidden_size
         self.window_steps = window_steps
         self.input_size = input_size
+        self.trend_shape = trend_shape
         self.device = device
         self.evictions = 0
         self._slots: dict[str, int] = {}
@@ -60,6 +64,7 @@ class KeyStateStore:
         self.window_len = np.zeros(0, dtype=np.int64)
         self.prev_label = np.zeros(0, dtype=np.int8)
         self.last_ts = np.zeros(0)
+        self.trend = np.zeros((0, *trend_shape), dtype=np.float32)
         self._grow(min(initial_capacity, max_keys))
 
     def __len__(self) -> int:
@@ -163,6 +168,7 @@ class KeyStateStore:
         self.window_len = np.concatenate([self.window_len, np.zeros(extra, dtype=np.int64)])
         self.prev_label = np.concatenate([self.prev_label, np.full(extra, NO_LABEL, np.int8)])
         self.last_ts = np.concatenate([self.last_ts, np.full(extra, np.nan)])
+        self.trend = np.concatenate([self.trend, np.zeros((extra, *self.trend_shape), np.float32)])
         self._last_used = np.concatenate([self._last_used, np.zeros(extra, dtype=np.int64)])
         self._slot_keys = np.concatenate([self._slot_keys, np.full(extra, None, dtype=object)])
         # Hand out low slots first so that a fresh store fills its slots in order.
@@ -176,6 +182,7 @@ class KeyStateStore:
         self.window_len[slots] = 0
         self.prev_label[slots] = NO_LABEL
         self.last_ts[slots] = np.nan
+        self.trend[slots] = 0.0
 
     def export(self, keys: Sequence[str]) -> dict[str, Any]:
         """The state of those of ``keys`` that are tracked, as NumPy arrays, oldest first.
@@ -196,6 +203,7 @@ class KeyStateStore:
             "window_len": self.window_len[slots].copy(),
             "prev_label": self.prev_label[slots].copy(),
             "last_ts": self.last_ts[slots].copy(),
+            "trend": self.trend[slots].copy(),
         }
 
     def import_(self, state: dict[str, Any]) -> None:
@@ -204,10 +212,17 @@ class KeyStateStore:
         keys = state["keys"]
         if not keys:
             return
-        if state["window"].shape[1:] != self.window.shape[1:] or state["h0"].shape[1] != self.hidden_size:
+        trend = state.get("trend")
+        if trend is None:  # exported before trend inputs: averages start again from 0
+            trend = np.zeros((len(keys), *self.trend_shape), np.float32)
+        if (
+            state["window"].shape[1:] != self.window.shape[1:]
+            or state["h0"].shape[1] != self.hidden_size
+            or trend.shape[1:] != self.trend_shape
+        ):
             raise ConfigError(
-                "key states were saved with other sizes (hidden_size, tbptt_steps, max_features or "
-                "category_buckets differ); they cannot be continued"
+                "key states were saved with other sizes (hidden_size, tbptt_steps, max_features, "
+                "category_buckets or trend_scales differ); they cannot be continued"
             )
         keys = keys[-self.max_keys :]  # the most recently used ones, if there are too many
         count = len(keys)
@@ -219,6 +234,7 @@ class KeyStateStore:
         self.window_len[slots] = state["window_len"][-count:]
         self.prev_label[slots] = state["prev_label"][-count:]
         self.last_ts[slots] = state["last_ts"][-count:]
+        self.trend[slots] = trend[-count:]
 
     def forget(self, keys: Sequence[str]) -> None:
         """Stop tracking ``keys`` (not counted as evictions): their slots are free again."""
@@ -241,6 +257,7 @@ class KeyStateStore:
             "window_len": self.window_len.copy(),
             "prev_label": self.prev_label.copy(),
             "last_ts": self.last_ts.copy(),
+            "trend": self.trend.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -260,6 +277,10 @@ class KeyStateStore:
         self.window_len = state["window_len"].copy()
         self.prev_label = state["prev_label"].copy()
         self.last_ts = state["last_ts"].copy()
+        trend = state.get("trend")  # absent before trend inputs
+        if trend is None:
+            trend = np.zeros((self._capacity, *self.trend_shape), np.float32)
+        self.trend = trend.copy()
 
     def to_state(self) -> State:
         """The store as data (:mod:`stream_lstm.models.state_data`): the keys least recently used
@@ -277,13 +298,14 @@ class KeyStateStore:
             "window_len": self.window_len.copy(),
             "prev_label": self.prev_label.copy(),
             "last_ts": self.last_ts.copy(),
+            "trend": self.trend.copy(),
         }
 
     @staticmethod
     def state_capacity(tree: Any, where: str) -> int:
         """The capacity a :meth:`to_state` claims, checked against the arrays it holds (so that a
         store of that size takes no more memory than the checkpoint's bytes)."""
-        fields = Fields(tree, where, _STORE_FIELDS)
+        fields = Fields(_with_trend(tree, (0, 0)), where, _STORE_FIELDS)
         capacity = fields.int("capacity")
         h0 = fields.raw("h0")
         if not isinstance(h0, np.ndarray) or h0.ndim < 1 or h0.shape[0] != capacity:
@@ -293,7 +315,8 @@ class KeyStateStore:
     def load_state(self, tree: Any, where: str) -> None:
         """Restore a :meth:`to_state` of a store of this one's sizes
         (:class:`~stream_lstm.errors.CheckpointRejected` if ``tree`` is not one)."""
-        fields = Fields(tree, where, _STORE_FIELDS)
+        absent = isinstance(tree, dict) and "trend" not in tree  # written before trend inputs
+        fields = Fields(_with_trend(tree, self.trend_shape), where, _STORE_FIELDS)
         capacity = fields.int("capacity", high=self.max_keys)
         keys = fields.strings("keys")
         slots = fields.array("slots", "int64", (len(keys),))
@@ -308,6 +331,12 @@ class KeyStateStore:
         window_len = fields.array("window_len", "int64", (capacity,))
         prev_label = fields.array("prev_label", "int8", (capacity,))
         last_ts = fields.array("last_ts", "float64", (capacity,))
+        if absent:
+            trend = np.zeros((capacity, *self.trend_shape), np.float32)
+        else:
+            trend = fields.array("trend", "float32", (capacity, *self.trend_shape))
+            if not np.isfinite(trend).all():
+                raise damaged(fields.path("trend"), "an average is not finite")
         if ((window_len < 0) | (window_len > self.window_steps)).any():
             raise damaged(fields.path("window_len"), f"a window length is outside [0, {self.window_steps}]")
         if ((prev_label < NO_LABEL) | (prev_label > 1)).any():
@@ -328,6 +357,14 @@ class KeyStateStore:
         self.window_len = window_len.copy()
         self.prev_label = prev_label.copy()
         self.last_ts = last_ts.copy()
+        self.trend = trend.copy()
+
+
+def _with_trend(tree: Any, shape: tuple[int, int]) -> Any:
+    """``tree`` with an empty ``trend`` when it has none (a store written before trend inputs)."""
+    if isinstance(tree, dict) and "trend" not in tree:
+        return {**tree, "trend": np.zeros((0, *shape), np.float32)}
+    return tree
 
 
 _STORE_FIELDS = (
@@ -342,4 +379,5 @@ _STORE_FIELDS = (
     "window_len",
     "prev_label",
     "last_ts",
+    "trend",
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from stream_lstm.errors import ConfigError
@@ -28,6 +29,8 @@ class KeyTransfer:
     input_size: int
     max_features: int
     category_buckets: int
+    trend_scales: int
+    input_clip: float
     feature_columns: dict[str, int]
     keys: KeyStateStore
     _device: torch.device
@@ -43,6 +46,7 @@ class KeyTransfer:
             window_steps=max(self.tbptt_steps - 1, 1),
             input_size=self.input_size,
             device=self._device,
+            trend_shape=(self.trend_scales, self.max_features),
         )
 
     def tracked_keys(self) -> Collection[str]:
@@ -92,6 +96,8 @@ class KeyTransfer:
                 f"key states were saved with another feature layout (features {sorted(clashes)[:5]} "
                 "sit in other input columns); they cannot be continued by this learner"
             )
+        if "trend" in state:  # averages of clipped inputs: bounded as this learner's are
+            state = {**state, "trend": np.clip(state["trend"], -self.input_clip, self.input_clip)}
         self.keys.import_(state)
         for name, column in theirs.items():
             self.feature_columns.setdefault(name, column)
@@ -118,8 +124,9 @@ class KeyTransfer:
         first = self.max_features + EXTRA_INPUTS
         if not self.category_buckets or windows.shape[2] <= first:
             return False
+        last = first + self.category_buckets
         return any(
-            bool(windows[start : start + 65_536, :, first:].ne(0).any())  # bounded temporaries
+            bool(windows[start : start + 65_536, :, first:last].ne(0).any())  # bounded temporaries
             for start in range(0, windows.shape[0], 65_536)
         )
 

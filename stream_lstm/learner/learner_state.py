@@ -28,6 +28,7 @@ from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import SKIP_REASONS
+from stream_lstm.messages.trend_scales import MAX_TREND_SCALES
 from stream_lstm.models.state_data import Fields, State, checked_array, checked_int, damaged
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ _HYPERPARAMETERS = (
     "max_keys",
     "max_features",
     "category_buckets",
+    "trend_scales",
     "adapt_scaler",
     "device",
     "seed",
@@ -146,6 +148,8 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         tree = {**tree, "category_buckets": 0}
     if isinstance(tree, dict) and "steps_per_batch" not in tree:
         tree = {**tree, "steps_per_batch": 1}  # written before several steps per batch: one
+    if isinstance(tree, dict) and "trend_scales" not in tree:
+        tree = {**tree, "trend_scales": 0}  # written before trend inputs: none
     read = Fields(tree, fields.path("hyperparameters"), _HYPERPARAMETERS)
     return {
         "hidden_size": read.int("hidden_size", low=1),
@@ -157,6 +161,7 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "max_keys": read.int("max_keys", low=1),
         "max_features": read.int("max_features", low=1),
         "category_buckets": read.int("category_buckets"),
+        "trend_scales": read.int("trend_scales", high=MAX_TREND_SCALES),
         "adapt_scaler": read.bool("adapt_scaler"),
         "device": read.str("device"),
         "seed": read.int("seed", low=-(2**63), high=2**64 - 1),
@@ -179,7 +184,8 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     fields.str("kind", choices=("lstm",))
     hyper = _hyperparameters(fields)
     hidden = hyper["hidden_size"]
-    input_size = hyper["max_features"] + EXTRA_INPUTS + hyper["category_buckets"]
+    later_inputs = hyper["category_buckets"] + hyper["trend_scales"] * hyper["max_features"]
+    input_size = hyper["max_features"] + EXTRA_INPUTS + later_inputs
     with torch.device("meta"):  # the shapes, without allocating the weights
         shapes = LSTMNetwork(input_size, hidden).state_dict()
     layout = {name: tuple(value.shape) for name, value in shapes.items()}
@@ -197,6 +203,10 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     learner.network.load_state_dict({name: _tensor(value, device) for name, value in weights.items()})
     _restore_optimizer(learner, fields.nested("optimizer", _OPTIMIZER_FIELDS))
     learner.keys.load_state(keys, fields.path("keys"))
+    # Averages of clipped inputs: one beyond the clip is not this learner's (float32 slack).
+    if (np.abs(learner.keys.trend) > learner.input_clip * (1 + 1e-6)).any():
+        clip = learner.input_clip
+        raise damaged(fields.path("keys.trend"), f"an average is beyond the input clip {clip:g}")
     # Read from the checked arrays on the host: the store's tensors may be on a device.
     learner._category_inputs_used = len(learner.keys) > 0 and learner._windows_use_category_buckets(
         torch.as_tensor(keys["window"])

@@ -33,6 +33,7 @@ from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import GuardedTraining, finite_or_zero
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES, check_trend_scales, trend_rates
 from stream_lstm.models.protocols import TrainedModel
 
 #: The hyperparameters :meth:`LSTMLearner.change_settings` changes on a learner that has learned:
@@ -87,6 +88,10 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         the inputs of its two buckets (:func:`~stream_lstm.messages.categories.category_probes`), so
         any number of names and values takes a bounded number of inputs; 0: categories are
         ignored.
+    trend_scales
+        How many trend inputs each feature gets (:mod:`stream_lstm.learner.trend`): its
+        deviation from the key's exponential moving average of it, at half-lives of 4, 16, 64, ...
+        events of the key; 0: none.
     adapt_scaler
         Whether the feature standardisation keeps learning; ``False`` leaves features unscaled.
     device
@@ -121,6 +126,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         max_keys: int = 100_000,
         max_features: int = 32,
         category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
+        trend_scales: int = DEFAULT_TREND_SCALES,
         adapt_scaler: bool = True,
         device: str = "auto",
         seed: int = 0,
@@ -134,6 +140,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         check_steps_per_batch(steps_per_batch)
+        check_trend_scales(trend_scales)
         if (
             isinstance(category_buckets, bool)
             or not isinstance(category_buckets, int)
@@ -155,6 +162,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self.max_keys = max_keys
         self.max_features = max_features
         self.category_buckets = category_buckets
+        self.trend_scales = trend_scales
         self.adapt_scaler = adapt_scaler
         self.device = device
         self.seed = seed
@@ -163,10 +171,12 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     def _build(self) -> None:
         device = resolve_device(self.device)  # checked even where the tensors stay on the CPU
         self._device = torch.device("cpu") if learners_kept_on_cpu() else device
-        self.input_size = self.max_features + EXTRA_INPUTS + self.category_buckets
+        later_inputs = (self.category_buckets, self.trend_scales * self.max_features)
+        self.input_size = self.max_features + EXTRA_INPUTS + sum(later_inputs)
         self.network = seeded_network(
-            self.input_size, self.hidden_size, self.seed, later_inputs=self.category_buckets
+            self.input_size, self.hidden_size, self.seed, later_inputs=later_inputs
         ).to(self._device)
+        self._trend_rates = trend_rates(self.trend_scales)
         self._parameters = list(self.network.parameters())
         lstm = self.network.lstm
         self._lstm_weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
@@ -215,6 +225,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             "max_keys": self.max_keys,
             "max_features": self.max_features,
             "category_buckets": self.category_buckets,
+            "trend_scales": self.trend_scales,
             "adapt_scaler": self.adapt_scaler,
             "device": self.device,
             "seed": self.seed,
@@ -270,6 +281,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         store.window_len[slots] = pending.new_window_len
         store.prev_label[slots] = batch.last_label
         store.last_ts[slots] = batch.last_ts
+        store.trend[slots] = batch.trend_after
         if self.adapt_scaler:
             self.scaler.update(batch.raw_features, batch.raw_columns)
         self.events_seen += len(events)

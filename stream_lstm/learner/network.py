@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,22 +21,28 @@ class LSTMNetwork(nn.Module):
         self.head = nn.Linear(hidden_size, 1)
 
 
-def seeded_network(input_size: int, hidden_size: int, seed: int, *, later_inputs: int = 0) -> LSTMNetwork:
+def seeded_network(
+    input_size: int, hidden_size: int, seed: int, *, later_inputs: Sequence[int] = ()
+) -> LSTMNetwork:
     """A network with the initial weights of ``seed`` (torch's own generator is left as it was).
 
-    The weights are drawn as torch draws them for the first ``input_size - later_inputs`` inputs,
-    then the input weights of the last ``later_inputs`` columns (from the same uniform
-    distribution that torch uses): so no other weight depends on ``later_inputs``. A learner's
-    category buckets are such inputs, and they are 0 in a stream without categories: there the
-    learner is the one it would be without buckets, prediction for prediction.
+    The weights are drawn as torch draws them for the first ``input_size - sum(later_inputs)``
+    inputs, then the input weights of each group of ``later_inputs`` columns in turn (from the
+    same uniform distribution that torch uses): so no weight depends on a later group's size. A
+    learner's category buckets are such a group, and they are 0 in a stream without categories:
+    there the learner is the one it would be without buckets, prediction for prediction; its
+    trend inputs are the group after them.
     """
+    extra = sum(later_inputs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        network = LSTMNetwork(input_size - later_inputs, hidden_size)
-        if not later_inputs:
+        network = LSTMNetwork(input_size - extra, hidden_size)
+        if not extra:
             return network
         bound = 1 / math.sqrt(hidden_size)
-        later = torch.empty(4 * hidden_size, later_inputs).uniform_(-bound, bound)
+        later = torch.cat(
+            [torch.empty(4 * hidden_size, size).uniform_(-bound, bound) for size in later_inputs], dim=1
+        )
         wider = LSTMNetwork(input_size, hidden_size)
     weights = network.state_dict()
     weights["lstm.weight_ih_l0"] = torch.cat([weights["lstm.weight_ih_l0"], later], dim=1)

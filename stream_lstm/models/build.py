@@ -17,6 +17,8 @@ TRAINED = ("lstm",)
 
 #: The LSTM's keyword arguments that the logistic regressions take too (the same meaning).
 SHARED_WITH_LOGREG = ("max_features", "input_clip", "category_buckets")
+#: The LSTM's keyword arguments that ``logreg_lags`` takes too: those and the trend inputs.
+SHARED_WITH_LAGS = (*SHARED_WITH_LOGREG, "trend_scales")
 
 
 def build_models(
@@ -27,8 +29,8 @@ def build_models(
 
     The logistic regressions get the LSTM's ``max_features``, ``input_clip`` and
     ``category_buckets`` (from ``lstm``, else the LSTM's defaults), so that they see the same
-    features, clipped alike, and the same category buckets; ``logreg_lags`` keeps at most
-    ``max_keys`` keys, as the LSTM.
+    features, clipped alike, and the same category buckets; ``logreg_lags`` gets its
+    ``trend_scales`` too, and keeps at most ``max_keys`` keys, as the LSTM.
     """
     unknown = [name for name in names if name not in MODEL_NAMES]
     if unknown or not names:
@@ -37,6 +39,7 @@ def build_models(
         )
     models: dict[str, OnlineClassifier] = {}
     shared = {key: value for key, value in (lstm or {}).items() if key in SHARED_WITH_LOGREG}
+    shared_with_lags = {key: value for key, value in (lstm or {}).items() if key in SHARED_WITH_LAGS}
     for name in names:
         if name == "lstm":
             from stream_lstm.api.classifier import LSTMClassifier  # torch is imported only when needed
@@ -45,7 +48,7 @@ def build_models(
         elif name == "logreg":
             models[name] = LogisticRegressionBaseline(**shared)
         elif name == "logreg_lags":
-            models[name] = LagLogisticRegression(max_keys=max_keys, **shared)
+            models[name] = LagLogisticRegression(max_keys=max_keys, **shared_with_lags)
         else:
             models[name] = NoChangeBaseline(max_keys=max_keys)
     return models

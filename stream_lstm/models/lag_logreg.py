@@ -8,6 +8,9 @@ comparison with the LSTM answers "does recurrence help beyond lag features?":
 * the LSTM's inputs of the event (:mod:`stream_lstm.learner.encoding`): its features, the log time
   gap since the key's previous event with a timestamp (standardised), the key's previous label as
   -1/+1 (0 when there is none) and a flag for "no previous label", and the category buckets;
+* the LSTM's trend inputs (:mod:`stream_lstm.learner.trend`, ``trend_scales`` of them per
+  feature): each standardised feature's deviation from the key's exponential moving average of
+  it, at half-lives of 4, 16, 64, ... events of the key;
 * the key's last ``lags`` events (3 by default), newest first, as lag features: each one's
   features as they were standardised (and clipped) for its own prediction, and its label as -1/+1
   (0 for an event without a label). A key with fewer earlier events has 0 in the missing lags'
@@ -19,9 +22,9 @@ recurrence reads the earlier events of the batch, in order, before it predicts a
 event's own label is ever an input of its prediction, and the weights used for a batch are those
 learned from earlier batches (test-then-train, as every model here).
 
-Per key it keeps the previous label, the latest timestamp and the last ``lags`` events' standardised
-features (restricted to the ``max_features`` names in use) and labels, for at most ``max_keys`` keys (the
-least recently seen key is forgotten first, as the LSTM's are).
+Per key it keeps the previous label, the latest timestamp, the last ``lags`` events' standardised
+features (restricted to the ``max_features`` names in use) and labels, and the trend averages,
+for at most ``max_keys`` keys (the least recently seen key is forgotten first, as the LSTM's are).
 """
 
 from __future__ import annotations
@@ -38,8 +41,20 @@ from river import preprocessing
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.trend_scales import (
+    DEFAULT_TREND_SCALES,
+    MAX_TREND_SCALES,
+    check_trend_scales,
+    trend_rates,
+)
 from stream_lstm.models.baselines import LogisticRegressionBaseline
-from stream_lstm.models.lag_history import Context, KeyHistory, histories_from_state, histories_to_state
+from stream_lstm.models.lag_history import (
+    Context,
+    KeyHistory,
+    histories_from_state,
+    histories_to_state,
+    trend_input,
+)
 from stream_lstm.models.protocols import KeyedModel
 from stream_lstm.models.recent_keys import remember
 from stream_lstm.models.state_data import Fields, State, damaged
@@ -79,12 +94,14 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         How many of the key's earlier events are lag features (0: only the LSTM's inputs).
     max_keys
         How many keys keep a history; beyond it the least recently seen key is forgotten.
+    trend_scales
+        How many trend inputs each feature gets, as the LSTM's (0: none).
     learning_rate, l2, max_features, input_clip, category_buckets
         As for :class:`~stream_lstm.models.baselines.LogisticRegressionBaseline`.
 
     Examples
     --------
-    >>> model = LagLogisticRegression(lags=2)
+    >>> model = LagLogisticRegression(lags=2, trend_scales=0)
     >>> batch = [Event(key="a", ts=0.0, features={"x": 1.0}, label=1), Event(key="a", ts=1.0, label=0)]
     >>> [(c.previous_label, round(c.gap, 3), len(c.lags)) for c in model.contexts(batch)]
     [(None, nan, 0), (1, 0.693, 1)]
@@ -105,6 +122,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         max_features: int = 32,
         input_clip: float = 10.0,
         category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
+        trend_scales: int = DEFAULT_TREND_SCALES,
     ) -> None:
         super().__init__(
             learning_rate=learning_rate,
@@ -119,6 +137,9 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             raise ConfigError(f"max_keys must be a positive integer, got {max_keys!r}")
         self.lags = lags
         self.max_keys = max_keys
+        self.trend_scales = check_trend_scales(trend_scales)
+        self._trend_rates = trend_rates(trend_scales).tolist()
+        self._trend_input_names: list[dict[str, tuple[str, int, str]]] = [{} for _ in range(trend_scales)]
         self.gap_scaler = preprocessing.StandardScaler()
         #: Each tracked key's history, least recently seen first.
         self.histories: OrderedDict[str, KeyHistory] = OrderedDict()
@@ -185,23 +206,33 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         stored, lags = self.histories, self.lags
         histories: dict[str, KeyHistory] = {}
         contexts = []
+        trends: list[dict[Any, float] | None] = []
+        scales, rates, trend_names = self.trend_scales, self._trend_rates, self._trend_input_names
         for event, x in zip(events, scaled, strict=True):
             history = histories.get(event.key)
             if history is None:
                 known = stored.get(event.key)
-                history = histories[event.key] = known.copy() if known is not None else KeyHistory.empty(lags)
+                history = histories[event.key] = (
+                    known.copy() if known is not None else KeyHistory.empty(lags, scales)
+                )
             contexts.append(history.context(event.ts))
+            trends.append(history.trend(x, rates, self.input_clip, trend_names) if scales else None)
             history.advance(x, event)
         context_inputs = [
-            self._context_inputs(counts, context) for counts, context in zip(buckets, contexts, strict=True)
+            self._context_inputs(counts, context, trend)
+            for counts, context, trend in zip(buckets, contexts, trends, strict=True)
         ]
         return _Walk(events, features, scaled, contexts, context_inputs, histories)
 
-    def _context_inputs(self, counts: dict[int, float] | None, context: Context) -> dict:
-        """An event's inputs besides its own features: its buckets, the gap, the previous label
-        and its key's lags."""
+    def _context_inputs(
+        self, counts: dict[int, float] | None, context: Context, trend: dict[Any, float] | None
+    ) -> dict:
+        """An event's inputs besides its own features: its buckets, the trend inputs, the gap,
+        the previous label and its key's lags."""
         clip = self._clip
         inputs: dict[Any, float] = dict(counts) if counts else {}
+        if trend:
+            inputs.update(trend)
         if context.gap == context.gap:
             inputs[GAP] = clip(self.gap_scaler.transform_one({"gap": context.gap}))["gap"]
         if context.previous_label is None:
@@ -235,9 +266,17 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
     def import_keys(self, state: State) -> None:
         """Take over the histories of an :meth:`export_keys` (of a model with other lags or
         feature names too: lags beyond ``lags`` and features without a place are left out)."""
-        histories = histories_from_state(state, "imported key state", self.lags, self.input_clip)
+        histories = histories_from_state(
+            state, "imported key state", self.lags, self.input_clip, scales=self.trend_scales
+        )
         known = self.feature_names
         for history in histories.values():
+            for average in history.averages:
+                for name in [n for n in average if n not in known]:
+                    if len(known) < self.max_features:
+                        known[name] = None
+                    else:
+                        del average[name]
             for index, (features, label) in enumerate(history.lags):
                 if not features.keys() <= known.keys():
                     for name in features:
@@ -285,6 +324,13 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             ],
             dtype=np.float64,
         ).reshape(self.lags, len(lag_names))
+        trend_names = list(
+            dict.fromkeys(name[2] for name in weights if isinstance(name, tuple) and name[0] == "trend")
+        )
+        trend_weights = np.array(
+            [[weights.get(trend_input(s, n), 0.0) for n in trend_names] for s in range(self.trend_scales)],
+            dtype=np.float64,
+        ).reshape(self.trend_scales, len(trend_names))
         gap = self.gap_scaler
         return {
             "kind": "logreg_lags",
@@ -298,6 +344,8 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
                 [weights.get(name, 0.0) for name in self._lag_label_names], dtype=np.float64
             ),
             "lag_feature_weights": {"names": lag_names, "values": lag_weights},
+            "trend_scales": self.trend_scales,
+            "trend_weights": {"names": trend_names, "values": trend_weights},
             "gap_scaler": np.array(
                 [gap.counts.get("gap", 0), gap.means.get("gap", 0.0), gap.vars.get("gap", 0.0)],
                 dtype=np.float64,
@@ -309,9 +357,13 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
     def from_state(cls, tree: Any, where: str) -> LagLogisticRegression:
         """The model of a :meth:`to_state` (:class:`~stream_lstm.errors.CheckpointRejected` if
         ``tree`` is not one)."""
+        if isinstance(tree, dict) and "trend_scales" not in tree:  # written before trend inputs
+            empty = {"names": [], "values": np.zeros((0, 0))}
+            tree = {**tree, "trend_scales": 0, "trend_weights": empty}
         fields = Fields(tree, where, _FIELDS)
         fields.str("kind", choices=("logreg_lags",))
         lags = fields.int("lags")
+        scales = fields.int("trend_scales", high=MAX_TREND_SCALES)
         base = LogisticRegressionBaseline.from_state(fields.raw("logreg"), fields.path("logreg"))
         model = cls(
             lags=lags,
@@ -321,6 +373,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             max_features=base.max_features,
             input_clip=base.input_clip,
             category_buckets=base.category_buckets,
+            trend_scales=scales,
         )
         model.scaler, model.classifier = base.scaler, base.classifier
         model.feature_names, model.features_dropped = base.feature_names, base.features_dropped
@@ -339,6 +392,14 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         for lag, row in enumerate(values.tolist(), 1):
             for name, value in zip(names, row, strict=True):
                 weights[lag_feature_input(lag, name)] = value
+        trend = fields.nested("trend_weights", ("names", "values"))
+        trend_names = trend.strings("names")
+        if not set(trend_names) <= model.feature_names.keys():
+            raise damaged(trend.path("names"), "a name is not among the feature names")
+        trend_values = trend.array("values", "float64", (scales, len(trend_names)))
+        for scale, row in enumerate(trend_values.tolist()):
+            for name, value in zip(trend_names, row, strict=True):
+                weights[trend_input(scale, name)] = value
         gap = fields.array("gap_scaler", "float64", (3,))
         count, mean, var = gap.tolist()
         if not (np.isfinite(gap).all() and count >= 0 and count == int(count) and var >= 0):
@@ -348,7 +409,12 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             model.gap_scaler.means["gap"] = mean
             model.gap_scaler.vars["gap"] = var
         histories = histories_from_state(
-            fields.raw("key_state"), fields.path("key_state"), lags, model.input_clip, strict=True
+            fields.raw("key_state"),
+            fields.path("key_state"),
+            lags,
+            model.input_clip,
+            scales=scales,
+            strict=True,
         )
         if len(histories) > model.max_keys:
             raise damaged(fields.path("key_state"), "more keys than max_keys")
@@ -356,6 +422,9 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             for features, _ in history.lags:
                 if not features.keys() <= model.feature_names.keys():
                     raise damaged(fields.path("key_state"), "a lag holds a feature that is not in use")
+            for average in history.averages:
+                if not average.keys() <= model.feature_names.keys():
+                    raise damaged(fields.path("key_state"), "an average is of a feature that is not in use")
         model.histories = histories
         return model
 
@@ -387,6 +456,8 @@ _FIELDS = (
     "context_weights",
     "lag_label_weights",
     "lag_feature_weights",
+    "trend_scales",
+    "trend_weights",
     "gap_scaler",
     "key_state",
 )

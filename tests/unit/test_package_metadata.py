@@ -14,7 +14,8 @@ RELEASE_HEADING = re.compile(r"^## \[(?P<version>[^\]]+)\]", re.MULTILINE)
 
 
 def test_the_newest_changelog_entry_is_the_package_version() -> None:
-    versions = RELEASE_HEADING.findall((ROOT / "CHANGELOG.md").read_text())
+    # "## [Unreleased]" collects what the next version will bring (Keep a Changelog).
+    versions = [v for v in RELEASE_HEADING.findall((ROOT / "CHANGELOG.md").read_text()) if v != "Unreleased"]
     assert versions, "CHANGELOG.md has no '## [VERSION]' heading"
     assert versions[0] == stream_lstm.__version__, (
         f"CHANGELOG.md's newest entry is {versions[0]}, the package is {stream_lstm.__version__}: "

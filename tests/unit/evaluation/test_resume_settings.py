@@ -141,3 +141,37 @@ def test_the_same_models_in_another_order_keep_the_checkpoints_order_and_mixture
     mixture = evaluator.mixture
     resume_with_settings(evaluator, current((MIXTURE, "no_change", "logreg"), 16), "it")
     assert evaluator.names == ["logreg", "no_change", MIXTURE] and evaluator.mixture is mixture
+
+
+def test_trend_scales_are_fixed_but_a_checkpoint_from_before_them_resumes_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert "trend_scales" in FIXED
+    models = ("lstm", "logreg_lags")
+    now = {**current(models, DEFAULT_CATEGORY_BUCKETS), "trend_scales": 3}
+    with pytest.raises(ConfigError, match="trend_scales: checkpoint 2, now 3"):
+        resume_with_settings(evaluator_of(models, trend_scales=2), now, "the checkpoint")
+    evaluator = evaluator_of(models, trend_scales=0)
+    for model in evaluator.models.values():  # as a checkpoint of that version holds them
+        state = model.to_state()
+        if "hyperparameters" in state:
+            state["hyperparameters"].pop("trend_scales")
+            state["keys"].pop("trend")
+        else:
+            del state["trend_scales"], state["trend_weights"]
+            for name in ("trend_counts", "trend_scale", "trend_index", "trend_values"):
+                del state["key_state"][name]
+        evaluator.models[state["kind"]] = model_from_state(state, "checkpoint")
+    with caplog.at_level("WARNING"):
+        assert resume_with_settings(evaluator, now, "the checkpoint") is evaluator
+    assert "the checkpoint has no trend inputs (trend_scales 0, now 3)" in caplog.text
+    assert evaluator.learner_settings()["trend_scales"] == 0
+    # Its baseline keeps learning without them; a baseline added on resume gets the checkpoint's.
+    evaluator.process([Event(key="a", features={"x": 2.0}, label=0)] * 3)
+    evaluator = evaluator_of(("lstm",), trend_scales=0)
+    resume_with_settings(evaluator, {**now, "trend_scales": 0}, "it")
+    assert evaluator.models["logreg_lags"].trend_scales == 0
+    # A checkpoint without a model that has trend inputs: the added baseline gets the current number.
+    evaluator = evaluator_of(("logreg",))
+    resume_with_settings(evaluator, {**current(("logreg", "logreg_lags"), 16), "trend_scales": 2}, "it")
+    assert evaluator.models["logreg_lags"].trend_scales == 2

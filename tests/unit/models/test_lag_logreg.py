@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from stream_lstm.errors import CheckpointRejected, ConfigError
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.trend_scales import trend_rates
 from stream_lstm.models.build import build_models, model_from_state
-from stream_lstm.models.lag_history import histories_to_state
+from stream_lstm.models.lag_history import histories_to_state, trend_input
 from stream_lstm.models.lag_logreg import (
     GAP,
     NO_PREVIOUS_LABEL,
@@ -219,6 +220,13 @@ def test_no_lags_gives_the_lstms_inputs_only() -> None:
         (lambda s: s["lag_feature_weights"].update(names=["nope"]), "names"),
         (lambda s: s.update(gap_scaler=np.array([-1.0, 0.0, 0.0])), "gap_scaler"),
         (lambda s: s.update(extra=1), "unexpected"),
+        (lambda s: s.update(trend_scales=9), "trend_scales"),
+        (lambda s: s["trend_weights"].update(names=["nope"]), "names"),
+        (lambda s: s["key_state"]["trend_values"].__setitem__(0, math.nan), "trend_values"),
+        (lambda s: s["key_state"]["trend_index"].__setitem__(0, 7), "trend_index"),
+        # Counts whose sum wraps around in int64: refused, not an IndexError later.
+        (lambda s: s["key_state"].update(trend_counts=np.array([2**63 - 1, 1], dtype=np.int64)), "trend_"),
+        (lambda s: s["key_state"].update(lag_counts=np.array([2**63 - 1, 1], dtype=np.int64)), "lag_"),
     ],
 )
 def test_damaged_states_are_refused(change: Any, message: str) -> None:
@@ -260,3 +268,60 @@ def test_hostile_values_survive_predicting_learning_and_a_checkpoint(events: lis
     assert not model.non_finite_parts()
     copy = reloaded(model)
     np.testing.assert_array_equal(copy.predict_batch(events), model.predict_batch(events))
+
+
+@PROPERTY
+@given(events=EVENTS, batch_size=st.integers(1, 16), scales=st.integers(1, 3))
+def test_the_trend_inputs_follow_the_lstms_rule(events: list[Event], batch_size: int, scales: int) -> None:
+    """Each trend input is the event's standardised feature minus the key's moving average of the
+    earlier standardised values of that feature (the LSTM's rule, :func:`trend_deviations`,
+    applied here to the values this model standardised)."""
+    model = LagLogisticRegression(trend_scales=scales)
+    rates = trend_rates(scales)
+    averages: dict[tuple[str, int, str], float] = {}
+    for start in range(0, len(events), batch_size):
+        batch = events[start : start + batch_size]
+        model.predict_batch(batch)
+        walk = model._walked
+        assert walk is not None
+        for event, scaled, inputs in zip(batch, walk.scaled, walk.context_inputs, strict=True):
+            expected = {}
+            for scale, rate in enumerate(rates.tolist()):
+                for name, value in scaled.items():
+                    average = averages.get((event.key, scale, name), 0.0)
+                    expected[trend_input(scale, name)] = value - average
+                    averages[event.key, scale, name] = average + rate * (value - average)
+            got = {
+                name: value
+                for name, value in inputs.items()
+                if isinstance(name, tuple) and name[0] == "trend"
+            }
+            assert got.keys() == expected.keys()
+            for name, value in expected.items():
+                assert got[name] == pytest.approx(max(min(value, 10.0), -10.0), abs=1e-12)
+        model.learn_batch(batch)
+
+
+def test_the_trend_survives_a_checkpoint_and_a_key_transfer_and_old_states_load_without_it() -> None:
+    events = list(temporal_stream(300, n_keys=4, seed=5))
+    model = learned(events[:200], trend_scales=2)
+    assert any(isinstance(n, tuple) and n[0] == "trend" for n in model.classifier._weights)
+    copy = reloaded(model)
+    assert copy.trend_scales == 2
+    moved = reloaded(model)
+    moved.forget_keys(list(moved.tracked_keys()))
+    moved.import_keys(model.export_keys(list(model.tracked_keys())))
+    batch = events[200:260]
+    np.testing.assert_array_equal(copy.predict_batch(batch), model.predict_batch(batch))
+    np.testing.assert_array_equal(moved.predict_batch(batch), model.predict_batch(batch))
+    # A state written before trend inputs: a model without them, its keys without averages.
+    old = learned(events[:200], trend_scales=0).to_state()
+    del old["trend_scales"], old["trend_weights"]
+    for name in ("trend_counts", "trend_scale", "trend_index", "trend_values"):
+        del old["key_state"][name]
+    loaded = model_from_state(old, "checkpoint")
+    assert loaded.trend_scales == 0 and all(not h.averages for h in loaded.histories.values())
+    with pytest.raises(CheckpointRejected, match="trend_scale"):
+        state = model.to_state()
+        state["key_state"]["trend_scale"][0] = 2  # a scale this model does not have
+        model_from_state(state, "checkpoint")
