@@ -47,9 +47,11 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
     refuse in a message (a non-finite number, a magnitude over 1e18, another type) is a
     ``ValueError`` (:class:`~stream_lstm.errors.EventError`).
 
-    * :meth:`learn_one` learns one row: one optimizer step, and its key's state moves on.
-    * :meth:`learn_many` learns a DataFrame's rows, in order, as one micro-batch: one optimizer
-      step for the batch (the service's unit of learning), every key moved past its rows.
+    * :meth:`learn_one` learns one row: ``steps_per_batch`` optimizer steps on it, and its key's
+      state moves on.
+    * :meth:`learn_many` learns a DataFrame's rows, in order, as one micro-batch:
+      ``steps_per_batch`` optimizer steps on the batch (the service's unit of learning), every key
+      moved past its rows.
     * :meth:`predict_proba_one` gives ``{False: 1 - p, True: p}``, where ``p`` is the
       probability that the label is 1 given the earlier rows of the key. Labels may be given as
       ``True``/``False`` or 1/0: the two are equal in Python, so ``proba[1]`` is ``proba[True]``
@@ -133,7 +135,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
 
     def learn_one(self, x: dict[Any, Any], y: Any) -> None:
         """Learn the row ``x`` with the label ``y`` (``True``/``False``, 1/0, or ``None`` to move its
-        key on without learning): one optimizer step."""
+        key on without learning): ``steps_per_batch`` optimizer steps on it."""
         self.learn_batch([self._rows.event(x, y)])
 
     def predict_proba_one(self, x: dict[Any, Any], **kwargs: Any) -> dict[bool, float]:
@@ -151,7 +153,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
 
     def learn_many(self, X: pd.DataFrame, y: pd.Series) -> None:
         """Learn the rows of ``X`` in order, labelled by ``y`` (by position; a missing label is none),
-        as one micro-batch: one optimizer step for all of them."""
+        as one micro-batch: ``steps_per_batch`` optimizer steps on all of them together."""
         self.learn_batch(self._rows.events(X, y))
 
     def predict_proba_many(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -203,9 +205,9 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
     def _unit_test_skips(self) -> set[str]:
         """River's checks this model does not pass, and why.
 
-        ``check_learn_many_matches_learn_one``: :meth:`learn_many` takes one optimizer step for
+        ``check_learn_many_matches_learn_one``: :meth:`learn_many` takes its optimizer steps on
         the whole batch and standardises the batch's features with the statistics from before
-        it, where a loop of :meth:`learn_one` takes a step per row; the reason river gives for
+        it, where a loop of :meth:`learn_one` takes them per row; the reason river gives for
         its own gradient-descent linear models. What does hold (the key states a batch leaves
         equal those of the rows learned one by one, when no step is taken) is tested apart.
         """
