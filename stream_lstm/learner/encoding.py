@@ -40,6 +40,17 @@ from stream_lstm.messages.events import Event
 EXTRA_INPUTS = 3
 
 
+def later_input_groups(max_features: int, category_buckets: int, trend_scales: int) -> tuple[int, int]:
+    """The sizes of the input groups after the features and :data:`EXTRA_INPUTS`, in layout
+    order: the category buckets, then the trend blocks."""
+    return category_buckets, trend_scales * max_features
+
+
+def input_size(max_features: int, category_buckets: int, trend_scales: int) -> int:
+    """How many inputs a learner of these settings has."""
+    return max_features + EXTRA_INPUTS + sum(later_input_groups(max_features, category_buckets, trend_scales))
+
+
 class InputEncoding:
     """Turns events into input vectors (a base of the LSTM learner,
     :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
@@ -113,13 +124,18 @@ class InputEncoding:
             start[:, :, features].astype(np.float64),
             self._trend_rates,
         )
-        first = self.max_features + EXTRA_INPUTS + self.category_buckets
-        blocks = first + np.arange(self.trend_scales)[:, None] * self.max_features
         clip = self.input_clip
-        columns = (blocks + features[None, :]).ravel()
-        inputs[:, columns] = deviations.reshape(len(inputs), -1).clip(-clip, clip)
+        inputs[:, self._trend_columns(features)] = deviations.reshape(len(inputs), -1).clip(-clip, clip)
         start[:, :, features] = end
         return start
+
+    def _trend_columns(self, features: np.ndarray) -> np.ndarray:
+        """The input columns of the trend inputs of the feature columns ``features``, scale by
+        scale (the order of :func:`~stream_lstm.learner.trend.trend_deviations`'s scales ×
+        features)."""
+        first = self.max_features + EXTRA_INPUTS + self.category_buckets
+        blocks = first + np.arange(self.trend_scales)[:, None] * self.max_features
+        return (blocks + features[None, :]).ravel()
 
     def _fill_features(self, events: Sequence[Event], raw: np.ndarray) -> None:
         """Write each event's features into its row of ``raw``, in their columns (new names get a

@@ -301,10 +301,10 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         """
         # The previous label's inputs, the category buckets once they may hold values, and the
         # trend inputs of the named features.
-        buckets_end = self.max_features + EXTRA_INPUTS + self.category_buckets
-        end = buckets_end if self._category_inputs_used else self.max_features + EXTRA_INPUTS
-        features = used[:-1]
-        trend = buckets_end + (np.arange(self.trend_scales)[:, None] * self.max_features + features).ravel()
+        end = self.max_features + EXTRA_INPUTS
+        if self._category_inputs_used:
+            end += self.category_buckets
+        trend = self._trend_columns(used[:-1])
         width = used.size + end - self.max_features - 1 + trend.size
         # Gathers cost calls: worth it only when they take out at least half the columns.
         if self._device.type != "cpu" or not self._narrow_inputs or 2 * width > self.input_size:

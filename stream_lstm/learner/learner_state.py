@@ -21,7 +21,7 @@ import torch
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.learner.devices import resolve_device
-from stream_lstm.learner.encoding import EXTRA_INPUTS
+from stream_lstm.learner.encoding import input_size
 from stream_lstm.learner.key_state import KeyStateStore
 from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH
 from stream_lstm.learner.network import LSTMNetwork
@@ -184,10 +184,9 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     fields.str("kind", choices=("lstm",))
     hyper = _hyperparameters(fields)
     hidden = hyper["hidden_size"]
-    later_inputs = hyper["category_buckets"] + hyper["trend_scales"] * hyper["max_features"]
-    input_size = hyper["max_features"] + EXTRA_INPUTS + later_inputs
+    size = input_size(hyper["max_features"], hyper["category_buckets"], hyper["trend_scales"])
     with torch.device("meta"):  # the shapes, without allocating the weights
-        shapes = LSTMNetwork(input_size, hidden).state_dict()
+        shapes = LSTMNetwork(size, hidden).state_dict()
     layout = {name: tuple(value.shape) for name, value in shapes.items()}
     network = fields.nested("network", layout)
     weights = {name: network.array(name, "float32", shape) for name, shape in layout.items()}

@@ -22,7 +22,7 @@ import torch
 from stream_lstm.errors import ConfigError
 from stream_lstm.learner.adam import FusedAdam
 from stream_lstm.learner.devices import resolve_device
-from stream_lstm.learner.encoding import EXTRA_INPUTS
+from stream_lstm.learner.encoding import input_size, later_input_groups
 from stream_lstm.learner.forward import ChunkedForward, Pending
 from stream_lstm.learner.key_transfer import KeyTransfer
 from stream_lstm.learner.learner_state import LearnerPersistence
@@ -171,10 +171,10 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     def _build(self) -> None:
         device = resolve_device(self.device)  # checked even where the tensors stay on the CPU
         self._device = torch.device("cpu") if learners_kept_on_cpu() else device
-        later_inputs = (self.category_buckets, self.trend_scales * self.max_features)
-        self.input_size = self.max_features + EXTRA_INPUTS + sum(later_inputs)
+        sizes = (self.max_features, self.category_buckets, self.trend_scales)
+        self.input_size = input_size(*sizes)
         self.network = seeded_network(
-            self.input_size, self.hidden_size, self.seed, later_inputs=later_inputs
+            self.input_size, self.hidden_size, self.seed, later_inputs=later_input_groups(*sizes)
         ).to(self._device)
         self._trend_rates = trend_rates(self.trend_scales)
         self._parameters = list(self.network.parameters())

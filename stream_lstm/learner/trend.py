@@ -51,7 +51,9 @@ def trend_deviations(
     if not rates.size or not n_events:
         return deviations, end
     rate = rates[None, :, None]
-    present = present & np.isfinite(values)  # a defence: the scaler already makes those 0
+    # A value beyond float32 with an input clip too wide to bound it arrives as an infinity:
+    # missing, so that no average turns non-finite.
+    present = present & np.isfinite(values)
     values = np.where(present, values, 0.0)
     if groups.counts.size == n_events:  # every key once: one step for all of them
         gap = (values[:, None, :] - end) * present[:, None, :]

@@ -29,8 +29,8 @@ NO_LABEL = -1
 Lag = tuple[Mapping[str, float], int | None]
 
 
-#: The input name of the trend input of feature ``name`` at scale ``s`` (from 0).
 def trend_input(scale: int, name: str) -> tuple[str, int, str]:
+    """The input name of the trend input of feature ``name`` at ``scale`` (from 0)."""
     return ("trend", scale, name)
 
 
