@@ -58,6 +58,7 @@ from stream_lstm.models.lag_history import (
 from stream_lstm.models.protocols import KeyedModel
 from stream_lstm.models.recent_keys import remember
 from stream_lstm.models.state_data import Fields, State, damaged
+from stream_lstm.models.weight_tables import read_weight_table, weight_table
 
 #: How many of the key's earlier events are lag features by default.
 DEFAULT_LAGS = 3
@@ -314,23 +315,6 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         weights), the weights of the context and lag inputs, the gap's scaler and the keys'
         histories."""
         weights = self.classifier._weights
-        lag_names = list(
-            dict.fromkeys(name[2] for name in weights if isinstance(name, tuple) and name[0] == "lag")
-        )
-        lag_weights = np.array(
-            [
-                [weights.get(lag_feature_input(lag, n), 0.0) for n in lag_names]
-                for lag in range(1, self.lags + 1)
-            ],
-            dtype=np.float64,
-        ).reshape(self.lags, len(lag_names))
-        trend_names = list(
-            dict.fromkeys(name[2] for name in weights if isinstance(name, tuple) and name[0] == "trend")
-        )
-        trend_weights = np.array(
-            [[weights.get(trend_input(s, n), 0.0) for n in trend_names] for s in range(self.trend_scales)],
-            dtype=np.float64,
-        ).reshape(self.trend_scales, len(trend_names))
         gap = self.gap_scaler
         return {
             "kind": "logreg_lags",
@@ -343,9 +327,9 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             "lag_label_weights": np.array(
                 [weights.get(name, 0.0) for name in self._lag_label_names], dtype=np.float64
             ),
-            "lag_feature_weights": {"names": lag_names, "values": lag_weights},
+            "lag_feature_weights": weight_table(weights, "lag", range(1, self.lags + 1), lag_feature_input),
             "trend_scales": self.trend_scales,
-            "trend_weights": {"names": trend_names, "values": trend_weights},
+            "trend_weights": weight_table(weights, "trend", range(self.trend_scales), trend_input),
             "gap_scaler": np.array(
                 [gap.counts.get("gap", 0), gap.means.get("gap", 0.0), gap.vars.get("gap", 0.0)],
                 dtype=np.float64,
@@ -380,26 +364,14 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         weights = model.classifier._weights
         context = fields.array("context_weights", "float64", (len(CONTEXT_INPUTS),))
         labels = fields.array("lag_label_weights", "float64", (lags,))
-        lag_features = fields.nested("lag_feature_weights", ("names", "values"))
-        names = lag_features.strings("names")
-        if not set(names) <= model.feature_names.keys():
-            raise damaged(lag_features.path("names"), "a name is not among the feature names")
-        values = lag_features.array("values", "float64", (lags, len(names)))
+        known = model.feature_names.keys()
         for name, value in zip(CONTEXT_INPUTS, context.tolist(), strict=True):
             weights[name] = value
         for name, value in zip(model._lag_label_names, labels.tolist(), strict=True):
             weights[name] = value
-        for lag, row in enumerate(values.tolist(), 1):
-            for name, value in zip(names, row, strict=True):
-                weights[lag_feature_input(lag, name)] = value
-        trend = fields.nested("trend_weights", ("names", "values"))
-        trend_names = trend.strings("names")
-        if not set(trend_names) <= model.feature_names.keys():
-            raise damaged(trend.path("names"), "a name is not among the feature names")
-        trend_values = trend.array("values", "float64", (scales, len(trend_names)))
-        for scale, row in enumerate(trend_values.tolist()):
-            for name, value in zip(trend_names, row, strict=True):
-                weights[trend_input(scale, name)] = value
+        lag_rows = range(1, lags + 1)
+        read_weight_table(fields, "lag_feature_weights", lag_rows, lag_feature_input, known, weights)
+        read_weight_table(fields, "trend_weights", range(scales), trend_input, known, weights)
         gap = fields.array("gap_scaler", "float64", (3,))
         count, mean, var = gap.tolist()
         if not (np.isfinite(gap).all() and count >= 0 and count == int(count) and var >= 0):
