@@ -19,9 +19,11 @@ from stream_lstm.config.setting import (
     port,
     port_or_any,
     resolve_settings,
+    trend_scales,
     unknown_variable_warnings,
 )
 from stream_lstm.errors import ConfigError
+from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES, MAX_TREND_SCALES
 
 
 @pytest.mark.parametrize(("text", "expected"), [("1", 1), ("9092", 9092), ("65535", 65535), (" 80 ", 80)])
@@ -193,3 +195,14 @@ def test_a_variable_no_setting_reads_is_warned_about_with_the_one_it_may_mean() 
         "STREAM_LSTM_METRIC_PORT is not a setting of stream-lstm and is ignored; "
         "did you mean STREAM_LSTM_METRICS_PORT?",
     ]
+
+
+def test_trend_scales_are_0_to_the_learners_bound_and_a_refusal_names_the_variable() -> None:
+    assert [trend_scales(str(n)) for n in range(MAX_TREND_SCALES + 1)] == list(range(MAX_TREND_SCALES + 1))
+    for text in ("-1", str(MAX_TREND_SCALES + 1), "two", "1.5"):
+        with pytest.raises(ValueError):
+            trend_scales(text)
+    args = _run_parser().parse_args([])
+    assert resolve_settings(args, RUN_SETTINGS, environ={})["trend_scales"] == DEFAULT_TREND_SCALES
+    with pytest.raises(ConfigError, match=r"^STREAM_LSTM_TREND_SCALES=9: trend_scales must be an integer"):
+        resolve_settings(args, RUN_SETTINGS, environ={"STREAM_LSTM_TREND_SCALES": "9"})
