@@ -50,10 +50,13 @@ def evaluate_stream(
     """Run every event through ``evaluator`` in micro-batches; return the seconds and results.
 
     With a ``side_lane`` (started on the same events), its models' results are reported beside
-    ``evaluator``'s, in ``order``, and the time includes waiting for them. When ``evaluator``'s
+    ``evaluator``'s, in ``order``, and the time includes waiting for them; the side lane begins
+    reading events as the clock starts (:meth:`SideLane.begin`). When ``evaluator``'s
     mixture mixes the side lane's models, their probabilities are passed on as they arrive.
     """
     started = time.perf_counter()
+    if side_lane is not None:
+        side_lane.begin()
     mixing = side_lane is not None and evaluator.waits_for_elsewhere()
     for count, batch in enumerate(batches(events, batch_size)):
         evaluator.process(batch)

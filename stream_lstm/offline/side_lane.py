@@ -6,6 +6,11 @@ while the first process runs the LSTM. Each process evaluates its models exactly
 would; the two results are then reported together
 (:func:`~stream_lstm.evaluation.results.combine_results`).
 
+The second process is started early, so that its start-up (the interpreter, the imports, building
+its models) overlaps the first's; it then waits for :meth:`SideLane.begin`, which the first process
+calls as it starts its clock and reads its first event. The time of the run is then both
+processes' evaluation, without either's start-up.
+
 The mixture (``mix``) does read the other models' predictions: when the first process mixes, the
 second sends its models' probabilities of the labelled events as it goes, in chunks of
 :data:`CHUNK_BATCHES` batches, and the first process mixes them with its own
@@ -14,6 +19,7 @@ second sends its models' probabilities of the labelled events as it goes, in chu
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -60,6 +66,9 @@ class SideLane:
         Send the models' probabilities of the labelled events as they are predicted (for the
         mixture in this process): :meth:`check` collects them, :meth:`take_probabilities` hands
         them over.
+
+    The process reads no event before :meth:`begin` (which :meth:`check` and :meth:`results`
+    call too).
     """
 
     def __init__(
@@ -88,11 +97,15 @@ class SideLane:
         )
         context = multiprocessing.get_context("spawn")  # no fork of a process running torch
         self._results, sender = context.Pipe(duplex=False)
+        go_reader, self._go = context.Pipe(duplex=False)
         self._process = context.Process(
-            target=_run_side_lane, args=(sender, job), name="stream-lstm-baselines", daemon=True
+            target=_run_side_lane, args=(sender, go_reader, job), name="stream-lstm-baselines", daemon=True
         )
         start_without_ctrl_c(self._process)
         sender.close()
+        go_reader.close()
+        self._begun = False
+        self._ready = False
         self._answer: tuple[str, Any] | None = None
         self._probabilities: list[dict[str, np.ndarray]] = []
 
@@ -106,9 +119,25 @@ class SideLane:
         """Whether the second process is still alive."""
         return self._process.is_alive()
 
+    def ready(self) -> bool:
+        """Whether the process has built its models and waits for :meth:`begin` (or has failed:
+        :meth:`check` says)."""
+        while not self._ready and self._answer is None and self._results.poll():
+            self._take(self._receive())
+        return self._ready or self._answer is not None
+
+    def begin(self) -> None:
+        """Let the process start reading events (once it has built its models)."""
+        if not self._begun:
+            self._begun = True
+            with contextlib.suppress(OSError):  # it has already ended: check and results say how
+                self._go.send(True)
+            self._go.close()
+
     def check(self) -> None:
         """Collect what the process has sent so far; raise :class:`EvaluationError` now if it has
         already failed."""
+        self.begin()
         while self._answer is None and self._results.poll():
             self._take(self._receive())
         if self._answer is not None and self._answer[0] == "error":
@@ -118,6 +147,7 @@ class SideLane:
 
     def results(self) -> EvaluationResults:
         """Wait for the process to finish; its evaluator's :meth:`PrequentialEvaluator.results`."""
+        self.begin()
         while self._answer is None:
             self._take(self._receive())
         self.check()
@@ -132,6 +162,8 @@ class SideLane:
     def _take(self, message: tuple[str, Any]) -> None:
         if message[0] == "probabilities":
             self._probabilities.append(message[1])
+        elif message[0] == "ready":
+            self._ready = True
         else:
             self._answer = message
 
@@ -144,6 +176,7 @@ class SideLane:
             self._process.kill()
         self._process.join(timeout=10)
         self._results.close()
+        self._go.close()
 
     def _receive(self) -> tuple[str, Any]:
         try:
@@ -168,7 +201,7 @@ class _SideJob:
     send_probabilities: bool = False
 
 
-def _run_side_lane(results: Connection, job: _SideJob) -> None:
+def _run_side_lane(results: Connection, go: Connection, job: _SideJob) -> None:
     """The body of the :class:`SideLane` process; it gives up if its parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -178,6 +211,9 @@ def _run_side_lane(results: Connection, job: _SideJob) -> None:
             max_keys=job.max_keys,
             keep_trace=job.keep_trace,
         )
+        results.send(("ready", None))
+        if not _wait_for_go(go, job.parent):
+            return
         chunk: dict[str, list[np.ndarray]] = {name: [] for name in job.names}
         for count, batch in enumerate(batches(job.spec.events(), job.batch_size)):
             if count % 256 == 0 and os.getppid() != job.parent:
@@ -200,6 +236,19 @@ def _run_side_lane(results: Connection, job: _SideJob) -> None:
         pass  # the parent is gone: nobody to tell
     finally:
         results.close()
+
+
+def _wait_for_go(go: Connection, parent: int) -> bool:
+    """Wait for :meth:`SideLane.begin`; ``False`` when the parent is gone or has closed the lane."""
+    while not go.poll(1.0):
+        if os.getppid() != parent:
+            return False
+    try:
+        return bool(go.recv())
+    except EOFError:
+        return False
+    finally:
+        go.close()
 
 
 def _send_chunk(results: Connection, chunk: dict[str, list[np.ndarray]]) -> None:

@@ -54,6 +54,23 @@ def test_side_lane_results_merge_in_the_asked_order(stream_csv: Path) -> None:
         assert (here.rolling_accuracy_curve(name) == alone.rolling_accuracy_curve(name)).all()
 
 
+def test_the_side_process_reads_no_event_before_it_is_told_to_begin(stream_csv: Path) -> None:
+    """It starts early, so that its start-up overlaps the first process's, but the clock starts
+    with begin: a file replaced after it is ready and before begin is the one it reads."""
+    lane = _lane(CsvSpec(str(stream_csv), label="label", key="key"), ["no_change"])
+    try:
+        deadline = time.monotonic() + 60
+        while not lane.ready():
+            assert time.monotonic() < deadline, "the side process never got ready"
+            time.sleep(0.05)
+        shorter = stream_csv.with_name("shorter.csv")
+        write_csv(temporal_stream(120, n_keys=20, seed=2), shorter)
+        os.replace(shorter, stream_csv)
+        assert lane.results().events == 120
+    finally:
+        lane.close()
+
+
 def test_an_error_in_the_side_process_is_reported_with_its_traceback(tmp_path: Path) -> None:
     lane = _lane(CsvSpec(str(tmp_path / "gone.csv"), label="label"), ["logreg"])
     try:
