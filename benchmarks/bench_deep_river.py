@@ -274,7 +274,7 @@ def render(
     title: str, events: int, theirs: dict[str, dict], ours: dict[int, dict], versions: dict[str, str]
 ) -> tuple[str, list[str]]:
     """The table (events/s also as a multiple of the first deep-river row's) and notes under it."""
-    from stream_lstm.config.setting import LEARNER_SETTINGS
+    from stream_lstm.config.declared import LEARNER_SETTINGS
     from stream_lstm.evaluation.report import render_table
 
     default_batch = next(s.default for s in LEARNER_SETTINGS if s.name == "batch_size")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
 from stream_lstm.cli.main import main as stream_lstm
-from stream_lstm.config.setting import LEARNER_SETTINGS
+from stream_lstm.config.declared import LEARNER_SETTINGS
 from stream_lstm.evaluation.report import render_table
 from stream_lstm.offline.generator import temporal_stream, write_csv
 
