@@ -50,10 +50,12 @@ def evaluate_stream(
     """Run every event through ``evaluator`` in micro-batches; return the seconds and results.
 
     With a ``side_lane`` (started on the same events), its models' results are reported beside
-    ``evaluator``'s, in ``order``, and the time includes waiting for them; the side lane begins
-    reading events as the clock starts (:meth:`SideLane.begin`). When ``evaluator``'s
+    ``evaluator``'s, in ``order``, and the time includes waiting for them; the clock starts once the
+    side lane is ready, which then begins reading events (:meth:`SideLane.begin`). When ``evaluator``'s
     mixture mixes the side lane's models, their probabilities are passed on as they arrive.
     """
+    if side_lane is not None:
+        side_lane.wait_until_ready()  # its start-up is no more counted than this process's
     started = time.perf_counter()
     if side_lane is not None:
         side_lane.begin()

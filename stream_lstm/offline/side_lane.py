@@ -8,8 +8,8 @@ would; the two results are then reported together
 
 The second process is started early, so that its start-up (the interpreter, the imports, building
 its models) overlaps the first's; it then waits for :meth:`SideLane.begin`, which the first process
-calls as it starts its clock and reads its first event. The time of the run is then both
-processes' evaluation, without either's start-up.
+calls as it starts its clock and reads its first event (after :meth:`SideLane.wait_until_ready`).
+The time of the run is then both processes' evaluation, without either's start-up.
 
 The mixture (``mix``) does read the other models' predictions: when the first process mixes, the
 second sends its models' probabilities of the labelled events as it goes, in chunks of
@@ -125,6 +125,14 @@ class SideLane:
         while not self._ready and self._answer is None and self._results.poll():
             self._take(self._receive())
         return self._ready or self._answer is not None
+
+    def wait_until_ready(self) -> None:
+        """Wait until the process has built its models; raise :class:`EvaluationError` if it
+        failed first."""
+        while not self._ready and self._answer is None:
+            self._take(self._receive())
+        if self._answer is not None:
+            self.check()
 
     def begin(self) -> None:
         """Let the process start reading events (once it has built its models)."""
