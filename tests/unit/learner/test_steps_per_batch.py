@@ -55,14 +55,18 @@ def test_each_batch_takes_its_steps_and_counts_its_events_once(full_window_path:
 
 
 def test_more_steps_learn_more_from_each_event() -> None:
-    """On a stream the LSTM learns, the loss over the same events falls faster with more steps."""
+    """On a stream the LSTM learns, the loss over the same events falls faster with more steps.
+
+    At a learning rate where one step per batch is what holds learning back (0.003: the whole
+    stream's log loss is 0.59 with 1 step, 0.49 with 4, with torch on 1 or 2 threads); at 0.01 the
+    two are within 0.005, and which is lower depends on the thread count's rounding."""
     chunks = stream(3000, n_keys=20, seed=8)
     labels = np.array([e.label for chunk in chunks for e in chunk])
     losses = {}
     for steps in (1, 4):
-        p = np.clip(learn(learner(steps, learning_rate=0.01), chunks), 1e-7, 1 - 1e-7)
+        p = np.clip(learn(learner(steps, learning_rate=0.003), chunks), 1e-7, 1 - 1e-7)
         losses[steps] = float(-np.mean(labels * np.log(p) + (1 - labels) * np.log1p(-p)))
-    assert losses[4] < losses[1], losses
+    assert losses[4] < losses[1] - 0.05, losses
 
 
 @pytest.mark.parametrize("steps", [2, 3])
