@@ -4,7 +4,7 @@ Runs the real command (CSV parsing, three models, scoring) for several batch siz
 table per stream: each model's accuracy, log loss, kappa-temporal and own events/s, and the
 events/s of the whole run. The default batch size runs ``--repeats`` times (the machine's speed
 varies from minute to minute): its row shows the median whole-run rate and the range. The runs
-use `evaluate`'s defaults, so on these files (over 25,000 rows) the baselines run in a second
+use `evaluate`'s defaults, so on these files (over 5,000 rows) the baselines run in a second
 process beside the LSTM; below each table, pairs of default-batch runs in one process and in two
 (``--parallel false`` / ``true``), alternating, show what the second process brings. Usage:
 ``python benchmarks/bench_evaluate.py [--batch-sizes 1,32,64,256] [--repeats 3]
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe_machine
 
 from stream_lstm.cli.main import main as stream_lstm
-from stream_lstm.config.declared import LEARNER_SETTINGS
+from stream_lstm.config.declared import LEARNER_SETTINGS, PARALLEL_MIN_EVENTS
 from stream_lstm.evaluation.report import render_table
 from stream_lstm.offline.generator import temporal_stream, write_csv
 
@@ -129,7 +129,8 @@ def main() -> None:
             if pairs:
                 section += (
                     f"\n\nbatch {DEFAULT_BATCH}, whole run, one process (--parallel false) / two "
-                    "processes (--parallel true; auto's choice from 25,000 rows on), alternating: "
+                    f"processes (--parallel true; auto's choice from {PARALLEL_MIN_EVENTS:,} rows on), "
+                    "alternating: "
                     + ", ".join(
                         f"{alone['events_per_second']:,.0f} / {beside['events_per_second']:,.0f}"
                         for alone, beside in pairs

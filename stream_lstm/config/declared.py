@@ -36,7 +36,7 @@ from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES
 DEFAULT_MODELS = ("lstm", "logreg", "logreg_lags", "no_change", "mix")
 
 #: ``evaluate --parallel auto`` uses a second process from this many events on.
-PARALLEL_MIN_EVENTS = 25_000
+PARALLEL_MIN_EVENTS = 5_000
 
 # ---------------------------------------------------------------------- the learner (evaluate, run)
 

@@ -119,6 +119,11 @@ class SideLane:
         """Whether the second process is still alive."""
         return self._process.is_alive()
 
+    @property
+    def exitcode(self) -> int | None:
+        """The second process's exit code (``-N``: ended by signal ``N``); ``None`` while it runs."""
+        return self._process.exitcode
+
     def ready(self) -> bool:
         """Whether the process has built its models and waits for :meth:`begin` (or has failed:
         :meth:`check` says)."""

@@ -90,16 +90,85 @@ def test_a_killed_side_process_is_an_error_not_a_hang(stream_csv: Path) -> None:
         lane.close()
 
 
-def test_close_stops_a_running_side_process(stream_csv: Path) -> None:
-    big = stream_csv.with_name("big.csv")
-    write_csv(temporal_stream(100_000, n_keys=20, seed=3), big)
-    lane = _lane(CsvSpec(str(big), label="label", key="key"), ["logreg"])
+def test_close_stops_a_side_process_that_waits_to_begin(stream_csv: Path) -> None:
+    lane = _lane(CsvSpec(str(stream_csv), label="label", key="key"), ["logreg"])
     assert lane.running
     lane.close()
     deadline = time.monotonic() + 10
     while lane.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not lane.running
+
+
+def test_close_stops_a_side_process_in_the_middle_of_its_evaluation(stream_csv: Path) -> None:
+    """As when the LSTM fails mid-run: the second process is stopped, not waited for."""
+    big = stream_csv.with_name("big.csv")
+    write_csv(temporal_stream(100_000, n_keys=20, seed=3), big)
+    lane = SideLane(
+        CsvSpec(str(big), label="label", key="key"),
+        ["logreg_lags"],
+        batch_size=32,
+        window=100,
+        max_keys=1000,
+        keep_trace=False,
+        send_probabilities=True,
+    )
+    try:
+        lane.begin()
+        deadline = time.monotonic() + 60
+        while not lane.take_probabilities():  # its first batches are done: it is evaluating
+            assert time.monotonic() < deadline, "the side process sent no probabilities"
+            lane.check()
+            time.sleep(0.01)
+    finally:
+        lane.close()
+    assert not lane.running
+    assert lane.exitcode == -signal.SIGTERM  # stopped at once, neither finished nor killed later
+
+
+def test_a_side_process_that_fails_to_build_its_models_is_an_error_before_the_clock(
+    stream_csv: Path,
+) -> None:
+    lane = _lane(CsvSpec(str(stream_csv), label="label", key="key"), ["no_such_model"])
+    try:
+        with pytest.raises(EvaluationError, match=r"(?s)evaluating no_such_model failed.*ConfigError"):
+            evaluate_stream(
+                CsvSpec(str(stream_csv), label="label", key="key").events(),
+                PrequentialEvaluator(build_models(["no_change"])),
+                batch_size=32,
+                side_lane=lane,
+            )
+    finally:
+        lane.close()
+
+
+def test_the_clock_starts_after_the_side_process_is_ready_and_before_it_begins(
+    stream_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its start-up is left out of the time; its reading of the file is not."""
+    calls: list[str] = []
+
+    class Stop(Exception):
+        pass
+
+    class RecordingLane:
+        def wait_until_ready(self) -> None:
+            calls.append("ready")
+
+        def begin(self) -> None:
+            calls.append("begin")
+            raise Stop
+
+    clock = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: calls.append("clock") or clock())
+    with pytest.raises(Stop):
+        evaluate_stream(
+            CsvSpec(str(stream_csv), label="label", key="key").events(),
+            PrequentialEvaluator(build_models(["no_change"])),
+            batch_size=32,
+            side_lane=RecordingLane(),  # type: ignore[arg-type]
+        )
+    assert calls == ["ready", "clock", "begin"]
 
 
 def test_results_of_other_events_are_refused(stream_csv: Path) -> None:
