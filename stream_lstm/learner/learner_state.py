@@ -141,15 +141,15 @@ def _learner_state(learner: Any) -> State:
     }
 
 
+#: Hyperparameters that later versions added, with the value every learner written before them
+#: had: no category inputs, one optimizer step per batch, no trend inputs.
+ADDED_LATER_DEFAULTS = {"category_buckets": 0, "steps_per_batch": 1, "trend_scales": 0}
+
+
 def _hyperparameters(fields: Fields) -> dict[str, Any]:
     tree = fields.raw("hyperparameters")
-    if isinstance(tree, dict) and "category_buckets" not in tree:
-        # Written before categorical features: that learner had no category inputs.
-        tree = {**tree, "category_buckets": 0}
-    if isinstance(tree, dict) and "steps_per_batch" not in tree:
-        tree = {**tree, "steps_per_batch": 1}  # written before several steps per batch: one
-    if isinstance(tree, dict) and "trend_scales" not in tree:
-        tree = {**tree, "trend_scales": 0}  # written before trend inputs: none
+    if isinstance(tree, dict):
+        tree = {**ADDED_LATER_DEFAULTS, **tree}
     read = Fields(tree, fields.path("hyperparameters"), _HYPERPARAMETERS)
     return {
         "hidden_size": read.int("hidden_size", low=1),

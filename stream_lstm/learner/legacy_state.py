@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from stream_lstm.learner.learner_state import ADDED_LATER_DEFAULTS
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.learner.training import SKIP_REASONS
 
@@ -22,9 +23,8 @@ def learner_from_pickled_state(state: dict[str, Any]) -> LSTMLearner:
     """The learner of the dict the old format pickled (``LSTMLearner.__getstate__`` before format
     2), with the defaults of fields that older versions did not write. Trusted input only."""
     learner = LSTMLearner.__new__(LSTMLearner)
-    # The old format predates input_clip, categorical features (no category inputs), several
-    # steps per batch and trend inputs.
-    defaults = {"input_clip": 10.0, "category_buckets": 0, "steps_per_batch": 1, "trend_scales": 0}
+    # The old format predates input_clip and every hyperparameter added since.
+    defaults = {"input_clip": 10.0, **ADDED_LATER_DEFAULTS}
     for name, value in {**defaults, **state["hyperparameters"]}.items():
         setattr(learner, name, value)
     learner._build()
