@@ -7,13 +7,20 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.1
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after ``timeout``.
+
+    ``what`` may be a function, called only on failure: a message that quotes a log then shows
+    the log as it is at the deadline, not as it was when the wait began.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {described}")
         time.sleep(interval)

@@ -421,6 +421,12 @@ class StreamService:
         """The group took partitions away without a revocation (session lost): never write them."""
         log.warning("lost %s; another member may own them already", partitions)
         self._settle_in_callback()
+        progress = self.ledger.progress
+        if any(p in progress and progress[p].dirty for p in partitions):
+            # Their next owner (this instance again, perhaps) resumes from their last checkpoints
+            # and reads what came after again; the weights learned it already, so they go back
+            # to their last checkpoint too, or those events would be learned twice.
+            self._rollback_requested = True
         self._release_partitions(partitions)
 
     def _settle_in_callback(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from stream_lstm.kafka.broker import free_port
+from stream_lstm.kafka.broker_process import BrokerProcess
 from stream_lstm.kafka.connect import EventWriter
 from stream_lstm.messages.events import Event, encode_event
 from tests.waiting import wait_for
@@ -32,6 +33,14 @@ FAST_GROUP = [
     "--max-poll-interval-ms",
     "5000",
 ]
+
+
+def broker_state(broker: BrokerProcess) -> str:
+    """Whether ``broker`` runs, and the end of its log: for the message of a failed wait."""
+    state = "running" if broker.running else f"not running (exit status {broker.returncode})"
+    path = broker.log_path
+    tail = path.read_text(errors="replace").splitlines()[-20:] if path is not None and path.is_file() else []
+    return f"the broker is {state}; the end of its log:\n" + "\n".join(tail)
 
 
 def produce(bootstrap: str, topic: str, events: Iterable[Event]) -> int:
@@ -97,7 +106,10 @@ class TopicReader:
         return self.records
 
     def read_until(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str
+        self,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout: float,
+        what: str | Callable[[], str],
     ) -> list[dict]:
         return wait_for(lambda: predicate(self.read()) and self.records, timeout, what)
 
@@ -184,13 +196,24 @@ class ServiceProcess:
                     return sample.value
         return None
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
+    def quoting_log(self, what: str) -> Callable[[], str]:
+        """``what`` and this service's log as it is when a wait fails (a message for :func:`wait_for`)."""
+        return lambda: f"{what}; log:\n{self.log()}"
+
+    def wait_ready(self, timeout: float = 60.0, also: Callable[[], str] | None = None) -> None:
+        """Wait for /healthz to say ready; on timeout, quote the log (and ``also()``, what else
+        may explain it) as they are then."""
+
         def ready() -> bool:
             self.assert_alive()
             status = self.health()
             return status is not None and status[0] == 200
 
-        wait_for(ready, timeout, f"the service to report ready; log:\n{self.log()}")
+        def described() -> str:
+            extra = f"\n{also()}" if also is not None else ""
+            return f"the service to report ready; log:\n{self.log()}{extra}"
+
+        wait_for(ready, timeout, described)
 
     def assert_alive(self) -> None:
         assert self.process is not None

@@ -101,7 +101,7 @@ def test_a_hostile_producer_cannot_stop_wedge_or_poison_the_service(
         handled = set(source_offsets(out.read())) | set(source_offsets(dead.read()))
         return handled >= set(range(len(messages)))
 
-    wait_for(everything_handled, 120, f"every offset predicted or dead-lettered; log:\n{service.log()}")
+    wait_for(everything_handled, 120, service.quoting_log("every offset predicted or dead-lettered"))
     predicted = set(source_offsets(out.records))
     letters = {letter["source"]["offset"]: letter for letter in dead.records}
     for offset, (_, _, reason) in enumerate(messages):

@@ -115,7 +115,7 @@ def test_each_mapping_setting_reads_users_messages(
         service.assert_alive()
         return set(source_offsets(out.read())) | set(source_offsets(dead.read())) >= set(range(len(cases)))
 
-    wait_for(everything_handled, 90, f"every offset predicted or dead-lettered; log:\n{service.log()}")
+    wait_for(everything_handled, 90, service.quoting_log("every offset predicted or dead-lettered"))
     predictions = {record["source"]["offset"]: record for record in out.records}
     letters = {letter["source"]["offset"]: letter for letter in dead.records}
     for offset, (message, expected) in enumerate(cases):

@@ -26,7 +26,14 @@ from stream_lstm.state.checkpoint import decode_checkpoint
 from stream_lstm.state.topic_chunks import is_manifest_key, join_chunks, manifest_epoch, read_manifest
 from stream_lstm.testing.apache_kafka import ApacheKafkaBroker
 from tests.integration.conftest import checkpoint_of
-from tests.integration.service_harness import ServiceProcess, TopicReader, produce, produce_steadily, wait_for
+from tests.integration.service_harness import (
+    ServiceProcess,
+    TopicReader,
+    broker_state,
+    produce,
+    produce_steadily,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +122,7 @@ def test_exactly_once_through_sigkills_at_random_moments(
     assert final.evaluator.models["lstm"].events_learned == final.evaluator.events <= len(events)
 
 
-@pytest.mark.parametrize("how", ["graceful", "sigkill"])
+@pytest.mark.parametrize("how", ["graceful", "sigkill", "frozen"])
 def test_the_service_rides_out_a_broker_restart_with_its_data(
     own_apache_kafka: ApacheKafkaBroker, group_id: str, tmp_path: Path, kafka_client: str, how: str
 ) -> None:
@@ -144,17 +151,24 @@ def test_the_service_rides_out_a_broker_restart_with_its_data(
         reader = TopicReader(kafka.bootstrap_servers, topics["output"])
         reader.read_until(lambda r: len(r) >= 600, 90, "predictions before the outage")
         service.wait_ready()
-        if how == "graceful":
-            kafka.stop()
-        else:
+        if how == "sigkill":
             kafka.kill()
+        else:
+            kafka.stop()
+        if how == "frozen":
+            # The service stalls past the group's poll interval while the broker is away (as a
+            # flush or a commit that waits for it may): it must rejoin once the broker is back.
+            assert service.process is not None
+            service.process.send_signal(signal.SIGSTOP)
+            time.sleep(8.0)  # past max.poll.interval (6 s for confluent, 5 s for kafka-python)
+            service.process.send_signal(signal.SIGCONT)
         wait_for(
             lambda: (h := service.health()) is not None and h[0] == 503, 60, "/healthz to report not ready"
         )
         assert service.metric("stream_lstm_broker_connected") == 0
         service.assert_alive()
         kafka.start()
-        service.wait_ready(timeout=120)
+        service.wait_ready(timeout=120, also=lambda: broker_state(kafka))
         assert service.metric("stream_lstm_broker_connected") == 1
         produce(kafka.bootstrap_servers, topics["input"], events[600:])
         reader.close()

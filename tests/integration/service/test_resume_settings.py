@@ -27,7 +27,7 @@ def test_a_restart_with_other_sizes_is_refused_and_a_new_step_size_is_applied(
 
     refused = service_factory("--hidden-size", "8", "--models", "logreg,no_change").start()
     assert refused.process is not None
-    wait_for(lambda: refused.process.poll() is not None, 60, f"the service to stop; log:\n{refused.log()}")
+    wait_for(lambda: refused.process.poll() is not None, 60, refused.quoting_log("the service to stop"))
     assert refused.process.returncode == 2
     log = refused.log()
     assert "hidden_size: checkpoint 16, now 8" in log

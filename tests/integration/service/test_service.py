@@ -174,7 +174,7 @@ def test_an_unreadable_partition_checkpoint_stops_the_service_and_is_left_as_it_
 
     second = service_factory().start()
     assert second.process is not None
-    wait_for(lambda: second.process.poll() is not None, 60, f"the service to stop; log:\n{second.log()}")
+    wait_for(lambda: second.process.poll() is not None, 60, second.quoting_log("the service to stop"))
     assert second.process.returncode == 2
     assert "cannot continue partition" in second.log() and "damaged" in second.log()
     assert checkpoint.read_bytes() == damaged  # not overwritten

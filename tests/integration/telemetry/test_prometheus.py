@@ -72,7 +72,7 @@ def test_prometheus_scrapes_consistent_metrics(
         wait_for(
             lambda: scalar(port, "sum(stream_lstm_events_total)") == good + bad,
             90,
-            f"Prometheus to see all {good + bad} events; service log:\n{service.log()}",
+            service.quoting_log(f"Prometheus to see all {good + bad} events"),
         )
         assert scalar(port, 'stream_lstm_events_total{outcome="processed"}') == good
         assert scalar(port, 'stream_lstm_events_total{outcome="dead_lettered"}') == bad

@@ -167,28 +167,46 @@ def test_a_refused_checkpoint_write_commits_nothing_and_is_retried() -> None:
 
 
 def test_lost_partitions_are_never_written_and_their_keys_are_forgotten() -> None:
+    """Lost with events learned since their checkpoints: nothing is written, the weights go back
+    to the checkpoint (a rollback, which forgets the keys), and every event is learned once."""
     seen: dict[str, Any] = {}
     service: list[StreamService] = []
+
+    def keys(kafka: ScriptedKafka) -> set[str]:
+        return {message.key.decode() for messages in kafka.messages.values() for message in messages}
 
     def lose(kafka: ScriptedKafka) -> None:
         running = service[0]
         writes = len(store.writes)
-        keys = {message.key.decode() for messages in kafka.messages.values() for message in messages}
-        seen["held_before"] = bool(running.evaluator.held_keys(keys))
+        seen["held_before"] = bool(running.evaluator.held_keys(keys(kafka)))
+        seen["learned_since_checkpoint"] = running.ledger.since_checkpoint > 0
         kafka.lose()
         seen["writes"] = len(store.writes) - writes
         seen["owned"] = set(running.ledger.owned)
-        seen["held_keys"] = running.evaluator.held_keys(keys)
+        seen["state"] = running.state
+
+    def look_then_reassign(kafka: ScriptedKafka) -> None:
+        seen["held_keys"] = service[0].evaluator.held_keys(keys(kafka))
         kafka.reassign()
 
-    kafka, store = scripted(cues={8: lose})
+    kafka, store = scripted(cues={8: lose, 10: look_then_reassign})
     run_service(kafka, store, checkpoint_every=40, started=service.append)
-    assert seen == {"held_before": True, "writes": 0, "owned": set(), "held_keys": set()}
+    assert seen == {
+        "held_before": True,
+        "learned_since_checkpoint": True,
+        "writes": 0,
+        "owned": set(),
+        "state": ServiceState.ROLLBACK_REQUESTED,
+        "held_keys": set(),
+    }
     for partition in PARTITIONS:  # each partition went on from its checkpoint, counted once
         saved = store.load_partition(partition)
         assert saved is not None and saved.offset == 160 and saved.events == 160
     delivered = delivered_offsets(kafka)
     assert all(delivered.get((p, o)) for _, p in PARTITIONS for o in range(160))
+    assert_delivery_kept(kafka, store)
+    # What the weights learned after the last checkpoint is read again: they went back to it.
+    assert_learned_exactly_once(store, kafka)
 
 
 def test_a_new_instance_starts_from_the_newest_other_instances_weights_with_fresh_scores() -> None:
