@@ -56,6 +56,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_latency.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_hostile.py --markdown benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_quality.py --markdown benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_cross_key.py --markdown benchmarks/RESULTS.md
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .bench-venv build dist stream_lstm.egg-info

@@ -31,7 +31,7 @@ def open_kafka(
         return ConfluentIO(settings, on_assigned=on_assigned, on_revoked=on_revoked, on_lost=on_lost)
     from stream_lstm.kafka.kafka_python import KafkaPythonIO
 
-    return KafkaPythonIO(settings, on_assigned=on_assigned, on_revoked=on_revoked)
+    return KafkaPythonIO(settings, on_assigned=on_assigned, on_revoked=on_revoked, on_lost=on_lost)
 
 
 def check_kafka_client(name: str) -> str:

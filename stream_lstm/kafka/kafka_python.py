@@ -31,13 +31,22 @@ _CONSUMER_KEYWORDS = frozenset(KafkaConsumer.DEFAULT_CONFIG)
 
 class _Rebalance(ConsumerRebalanceListener):
     def __init__(
-        self, on_assigned: Callable[[list[Partition]], None], on_revoked: Callable[[list[Partition]], None]
+        self,
+        on_assigned: Callable[[list[Partition]], None],
+        on_revoked: Callable[[list[Partition]], None],
+        on_lost: Callable[[list[Partition]], None] | None,
     ):
         self._on_assigned = on_assigned
         self._on_revoked = on_revoked
+        self._on_lost = on_lost or on_revoked
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         self._on_revoked(sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        # KIP-429: evicted from the group (session expired, poll interval exceeded); without this
+        # override, the library calls on_partitions_revoked, whose checkpoint must not be written.
+        self._on_lost(sorted((tp.topic, tp.partition) for tp in lost))
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self._on_assigned(sorted((tp.topic, tp.partition) for tp in assigned))
@@ -53,8 +62,9 @@ class KafkaPythonIO(SendingClient):
     ----------
     settings
         Where and what to read and write.
-    on_assigned, on_revoked
-        Called (from inside :meth:`poll`) when the group gives or takes partitions.
+    on_assigned, on_revoked, on_lost
+        Called (from inside :meth:`poll`) when the group gives or takes partitions, or evicted
+        this member so that they are lost (``on_revoked`` then, without ``on_lost``).
     """
 
     def __init__(
@@ -63,7 +73,7 @@ class KafkaPythonIO(SendingClient):
         *,
         on_assigned: Callable[[list[Partition]], None],
         on_revoked: Callable[[list[Partition]], None],
-        on_lost: Callable[[list[Partition]], None] | None = None,  # kafka-python revokes instead
+        on_lost: Callable[[list[Partition]], None] | None = None,
     ) -> None:
         self.settings = settings
         common = {
@@ -94,7 +104,7 @@ class KafkaPythonIO(SendingClient):
         except Exception:
             self.consumer.close(autocommit=False)
             raise
-        self.consumer.subscribe([settings.input_topic], listener=_Rebalance(on_assigned, on_revoked))
+        self.consumer.subscribe([settings.input_topic], listener=_Rebalance(on_assigned, on_revoked, on_lost))
 
     # ------------------------------------------------------------------ consuming
 

@@ -34,8 +34,8 @@ class CheckpointOutcome(enum.Enum):
     DONE = "done"
     #: The broker has not acknowledged every output yet: nothing written; try again later.
     PENDING = "pending"
-    #: Outputs were lost or refused: the learner is ahead of what was published, and only going
-    #: back to the last checkpoints makes them agree again.
+    #: Outputs were lost or refused, or partitions were taken over: the learner is ahead of what
+    #: was published or is kept, and only going back to the last checkpoints makes them agree again.
     NEEDS_ROLLBACK = "needs rollback"
     #: The checkpoint store refused the write: nothing committed; try again later.
     FAILED = "failed"
@@ -121,7 +121,9 @@ class Checkpointer:
         in_callback: bool = False,
         flush_timeout_s: float | None = None,
     ) -> CheckpointOutcome:
-        """Flush, commit (exactly-once: the transaction), checkpoint, commit."""
+        """Flush, commit (exactly-once: the transaction), checkpoint, commit; first of all, find
+        the partitions a later owner took over (:meth:`taken_over`): with any, nothing happens
+        but a rollback (``NEEDS_ROLLBACK``), and :meth:`take_lost` names them."""
         ledger = self.ledger
         if ledger.since_checkpoint == 0 and self.instance_saved:
             if not in_callback:
@@ -132,7 +134,11 @@ class Checkpointer:
             return CheckpointOutcome.DONE
         offsets = ledger.offsets()
         committed = ledger.offsets_to_commit(offsets)
-        self._taken_over = []
+        self._taken_over = self.taken_over()
+        if self._taken_over:
+            # Their later owner resumed from our last checkpoint of them and learns what came
+            # since: writing nothing and going back to our last checkpoints keeps it learned once.
+            return CheckpointOutcome.NEEDS_ROLLBACK
         try:
             kafka.flush(flush_timeout_s if flush_timeout_s is not None else self.settings.flush_timeout_s)
             if self.settings.kafka.exactly_once:
@@ -170,6 +176,34 @@ class Checkpointer:
                 return CheckpointOutcome.DONE
         self.health.set_connected(True)
         return CheckpointOutcome.DONE
+
+    def taken_over(self) -> list[Partition]:
+        """The changed partitions whose stored checkpoint a later owner wrote (each logged).
+
+        Checked before anything is written: the weights learned their events since our last
+        checkpoint of them, so the instance checkpoint must not be written with them. (A takeover
+        between this check and the write is refused by the store: see :meth:`save`.)
+        """
+        taken = []
+        for partition, progress in self.ledger.progress.items():
+            if not progress.dirty:
+                continue
+            try:
+                stored = self.store.stored_epoch(partition)
+            except CheckpointError as error:
+                log.warning("%s", error)  # the write checks again
+                continue
+            ours = self.ledger.epochs.get(partition, 0)
+            if stored is not None and ours < stored:
+                log.warning(
+                    "partition %s:%d not written: a later owner wrote epoch %d (ours: %d); the "
+                    "partition was taken over: letting it go, back to the last checkpoints",
+                    *partition,
+                    stored,
+                    ours,
+                )
+                taken.append(partition)
+        return taken
 
     def take_lost(self) -> list[Partition]:
         """The partitions the last checkpoint found taken over by a later owner (once)."""

@@ -201,6 +201,10 @@ class DirectoryStore:
                 raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
             return self._write(path, _partition_name((state.topic, state.partition)), state)
 
+    def stored_epoch(self, partition: Partition) -> int | None:
+        """The epoch of ``partition``'s checkpoint (from the file beside it), ``None`` without one."""
+        return self._stored_epoch(self._partition_path(partition))
+
     def refresh(self) -> None:
         """Nothing to do: every load reads the files."""
 

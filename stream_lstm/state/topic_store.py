@@ -230,9 +230,16 @@ class KafkaTopicStore:
         where = f"{name} in {self.describe()}"
         check_finite(state, where, saving=True)  # a poisoned state costs no broker call
         self._catch_up()
-        stored = manifest_epoch(self._latest[name]) if name in self._latest else None
-        check_not_stale(state, stored, where)
+        check_not_stale(state, self._latest_epoch(name), where)
         return self._save(name, state, epoch=state.epoch, checked=True)
+
+    def stored_epoch(self, partition: Partition) -> int | None:
+        """The epoch of ``partition``'s latest checkpoint in the topic (read up to now), or ``None``."""
+        self._catch_up()
+        return self._latest_epoch(partition_name(partition))
+
+    def _latest_epoch(self, name: str) -> int | None:
+        return manifest_epoch(self._latest[name]) if name in self._latest else None
 
     def partitions(self) -> list[Partition]:
         """Every partition with a checkpoint in the store."""

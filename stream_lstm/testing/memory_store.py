@@ -91,6 +91,10 @@ class MemoryStore:
         self.writes.append(("partition", partition))
         return len(data)
 
+    def stored_epoch(self, partition: Partition) -> int | None:
+        stored = self.load_partition(partition)
+        return stored.epoch if stored is not None else None
+
     def partition_history(self, partition: Partition) -> list[PartitionState]:
         """Every version of ``partition``'s checkpoint, oldest first."""
         where = f"partition {partition}"

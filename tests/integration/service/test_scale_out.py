@@ -80,7 +80,7 @@ def test_survivor_takes_over_the_killed_instances_partitions_and_learns_each_eve
         wait_for(
             lambda: assigned_partitions(doomed) and assigned_partitions(survivor),
             60,
-            "both instances to own partitions",
+            lambda: f"both instances to own partitions; a's log:\n{doomed.log()}\nb's log:\n{survivor.log()}",
         )
         events = list(temporal_stream(EVENTS, n_keys=64, seed=17))
         half = EVENTS // 2

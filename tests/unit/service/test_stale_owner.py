@@ -13,7 +13,7 @@ from stream_lstm.kafka.interface import DeliveryFailed
 from stream_lstm.service.ledger import ownership_epoch
 from stream_lstm.state.store import PartitionState
 from stream_lstm.testing import MemoryStore, ScriptedKafka
-from tests.unit.service.scripted_service import PARTITIONS, run_service, stream
+from tests.unit.service.scripted_service import PARTITIONS, lstm_of, run_service, stream
 
 
 def test_each_owner_writes_a_later_epoch_than_the_checkpoint_it_continued_from() -> None:
@@ -68,6 +68,12 @@ def test_a_partition_taken_over_meanwhile_is_let_go_and_its_new_checkpoint_kept(
     assert kept.events + kept.dead_letters == kept.offset
     committed = [offsets for offsets in kafka.commits if taken in offsets]
     assert all(offsets[taken] <= newer[0].offset - 5 for offsets in committed)  # never past what it saved
+    # The other owner learns partition 0 from our last checkpoint of it on: our weights went back
+    # to that checkpoint, and learned what our checkpoints count, none of it twice.
+    ours = [s for s in history if s.instance == "one"][-1]
+    instance = store.load_instance("one")
+    assert instance is not None
+    assert lstm_of(instance).events_seen == instance.evaluator.events == kept.events + ours.events
 
 
 def test_a_rollback_keeps_the_ownership_epoch() -> None:
