@@ -184,16 +184,17 @@ class Checkpointer:
         checkpoint of them, so the instance checkpoint must not be written with them. (A takeover
         between this check and the write is refused by the store: see :meth:`save`.)
         """
+        changed = [partition for partition, progress in self.ledger.progress.items() if progress.dirty]
+        if not changed:
+            return []
+        try:
+            epochs = self.store.stored_epochs(changed)
+        except CheckpointError as error:
+            log.warning("%s", error)  # the writes check again
+            return []
         taken = []
-        for partition, progress in self.ledger.progress.items():
-            if not progress.dirty:
-                continue
-            try:
-                stored = self.store.stored_epoch(partition)
-            except CheckpointError as error:
-                log.warning("%s", error)  # the write checks again
-                continue
-            ours = self.ledger.epochs.get(partition, 0)
+        for partition in changed:
+            stored, ours = epochs.get(partition), self.ledger.epochs.get(partition, 0)
             if stored is not None and ours < stored:
                 log.warning(
                     "partition %s:%d not written: a later owner wrote epoch %d (ours: %d); the "

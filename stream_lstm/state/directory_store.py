@@ -27,7 +27,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -201,9 +201,9 @@ class DirectoryStore:
                 raise CheckpointError(f"cannot write checkpoint {path}: {error}") from error
             return self._write(path, _partition_name((state.topic, state.partition)), state)
 
-    def stored_epoch(self, partition: Partition) -> int | None:
-        """The epoch of ``partition``'s checkpoint (from the file beside it), ``None`` without one."""
-        return self._stored_epoch(self._partition_path(partition))
+    def stored_epochs(self, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
+        """The epoch of each partition's checkpoint (from the file beside it), ``None`` without one."""
+        return {partition: self._stored_epoch(self._partition_path(partition)) for partition in partitions}
 
     def refresh(self) -> None:
         """Nothing to do: every load reads the files."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,9 +120,9 @@ class CheckpointStore(Protocol):
 
     def save_partition(self, state: PartitionState) -> int: ...
 
-    def stored_epoch(self, partition: Partition) -> int | None:
-        """The ownership epoch of ``partition``'s stored checkpoint, as :meth:`save_partition`
-        checks it (``None``: none), without reading the checkpoint itself."""
+    def stored_epochs(self, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
+        """The ownership epoch of each partition's stored checkpoint, as :meth:`save_partition`
+        checks it (``None``: none), without reading the checkpoints themselves."""
         ...
 
     def partitions(self) -> list[Partition]: ...

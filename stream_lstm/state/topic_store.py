@@ -45,7 +45,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from stream_lstm.errors import CheckpointError
@@ -233,10 +233,11 @@ class KafkaTopicStore:
         check_not_stale(state, self._latest_epoch(name), where)
         return self._save(name, state, epoch=state.epoch, checked=True)
 
-    def stored_epoch(self, partition: Partition) -> int | None:
-        """The epoch of ``partition``'s latest checkpoint in the topic (read up to now), or ``None``."""
+    def stored_epochs(self, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
+        """The epoch of each partition's latest checkpoint in the topic (read up to now; one
+        catch-up for all), or ``None``."""
         self._catch_up()
-        return self._latest_epoch(partition_name(partition))
+        return {partition: self._latest_epoch(partition_name(partition)) for partition in partitions}
 
     def _latest_epoch(self, name: str) -> int | None:
         return manifest_epoch(self._latest[name]) if name in self._latest else None

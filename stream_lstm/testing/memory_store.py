@@ -9,6 +9,7 @@ at each checkpoint, and refuses the next writes when told to (:meth:`refuse_writ
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,10 @@ class MemoryStore:
         self.writes.append(("partition", partition))
         return len(data)
 
-    def stored_epoch(self, partition: Partition) -> int | None:
-        stored = self.load_partition(partition)
-        return stored.epoch if stored is not None else None
+    def stored_epochs(self, partitions: Iterable[Partition]) -> dict[Partition, int | None]:
+        return {
+            p: stored.epoch if (stored := self.load_partition(p)) is not None else None for p in partitions
+        }
 
     def partition_history(self, partition: Partition) -> list[PartitionState]:
         """Every version of ``partition``'s checkpoint, oldest first."""

@@ -343,9 +343,9 @@ def test_a_stale_owners_checkpoint_is_refused_and_one_that_slips_in_is_ignored(
     reader = KafkaTopicStore(broker.bootstrap_servers, store_topic)
     try:
         stale_owner.save_partition(PartitionState(topic="in", partition=0, offset=10, instance="a", epoch=1))
-        assert stale_owner.stored_epoch(("in", 0)) == 1
+        assert stale_owner.stored_epochs([("in", 0)]) == {("in", 0): 1}
         new_owner.save_partition(PartitionState(topic="in", partition=0, offset=30, instance="b", epoch=2))
-        assert stale_owner.stored_epoch(("in", 0)) == 2 and stale_owner.stored_epoch(("in", 1)) is None
+        assert stale_owner.stored_epochs([("in", 0), ("in", 1)]) == {("in", 0): 2, ("in", 1): None}
         with pytest.raises(StaleCheckpointError, match="partitions/in/0"):
             stale_owner.save_partition(
                 PartitionState(topic="in", partition=0, offset=20, instance="a", epoch=1)

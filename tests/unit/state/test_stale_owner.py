@@ -29,12 +29,15 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> CheckpointStore:
 
 
 def test_a_lower_epoch_is_refused_and_the_later_owners_checkpoint_stays(store: CheckpointStore) -> None:
-    assert store.stored_epoch(("in", 0)) is None
+    assert store.stored_epochs([("in", 0)]) == {("in", 0): None}
     store.save_partition(state(100, epoch=1, instance="a"))
     store.save_partition(state(150, epoch=1, instance="a"))  # the same owner, later
-    assert store.stored_epoch(("in", 0)) == 1
+    assert store.stored_epochs([("in", 0)]) == {("in", 0): 1}
     store.save_partition(state(180, epoch=2, instance="b"))  # b took over from a's 150
-    assert store.stored_epoch(("in", 0)) == 2  # what a can check before it writes anything
+    assert store.stored_epochs([("in", 0), ("in", 1)]) == {
+        ("in", 0): 2,
+        ("in", 1): None,
+    }  # what a can look at first
     with pytest.raises(StaleCheckpointError, match=r"epoch 1.*epoch 2") as refused:
         store.save_partition(state(170, epoch=1, instance="a"))  # a, frozen meanwhile, wakes up
     assert isinstance(refused.value, CheckpointError)
