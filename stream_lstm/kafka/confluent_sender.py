@@ -88,7 +88,9 @@ class ConfluentSender:
         self._max_record_bytes = int(self._producer_config.get("message.max.bytes", MESSAGE_MAX_BYTES))
         self._delivered_unsourced = partial(self._delivered, None)
         self._in_transaction = False
-        self.producer = self._new_producer()
+        self.producer = create_client(Producer, self._producer_config)
+        self._transactions_ready = False
+        self._ensure_transactions()
 
     # ------------------------------------------------------------------ producing
 
@@ -240,16 +242,24 @@ class ConfluentSender:
             log.debug("dropping the old producer: %s", error)
         # After the purge: its "purged" delivery reports are not failures of the new producer.
         self._failures = []
-        self.producer = self._new_producer()
+        self.producer = create_client(Producer, self._producer_config)
+        self._transactions_ready = False
+        self._ensure_transactions()
 
-    def _new_producer(self) -> Producer:
-        producer = create_client(Producer, self._producer_config)
-        if self.settings.exactly_once:
-            try:
-                producer.init_transactions(BLOCKING_TIMEOUT_S * 2)  # within a SIGTERM's 10 s
-            except KafkaException as error:
-                raise KafkaIOError(f"cannot initialise transactions: {error}") from error
-        return producer
+    def _ensure_transactions(self) -> None:
+        """Exactly-once: initialise the producer's transactions unless that has succeeded already.
+
+        A reset while the broker is away fails here (:class:`KafkaIOError`), and the new producer
+        stays, not yet initialised: the next transaction tries again (librdkafka resumes an init
+        that timed out), rather than use the old producer, whose transaction was left open.
+        """
+        if not self.settings.exactly_once or self._transactions_ready:
+            return
+        try:
+            self.producer.init_transactions(BLOCKING_TIMEOUT_S * 2)  # within a SIGTERM's 10 s
+        except KafkaException as error:
+            raise KafkaIOError(f"cannot initialise transactions: {error}") from error
+        self._transactions_ready = True
 
     # ------------------------------------------------------------------ exactly-once
 
@@ -263,6 +273,7 @@ class ConfluentSender:
         :class:`KafkaIOError`), except when held records were refused for good: then a
         :class:`DeliveryFailed` naming them. The transaction is left for :meth:`abort`.
         """
+        self._ensure_transactions()
         self.producer.begin_transaction()
         self._in_transaction = True
         self._failures = []  # what follows is this transaction's
@@ -330,6 +341,7 @@ class ConfluentSender:
 
     def _probe(self, group: Sequence[HeldRecord], deadline: float) -> list[Refusal]:
         """The refusals among ``group``, sent in a transaction of its own that is then aborted."""
+        self._ensure_transactions()
         try:
             self.producer.begin_transaction()
             self._in_transaction = True

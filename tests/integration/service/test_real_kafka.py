@@ -141,13 +141,13 @@ def test_exactly_once_through_sigkills_at_random_moments(
     assert final.evaluator.models["lstm"].events_learned == final.evaluator.events <= len(events)
 
 
-@pytest.mark.parametrize("how", ["graceful", "sigkill", "frozen"])
+@pytest.mark.parametrize("how", ["graceful", "sigkill", "frozen", "frozen, exactly-once"])
 def test_the_service_rides_out_a_broker_restart_with_its_data(
     own_apache_kafka: ApacheKafkaBroker, group_id: str, tmp_path: Path, kafka_client: str, how: str
 ) -> None:
     """Mid-stream the broker goes away (stopped, or SIGKILLed) and comes back with its data:
     /healthz and stream_lstm_broker_connected show the outage, and afterwards every event has a
-    prediction and was learned exactly once.
+    prediction (exactly one, read committed, with --exactly-once) and was learned exactly once.
 
     "frozen": the service also stalls past the group's poll interval during the outage (as a
     flush or a commit that waits for the broker may), with events learned since its last
@@ -157,7 +157,8 @@ def test_the_service_rides_out_a_broker_restart_with_its_data(
     kafka = own_apache_kafka
     topics = named_topics(kafka, input_partitions=2)
     events = list(temporal_stream(1200, n_keys=12, seed=21))
-    frozen = how == "frozen"
+    frozen = how.startswith("frozen")
+    exactly_once = how.endswith("exactly-once")
     # Frozen: one checkpoint at 400-463 events (batches of 64), then none until the outage.
     every, interval = ("400", "3600") if frozen else ("100", "1")
     service = ServiceProcess(
@@ -171,13 +172,14 @@ def test_the_service_rides_out_a_broker_restart_with_its_data(
         interval,
         "--kafka-client",
         kafka_client,
+        *(["--exactly-once"] if exactly_once else []),
     )
     reader: TopicReader | None = None
     try:
         service.start()
         produce(kafka.bootstrap_servers, topics["input"], events[:600])
-        reader = TopicReader(kafka.bootstrap_servers, topics["output"])
-        if frozen:
+        reader = TopicReader(kafka.bootstrap_servers, topics["output"], read_committed=exactly_once)
+        if frozen:  # with --exactly-once, what came since the checkpoint is not committed yet
             wait_for(lambda: events_learned(service) >= 600, 90, "the events before the outage learned")
         else:
             reader.read_until(lambda r: len(r) >= 600, 90, "predictions before the outage")
@@ -209,10 +211,10 @@ def test_the_service_rides_out_a_broker_restart_with_its_data(
             service.quoting_log("every event learned after the outage"),
         )
         service.assert_alive()
-        assert service.terminate() < 10  # its last checkpoint flushes what is left
+        assert service.terminate() < 10  # its last checkpoint flushes (or commits) what is left
         reader.close()
         # A fresh connection.
-        reader = TopicReader(kafka.bootstrap_servers, topics["output"])
+        reader = TopicReader(kafka.bootstrap_servers, topics["output"], read_committed=exactly_once)
         reader.read_until(lambda r: len(set(predictions_by_offset(r))) >= len(events), 60, "every prediction")
         counts = predictions_by_offset(reader.read())
     finally:
@@ -222,6 +224,8 @@ def test_the_service_rides_out_a_broker_restart_with_its_data(
 
     ends = partition_ends(kafka.bootstrap_servers, topics["input"])
     assert set(counts) == {(p, o) for p, end in ends.items() for o in range(end)}  # nothing lost
+    if exactly_once:
+        assert {offset: n for offset, n in counts.items() if n != 1} == {}  # nor published twice
     final = checkpoint_of(tmp_path)
     for partition, end in ends.items():
         assert final.processed[(topics["input"], partition)] == end  # nothing learned twice
