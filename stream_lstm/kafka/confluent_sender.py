@@ -88,9 +88,7 @@ class ConfluentSender:
         self._max_record_bytes = int(self._producer_config.get("message.max.bytes", MESSAGE_MAX_BYTES))
         self._delivered_unsourced = partial(self._delivered, None)
         self._in_transaction = False
-        self.producer = create_client(Producer, self._producer_config)
-        self._transactions_ready = False
-        self._ensure_transactions()
+        self._start_producer()
 
     # ------------------------------------------------------------------ producing
 
@@ -242,6 +240,11 @@ class ConfluentSender:
             log.debug("dropping the old producer: %s", error)
         # After the purge: its "purged" delivery reports are not failures of the new producer.
         self._failures = []
+        self._start_producer()
+
+    def _start_producer(self) -> None:
+        """A new producer, in use from now on even if its transactions cannot be initialised yet
+        (:meth:`_ensure_transactions` raises then, and the next transaction tries again)."""
         self.producer = create_client(Producer, self._producer_config)
         self._transactions_ready = False
         self._ensure_transactions()

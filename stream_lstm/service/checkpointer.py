@@ -22,6 +22,7 @@ from stream_lstm.service.publisher import Publisher
 from stream_lstm.service.settings import ServiceSettings
 from stream_lstm.state.directory_store import CheckpointStore, DirectoryStore, InstanceState, PartitionState
 from stream_lstm.state.signing import CheckpointSigner, check_key
+from stream_lstm.state.store import is_stale
 from stream_lstm.telemetry.metrics import Telemetry
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class Checkpointer:
         taken = []
         for partition in changed:
             stored, ours = epochs.get(partition), self.ledger.epochs.get(partition, 0)
-            if stored is not None and ours < stored:
+            if is_stale(ours, stored):
                 log.warning(
                     "partition %s:%d not written: a later owner wrote epoch %d (ours: %d); the "
                     "partition was taken over: letting it go, back to the last checkpoints",

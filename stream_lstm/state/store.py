@@ -66,13 +66,19 @@ class InstanceState:
     version: str = __version__
 
 
+def is_stale(epoch: int, stored_epoch: int | None) -> bool:
+    """Whether an owner at ownership ``epoch`` is older than the one that wrote the stored
+    checkpoint (``stored_epoch``; ``None``: none, or one that cannot be read)."""
+    return stored_epoch is not None and epoch < stored_epoch
+
+
 def check_not_stale(state: PartitionState, stored_epoch: int | None, where: str) -> None:
     """Raise :class:`StaleCheckpointError` if ``state`` is older than the stored checkpoint.
 
     ``stored_epoch`` is the epoch of the checkpoint the store holds (``None``: none, or one that
     cannot be read, which the write then replaces).
     """
-    if stored_epoch is not None and state.epoch < stored_epoch:
+    if is_stale(state.epoch, stored_epoch):
         raise StaleCheckpointError(
             f"{where} not written: this instance holds it at ownership epoch {state.epoch}, and a "
             f"later owner wrote epoch {stored_epoch}; the partition was taken over"
