@@ -30,8 +30,12 @@ def old_learner_state(learner: LSTMLearner) -> dict[str, Any]:
         buffer,
     )
     return {
-        # The old format had no steps_per_batch (one step per batch).
-        "hyperparameters": {k: v for k, v in learner.hyperparameters().items() if k != "steps_per_batch"},
+        # The old format had no steps_per_batch (one step per batch) and no stream rate.
+        "hyperparameters": {
+            k: v
+            for k, v in learner.hyperparameters().items()
+            if k not in ("steps_per_batch", "stream_rate_half_life")
+        },
         "torch_state": buffer.getvalue(),
         "scaler": learner.scaler,
         "feature_columns": dict(learner.feature_columns),

@@ -23,6 +23,7 @@ from stream_lstm.api.rows import RowReader
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.stream_rate import DEFAULT_STREAM_RATE_HALF_LIFE
 from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
     Parameters
     ----------
     hidden_size, tbptt_steps, learning_rate, clip_grad_norm, steps_per_batch, input_clip, max_keys,
-    max_features, adapt_scaler, device, seed, category_buckets, trend_scales
+    max_features, adapt_scaler, device, seed, category_buckets, trend_scales, stream_rate_half_life
         The learner's hyperparameters (see :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
     key_field
         The field of ``x`` holding the entity key (a string or an integer); ``None``: one stream.
@@ -109,6 +110,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
         seed: int = 0,
         category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
         trend_scales: int = DEFAULT_TREND_SCALES,
+        stream_rate_half_life: float = DEFAULT_STREAM_RATE_HALF_LIFE,
         key_field: str | None = None,
         ts_field: str | None = None,
     ) -> None:
@@ -129,6 +131,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
             seed=seed,
             category_buckets=category_buckets,
             trend_scales=trend_scales,
+            stream_rate_half_life=stream_rate_half_life,
         )
 
     # ------------------------------------------------------------------ river: one row

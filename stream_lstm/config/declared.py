@@ -26,10 +26,12 @@ from stream_lstm.config.setting import (
     positive_float,
     positive_int,
     steps_per_batch,
+    stream_rate_half_life,
     trend_scales,
 )
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
+from stream_lstm.messages.stream_rate import DEFAULT_STREAM_RATE_HALF_LIFE
 from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES
 
 #: The models run unless ``--models`` says otherwise: the LSTM, the baselines and their mixture.
@@ -81,6 +83,14 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
         "trend inputs of the LSTM and logreg_lags per feature: its distance from the key's moving"
         " averages, at half-lives of 4, 16, 64, ... events (0: none)",
     ),
+    Setting(
+        "stream_rate_half_life",
+        stream_rate_half_life,
+        DEFAULT_STREAM_RATE_HALF_LIFE,
+        "half-life, in labelled events, of the stream rate: the moving average of every key's"
+        " earlier labels, a feature of the LSTM and logreg_lags once there is more than one key"
+        " (0: none)",
+    ),
     Setting("device", str, "auto", "torch device: auto (CUDA when present), cpu, cuda, cuda:N"),
     Setting("seed", int, 0, "seed of the LSTM's initial weights"),
 )
@@ -95,6 +105,7 @@ LSTM_HYPERPARAMETERS = (
     "max_features",
     "category_buckets",
     "trend_scales",
+    "stream_rate_half_life",
     "input_clip",
     "device",
     "seed",

@@ -381,6 +381,7 @@ class PrequentialEvaluator:
                 settings.setdefault("category_buckets", model.category_buckets)
                 if isinstance(model, LagLogisticRegression):
                     settings.setdefault("trend_scales", model.trend_scales)
+                    settings.setdefault("stream_rate_half_life", model.stream_rate.half_life)
         return settings
 
     def to_state(self) -> State:

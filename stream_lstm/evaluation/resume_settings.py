@@ -6,10 +6,11 @@ service resumes one, its own or another instance's (a warm start), with other se
 checkpoint's would silently win: the service would run other models, sizes and steps than it was
 told to. So every difference is either refused or applied:
 
-* **refused** (:data:`FIXED`): the models, the rolling window, ``max_keys`` and the LSTM's sizes
-  (``category_buckets`` and ``trend_scales`` among them) and seed. They shape the state itself
-  (weights, key states, score windows), or, for the seed, only the initial weights, which a
-  resumed learner no longer has: a new value cannot take effect.
+* **refused** (:data:`FIXED`): the models, the rolling window, ``max_keys``, the LSTM's sizes
+  (``category_buckets`` and ``trend_scales`` among them), its inputs (``stream_rate_half_life``)
+  and seed. They shape the state itself (weights, key states, score windows) or what it means,
+  or, for the seed, only the initial weights, which a resumed learner no longer has: a new value
+  cannot take effect.
 * **added or dropped**: the baselines (``logreg``, ``logreg_lags``, ``no_change``) and the mixture
   (``mix``) may be added to or dropped from the models, as long as the LSTM is in both or in
   neither: an added baseline starts fresh (its scores too), and the mixture starts again with
@@ -19,7 +20,8 @@ told to. So every difference is either refused or applied:
   0: every checkpoint written before categorical features) resumes under any ``category_buckets``,
   so that an upgraded service resumes with its default settings; it learns nothing from categories.
   Likewise a checkpoint without trend inputs (``trend_scales`` 0) resumes under any
-  ``trend_scales``, without them.
+  ``trend_scales``, without them, and one without the stream rate (``stream_rate_half_life`` 0)
+  under any half-life, without it.
 * **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``clip_grad_norm``, ``steps_per_batch`` and
   ``device`` change how the learner goes on, not what it has learned, so they are applied to the
   loaded learner and logged.
@@ -52,6 +54,7 @@ FIXED = (
     "max_features",
     "category_buckets",
     "trend_scales",
+    "stream_rate_half_life",
     "input_clip",
     "seed",
 )
@@ -134,7 +137,11 @@ def _follow_models(
 #: Inputs that later versions added, by the setting of their number: a checkpoint without them
 #: (0, as every checkpoint written before them) resumes as it is under any number, with a
 #: warning; refusing it would stop every upgraded service that resumes with the default settings.
-ADDED_LATER = {"category_buckets": "category inputs", "trend_scales": "trend inputs"}
+ADDED_LATER = {
+    "category_buckets": "category inputs",
+    "trend_scales": "trend inputs",
+    "stream_rate_half_life": "stream rate inputs",
+}
 
 
 def _keep_inputs_added_later(differences: dict[str, tuple[Any, Any]], source: str) -> None:

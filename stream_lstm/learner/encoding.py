@@ -35,6 +35,7 @@ from stream_lstm.learner.key_state import NO_LABEL, KeyStateStore
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.trend import trend_deviations
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.stream_rate import STREAM_RATE_FEATURE, StreamRate
 
 #: Inputs after the features: the log time gap, the previous label, and "no previous label".
 EXTRA_INPUTS = 3
@@ -74,20 +75,22 @@ class InputEncoding:
     keys: KeyStateStore
     scaler: RunningScaler
     _category_inputs_used: bool
+    stream_rate: StreamRate
 
     def _encode(
         self, events: Sequence[Event], groups: KeyGroups, slots: np.ndarray, label_values: np.ndarray
-    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         """Build the batch's input vectors on the host (``label_values``: each event's label, NaN
         where it has none).
 
         Returns the raw values of the columns that can hold any and which columns those are
-        (for the scaler update), the inputs, and each key's last label, timestamp and trend
-        averages after the batch.
+        (for the scaler update), the inputs, each key's last label, timestamp and trend
+        averages after the batch, and the stream rate after it.
         """
         n_features = self.max_features
         raw = np.full((len(events), n_features + 1), np.nan)
         self._fill_features(events, raw)
+        rate_after = self._fill_stream_rate(raw, label_values)
         prev_label, last_label = carry_forward(
             label_values, np.isnan(label_values), groups, self.keys.prev_label[slots].astype(np.float64)
         )
@@ -106,7 +109,23 @@ class InputEncoding:
         if self.category_buckets:
             self._fill_categories(events, inputs)
         trend_after = self._fill_trend(inputs, raw, used, groups, slots)
-        return (raw, used), inputs, last_label.astype(np.int8), last_ts, trend_after
+        return (raw, used), inputs, last_label.astype(np.int8), last_ts, trend_after, rate_after
+
+    def _fill_stream_rate(self, raw: np.ndarray, label_values: np.ndarray) -> float:
+        """Write each event's stream rate into its feature column of ``raw`` when the rate
+        applies (:attr:`~stream_lstm.messages.stream_rate.StreamRate.applies`; the column is
+        taken the first time); return the rate after the batch."""
+        rate = self.stream_rate
+        if not rate.half_life:
+            return rate.value
+        before, after = rate.before(label_values)
+        if rate.applies:
+            column = self.feature_columns.get(STREAM_RATE_FEATURE)
+            if column is None and len(self.feature_columns) < self.max_features:
+                column = self._add_feature_column(STREAM_RATE_FEATURE)
+            if column is not None:
+                raw[:, column] = before
+        return after
 
     def _fill_trend(
         self, inputs: np.ndarray, raw: np.ndarray, used: np.ndarray, groups: KeyGroups, slots: np.ndarray
@@ -148,7 +167,7 @@ class InputEncoding:
                 # The usual batch, with no new names (or no column left for one: any name without
                 # a column is dropped): a column at a time.
                 for name in names:
-                    column = columns.get(name)
+                    column = None if name == STREAM_RATE_FEATURE else columns.get(name)
                     if column is not None:
                         raw[:, column] = feature_values(maps, name)
                     else:
@@ -157,7 +176,7 @@ class InputEncoding:
         # New names take the lowest free columns in order of first appearance.
         for i, event in enumerate(events):
             for name, value in event.features.items():
-                column = columns.get(name)
+                column = None if name == STREAM_RATE_FEATURE else columns.get(name)
                 if column is None:
                     column = self._add_feature(name)
                     if column is None:
@@ -178,9 +197,15 @@ class InputEncoding:
         self._category_inputs_used = True
 
     def _add_feature(self, name: str) -> int | None:
-        if len(self.feature_columns) >= self.max_features:
+        """The column of an event's new feature name (``None``: none is left, or the name is the
+        stream rate's, which no event may set)."""
+        if len(self.feature_columns) >= self.max_features or name == STREAM_RATE_FEATURE:
             return None
-        # The lowest free column (imported key states may have taken some out of order).
+        return self._add_feature_column(name)
+
+    def _add_feature_column(self, name: str) -> int:
+        """Give ``name`` the lowest free feature column (imported key states may have taken some
+        out of order); there is one."""
         used = set(self.feature_columns.values())
         column = next(c for c in range(self.max_features) if c not in used)
         self.feature_columns[name] = column

@@ -45,6 +45,7 @@ class BatchInputs:
     last_label: np.ndarray  # each key's last label after the batch
     last_ts: np.ndarray  # each key's last timestamp after the batch
     trend_after: np.ndarray  # each key's trend averages after the batch
+    rate_after: float  # the stream rate after the batch
     label_index: torch.Tensor | None  # the labelled events; None with targets: every event is
     targets: torch.Tensor | None  # their labels; None: no event has one
     columns: torch.Tensor | None  # the input columns the LSTM runs on (None: all)
@@ -99,7 +100,8 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         groups = group_by_slot(self.keys.lookup(batch_keys(events)))
         slots = groups.slots
         label_values = optional_floats(batch_labels(events))  # NaN: no label
-        raw, inputs, last_label, last_ts, trend_after = self._encode(events, groups, slots, label_values)
+        encoded = self._encode(events, groups, slots, label_values)
+        raw, inputs, last_label, last_ts, trend_after, rate_after = encoded
         raw_features, raw_columns = raw
         columns = self._input_columns(raw_columns)
         label_index, targets = self._label_tensors(label_values)
@@ -114,6 +116,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
             last_label=last_label,
             last_ts=last_ts,
             trend_after=trend_after,
+            rate_after=rate_after,
             label_index=label_index,
             targets=targets,
             columns=columns,

@@ -28,6 +28,7 @@ from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import SKIP_REASONS
+from stream_lstm.messages.stream_rate import NO_STREAM_RATE, StreamRate, checked_half_life
 from stream_lstm.messages.trend_scales import MAX_TREND_SCALES
 from stream_lstm.models.state_data import Fields, State, checked_array, checked_int, damaged
 
@@ -42,6 +43,7 @@ _FIELDS = (
     "keys",
     "scaler",
     "feature_columns",
+    "stream_rate",
     "features_dropped",
     "events_seen",
     "events_learned",
@@ -62,6 +64,7 @@ _HYPERPARAMETERS = (
     "max_features",
     "category_buckets",
     "trend_scales",
+    "stream_rate_half_life",
     "adapt_scaler",
     "device",
     "seed",
@@ -130,6 +133,7 @@ def _learner_state(learner: Any) -> State:
             "names": list(learner.feature_columns),
             "columns": np.fromiter(learner.feature_columns.values(), np.int64, len(learner.feature_columns)),
         },
+        "stream_rate": learner.stream_rate.to_state(),
         "features_dropped": learner.features_dropped,
         "events_seen": learner.events_seen,
         "events_learned": learner.events_learned,
@@ -142,8 +146,13 @@ def _learner_state(learner: Any) -> State:
 
 
 #: Hyperparameters that later versions added, with the value every learner written before them
-#: had: no category inputs, one optimizer step per batch, no trend inputs.
-ADDED_LATER_DEFAULTS = {"category_buckets": 0, "steps_per_batch": 1, "trend_scales": 0}
+#: had: no category inputs, one optimizer step per batch, no trend inputs, no stream rate.
+ADDED_LATER_DEFAULTS = {
+    "category_buckets": 0,
+    "steps_per_batch": 1,
+    "trend_scales": 0,
+    "stream_rate_half_life": 0.0,
+}
 
 
 def _hyperparameters(fields: Fields) -> dict[str, Any]:
@@ -162,6 +171,9 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "max_features": read.int("max_features", low=1),
         "category_buckets": read.int("category_buckets"),
         "trend_scales": read.int("trend_scales", high=MAX_TREND_SCALES),
+        "stream_rate_half_life": checked_half_life(
+            read.raw("stream_rate_half_life"), read.path("stream_rate_half_life")
+        ),
         "adapt_scaler": read.bool("adapt_scaler"),
         "device": read.str("device"),
         "seed": read.int("seed", low=-(2**63), high=2**64 - 1),
@@ -180,6 +192,7 @@ def _optional_scalar(fields: Fields, name: str, device: torch.device) -> torch.T
 def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     """Make ``learner`` (made with ``__new__``) the learner of a :func:`_learner_state`;
     :class:`~stream_lstm.errors.CheckpointRejected` if ``tree`` is not one."""
+    tree = _with_stream_rate_of_old_versions(tree, where)
     fields = Fields(tree, where, _FIELDS)
     fields.str("kind", choices=("lstm",))
     hyper = _hyperparameters(fields)
@@ -213,6 +226,9 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     columns = hyper["max_features"] + 1
     learner.scaler = RunningScaler.from_state(fields.raw("scaler"), fields.path("scaler"), columns)
     learner.feature_columns = _feature_columns(fields, hyper["max_features"])
+    learner.stream_rate = StreamRate.from_state(
+        fields.raw("stream_rate"), fields.path("stream_rate"), hyper["stream_rate_half_life"]
+    )
     learner.features_dropped = fields.int("features_dropped")
     learner.events_seen = fields.int("events_seen")
     learner.events_learned = fields.int("events_learned")
@@ -221,6 +237,19 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     learner._narrow_inputs = fields.bool("narrow_inputs")
     learner._last_loss = _optional_scalar(fields, "last_loss", device)
     learner._last_grad_norm = _optional_scalar(fields, "last_grad_norm", device)
+
+
+def _with_stream_rate_of_old_versions(tree: Any, where: str) -> Any:
+    """``tree``, with the stream rate of a learner written before it (none) when it has neither
+    the rate nor its half-life; :class:`~stream_lstm.errors.CheckpointRejected` when it has only
+    one of them."""
+    if not isinstance(tree, dict):
+        return tree  # refused by the reader
+    hyper = tree.get("hyperparameters")
+    half_life = isinstance(hyper, dict) and "stream_rate_half_life" in hyper
+    if half_life != ("stream_rate" in tree):
+        raise damaged(where, "the stream rate and its half-life come together or not at all")
+    return tree if half_life else {**tree, "stream_rate": NO_STREAM_RATE}
 
 
 def _usable_device(device: str) -> str:

@@ -21,6 +21,7 @@ import torch
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.learner.adam import FusedAdam
+from stream_lstm.learner.batch_columns import keys as batch_keys
 from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import input_size, later_input_groups
 from stream_lstm.learner.forward import ChunkedForward, Pending
@@ -33,6 +34,11 @@ from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import GuardedTraining, finite_or_zero
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.stream_rate import (
+    DEFAULT_STREAM_RATE_HALF_LIFE,
+    StreamRate,
+    check_stream_rate_half_life,
+)
 from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES, check_trend_scales, trend_rates
 from stream_lstm.models.protocols import TrainedModel
 
@@ -88,6 +94,10 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         the inputs of its two buckets (:func:`~stream_lstm.messages.categories.category_probes`), so
         any number of names and values takes a bounded number of inputs; 0: categories are
         ignored.
+    stream_rate_half_life
+        The half-life, in labelled events, of the stream rate
+        (:mod:`stream_lstm.messages.stream_rate`): the moving average of all keys' earlier
+        labels, a feature the learner adds itself once its stream has more than one key; 0: none.
     trend_scales
         How many trend inputs each feature gets (:mod:`stream_lstm.learner.trend`): its
         deviation from the key's exponential moving average of it, at half-lives of 4, 16, 64, ...
@@ -127,6 +137,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         max_features: int = 32,
         category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
         trend_scales: int = DEFAULT_TREND_SCALES,
+        stream_rate_half_life: float = DEFAULT_STREAM_RATE_HALF_LIFE,
         adapt_scaler: bool = True,
         device: str = "auto",
         seed: int = 0,
@@ -163,6 +174,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self.max_features = max_features
         self.category_buckets = category_buckets
         self.trend_scales = trend_scales
+        self.stream_rate_half_life = check_stream_rate_half_life(stream_rate_half_life)
         self.adapt_scaler = adapt_scaler
         self.device = device
         self.seed = seed
@@ -184,6 +196,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self.keys = self._new_key_store()
         # The log time gap is standardised like a feature, in the last scaler column.
         self.scaler = RunningScaler(self.max_features + 1)
+        self.stream_rate = StreamRate(self.stream_rate_half_life)
         self.feature_columns: dict[str, int] = {}
         #: Feature values dropped because their name came after the first ``max_features``.
         self.features_dropped = 0
@@ -226,6 +239,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             "max_features": self.max_features,
             "category_buckets": self.category_buckets,
             "trend_scales": self.trend_scales,
+            "stream_rate_half_life": self.stream_rate_half_life,
             "adapt_scaler": self.adapt_scaler,
             "device": self.device,
             "seed": self.seed,
@@ -282,6 +296,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         store.prev_label[slots] = batch.last_label
         store.last_ts[slots] = batch.last_ts
         store.trend[slots] = batch.trend_after
+        self.stream_rate.learned(batch.rate_after, batch_keys(events))
         if self.adapt_scaler:
             self.scaler.update(batch.raw_features, batch.raw_columns)
         self.events_seen += len(events)

@@ -24,6 +24,7 @@ from river import linear_model, optim, preprocessing
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS, category_probes
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.stream_rate import STREAM_RATE_FEATURE
 from stream_lstm.models.protocols import GuardedModel, KeyedModel
 from stream_lstm.models.recent_keys import remember
 from stream_lstm.models.state_data import (
@@ -173,11 +174,14 @@ class LogisticRegressionBaseline(GuardedModel):
         dropped = 0
         for event in events:
             features = event.features
-            if features.keys() <= keys:  # the usual event: every name known
+            if features.keys() <= keys and STREAM_RATE_FEATURE not in features:  # every name known
                 out.append(features)
                 continue
             kept = {}
             for name, value in features.items():
+                if name == STREAM_RATE_FEATURE:  # reserved: the rate is the models' own
+                    dropped += 1
+                    continue
                 if name not in known:
                     if len(known) >= self.max_features:
                         dropped += 1

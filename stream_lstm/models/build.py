@@ -17,8 +17,9 @@ TRAINED = ("lstm",)
 
 #: The LSTM's keyword arguments that the logistic regressions take too (the same meaning).
 SHARED_WITH_LOGREG = ("max_features", "input_clip", "category_buckets")
-#: The LSTM's keyword arguments that ``logreg_lags`` takes too: those and the trend inputs.
-SHARED_WITH_LAGS = (*SHARED_WITH_LOGREG, "trend_scales")
+#: The LSTM's keyword arguments that ``logreg_lags`` takes too: those, the trend inputs and the
+#: stream rate.
+SHARED_WITH_LAGS = (*SHARED_WITH_LOGREG, "trend_scales", "stream_rate_half_life")
 
 
 def build_models(
@@ -30,7 +31,10 @@ def build_models(
     The logistic regressions get the LSTM's ``max_features``, ``input_clip`` and
     ``category_buckets`` (from ``lstm``, else the LSTM's defaults), so that they see the same
     features, clipped alike, and the same category buckets; ``logreg_lags`` gets its
-    ``trend_scales`` too, and keeps at most ``max_keys`` keys, as the LSTM.
+    ``trend_scales`` and ``stream_rate_half_life`` too, and keeps at most ``max_keys`` keys, as the
+    LSTM. The stream rate, a feature that the LSTM and ``logreg_lags`` add themselves, takes one
+    of their ``max_features`` places and not one of ``logreg``'s, which does not get it: with
+    ``max_features`` names or more in a keyed stream, ``logreg`` keeps one name more.
     """
     unknown = [name for name in names if name not in MODEL_NAMES]
     if unknown or not names:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -298,3 +298,35 @@ def histories_from_state(
             feature_at = end
         histories[key] = history
     return histories
+
+
+def bound_feature_names(
+    histories: Mapping[str, KeyHistory], known: dict[Any, None], max_features: int
+) -> None:
+    """Give the feature names of imported ``histories`` a place among ``known`` while there is one
+    (at most ``max_features``), and leave out of the histories the names that found none."""
+    for history in histories.values():
+        for average in history.averages:
+            for name in [n for n in average if n not in known]:
+                if len(known) < max_features:
+                    known[name] = None
+                else:
+                    del average[name]
+        for index, (features, label) in enumerate(history.lags):
+            if not features.keys() <= known.keys():
+                for name in features:
+                    if name not in known and len(known) < max_features:
+                        known[name] = None
+                history.lags[index] = ({n: v for n, v in features.items() if n in known}, label)
+
+
+def check_feature_names(histories: Mapping[str, KeyHistory], known: Collection[Any], where: str) -> None:
+    """Refuse (:class:`~stream_lstm.errors.CheckpointRejected`) stored ``histories`` whose lags or
+    averages hold a feature that is not among the ``known`` names of their model."""
+    for history in histories.values():
+        for features, _ in history.lags:
+            if not features.keys() <= known:
+                raise damaged(where, "a lag holds a feature that is not in use")
+        for average in history.averages:
+            if not average.keys() <= known:
+                raise damaged(where, "an average is of a feature that is not in use")

@@ -11,6 +11,8 @@ comparison with the LSTM answers "does recurrence help beyond lag features?":
 * the LSTM's trend inputs (:mod:`stream_lstm.learner.trend`, ``trend_scales`` of them per
   feature): each standardised feature's deviation from the key's exponential moving average of
   it, at half-lives of 4, 16, 64, ... events of the key;
+* the stream rate (:mod:`stream_lstm.messages.stream_rate`, half-life ``stream_rate_half_life``),
+  as the LSTM gets it: a feature the model adds once its stream has more than one key;
 * the key's last ``lags`` events (3 by default), newest first, as lag features: each one's
   features as they were standardised (and clipped) for its own prediction, and its label as -1/+1
   (0 for an event without a label). A key with fewer earlier events has 0 in the missing lags'
@@ -41,6 +43,13 @@ from river import preprocessing
 from stream_lstm.errors import ConfigError
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.stream_rate import (
+    DEFAULT_STREAM_RATE_HALF_LIFE,
+    NO_STREAM_RATE,
+    StreamRate,
+    checked_half_life,
+    with_stream_rate,
+)
 from stream_lstm.messages.trend_scales import (
     DEFAULT_TREND_SCALES,
     MAX_TREND_SCALES,
@@ -51,6 +60,8 @@ from stream_lstm.models.baselines import LogisticRegressionBaseline
 from stream_lstm.models.lag_history import (
     Context,
     KeyHistory,
+    bound_feature_names,
+    check_feature_names,
     histories_from_state,
     histories_to_state,
     trend_input,
@@ -97,6 +108,8 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         How many keys keep a history; beyond it the least recently seen key is forgotten.
     trend_scales
         How many trend inputs each feature gets, as the LSTM's (0: none).
+    stream_rate_half_life
+        The half-life of the stream rate, as the LSTM's (0: none).
     learning_rate, l2, max_features, input_clip, category_buckets
         As for :class:`~stream_lstm.models.baselines.LogisticRegressionBaseline`.
 
@@ -124,6 +137,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         input_clip: float = 10.0,
         category_buckets: int = DEFAULT_CATEGORY_BUCKETS,
         trend_scales: int = DEFAULT_TREND_SCALES,
+        stream_rate_half_life: float = DEFAULT_STREAM_RATE_HALF_LIFE,
     ) -> None:
         super().__init__(
             learning_rate=learning_rate,
@@ -142,6 +156,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         self._trend_rates = trend_rates(trend_scales).tolist()
         self._trend_input_names: list[dict[str, tuple[str, int, str]]] = [{} for _ in range(trend_scales)]
         self.gap_scaler = preprocessing.StandardScaler()
+        self.stream_rate = StreamRate(stream_rate_half_life)
         #: Each tracked key's history, least recently seen first.
         self.histories: OrderedDict[str, KeyHistory] = OrderedDict()
         # The input names of the lags' features and labels (built once, looked up per event).
@@ -191,6 +206,8 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
                 learn({**clip(transform(x)), **inputs}, bool(event.label))
         # In order of first appearance in the batch, as the LSTM's.
         remember(self.histories, walk.histories.items(), self.max_keys)
+        if events:
+            self.stream_rate.learned(walk.rate_after, (event.key for event in events))
 
     def contexts(self, events: Sequence[Event]) -> list[Context]:
         """What each event's prediction takes from the earlier events of its key (changes no
@@ -201,6 +218,9 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         """Each event's bounded and standardised features and its other inputs; and each key's
         history after the batch (copies: the stored ones change in :meth:`learn_batch` only)."""
         features = self._bounded(events)
+        rates, rate_after = self.stream_rate.before([event.label for event in events])
+        if self.stream_rate.applies:
+            features = with_stream_rate(features, rates, self.feature_names, self.max_features)
         buckets = self._bucket_inputs(events) or [None] * len(events)
         transform, clip = self.scaler.transform_one, self._clip
         scaled = [clip(transform(x)) for x in features]  # new dicts (river's transform makes one)
@@ -223,7 +243,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             self._context_inputs(counts, context, trend)
             for counts, context, trend in zip(buckets, contexts, trends, strict=True)
         ]
-        return _Walk(events, features, scaled, contexts, context_inputs, histories)
+        return _Walk(events, features, scaled, contexts, context_inputs, histories, rate_after)
 
     def _context_inputs(
         self, counts: dict[int, float] | None, context: Context, trend: dict[Any, float] | None
@@ -270,20 +290,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         histories = histories_from_state(
             state, "imported key state", self.lags, self.input_clip, scales=self.trend_scales
         )
-        known = self.feature_names
-        for history in histories.values():
-            for average in history.averages:
-                for name in [n for n in average if n not in known]:
-                    if len(known) < self.max_features:
-                        known[name] = None
-                    else:
-                        del average[name]
-            for index, (features, label) in enumerate(history.lags):
-                if not features.keys() <= known.keys():
-                    for name in features:
-                        if name not in known and len(known) < self.max_features:
-                            known[name] = None
-                    history.lags[index] = ({n: v for n, v in features.items() if n in known}, label)
+        bound_feature_names(histories, self.feature_names, self.max_features)
         remember(self.histories, histories.items(), self.max_keys)
 
     def forget_keys(self, keys: Sequence[str]) -> None:
@@ -330,6 +337,8 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             "lag_feature_weights": weight_table(weights, "lag", range(1, self.lags + 1), lag_feature_input),
             "trend_scales": self.trend_scales,
             "trend_weights": weight_table(weights, "trend", range(self.trend_scales), trend_input),
+            "stream_rate_half_life": self.stream_rate.half_life,
+            "stream_rate": self.stream_rate.to_state(),
             "gap_scaler": np.array(
                 [gap.counts.get("gap", 0), gap.means.get("gap", 0.0), gap.vars.get("gap", 0.0)],
                 dtype=np.float64,
@@ -344,6 +353,8 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         if isinstance(tree, dict) and "trend_scales" not in tree:  # written before trend inputs
             empty = {"names": [], "values": np.zeros((0, 0))}
             tree = {**tree, "trend_scales": 0, "trend_weights": empty}
+        if isinstance(tree, dict) and not {"stream_rate_half_life", "stream_rate"} & tree.keys():
+            tree = {**tree, "stream_rate_half_life": 0.0, "stream_rate": NO_STREAM_RATE}  # written before it
         fields = Fields(tree, where, _FIELDS)
         fields.str("kind", choices=("logreg_lags",))
         lags = fields.int("lags")
@@ -358,6 +369,12 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             input_clip=base.input_clip,
             category_buckets=base.category_buckets,
             trend_scales=scales,
+        )
+        half_life = checked_half_life(
+            fields.raw("stream_rate_half_life"), fields.path("stream_rate_half_life")
+        )
+        model.stream_rate = StreamRate.from_state(
+            fields.raw("stream_rate"), fields.path("stream_rate"), half_life
         )
         model.scaler, model.classifier = base.scaler, base.classifier
         model.feature_names, model.features_dropped = base.feature_names, base.features_dropped
@@ -390,13 +407,7 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
         )
         if len(histories) > model.max_keys:
             raise damaged(fields.path("key_state"), "more keys than max_keys")
-        for history in histories.values():
-            for features, _ in history.lags:
-                if not features.keys() <= model.feature_names.keys():
-                    raise damaged(fields.path("key_state"), "a lag holds a feature that is not in use")
-            for average in history.averages:
-                if not average.keys() <= model.feature_names.keys():
-                    raise damaged(fields.path("key_state"), "an average is of a feature that is not in use")
+        check_feature_names(histories, model.feature_names.keys(), fields.path("key_state"))
         model.histories = histories
         return model
 
@@ -418,6 +429,8 @@ class _Walk:
     context_inputs: list[dict[Any, float]]
     #: The batch's keys' histories after the batch, in order of first appearance.
     histories: dict[str, KeyHistory]
+    #: The stream rate after the batch.
+    rate_after: float
 
 
 _FIELDS = (
@@ -430,6 +443,8 @@ _FIELDS = (
     "lag_feature_weights",
     "trend_scales",
     "trend_weights",
+    "stream_rate_half_life",
+    "stream_rate",
     "gap_scaler",
     "key_state",
 )

@@ -19,10 +19,12 @@ from stream_lstm.config.setting import (
     port,
     port_or_any,
     resolve_settings,
+    stream_rate_half_life,
     trend_scales,
     unknown_variable_warnings,
 )
 from stream_lstm.errors import ConfigError
+from stream_lstm.messages.stream_rate import DEFAULT_STREAM_RATE_HALF_LIFE
 from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES, MAX_TREND_SCALES
 
 
@@ -206,3 +208,17 @@ def test_trend_scales_are_0_to_the_learners_bound_and_a_refusal_names_the_variab
     assert resolve_settings(args, RUN_SETTINGS, environ={})["trend_scales"] == DEFAULT_TREND_SCALES
     with pytest.raises(ConfigError, match=r"^STREAM_LSTM_TREND_SCALES=9: trend_scales must be an integer"):
         resolve_settings(args, RUN_SETTINGS, environ={"STREAM_LSTM_TREND_SCALES": "9"})
+
+
+def test_the_stream_rate_half_life_is_0_or_1_to_the_bound_and_a_refusal_names_the_variable() -> None:
+    assert [stream_rate_half_life(text) for text in ("0", "1", "14", "2.5", "1e6")] == [0, 1, 14, 2.5, 1e6]
+    for text in ("-1", "0.5", "1e7", "nan", "inf", "fourteen"):
+        with pytest.raises(ValueError):
+            stream_rate_half_life(text)
+    args = _run_parser().parse_args([])
+    resolved = resolve_settings(args, RUN_SETTINGS, environ={})
+    assert resolved["stream_rate_half_life"] == DEFAULT_STREAM_RATE_HALF_LIFE
+    with pytest.raises(
+        ConfigError, match=r"^STREAM_LSTM_STREAM_RATE_HALF_LIFE=0.5: stream_rate_half_life must be 0"
+    ):
+        resolve_settings(args, RUN_SETTINGS, environ={"STREAM_LSTM_STREAM_RATE_HALF_LIFE": "0.5"})

@@ -175,3 +175,30 @@ def test_trend_scales_are_fixed_but_a_checkpoint_from_before_them_resumes_with_a
     evaluator = evaluator_of(("logreg",))
     resume_with_settings(evaluator, {**current(("logreg", "logreg_lags"), 16), "trend_scales": 2}, "it")
     assert evaluator.models["logreg_lags"].trend_scales == 2
+
+
+def test_the_stream_rate_is_fixed_but_a_checkpoint_from_before_it_resumes_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert "stream_rate_half_life" in FIXED
+    models = ("lstm", "logreg_lags")
+    now = {**current(models, DEFAULT_CATEGORY_BUCKETS), "stream_rate_half_life": 14.0}
+    with pytest.raises(ConfigError, match=r"stream_rate_half_life: checkpoint 7\.0, now 14\.0"):
+        resume_with_settings(evaluator_of(models, stream_rate_half_life=7), now, "the checkpoint")
+    evaluator = evaluator_of(models, stream_rate_half_life=0)
+    for model in evaluator.models.values():  # as a checkpoint of that version holds them
+        state = model.to_state()
+        del state["stream_rate"]
+        if "hyperparameters" in state:
+            state["hyperparameters"].pop("stream_rate_half_life")
+        else:
+            del state["stream_rate_half_life"]
+        evaluator.models[state["kind"]] = model_from_state(state, "checkpoint")
+    with caplog.at_level("WARNING"):
+        assert resume_with_settings(evaluator, now, "the checkpoint") is evaluator
+    assert "the checkpoint has no stream rate inputs (stream_rate_half_life 0" in caplog.text
+    assert evaluator.learner_settings()["stream_rate_half_life"] == 0
+    # A baseline added on resume gets the checkpoint's half-life.
+    evaluator = evaluator_of(("lstm",), stream_rate_half_life=0)
+    resume_with_settings(evaluator, {**now, "stream_rate_half_life": 0.0}, "it")
+    assert evaluator.models["logreg_lags"].stream_rate.half_life == 0

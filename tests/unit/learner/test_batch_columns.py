@@ -76,7 +76,7 @@ def test_encoding_carries_labels_and_timestamps_like_the_per_event_loop(
     store_ts = learner.keys.last_ts[groups.slots].copy()
     label_values = np.array([e.label for e in events], dtype=np.float64)
     encoded = learner._encode(events, groups, groups.slots, label_values)
-    (raw, columns), inputs, last_label, last_ts, _ = encoded
+    (raw, columns), inputs, last_label, last_ts, _, _ = encoded
     before, gap, want_label, want_ts = loop_reference(events, groups.row, store_labels, store_ts)
 
     assert columns.tolist() == [*sorted(learner.feature_columns.values()), learner.max_features]

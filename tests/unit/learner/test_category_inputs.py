@@ -116,7 +116,8 @@ def test_the_lstm_on_the_used_columns_learns_like_the_lstm_on_all_with_categorie
 
     narrow._input_columns = recording  # type: ignore[method-assign]
     learn_side_by_side(narrow, full, events, 40, atol=1e-6)
-    assert widths[0] == 6 and widths[-1] == 6 + DEFAULT_CATEGORY_BUCKETS  # before and after the first
+    # Before the first category and after it (and the stream rate, from the second batch on).
+    assert widths[0] == 6 and widths[-1] == 7 + DEFAULT_CATEGORY_BUCKETS
 
 
 def test_the_buckets_in_stored_windows_survive_a_checkpoint_and_a_key_transfer() -> None:
@@ -160,7 +161,7 @@ def test_key_states_move_only_between_learners_with_the_same_buckets() -> None:
 
 def test_a_checkpoint_written_before_categories_loads_as_a_learner_without_buckets() -> None:
     events = list(temporal_stream(200, n_keys=8, seed=1))
-    learner = LSTMLearner(**SMALL, category_buckets=0)
+    learner = LSTMLearner(**SMALL, category_buckets=0, stream_rate_half_life=0)  # as before categories
     learner.predict_batch(events)
     learner.learn_batch(events)
     state, pickled, damaged = learner.to_state(), old_learner_state(learner), learner.to_state()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 
 import numpy as np
@@ -11,13 +12,16 @@ from stream_lstm.errors import ConfigError
 from stream_lstm.learner.key_state import KeyStateStore
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.stream_rate import STREAM_RATE_FEATURE
 from stream_lstm.offline.generator import temporal_stream
 
 
 def frozen(**kwargs: object) -> LSTMLearner:
-    """Weights and feature statistics that do not learn: only key state changes."""
+    """Weights and feature statistics that do not learn: only key state changes (and, with a
+    ``stream_rate_half_life``, the stream rate, which holds what other keys' labels were)."""
+    settings: dict[str, object] = {"stream_rate_half_life": 0, **kwargs}
     return LSTMLearner(
-        hidden_size=8, tbptt_steps=4, learning_rate=0.0, adapt_scaler=False, device="cpu", **kwargs
+        hidden_size=8, tbptt_steps=4, learning_rate=0.0, adapt_scaler=False, device="cpu", **settings
     )
 
 
@@ -38,6 +42,27 @@ def test_a_keys_predictions_do_not_depend_on_other_keys_events() -> None:
     np.testing.assert_allclose(in_mixed, predict_stream(frozen(), alone, batch_size=16), atol=1e-6)
     # The other keys did get different predictions, so the check is not vacuous.
     assert np.ptp(mixed_predictions) > 1e-3
+
+
+def test_other_keys_reach_a_keys_predictions_only_through_their_labels_in_the_stream_rate() -> None:
+    mixed = list(temporal_stream(600, n_keys=6, seed=3))
+    k2 = [i for i, e in enumerate(mixed) if e.key == "k2"]
+    other_features = [
+        e if e.key == "k2" else dataclasses.replace(e, features={n: -v for n, v in e.features.items()})
+        for e in mixed
+    ]
+    other_labels = [
+        e if e.key == "k2" or e.label is None else dataclasses.replace(e, label=1 - e.label) for e in mixed
+    ]
+    with_rate = frozen(stream_rate_half_life=14)
+    predictions = predict_stream(with_rate, mixed, batch_size=16)[k2]
+    assert STREAM_RATE_FEATURE in with_rate.feature_columns
+    same = predict_stream(frozen(stream_rate_half_life=14), other_features, batch_size=16)[k2]
+    np.testing.assert_allclose(same, predictions, atol=1e-6)
+    flipped = predict_stream(frozen(stream_rate_half_life=14), other_labels, batch_size=16)[k2]
+    # The first batch is predicted before the rate applies; after it, the labels show.
+    np.testing.assert_allclose(flipped[:3], predictions[:3], atol=1e-6)
+    assert np.abs(flipped - predictions).max() > 1e-3
 
 
 def test_lru_bound_and_eviction_count() -> None:

@@ -15,20 +15,26 @@ from stream_lstm.learner.fused_lstm import PADDED_CALL_MAX_ROWS
 from stream_lstm.learner.legacy_state import learner_from_pickled_state
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import Event
+from stream_lstm.messages.stream_rate import STREAM_RATE_FEATURE
 from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES, trend_rates
 from stream_lstm.offline.generator import temporal_stream
 from tests.old_checkpoints import old_learner_state
 
 
-def reference_probabilities(learner: LSTMLearner, events: list[Event]) -> np.ndarray:
+def reference_probabilities(learner: LSTMLearner, events: list[Event], batch_size: int) -> np.ndarray:
     """Run each key's whole history one step at a time from a zero state with fixed weights.
 
     With frozen weights and an unscaled input, truncation changes nothing in the forward pass, so
     this is what every prediction must equal whatever the batch size and window length. The
     trend inputs are each feature's distance from the key's moving averages of it, event by event.
+    The stream rate (the moving average of all earlier labels) is a feature from the first batch
+    after one that leaves more than one key (``batch_size``: where batches start).
     """
     lstm, head = learner.network.lstm, learner.network.head
     rates = trend_rates(learner.trend_scales).tolist()
+    stream_rate, step = 0.5, 1.0 - 0.5 ** (1.0 / learner.stream_rate_half_life)
+    keys_seen: set[str] = set()
+    keyed = False
     trend_start = learner.max_features + 3 + learner.category_buckets
     averages: dict[tuple[str, int, int], float] = {}
     columns: dict[str, int] = {}
@@ -36,9 +42,13 @@ def reference_probabilities(learner: LSTMLearner, events: list[Event]) -> np.nda
     previous_label: dict[str, int] = {}
     previous_ts: dict[str, float] = {}
     out = []
-    for event in events:
+    for i, event in enumerate(events):
+        if i % batch_size == 0:
+            keyed = keyed or len(keys_seen) > 1
+        keys_seen.add(event.key)
+        features = {**event.features, STREAM_RATE_FEATURE: stream_rate} if keyed else event.features
         x = torch.zeros(learner.input_size)
-        for name, value in event.features.items():
+        for name, value in features.items():
             column = columns.setdefault(name, len(columns))
             x[column] = value
             for scale, rate in enumerate(rates):
@@ -59,6 +69,7 @@ def reference_probabilities(learner: LSTMLearner, events: list[Event]) -> np.nda
         state[event.key] = (h, c)
         if event.label is not None:
             previous_label[event.key] = event.label
+            stream_rate += step * (event.label - stream_rate)
         if event.ts is not None:
             previous_ts[event.key] = event.ts
     return np.array(out)
@@ -73,7 +84,7 @@ def test_chunked_forward_matches_step_by_step(batch_size: int, tbptt_steps: int,
     learner = LSTMLearner(
         hidden_size=8, tbptt_steps=tbptt_steps, learning_rate=0.0, adapt_scaler=False, device="cpu"
     )
-    expected = reference_probabilities(learner, events)
+    expected = reference_probabilities(learner, events, batch_size)
     got = []
     for start in range(0, len(events), batch_size):
         batch = events[start : start + batch_size]
@@ -248,8 +259,10 @@ def test_the_lstm_on_the_named_input_columns_learns_like_the_lstm_on_all_of_them
     paths = PathCounter(narrow)
     # Float32 sums over other numbers of columns round differently, and learning carries it on.
     learn_side_by_side(narrow, full, events, batch_size, atol=1e-5)
-    # 3 features, then 4, + the time gap and the 2 label inputs + the trend inputs of each feature.
-    assert set(widths) == {6 + DEFAULT_TREND_SCALES * 3, 7 + DEFAULT_TREND_SCALES * 4}
+    # 3 features, then 4 and the stream rate (in either order), + the time gap and the 2 label
+    # inputs + the trend inputs of each feature.
+    first, last = 6 + DEFAULT_TREND_SCALES * 3, 8 + DEFAULT_TREND_SCALES * 5
+    assert {first, last} <= set(widths) <= {first, 7 + DEFAULT_TREND_SCALES * 4, last}
     assert getattr(paths, path) > 0  # the path meant here ran
     # Why nothing changes: the columns nobody named kept their initial weights in both learners.
     unnamed = sorted(set(range(narrow.max_features)) - set(narrow.feature_columns.values()))
