@@ -223,8 +223,9 @@ def main() -> None:
         results.append((stream, evaluate(stream, models, batch=batch, lstm={})))
     sections = [
         f"Quality at the default settings (batch {batch}, lr {DEFAULTS['learning_rate']}, "
-        f"{DEFAULTS['steps_per_batch']} steps per batch, {DEFAULTS['trend_scales']} trend scales); best: the "
-        f"oracle's expected scores (stream_lstm.offline.families)\n\n{quality_table(results)}"
+        f"{DEFAULTS['steps_per_batch']} steps per batch, {DEFAULTS['trend_scales']} trend scales, "
+        f"stream rate half-life {DEFAULTS['stream_rate_half_life']:g}); best: the oracle's expected scores "
+        f"(stream_lstm.offline.families)\n\n{quality_table(results)}"
     ]
     print("\n" + sections[-1] + "\n", flush=True)
     if args.variants:

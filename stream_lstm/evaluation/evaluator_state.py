@@ -15,9 +15,9 @@ import numpy as np
 from stream_lstm.errors import EvaluationError
 from stream_lstm.evaluation.mixture import FixedShareMixture
 from stream_lstm.evaluation.scores import Scorer
-from stream_lstm.models.baselines import NoChangeBaseline
 from stream_lstm.models.build import MODEL_NAMES as BUILT_MODELS
 from stream_lstm.models.build import model_from_state
+from stream_lstm.models.no_change import NoChangeBaseline
 from stream_lstm.models.protocols import OnlineClassifier
 from stream_lstm.models.state_data import Fields, State, damaged
 

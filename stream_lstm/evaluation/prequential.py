@@ -24,10 +24,11 @@ from stream_lstm.evaluation.results import EvaluationResults, model_reports, rol
 from stream_lstm.evaluation.scores import METRICS as METRICS
 from stream_lstm.evaluation.scores import Scorer
 from stream_lstm.messages.events import Event
-from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
+from stream_lstm.models.baselines import LogisticRegressionBaseline
 from stream_lstm.models.build import MODEL_NAMES as BUILT_MODELS
 from stream_lstm.models.build import build_models as build_models
 from stream_lstm.models.lag_logreg import LagLogisticRegression
+from stream_lstm.models.no_change import NoChangeBaseline
 from stream_lstm.models.protocols import (
     GuardedModel,
     KeyedModel,

@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stream_lstm.errors import ConfigError
-from stream_lstm.models.baselines import LogisticRegressionBaseline, NoChangeBaseline
+from stream_lstm.models.baselines import LogisticRegressionBaseline
 from stream_lstm.models.lag_logreg import LagLogisticRegression
+from stream_lstm.models.no_change import NoChangeBaseline
 from stream_lstm.models.protocols import OnlineClassifier
 from stream_lstm.models.state_data import damaged
 

@@ -28,6 +28,9 @@ MOVED_MODULES = {
     "stream_lstm.learner_process": "stream_lstm.learner.process",
     "stream_lstm.state_store": "stream_lstm.state.directory_store",
 }
+#: Classes that moved to a module of their own since, by (module, name) after MOVED_MODULES.
+_NO_CHANGE = "NoChangeBaseline"
+MOVED_CLASSES = {("stream_lstm.models.baselines", _NO_CHANGE): ("stream_lstm.models.no_change", _NO_CHANGE)}
 _LEARNER = ("stream_lstm.learner.lstm_learner", "LSTMLearner")
 
 
@@ -44,6 +47,7 @@ class _TrustedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         module = MOVED_MODULES.get(module, module)
+        module, name = MOVED_CLASSES.get((module, name), (module, name))
         if (module, name) == _LEARNER:
             return PickledLearner
         if name == "loads" and module in ("pickle", "_pickle"):

@@ -96,7 +96,7 @@ def test_a_learner_process_pickled_as_a_pickle_of_its_learner_converts(tmp_path:
 MOVED = {
     b"stream_lstm.state.directory_store\nInstanceState": b"stream_lstm.state.store\nInstanceState",
     b"stream_lstm.evaluation.prequential\nScorer": b"stream_lstm.evaluation.scores\nScorer",
-    b"stream_lstm.baselines\nNoChangeBaseline": b"stream_lstm.models.baselines\nNoChangeBaseline",
+    b"stream_lstm.baselines\nNoChangeBaseline": b"stream_lstm.models.no_change\nNoChangeBaseline",
 }
 
 
