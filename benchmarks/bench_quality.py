@@ -9,8 +9,9 @@ kappa-temporal and the model's own events/s, beside the oracle's expected accura
 
 With ``--variants``, a second table shows the LSTM alone under other settings on the same streams
 (the sample-efficiency levers: batch size, learning rate, optimizer steps per batch), each a
-comma-separated list of ``batch=``, ``lr=``, ``steps=``, ``trend=`` (trend scales) and ``rate=``
-(the stream rate's half-life, 0: none), variants separated by ``;``. Usage:
+comma-separated list of ``batch=``, ``lr=``, ``boost=`` (the step size's early boost, its
+half-life in optimizer steps, 0: none), ``steps=``, ``trend=`` (trend scales) and ``rate=`` (the
+stream rate's half-life, 0: none), variants separated by ``;``. Usage:
 ``python benchmarks/bench_quality.py [--events 20000] [--models lstm,logreg,logreg_lags,no_change,mix]
 [--streams a,b] [--seeds 0,1] [--variants "batch=1,steps=1;lr=0.03"] [--markdown OUT.md]``
 (appends to OUT.md). A third table ranks the variants by their mean log loss over the streams, with
@@ -46,8 +47,8 @@ DEFAULTS = {s.name: s.default for s in LEARNER_SETTINGS}
 #: The LSTM settings compared by default: per-event learning (the reference of sample
 #: efficiency), then the default batch with the levers the defaults were chosen among.
 VARIANTS = (
-    "batch=1,steps=1;steps=1;steps=2;steps=3;lr=0.02;"
-    "trend=0;trend=1;trend=2;trend=3;trend=5;rate=0;rate=7;rate=28"
+    "batch=1,steps=1;batch=1,steps=1,boost=0;steps=1;steps=2;steps=3;lr=0.02;"
+    "boost=0;boost=200;boost=400;trend=3;trend=5;rate=0;rate=28"
 )
 
 
@@ -103,16 +104,21 @@ def parse_variant(text: str) -> tuple[str, int, dict[str, Any]]:
             lstm["trend_scales"] = int(value)
         elif name == "rate":
             lstm["stream_rate_half_life"] = float(value)
+        elif name == "boost":
+            lstm["lr_boost_half_life"] = float(value)
         else:
             raise SystemExit(
-                f"unknown variant setting {name!r} in {text!r}: use batch=, lr=, steps=, trend=, rate="
+                f"unknown variant setting {name!r} in {text!r}:"
+                " use batch=, lr=, boost=, steps=, trend=, rate="
             )
     learning_rate = lstm.get("learning_rate", DEFAULTS["learning_rate"])
+    boost = lstm.get("lr_boost_half_life", DEFAULTS["lr_boost_half_life"])
     steps = lstm.get("steps_per_batch", DEFAULTS["steps_per_batch"])
     trend = lstm.get("trend_scales", DEFAULTS["trend_scales"])
     rate = lstm.get("stream_rate_half_life", DEFAULTS["stream_rate_half_life"])
     label = (
-        f"batch {batch}, lr {learning_rate}, {steps} step{'s' * (steps > 1)}, trend {trend}, rate {rate:g}"
+        f"batch {batch}, lr {learning_rate}, boost {boost:g}, {steps} step{'s' * (steps > 1)}, trend {trend},"
+        f" rate {rate:g}"
     )
     return label, batch, lstm
 
@@ -223,6 +229,7 @@ def main() -> None:
         results.append((stream, evaluate(stream, models, batch=batch, lstm={})))
     sections = [
         f"Quality at the default settings (batch {batch}, lr {DEFAULTS['learning_rate']}, "
+        f"lr boost half-life {DEFAULTS['lr_boost_half_life']:g} steps, "
         f"{DEFAULTS['steps_per_batch']} steps per batch, {DEFAULTS['trend_scales']} trend scales, "
         f"stream rate half-life {DEFAULTS['stream_rate_half_life']:g}); best: the oracle's expected scores "
         f"(stream_lstm.offline.families)\n\n{quality_table(results)}"

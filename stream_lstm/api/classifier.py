@@ -20,6 +20,7 @@ from river import base
 
 from stream_lstm.api.row_states import row_copies, row_keys
 from stream_lstm.api.rows import RowReader
+from stream_lstm.learner.limits import DEFAULT_LR_BOOST_HALF_LIFE
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
@@ -70,8 +71,9 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
 
     Parameters
     ----------
-    hidden_size, tbptt_steps, learning_rate, clip_grad_norm, steps_per_batch, input_clip, max_keys,
-    max_features, adapt_scaler, device, seed, category_buckets, trend_scales, stream_rate_half_life
+    hidden_size, tbptt_steps, learning_rate, lr_boost_half_life, clip_grad_norm, steps_per_batch,
+    input_clip, max_keys, max_features, adapt_scaler, device, seed, category_buckets, trend_scales,
+    stream_rate_half_life
         The learner's hyperparameters (see :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
     key_field
         The field of ``x`` holding the entity key (a string or an integer); ``None``: one stream.
@@ -100,6 +102,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
         hidden_size: int = 32,
         tbptt_steps: int = 8,
         learning_rate: float = 0.01,
+        lr_boost_half_life: float = DEFAULT_LR_BOOST_HALF_LIFE,
         clip_grad_norm: float = 1.0,
         steps_per_batch: int = 2,
         input_clip: float = 10.0,
@@ -121,6 +124,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
             hidden_size=hidden_size,
             tbptt_steps=tbptt_steps,
             learning_rate=learning_rate,
+            lr_boost_half_life=lr_boost_half_life,
             clip_grad_norm=clip_grad_norm,
             steps_per_batch=steps_per_batch,
             input_clip=input_clip,

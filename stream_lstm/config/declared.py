@@ -16,6 +16,7 @@ from stream_lstm.config.setting import (
     Setting,
     host_port_list,
     log_level,
+    lr_boost_half_life,
     max_abs_value,
     model_list,
     non_negative_float,
@@ -30,6 +31,7 @@ from stream_lstm.config.setting import (
     trend_scales,
 )
 from stream_lstm.errors import ConfigError
+from stream_lstm.learner.limits import DEFAULT_LR_BOOST_HALF_LIFE
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.stream_rate import DEFAULT_STREAM_RATE_HALF_LIFE
 from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES
@@ -54,6 +56,13 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
     Setting("hidden_size", positive_int, 32, "LSTM state size"),
     Setting("tbptt_steps", positive_int, 8, "steps a gradient flows back through, per key"),
     Setting("learning_rate", non_negative_float, 0.01, "Adam step size of the LSTM (0 freezes it)"),
+    Setting(
+        "lr_boost_half_life",
+        lr_boost_half_life,
+        DEFAULT_LR_BOOST_HALF_LIFE,
+        "half-life, in optimizer steps, of the LSTM's early boost: its first step takes twice"
+        " --learning-rate, and the extra halves every this many steps (0: none)",
+    ),
     Setting("clip_grad_norm", float, 1.0, "largest gradient norm of an LSTM step"),
     Setting(
         "steps_per_batch",
@@ -100,6 +109,7 @@ LSTM_HYPERPARAMETERS = (
     "hidden_size",
     "tbptt_steps",
     "learning_rate",
+    "lr_boost_half_life",
     "clip_grad_norm",
     "steps_per_batch",
     "max_features",

@@ -22,9 +22,9 @@ told to. So every difference is either refused or applied:
   Likewise a checkpoint without trend inputs (``trend_scales`` 0) resumes under any
   ``trend_scales``, without them, and one without the stream rate (``stream_rate_half_life`` 0)
   under any half-life, without it.
-* **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``clip_grad_norm``, ``steps_per_batch`` and
-  ``device`` change how the learner goes on, not what it has learned, so they are applied to the
-  loaded learner and logged.
+* **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``lr_boost_half_life``, ``clip_grad_norm``,
+  ``steps_per_batch`` and ``device`` change how the learner goes on, not what it has learned, so
+  they are applied to the loaded learner and logged.
 
 ``torch_threads``, ``batch_size`` and the checkpoint and Kafka settings are the service's, not the
 learner's: a checkpoint does not hold them, and they may change freely.
@@ -59,7 +59,7 @@ FIXED = (
     "seed",
 )
 #: Settings that may differ from the checkpoint's: applied to the loaded learner.
-RESUME_SAFE = ("learning_rate", "clip_grad_norm", "steps_per_batch", "device")
+RESUME_SAFE = ("learning_rate", "lr_boost_half_life", "clip_grad_norm", "steps_per_batch", "device")
 
 
 def current_learner_settings(settings: Mapping[str, Any], lstm: Mapping[str, Any]) -> dict[str, Any]:

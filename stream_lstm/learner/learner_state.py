@@ -23,7 +23,7 @@ from stream_lstm.errors import ConfigError
 from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import input_size
 from stream_lstm.learner.key_state import KeyStateStore
-from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH
+from stream_lstm.learner.limits import MAX_LR_BOOST_HALF_LIFE, MAX_STEPS_PER_BATCH
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
@@ -57,6 +57,7 @@ _HYPERPARAMETERS = (
     "hidden_size",
     "tbptt_steps",
     "learning_rate",
+    "lr_boost_half_life",
     "clip_grad_norm",
     "steps_per_batch",
     "input_clip",
@@ -146,8 +147,10 @@ def _learner_state(learner: Any) -> State:
 
 
 #: Hyperparameters that later versions added, with the value every learner written before them
-#: had: no category inputs, one optimizer step per batch, no trend inputs, no stream rate.
+#: had: no category inputs, one optimizer step per batch, no trend inputs, no stream rate, no
+#: early boost of the step size.
 ADDED_LATER_DEFAULTS = {
+    "lr_boost_half_life": 0.0,
     "category_buckets": 0,
     "steps_per_batch": 1,
     "trend_scales": 0,
@@ -164,6 +167,7 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "hidden_size": read.int("hidden_size", low=1),
         "tbptt_steps": read.int("tbptt_steps", low=1),
         "learning_rate": read.float("learning_rate", low=0.0),
+        "lr_boost_half_life": read.float("lr_boost_half_life", low=0.0, high=MAX_LR_BOOST_HALF_LIFE),
         "clip_grad_norm": read.float("clip_grad_norm", low=_SMALLEST),
         "steps_per_batch": read.int("steps_per_batch", low=1, high=MAX_STEPS_PER_BATCH),
         "input_clip": read.float("input_clip", low=_SMALLEST),

@@ -15,6 +15,26 @@ from stream_lstm.errors import ConfigError
 MAX_STEPS_PER_BATCH = 1000
 
 
+#: The longest half-life of the step size's early boost (``--lr-boost-half-life``), in optimizer
+#: steps: far beyond any stream's length, so that a typo cannot hide as a boost that never ends.
+MAX_LR_BOOST_HALF_LIFE = 1e9
+#: The early boost's default half-life, in optimizer steps: chosen on the quality suite
+#: (``benchmarks/bench_quality.py``), where 100 beat 200, 400 and none at batch 64.
+DEFAULT_LR_BOOST_HALF_LIFE = 100.0
+
+
+def check_lr_boost_half_life(value: Any) -> float:
+    """``value`` as a float if it is a number from 0 (no boost) to :data:`MAX_LR_BOOST_HALF_LIFE`,
+    else :class:`~stream_lstm.errors.ConfigError`."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and 0 <= value <= MAX_LR_BOOST_HALF_LIFE):
+        most = f"{MAX_LR_BOOST_HALF_LIFE:g}"
+        raise ConfigError(
+            f"lr_boost_half_life must be a number of optimizer steps from 0 (none) to {most}, got {value!r}"
+        )
+    return float(value)
+
+
 def check_steps_per_batch(value: Any) -> int:
     """``value`` if it is a whole number of steps from 1 to :data:`MAX_STEPS_PER_BATCH`, else
     :class:`~stream_lstm.errors.ConfigError` (a ``ValueError``, as a setting's parser raises)."""

@@ -27,7 +27,11 @@ from stream_lstm.learner.encoding import input_size, later_input_groups
 from stream_lstm.learner.forward import ChunkedForward, Pending
 from stream_lstm.learner.key_transfer import KeyTransfer
 from stream_lstm.learner.learner_state import LearnerPersistence
-from stream_lstm.learner.limits import check_steps_per_batch
+from stream_lstm.learner.limits import (
+    DEFAULT_LR_BOOST_HALF_LIFE,
+    check_lr_boost_half_life,
+    check_steps_per_batch,
+)
 from stream_lstm.learner.network import seeded_network
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
@@ -44,7 +48,7 @@ from stream_lstm.models.protocols import TrainedModel
 
 #: The hyperparameters :meth:`LSTMLearner.change_settings` changes on a learner that has learned:
 #: they change how it goes on learning, not what it has learned or the shape of its state.
-CHANGEABLE_SETTINGS = ("learning_rate", "clip_grad_norm", "steps_per_batch", "device")
+CHANGEABLE_SETTINGS = ("learning_rate", "lr_boost_half_life", "clip_grad_norm", "steps_per_batch", "device")
 
 
 class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersistence, TrainedModel):
@@ -72,6 +76,11 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         The furthest a gradient flows back in time, in events of one key.
     learning_rate
         Adam's step size; 0 freezes the weights.
+    lr_boost_half_life
+        The half-life, in optimizer steps, of an early boost to the step size: the first step
+        takes twice ``learning_rate``, and the boost halves every this many steps
+        (:class:`~stream_lstm.learner.adam.FusedAdam`); 0: none. It makes up for part of the
+        steps a large micro-batch does not take in a stream's first few thousand events.
     clip_grad_norm
         Gradients are rescaled so that their global norm is at most this.
     steps_per_batch
@@ -130,6 +139,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         hidden_size: int = 32,
         tbptt_steps: int = 8,
         learning_rate: float = 0.01,
+        lr_boost_half_life: float = DEFAULT_LR_BOOST_HALF_LIFE,
         clip_grad_norm: float = 1.0,
         steps_per_batch: int = 2,
         input_clip: float = 10.0,
@@ -167,6 +177,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self.hidden_size = hidden_size
         self.tbptt_steps = tbptt_steps
         self.learning_rate = learning_rate
+        self.lr_boost_half_life = check_lr_boost_half_life(lr_boost_half_life)
         self.clip_grad_norm = clip_grad_norm
         self.steps_per_batch = steps_per_batch
         self.input_clip = float(input_clip)
@@ -192,7 +203,9 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self._parameters = list(self.network.parameters())
         lstm = self.network.lstm
         self._lstm_weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
-        self.optimizer = FusedAdam(self._parameters, lr=self.learning_rate)
+        self.optimizer = FusedAdam(
+            self._parameters, lr=self.learning_rate, boost_half_life=self.lr_boost_half_life
+        )
         self.keys = self._new_key_store()
         # The log time gap is standardised like a feature, in the last scaler column.
         self.scaler = RunningScaler(self.max_features + 1)
@@ -232,6 +245,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             "hidden_size": self.hidden_size,
             "tbptt_steps": self.tbptt_steps,
             "learning_rate": self.learning_rate,
+            "lr_boost_half_life": self.lr_boost_half_life,
             "clip_grad_norm": self.clip_grad_norm,
             "steps_per_batch": self.steps_per_batch,
             "input_clip": self.input_clip,
@@ -311,8 +325,8 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
 
     def change_settings(self, changes: dict[str, Any]) -> None:
         """Apply settings that may change when a checkpoint is resumed (:data:`CHANGEABLE_SETTINGS`):
-        the step size (Adam's too), the gradient clip, the steps per batch, and the device (the
-        learner is rebuilt there from its data form)."""
+        the step size (Adam's too) and its early boost, the gradient clip, the steps per batch, and
+        the device (the learner is rebuilt there from its data form)."""
         unknown = set(changes) - set(CHANGEABLE_SETTINGS)
         if unknown:
             raise ConfigError(f"{', '.join(sorted(unknown))} cannot change on a learner that has learned")
@@ -322,6 +336,9 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             self._restore(state, "learner")
         if "learning_rate" in changes:
             self.learning_rate = self.optimizer.lr = changes["learning_rate"]
+        if "lr_boost_half_life" in changes:
+            half_life = check_lr_boost_half_life(changes["lr_boost_half_life"])
+            self.lr_boost_half_life = self.optimizer.boost_half_life = half_life
         if "clip_grad_norm" in changes:
             self.clip_grad_norm = changes["clip_grad_norm"]
         if "steps_per_batch" in changes:

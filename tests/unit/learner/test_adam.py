@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from stream_lstm.offline.generator import temporal_stream
 
 
 class ThroughTorchOptim(LSTMLearner):
-    """The same learner, with torch.optim's fused Adam."""
+    """The same learner, with torch.optim's fused Adam (which has no early boost: tests compare
+    it with learners built with ``lr_boost_half_life=0``)."""
 
     def _build(self) -> None:
         super()._build()
@@ -49,8 +51,8 @@ def _shared_keys(groups: list[dict]) -> list[dict]:
 
 def test_fused_adam_steps_exactly_like_torch_optim_adam() -> None:
     events = list(temporal_stream(400, n_keys=5, seed=9))
-    ours = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu")
-    reference = ThroughTorchOptim(hidden_size=8, tbptt_steps=4, device="cpu")
+    ours = LSTMLearner(hidden_size=8, tbptt_steps=4, lr_boost_half_life=0, device="cpu")
+    reference = ThroughTorchOptim(hidden_size=8, tbptt_steps=4, lr_boost_half_life=0, device="cpu")
     assert isinstance(ours.optimizer, FusedAdam)
     before_any_step = ours.optimizer.state_dict(), reference.optimizer.state_dict()
     assert before_any_step[0]["state"] == before_any_step[1]["state"] == {}
@@ -70,7 +72,7 @@ def test_optimizer_state_moves_between_fused_adam_and_torch_optim(direction: str
     writer_cls, reader_cls = (
         (ThroughTorchOptim, LSTMLearner) if direction == "torch to ours" else (LSTMLearner, ThroughTorchOptim)
     )
-    writer = writer_cls(hidden_size=8, tbptt_steps=4, device="cpu")
+    writer = writer_cls(hidden_size=8, tbptt_steps=4, lr_boost_half_life=0, device="cpu")
     _learn([writer], first)
     # The learner's own checkpoint path, with the reader's optimizer class.
     reader = reader_cls.__new__(reader_cls)
@@ -78,6 +80,56 @@ def test_optimizer_state_moves_between_fused_adam_and_torch_optim(direction: str
     assert type(reader.optimizer) is not type(writer.optimizer)
     _learn([writer, reader], second)
     _assert_same(reader, writer) if reader_cls is LSTMLearner else _assert_same(writer, reader)
+
+
+def _steps_with_changing_gradients(
+    adam: FusedAdam | torch.optim.Adam, weight: torch.Tensor, steps: int
+) -> Iterator[int]:
+    """Set a gradient, yield the step's index (the caller may change the step size), step."""
+    for step in range(steps):
+        weight.grad = torch.sin(torch.arange(4.0) * (step + 1))
+        yield step
+        adam.step()
+
+
+def test_the_early_boost_takes_adam_steps_of_twice_lr_fading_with_its_half_life() -> None:
+    """Step ``t`` of a boosted FusedAdam is torch.optim.Adam's step with the step size set to
+    ``lr * (1 + 2 ** (-(t - 1) / half_life))``, bit for bit."""
+    ours_weight = torch.nn.Parameter(torch.ones(4))
+    their_weight = torch.nn.Parameter(torch.ones(4))
+    ours = FusedAdam([ours_weight], lr=0.05, boost_half_life=3.0)
+    theirs = torch.optim.Adam([their_weight], lr=0.05, fused=True)
+    sizes = []
+    for step in _steps_with_changing_gradients(theirs, their_weight, 12):
+        theirs.param_groups[0]["lr"] = size = 0.05 * (1 + 2 ** (-step / 3.0))
+        sizes.append(size)
+    for _ in _steps_with_changing_gradients(ours, ours_weight, 12):
+        pass
+    torch.testing.assert_close(ours_weight, their_weight, rtol=0, atol=0)
+    assert sizes[0] == 0.1 and sizes[3] == pytest.approx(0.075) and sizes[-1] < 0.06
+    assert ours.state_dict()["param_groups"][0]["lr"] == 0.05  # the checkpoint keeps the base
+
+
+def test_the_boost_worked_out_on_the_device_equals_the_hosts() -> None:
+    """On a GPU the boosted step size is a tensor there (no host read of the step count); run
+    that way on the CPU it takes the host's steps, to float32 rounding."""
+    host_weight, device_weight = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    on_host = FusedAdam([host_weight], lr=0.05, boost_half_life=2.0)
+    on_device = FusedAdam([device_weight], lr=0.05, boost_half_life=2.0)
+    on_device.step_size_on_host = False
+    for adam, weight in ((on_host, host_weight), (on_device, device_weight)):
+        for _ in _steps_with_changing_gradients(adam, weight, 8):
+            pass
+    torch.testing.assert_close(device_weight, host_weight, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(host_weight, _weight_after_unboosted_steps())  # the boost did something
+
+
+def _weight_after_unboosted_steps() -> torch.Tensor:
+    weight = torch.nn.Parameter(torch.ones(4))
+    adam = FusedAdam([weight], lr=0.05)
+    for _ in _steps_with_changing_gradients(adam, weight, 8):
+        pass
+    return weight.detach()
 
 
 def test_fused_adam_refuses_state_it_cannot_continue() -> None:

@@ -1,0 +1,116 @@
+"""The step size's early boost: it follows Adam's step count, survives checkpoints, may change on
+resume, and its setting, learner and checkpoint share one bound."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stream_lstm.config.declared import RUN_SETTINGS
+from stream_lstm.config.setting import add_settings, resolve_settings
+from stream_lstm.config.setting import lr_boost_half_life as lr_boost_setting
+from stream_lstm.errors import CheckpointRejected, ConfigError
+from stream_lstm.evaluation.resume_settings import RESUME_SAFE
+from stream_lstm.learner.limits import DEFAULT_LR_BOOST_HALF_LIFE, MAX_LR_BOOST_HALF_LIFE
+from stream_lstm.learner.lstm_learner import CHANGEABLE_SETTINGS, LSTMLearner
+from stream_lstm.messages.events import Event
+from stream_lstm.offline.evaluate import batches
+from stream_lstm.offline.generator import temporal_stream
+from tests.unit.learner.test_steps_per_batch import learn
+
+
+def learner(**options: object) -> LSTMLearner:
+    return LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", **options)  # type: ignore[arg-type]
+
+
+def stream(n_events: int = 480, seed: int = 4) -> list[list[Event]]:
+    return list(batches(temporal_stream(n_events, n_keys=3, seed=seed), 32))
+
+
+def test_the_boost_is_on_by_default_and_changes_what_is_learned() -> None:
+    assert learner().lr_boost_half_life == DEFAULT_LR_BOOST_HALF_LIFE > 0
+    chunks = stream()
+    boosted, plain = learner(), learner(lr_boost_half_life=0)
+    with_boost, without = learn(boosted, chunks), learn(plain, chunks)
+    assert np.array_equal(with_boost[: len(chunks[0])], without[: len(chunks[0])])  # same start
+    assert not np.allclose(with_boost, without)
+    assert boosted.optimizer.lr == plain.optimizer.lr == boosted.learning_rate  # the base is kept
+
+
+def test_each_step_takes_twice_the_rate_fading_with_adams_step_count() -> None:
+    model = learner(lr_boost_half_life=4, steps_per_batch=2)
+    taken: list[float] = []
+    step_size = model.optimizer._step_size
+
+    def recording() -> float | torch.Tensor:
+        size = step_size()
+        taken.append(float(size))
+        return size
+
+    model.optimizer._step_size = recording  # type: ignore[method-assign]
+    learn(model, stream()[:5])
+    rate = model.learning_rate
+    assert taken == pytest.approx([rate * (1 + 2 ** (-step / 4)) for step in range(10)])
+
+
+def test_a_resumed_learner_goes_on_with_the_boost_where_it_was() -> None:
+    chunks = stream()
+    whole, first = learner(lr_boost_half_life=3), learner(lr_boost_half_life=3)
+    expected = learn(whole, chunks)
+    learn(first, chunks[:4])
+    resumed = LSTMLearner.from_state(first.to_state(), "learner")
+    got = learn(resumed, chunks[4:])
+    np.testing.assert_array_equal(got, expected[sum(len(c) for c in chunks[:4]) :])
+
+
+def test_a_checkpoint_from_before_the_boost_resumes_without_it() -> None:
+    state = learner().to_state()
+    del state["hyperparameters"]["lr_boost_half_life"]
+    assert LSTMLearner.from_state(state, "learner").lr_boost_half_life == 0
+
+
+@pytest.mark.parametrize("bad", [-1, math.inf, math.nan, MAX_LR_BOOST_HALF_LIFE * 2, True, "100"])
+def test_a_checkpoint_with_a_boost_out_of_bounds_is_refused(bad: object) -> None:
+    state = learner().to_state()
+    state["hyperparameters"]["lr_boost_half_life"] = bad
+    with pytest.raises(CheckpointRejected, match="lr_boost_half_life"):
+        LSTMLearner.from_state(state, "learner")
+
+
+def test_the_boost_may_change_on_resume_and_0_turns_it_off() -> None:
+    assert "lr_boost_half_life" in CHANGEABLE_SETTINGS and "lr_boost_half_life" in RESUME_SAFE
+    chunks = stream()
+    changed, plain = learner(lr_boost_half_life=50), learner(lr_boost_half_life=0)
+    changed.change_settings({"lr_boost_half_life": 0})
+    np.testing.assert_array_equal(learn(changed, chunks), learn(plain, chunks))
+    with pytest.raises(ConfigError, match="lr_boost_half_life"):
+        changed.change_settings({"lr_boost_half_life": -2})
+    assert changed.lr_boost_half_life == 0
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, math.inf, math.nan, MAX_LR_BOOST_HALF_LIFE * 2, True, "100"])
+def test_the_learner_refuses_a_boost_out_of_bounds(bad: object) -> None:
+    with pytest.raises(ConfigError, match="lr_boost_half_life"):
+        learner(lr_boost_half_life=bad)
+
+
+def test_the_setting_the_learner_and_its_checkpoint_share_one_bound() -> None:
+    assert [lr_boost_setting(text) for text in ("0", "0.5", "100", "1e9")] == [0, 0.5, 100, 1e9]
+    for text in ("-1", "2e9", "nan", "inf", "many"):
+        with pytest.raises(ValueError):
+            lr_boost_setting(text)
+    assert learner(lr_boost_half_life=MAX_LR_BOOST_HALF_LIFE).lr_boost_half_life == MAX_LR_BOOST_HALF_LIFE
+    with pytest.raises(ConfigError, match=r"^STREAM_LSTM_LR_BOOST_HALF_LIFE=2e9: lr_boost_half_life must be"):
+        resolve_settings(_run_args(), RUN_SETTINGS, environ={"STREAM_LSTM_LR_BOOST_HALF_LIFE": "2e9"})
+    assert resolve_settings(_run_args(), RUN_SETTINGS, environ={})["lr_boost_half_life"] == 100
+
+
+def _run_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    parser.add_argument("--config")
+    add_settings(parser, RUN_SETTINGS)
+    return parser.parse_args([])
