@@ -30,11 +30,12 @@ def old_learner_state(learner: LSTMLearner) -> dict[str, Any]:
         buffer,
     )
     return {
-        # The old format had no steps_per_batch (one step per batch) and no stream rate.
+        # The old format had no steps_per_batch (one step per batch), no stream rate and no early
+        # boost.
         "hyperparameters": {
             k: v
             for k, v in learner.hyperparameters().items()
-            if k not in ("steps_per_batch", "stream_rate_half_life")
+            if k not in ("steps_per_batch", "stream_rate_half_life", "lr_boost_half_life")
         },
         "torch_state": buffer.getvalue(),
         "scaler": learner.scaler,

@@ -61,7 +61,7 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
         lr_boost_half_life,
         DEFAULT_LR_BOOST_HALF_LIFE,
         "half-life, in optimizer steps, of the LSTM's early boost: its first step takes twice"
-        " --learning-rate, and the extra halves every this many steps (0: none)",
+        " --learning-rate, and the extra halves every this many steps (0: none; else at least 1)",
     ),
     Setting("clip_grad_norm", float, 1.0, "largest gradient norm of an LSTM step"),
     Setting(

@@ -11,8 +11,9 @@ import torch
 class FusedAdam:
     """Adam (Kingma and Ba) over a fixed list of parameters: one fused kernel call per step.
 
-    It takes exactly the steps of ``torch.optim.Adam(params, lr=lr, fused=True)`` (a test compares
-    them bit for bit) and reads and writes the same ``state_dict``, so a checkpoint loads in
+    Without the early boost (below) it takes exactly the steps of ``torch.optim.Adam(params, lr=lr,
+    fused=True)`` (a test compares them bit for bit; with it, those of torch's Adam with the step
+    size set before each step), and it reads and writes the same ``state_dict``, so a checkpoint loads in
     either. What it leaves out is what the learner never uses: parameter groups, weight decay,
     AMSGrad, hooks, and torch.optim's import of ``torch._dynamo`` on first use, which takes about
     a second of every process start.

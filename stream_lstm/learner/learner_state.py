@@ -23,7 +23,7 @@ from stream_lstm.errors import ConfigError
 from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import input_size
 from stream_lstm.learner.key_state import KeyStateStore
-from stream_lstm.learner.limits import MAX_LR_BOOST_HALF_LIFE, MAX_STEPS_PER_BATCH
+from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH, check_lr_boost_half_life
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
@@ -167,7 +167,7 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "hidden_size": read.int("hidden_size", low=1),
         "tbptt_steps": read.int("tbptt_steps", low=1),
         "learning_rate": read.float("learning_rate", low=0.0),
-        "lr_boost_half_life": read.float("lr_boost_half_life", low=0.0, high=MAX_LR_BOOST_HALF_LIFE),
+        "lr_boost_half_life": _checked_boost(read.raw("lr_boost_half_life"), read.path("lr_boost_half_life")),
         "clip_grad_norm": read.float("clip_grad_norm", low=_SMALLEST),
         "steps_per_batch": read.int("steps_per_batch", low=1, high=MAX_STEPS_PER_BATCH),
         "input_clip": read.float("input_clip", low=_SMALLEST),
@@ -182,6 +182,15 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "device": read.str("device"),
         "seed": read.int("seed", low=-(2**63), high=2**64 - 1),
     }
+
+
+def _checked_boost(value: Any, where: str) -> float:
+    """The early boost's half-life read from a checkpoint at ``where`` (refused, as damaged, where
+    :func:`~stream_lstm.learner.limits.check_lr_boost_half_life` refuses it)."""
+    try:
+        return check_lr_boost_half_life(value)
+    except ConfigError as error:
+        raise damaged(where, str(error)) from None
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -24,13 +24,18 @@ DEFAULT_LR_BOOST_HALF_LIFE = 100.0
 
 
 def check_lr_boost_half_life(value: Any) -> float:
-    """``value`` as a float if it is a number from 0 (no boost) to :data:`MAX_LR_BOOST_HALF_LIFE`,
-    else :class:`~stream_lstm.errors.ConfigError`."""
+    """``value`` as a float if it is 0 (no boost) or a number of steps from 1 to
+    :data:`MAX_LR_BOOST_HALF_LIFE`, else :class:`~stream_lstm.errors.ConfigError`.
+
+    Not less than 1: on a GPU the boost is worked out in float32, where a tiny half-life rounds to
+    0 and the first step's size to 0/0; a boost that fades within one step is none anyway.
+    """
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (number and 0 <= value <= MAX_LR_BOOST_HALF_LIFE):
+    if not (number and (value == 0 or 1 <= value <= MAX_LR_BOOST_HALF_LIFE)):
         most = f"{MAX_LR_BOOST_HALF_LIFE:g}"
         raise ConfigError(
-            f"lr_boost_half_life must be a number of optimizer steps from 0 (none) to {most}, got {value!r}"
+            f"lr_boost_half_life must be 0 (none) or a number of optimizer steps from 1 to {most},"
+            f" got {value!r:.40}"
         )
     return float(value)
 

@@ -168,10 +168,8 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             or category_buckets < 0
         ):
             raise ConfigError(f"category_buckets must be a non-negative integer, got {category_buckets!r}")
-        if not learning_rate >= 0:
-            raise ConfigError(f"learning_rate must be >= 0, got {learning_rate!r}")
-        if not clip_grad_norm > 0:
-            raise ConfigError(f"clip_grad_norm must be > 0, got {clip_grad_norm!r}")
+        _checked_learning_rate(learning_rate)
+        _checked_clip_grad_norm(clip_grad_norm)
         if not (isinstance(input_clip, (int, float)) and 0 < input_clip < math.inf):
             raise ConfigError(f"input_clip must be a finite number > 0, got {input_clip!r}")
         self.hidden_size = hidden_size
@@ -330,16 +328,37 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         unknown = set(changes) - set(CHANGEABLE_SETTINGS)
         if unknown:
             raise ConfigError(f"{', '.join(sorted(unknown))} cannot change on a learner that has learned")
+        # Every value is checked before any is applied: a refused change leaves the learner as it was.
+        checks = {
+            "learning_rate": _checked_learning_rate,
+            "lr_boost_half_life": check_lr_boost_half_life,
+            "clip_grad_norm": _checked_clip_grad_norm,
+            "steps_per_batch": check_steps_per_batch,
+        }
+        checked = {name: check(changes[name]) for name, check in checks.items() if name in changes}
         if "device" in changes:
             state = self.to_state()
             state["hyperparameters"]["device"] = changes["device"]
             self._restore(state, "learner")
-        if "learning_rate" in changes:
-            self.learning_rate = self.optimizer.lr = changes["learning_rate"]
-        if "lr_boost_half_life" in changes:
-            half_life = check_lr_boost_half_life(changes["lr_boost_half_life"])
-            self.lr_boost_half_life = self.optimizer.boost_half_life = half_life
-        if "clip_grad_norm" in changes:
-            self.clip_grad_norm = changes["clip_grad_norm"]
-        if "steps_per_batch" in changes:
-            self.steps_per_batch = check_steps_per_batch(changes["steps_per_batch"])
+        if "learning_rate" in checked:
+            self.learning_rate = self.optimizer.lr = checked["learning_rate"]
+        if "lr_boost_half_life" in checked:
+            self.lr_boost_half_life = self.optimizer.boost_half_life = checked["lr_boost_half_life"]
+        if "clip_grad_norm" in checked:
+            self.clip_grad_norm = checked["clip_grad_norm"]
+        if "steps_per_batch" in checked:
+            self.steps_per_batch = checked["steps_per_batch"]
+
+
+def _checked_learning_rate(value: Any) -> Any:
+    """``value`` if it is a step size Adam can take (0 or more), else ConfigError."""
+    if not value >= 0:
+        raise ConfigError(f"learning_rate must be >= 0, got {value!r}")
+    return value
+
+
+def _checked_clip_grad_norm(value: Any) -> Any:
+    """``value`` if it is a gradient norm to clip to (more than 0), else ConfigError."""
+    if not value > 0:
+        raise ConfigError(f"clip_grad_norm must be > 0, got {value!r}")
+    return value

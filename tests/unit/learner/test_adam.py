@@ -177,3 +177,22 @@ def test_the_learner_does_not_import_torch_dynamo() -> None:
     if with_torch == "True":
         pytest.skip(f"this torch ({torch.__version__}) imports torch._dynamo by itself")
     assert with_learner == "False"
+
+
+def test_a_skipped_step_does_not_advance_the_boost() -> None:
+    """A step skipped on the device (``found_inf`` 1) puts the step count back, so the next step
+    takes the size it would have taken without the skip."""
+    skipping_weight, plain_weight = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    skipping = FusedAdam([skipping_weight], lr=0.05, boost_half_life=2.0)
+    plain = FusedAdam([plain_weight], lr=0.05, boost_half_life=2.0)
+    for adam in (skipping, plain):
+        adam.step_size_on_host = False
+    for step in range(6):
+        gradient = torch.sin(torch.arange(4.0) * (step + 1))
+        skipping_weight.grad, plain_weight.grad = gradient.clone(), gradient.clone()
+        if step == 2:
+            skipping.step(found_inf=torch.ones(()))
+        skipping.step(found_inf=torch.zeros(()))
+        plain.step(found_inf=torch.zeros(()))
+    torch.testing.assert_close(skipping_weight, plain_weight, rtol=0, atol=0)
+    assert float(skipping.step_counts[0]) == float(plain.step_counts[0]) == 6

@@ -354,6 +354,7 @@ def test_a_learner_saved_before_the_guards_converts_with_their_defaults() -> Non
     state["dropped_features"] = {"r"}
     old = learner_from_pickled_state(state)
     assert old.input_clip == 10.0 and old.hyperparameters()["input_clip"] == 10.0
+    assert old.lr_boost_half_life == 0  # the early boost came later
     assert old.guard_stats() == {
         "skipped_non_finite_loss": 0,
         "skipped_non_finite_gradient": 0,

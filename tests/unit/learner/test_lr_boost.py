@@ -73,7 +73,9 @@ def test_a_checkpoint_from_before_the_boost_resumes_without_it() -> None:
     assert LSTMLearner.from_state(state, "learner").lr_boost_half_life == 0
 
 
-@pytest.mark.parametrize("bad", [-1, math.inf, math.nan, MAX_LR_BOOST_HALF_LIFE * 2, True, "100"])
+@pytest.mark.parametrize(
+    "bad", [-1, 0.5, 1e-300, math.inf, math.nan, MAX_LR_BOOST_HALF_LIFE * 2, True, "100"]
+)
 def test_a_checkpoint_with_a_boost_out_of_bounds_is_refused(bad: object) -> None:
     state = learner().to_state()
     state["hyperparameters"]["lr_boost_half_life"] = bad
@@ -92,15 +94,42 @@ def test_the_boost_may_change_on_resume_and_0_turns_it_off() -> None:
     assert changed.lr_boost_half_life == 0
 
 
-@pytest.mark.parametrize("bad", [-1, -0.5, math.inf, math.nan, MAX_LR_BOOST_HALF_LIFE * 2, True, "100"])
+def test_a_refused_change_of_settings_changes_nothing() -> None:
+    model = learner(lr_boost_half_life=50, learning_rate=0.02)
+    for refused in (
+        {"learning_rate": 0.5, "lr_boost_half_life": -1},
+        {"lr_boost_half_life": 10, "learning_rate": math.nan},
+        {"lr_boost_half_life": 10, "clip_grad_norm": 0},
+        {"learning_rate": 0.5, "steps_per_batch": 0},
+    ):
+        with pytest.raises(ConfigError):
+            model.change_settings(refused)
+        assert (model.learning_rate, model.optimizer.lr) == (0.02, 0.02)
+        assert model.lr_boost_half_life == model.optimizer.boost_half_life == 50
+
+
+def test_the_smallest_boost_stays_finite_when_worked_out_the_devices_way() -> None:
+    """On a GPU the step size is float32 arithmetic on the device; the smallest half-life allowed
+    (1 step) must not make it 0/0 there."""
+    chunks = stream()
+    model = learner(lr_boost_half_life=1)
+    model.optimizer.step_size_on_host = False
+    predictions = learn(model, chunks)
+    assert np.isfinite(predictions).all() and model.guard_stats()["skipped_non_finite_loss"] == 0
+    assert all(torch.isfinite(p).all() for p in model.network.parameters())
+
+
+@pytest.mark.parametrize(
+    "bad", [-1, -0.5, 0.5, 1e-300, math.inf, math.nan, MAX_LR_BOOST_HALF_LIFE * 2, True, "100"]
+)
 def test_the_learner_refuses_a_boost_out_of_bounds(bad: object) -> None:
     with pytest.raises(ConfigError, match="lr_boost_half_life"):
         learner(lr_boost_half_life=bad)
 
 
 def test_the_setting_the_learner_and_its_checkpoint_share_one_bound() -> None:
-    assert [lr_boost_setting(text) for text in ("0", "0.5", "100", "1e9")] == [0, 0.5, 100, 1e9]
-    for text in ("-1", "2e9", "nan", "inf", "many"):
+    assert [lr_boost_setting(text) for text in ("0", "1", "2.5", "100", "1e9")] == [0, 1, 2.5, 100, 1e9]
+    for text in ("-1", "0.5", "1e-300", "2e9", "nan", "inf", "many"):
         with pytest.raises(ValueError):
             lr_boost_setting(text)
     assert learner(lr_boost_half_life=MAX_LR_BOOST_HALF_LIFE).lr_boost_half_life == MAX_LR_BOOST_HALF_LIFE

@@ -96,9 +96,12 @@ def test_each_fixed_setting_is_refused(name: str, value: Any) -> None:
 def test_the_step_size_and_the_gradient_clip_are_applied_and_logged(caplog: pytest.LogCaptureFixture) -> None:
     evaluator = evaluator_of(learner_settings())
     caplog.set_level(logging.INFO, logger="stream_lstm.evaluation.resume_settings")
-    resume_with_settings(evaluator, learner_settings(learning_rate=0.1, clip_grad_norm=0.5), "the checkpoint")
+    now = learner_settings(learning_rate=0.1, clip_grad_norm=0.5, lr_boost_half_life=7.0)
+    resume_with_settings(evaluator, now, "the checkpoint")
     lstm = evaluator.models["lstm"]
     assert (lstm.learning_rate, lstm.optimizer.lr, lstm.clip_grad_norm) == (0.1, 0.1, 0.5)
+    assert lstm.lr_boost_half_life == lstm.optimizer.boost_half_life == 7.0
+    assert "lr_boost_half_life was 100.0 in the checkpoint, now 7.0" in caplog.text
     assert lstm.hyperparameters()["learning_rate"] == 0.1
     assert "learning_rate was 0.01 in the checkpoint, now 0.1" in caplog.text
     assert "clip_grad_norm was 1.0 in the checkpoint, now 0.5" in caplog.text
