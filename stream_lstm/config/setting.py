@@ -64,7 +64,7 @@ def steps_per_batch(text: str) -> int:
 
 
 def lr_boost_half_life(text: str) -> float:
-    """0 or a number of optimizer steps up to the learner's bound (the learner's own check)."""
+    """0 or a number of optimizer steps from 1 to the learner's bound (the learner's own check)."""
     return check_lr_boost_half_life(non_negative_float(text))
 
 
