@@ -28,9 +28,9 @@ from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.training import SKIP_REASONS
-from stream_lstm.messages.stream_rate import NO_STREAM_RATE, StreamRate, checked_half_life
+from stream_lstm.messages.stream_rate import NO_STREAM_RATE, StreamRate, check_stream_rate_half_life
 from stream_lstm.messages.trend_scales import MAX_TREND_SCALES
-from stream_lstm.models.state_data import Fields, State, checked_array, checked_int, damaged
+from stream_lstm.models.state_data import Fields, State, checked_array, checked_by, checked_int, damaged
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,9 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "hidden_size": read.int("hidden_size", low=1),
         "tbptt_steps": read.int("tbptt_steps", low=1),
         "learning_rate": read.float("learning_rate", low=0.0),
-        "lr_boost_half_life": _checked_boost(read.raw("lr_boost_half_life"), read.path("lr_boost_half_life")),
+        "lr_boost_half_life": checked_by(
+            check_lr_boost_half_life, read.raw("lr_boost_half_life"), read.path("lr_boost_half_life")
+        ),
         "clip_grad_norm": read.float("clip_grad_norm", low=_SMALLEST),
         "steps_per_batch": read.int("steps_per_batch", low=1, high=MAX_STEPS_PER_BATCH),
         "input_clip": read.float("input_clip", low=_SMALLEST),
@@ -175,22 +177,13 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "max_features": read.int("max_features", low=1),
         "category_buckets": read.int("category_buckets"),
         "trend_scales": read.int("trend_scales", high=MAX_TREND_SCALES),
-        "stream_rate_half_life": checked_half_life(
-            read.raw("stream_rate_half_life"), read.path("stream_rate_half_life")
+        "stream_rate_half_life": checked_by(
+            check_stream_rate_half_life, read.raw("stream_rate_half_life"), read.path("stream_rate_half_life")
         ),
         "adapt_scaler": read.bool("adapt_scaler"),
         "device": read.str("device"),
         "seed": read.int("seed", low=-(2**63), high=2**64 - 1),
     }
-
-
-def _checked_boost(value: Any, where: str) -> float:
-    """The early boost's half-life read from a checkpoint at ``where`` (refused, as damaged, where
-    :func:`~stream_lstm.learner.limits.check_lr_boost_half_life` refuses it)."""
-    try:
-        return check_lr_boost_half_life(value)
-    except ConfigError as error:
-        raise damaged(where, str(error)) from None
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -165,15 +165,6 @@ def with_stream_rate(
     return [{**x, STREAM_RATE_FEATURE: rate} for x, rate in zip(features, rates.tolist(), strict=True)]
 
 
-def checked_half_life(value: Any, where: str) -> float:
-    """A half-life read from a checkpoint at ``where`` (:class:`CheckpointRejected` if it is not
-    one :func:`check_stream_rate_half_life` accepts)."""
-    try:
-        return check_stream_rate_half_life(value)
-    except ConfigError as error:
-        raise CheckpointRejected(f"{where}: {error}", "damaged") from None
-
-
 def _checked_rate(value: Any, where: str) -> float:
     """A stream rate read from a checkpoint at ``where`` (:class:`CheckpointRejected` unless it is
     a number from 0 to 1)."""

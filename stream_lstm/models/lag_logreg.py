@@ -47,7 +47,7 @@ from stream_lstm.messages.stream_rate import (
     DEFAULT_STREAM_RATE_HALF_LIFE,
     NO_STREAM_RATE,
     StreamRate,
-    checked_half_life,
+    check_stream_rate_half_life,
     with_stream_rate,
 )
 from stream_lstm.messages.trend_scales import (
@@ -68,7 +68,7 @@ from stream_lstm.models.lag_history import (
 )
 from stream_lstm.models.protocols import KeyedModel
 from stream_lstm.models.recent_keys import remember
-from stream_lstm.models.state_data import Fields, State, damaged
+from stream_lstm.models.state_data import Fields, State, checked_by, damaged
 from stream_lstm.models.weight_tables import read_weight_table, weight_table
 
 #: How many of the key's earlier events are lag features by default.
@@ -370,9 +370,8 @@ class LagLogisticRegression(LogisticRegressionBaseline, KeyedModel):
             category_buckets=base.category_buckets,
             trend_scales=scales,
         )
-        half_life = checked_half_life(
-            fields.raw("stream_rate_half_life"), fields.path("stream_rate_half_life")
-        )
+        at = "stream_rate_half_life"
+        half_life = checked_by(check_stream_rate_half_life, fields.raw(at), fields.path(at))
         model.stream_rate = StreamRate.from_state(
             fields.raw("stream_rate"), fields.path("stream_rate"), half_life
         )

@@ -24,12 +24,14 @@ stream_lstm.errors.CheckpointRejected: state.count: expected an integer from 0, 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
-from stream_lstm.errors import CheckpointRejected
+from stream_lstm.errors import CheckpointRejected, ConfigError
+
+_Checked = TypeVar("_Checked")
 
 #: A tree of JSON values and NumPy arrays (see the module doc).
 State = dict[str, Any]
@@ -38,6 +40,16 @@ State = dict[str, Any]
 def damaged(where: str, what: str) -> CheckpointRejected:
     """The error for a part of a checkpoint that is not what it must be."""
     return CheckpointRejected(f"{where}: {what}", "damaged")
+
+
+def checked_by(check: Callable[[Any], _Checked], value: Any, where: str) -> _Checked:
+    """``check(value)`` for a value read from a checkpoint at ``where``: the check a setting's
+    value passes, so that a checkpoint holds no value the setting refuses; its
+    :class:`~stream_lstm.errors.ConfigError` becomes a refusal of the checkpoint as damaged."""
+    try:
+        return check(value)
+    except ConfigError as error:
+        raise damaged(where, str(error)) from None
 
 
 def _shown(value: Any) -> str:
