@@ -59,8 +59,11 @@ def group_by_slot(event_slots: np.ndarray) -> KeyGroups:
     # Small batches are grouped in Python: np.unique and the sorts around it cost more there.
     if n_events <= SMALL_BATCH:
         slot_list = event_slots.tolist()
-        if len(set(slot_list)) == n_events:
+        n_keys = len(set(slot_list))
+        if n_keys == n_events:
             return _every_key_once(event_slots)
+        if n_keys == 1:  # a stream without keys, or a batch of one key's events
+            return _one_key(event_slots)
         return _grouped_in_python(slot_list)
     distinct, first, inverse, counts = np.unique(
         event_slots, return_index=True, return_inverse=True, return_counts=True
@@ -96,6 +99,15 @@ def _grouped_in_python(slot_list: list[int]) -> KeyGroups:
         count_array,
         np.argsort(row_array, kind="stable"),
         np.cumsum(count_array) - count_array,
+    )
+
+
+def _one_key(event_slots: np.ndarray) -> KeyGroups:
+    every = np.arange(event_slots.size, dtype=np.int64)
+    first = np.zeros(1, np.int64)
+    counts = np.full(1, event_slots.size, np.int64)
+    return KeyGroups(
+        event_slots[:1].astype(np.int64), np.zeros(event_slots.size, np.int64), every, counts, every, first
     )
 
 

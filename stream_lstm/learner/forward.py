@@ -21,14 +21,7 @@ from stream_lstm.learner.batch_columns import keys as batch_keys
 from stream_lstm.learner.batch_columns import labels as batch_labels
 from stream_lstm.learner.encoding import EXTRA_INPUTS, InputEncoding
 from stream_lstm.learner.fused_lstm import FusedLSTMCalls, gather_steps, narrow
-from stream_lstm.learner.tbptt_plan import (
-    ChunkPlan,
-    FullWindowPlan,
-    LaterChunks,
-    fits_full_windows,
-    plan_chunks,
-    plan_full_windows,
-)
+from stream_lstm.learner.tbptt_plan import ChunkPlan, FullWindowPlan, LaterChunks, NextWindow, PlanCache
 from stream_lstm.learner.transfer import to_device
 from stream_lstm.messages.events import Event
 
@@ -61,8 +54,7 @@ class Rerun:
     h: torch.Tensor
     c: torch.Tensor
     lengths: np.ndarray | None  # each row's steps, for the padded run (None: one fused call)
-    event_rows: np.ndarray | None  # the chunk row of each event (None: one per row, in order)
-    event_steps: np.ndarray | int  # the step of each event in its row
+    pick: EventPick  # where each event's output is in the outputs (see pick_outputs)
 
 
 @dataclass(slots=True)
@@ -95,6 +87,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
     _lstm_weights: list[torch.Tensor]
     _full_window_path: bool
     _narrow_inputs: bool
+    _plans: PlanCache
 
     def _forward(self, events: Sequence[Event]) -> Pending:
         groups = group_by_slot(self.keys.lookup(batch_keys(events)))
@@ -122,11 +115,16 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
             columns=columns,
             weights=weights,
         )
-        k, window_steps = self.tbptt_steps, self.keys.window_steps
-        window_len = self.keys.window_len[slots]
-        if self._full_window_path and fits_full_windows(groups.counts, window_len, k, window_steps):
-            return self._forward_full_windows(events, batch, plan_full_windows(groups, k))
-        return self._forward_chunked(events, batch, plan_chunks(groups, window_len, k, window_steps))
+        plan = self._plans.plan(
+            groups,
+            self.keys.window_len[slots],
+            self.tbptt_steps,
+            self.keys.window_steps,
+            full_windows=self._full_window_path,
+        )
+        if isinstance(plan, FullWindowPlan):
+            return self._forward_full_windows(events, batch, plan)
+        return self._forward_chunked(events, batch, plan)
 
     def _forward_again(self, pending: Pending) -> Pending:
         """``pending`` with its logits computed again by the weights as they are now (for another
@@ -145,13 +143,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
                 outputs = self._lstm_call(rerun.inputs, rerun.h, rerun.c, weights)[0]
             else:
                 outputs = self._run_lstm(rerun.inputs, rerun.lengths, (rerun.h, rerun.c), weights)
-            if rerun.event_rows is None:
-                assert isinstance(rerun.event_steps, int)
-                picked = outputs[:, rerun.event_steps]
-            else:
-                assert isinstance(rerun.event_steps, np.ndarray)
-                picked = gather_steps(outputs, rerun.event_rows, rerun.event_steps)
-            logits = self._head(picked)
+            logits = self._head(pick_outputs(outputs, rerun.pick))
         # Only the logits are new: the predictions, their finiteness and the key states stay the
         # first pass's (reading probabilities back would make a GPU wait, for nothing).
         return dataclasses.replace(pending, logits=logits)
@@ -184,18 +176,16 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         model_chunks = narrow(chunks, columns)
         with torch.set_grad_enabled(batch.targets is not None):
             outputs, _, _ = self._lstm_call(model_chunks, h, c, weights)
-            if isinstance(plan.event_step, int):
-                picked = outputs[:, plan.event_step]
-            else:
-                picked = gather_steps(outputs, batch.groups.row, plan.event_step)
-            logits = self._head(picked)
+            pick: EventPick = plan.event_step
+            if not isinstance(pick, int):
+                pick = to_device(batch.groups.row * self.tbptt_steps + pick, device)
+            logits = self._head(pick_outputs(outputs, pick))
         with torch.no_grad():
             new_h0, new_c0 = torch.lstm_cell(model_chunks[:, 0], (h, c), *weights)
         new_window_len = np.full(n_keys, self.keys.window_steps, dtype=np.int64)
         pending = _pending(events, batch, logits, (new_h0, new_c0), (chunks[:, 1:], new_window_len))
         if batch.targets is not None:
-            rows = None if isinstance(plan.event_step, int) else batch.groups.row
-            pending.rerun = Rerun(model_chunks, h, c, None, rows, plan.event_step)
+            pending.rerun = Rerun(model_chunks, h, c, None, pick)
         return pending
 
     def _forward_chunked(self, events: Sequence[Event], batch: BatchInputs, plan: ChunkPlan) -> Pending:
@@ -216,56 +206,69 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
             0, to_device(plan.scatter, device), to_device(batch.inputs, device)
         )
         h, c = store.h0[batch.slot_index], store.c0[batch.slot_index]
+        window = plan.next_window
         if plan.later_chunks is None:
             chunk_inputs = sequences[:, : plan.single_chunk_steps]
-            chunk_state = new_state = (h, c)
+            chunk_state = (h, c)
+            # The next window is the last k - 1 inputs; its start state is one step into the last
+            # chunk, which the fused LSTM does not return, so that one step is taken again here.
+            new_state = chunk_state
+            if window.long_rows.size:
+                new_state = self._step_rows(sequences, window.long_rows, window.long_steps, new_state, batch)
         else:
-            later = self._later_chunks(sequences, plan.later_chunks, (h, c), batch)
+            later = self._later_chunks(sequences, plan.later_chunks, window, (h, c), batch)
             chunk_inputs, chunk_state, new_state = later
         model_inputs = narrow(chunk_inputs, columns)
         with torch.set_grad_enabled(batch.targets is not None):
             outputs = self._run_lstm(model_inputs, plan.chunk_len, chunk_state, weights)
-            picked = gather_steps(outputs, plan.event_chunk_row, plan.event_step)
-            logits = self._head(picked)
-        # The next window is the last k - 1 inputs; its start state is one step into the last
-        # chunk, which the fused LSTM does not return, so that one step is taken again here.
-        window = plan.next_window
-        if window.long_rows.size:
-            new_state = self._step_rows(sequences, window.long_rows, window.long_steps, new_state, batch)
+            pick = None if plan.event_outputs is None else to_device(plan.event_outputs, device)
+            logits = self._head(pick_outputs(outputs, pick))
         new_window = gather_steps(sequences, np.arange(n_keys), window.positions)
         pending = _pending(events, batch, logits, new_state, (new_window, window.window_len))
         if batch.targets is not None:
-            pending.rerun = Rerun(
-                model_inputs, *chunk_state, plan.chunk_len, plan.event_chunk_row, plan.event_step
-            )
+            pending.rerun = Rerun(model_inputs, *chunk_state, plan.chunk_len, pick)
         return pending
 
     def _later_chunks(
         self,
         sequences: torch.Tensor,
         chunks: LaterChunks,
+        window: NextWindow,
         state: tuple[torch.Tensor, torch.Tensor],
         batch: BatchInputs,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """The inputs and start states of the chunk rows of ``chunks`` (``state``: each key's
-        stored state), and the start state of each key's last chunk."""
+        stored state), and the start state of each key's next ``window``."""
         device = self._device
         h, c = state
         key_index = to_device(chunks.chunk_key, device)
         start_h, start_c = h.index_select(0, key_index), c.index_select(0, key_index)
-        # A chunk after chunk 0 starts from the state at its boundary (see _boundary_states).
-        if chunks.later.size:
+        # A chunk after chunk 0 starts from the state at its boundary, and a key's next window one
+        # step into its last chunk: the states just before those positions (see _boundary_states).
+        n_later, long_rows = chunks.later.size, window.long_rows
+        h_b, c_b = self._boundary_states(
+            narrow(sequences, batch.columns),
+            np.concatenate([chunks.boundary_keys, long_rows]),
+            np.concatenate([chunks.boundary_steps, window.long_steps + 1]),
+            h,
+            c,
+            batch.weights,
+        )
+        if n_later:
             later_index = to_device(chunks.later, device)
-            model_sequences = narrow(sequences, batch.columns)
-            h_b, c_b = self._boundary_states(
-                model_sequences, chunks.boundary_keys, chunks.boundary_steps, h, c, batch.weights
-            )
-            start_h = start_h.index_copy(0, later_index, h_b)
-            start_c = start_c.index_copy(0, later_index, c_b)
+            start_h = start_h.index_copy(0, later_index, h_b[:n_later])
+            start_c = start_c.index_copy(0, later_index, c_b[:n_later])
         chunk_inputs = gather_steps(sequences, chunks.chunk_key, chunks.positions)
-        last_rows = to_device(chunks.last_rows, device)
-        last_state = (start_h.index_select(0, last_rows), start_c.index_select(0, last_rows))
-        return chunk_inputs, (start_h, start_c), last_state
+        # Keys shorter than a chunk keep their stored state: their window starts where they did.
+        if long_rows.size == h.shape[0]:
+            new_state = (h_b[n_later:], c_b[n_later:])
+        else:
+            long_index = to_device(long_rows, device)
+            new_state = (
+                h.index_copy(0, long_index, h_b[n_later:]),
+                c.index_copy(0, long_index, c_b[n_later:]),
+            )
+        return chunk_inputs, (start_h, start_c), new_state
 
     def _step_rows(
         self,
@@ -338,6 +341,20 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         if not known.any():
             return None, None
         return to_device(np.flatnonzero(known), device), to_device(values[known], device)
+
+
+#: Where each event's output is in the outputs of a run over chunk rows: the step of every row's
+#: one event (an int), each event's flat index into the rows' steps (a tensor), or ``None`` when
+#: the events are every step of every row, in order.
+EventPick = int | torch.Tensor | None
+
+
+def pick_outputs(outputs: torch.Tensor, pick: EventPick) -> torch.Tensor:
+    """Each event's output (events x hidden) from ``outputs`` (rows x steps x hidden), by ``pick``."""
+    if isinstance(pick, int):
+        return outputs[:, pick]
+    flat = outputs.reshape(-1, outputs.shape[-1])
+    return flat if pick is None else flat.index_select(0, pick)
 
 
 def _pending(

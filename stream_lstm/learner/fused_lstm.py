@@ -107,9 +107,8 @@ class FusedLSTMCalls:
 
         One fused call over each key's whole prefix gives every ``h``; the fused kernel returns
         ``c`` only at the end, so ``c`` comes from the cell recurrence ``c_t = f_t c_(t-1) +
-        i_t g_t`` with the gates recomputed from the known ``h``, evaluated for all steps at once
-        as a parallel scan of affine maps (products only, no division: stable). This replaces a
-        call per chunk boundary, whose fixed cost dominates on the CPU.
+        i_t g_t`` with the gates recomputed from the known ``h`` (:func:`cell_states`). This
+        replaces a call per chunk boundary, whose fixed cost dominates on the CPU.
         """
         unique_keys, key_row = np.unique(keys, return_inverse=True)
         steps = int(positions.max())
@@ -123,20 +122,49 @@ class FusedLSTMCalls:
         size = self.hidden_size
         forget = torch.sigmoid(gates[..., size : 2 * size])
         added = torch.sigmoid(gates[..., :size]) * torch.tanh(gates[..., 2 * size : 3 * size])
-        # Inclusive scan (Hillis-Steele) of the maps c -> forget * c + added along time.
-        shift = 1
-        while shift < steps:
-            added = torch.cat(
-                [added[:, :shift], torch.addcmul(added[:, shift:], forget[:, shift:], added[:, :-shift])], 1
-            )
-            forget = torch.cat([forget[:, :shift], forget[:, shift:] * forget[:, :-shift]], 1)
-            shift *= 2
         before = positions - 1
-        c0_rows = c0.index_select(0, to_device(key_row, sequences.device))
-        c_all = torch.addcmul(
-            gather_steps(added, key_row, before), gather_steps(forget, key_row, before), c0_rows
+        return gather_steps(outputs, key_row, before), cell_states(forget, added, c0, key_row, before)
+
+
+#: On the CPU, the cell recurrence of :func:`cell_states` runs as a loop over time steps (each a
+#: few NumPy operations on every key at once) up to this many steps per key of the batch, and as a
+#: parallel scan beyond: the loop's cost grows with the steps, the scan's with steps x keys.
+HOST_LOOP_STEPS_PER_KEY = 128
+
+
+def cell_states(
+    forget: torch.Tensor, added: torch.Tensor, c0: torch.Tensor, key_row: np.ndarray, before: np.ndarray
+) -> torch.Tensor:
+    """The cell state ``c`` of key ``key_row[i]`` after its step ``before[i]``, where the state
+    evolves as ``c_t = forget_t c_(t-1) + added_t`` from ``c0`` (``forget``, ``added``: keys x
+    steps x hidden).
+
+    On the CPU, for batches of few steps per key, a loop over the steps (on a 2-core CPU, 86 µs
+    against the scan's 114 µs for one key and 64 steps, and 0.4 ms against 2.8 ms for 128 keys);
+    otherwise, and always on a GPU (where a loop would be a launch per step), an inclusive
+    Hillis-Steele scan of the affine maps ``c -> forget * c + added`` (products only, no division:
+    stable), all steps at once.
+    """
+    n_keys, steps = forget.shape[0], forget.shape[1]
+    if forget.device.type == "cpu" and steps <= HOST_LOOP_STEPS_PER_KEY * n_keys:
+        cells = np.empty(forget.shape, dtype=np.float32)
+        cell = c0.numpy()
+        # Time-major views: each step's rows of every key, without copies.
+        for step_forget, step_added, step_cell in zip(
+            forget.numpy().swapaxes(0, 1), added.numpy().swapaxes(0, 1), cells.swapaxes(0, 1), strict=True
+        ):
+            cell = np.multiply(step_forget, cell, out=step_cell)
+            cell += step_added
+        return torch.from_numpy(cells[key_row, before])
+    shift = 1
+    while shift < steps:
+        added = torch.cat(
+            [added[:, :shift], torch.addcmul(added[:, shift:], forget[:, shift:], added[:, :-shift])], 1
         )
-        return gather_steps(outputs, key_row, before), c_all
+        forget = torch.cat([forget[:, :shift], forget[:, shift:] * forget[:, :-shift]], 1)
+        shift *= 2
+    c0_rows = c0.index_select(0, to_device(key_row, forget.device))
+    return torch.addcmul(gather_steps(added, key_row, before), gather_steps(forget, key_row, before), c0_rows)
 
 
 def gather_steps(tensor: torch.Tensor, rows: np.ndarray, positions: np.ndarray) -> torch.Tensor:

@@ -35,6 +35,7 @@ from stream_lstm.learner.limits import (
 from stream_lstm.learner.network import seeded_network
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
+from stream_lstm.learner.tbptt_plan import PlanCache
 from stream_lstm.learner.training import GuardedTraining, finite_or_zero
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
@@ -227,6 +228,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self._pending: Pending | None = None
         # Tests switch the steady-state path off to compare it with the general chunked one.
         self._full_window_path = True
+        self._plans = PlanCache()
         # Off once imported key states hold inputs in columns without a name (see import_keys).
         self._narrow_inputs = True
         # On once a category bucket holds a value in an input or a stored window (see _input_columns).

@@ -13,6 +13,10 @@ state is one step into its last chunk.
 
 Sequences are laid out as rows of a ``(keys, seq_len)`` grid; a position in it is
 ``row * seq_len + step`` when flat.
+
+A stream of few keys brings batches of the same shape again and again (one key and 64 new events
+after a full window, batch after batch), so :class:`PlanCache` keeps the last plan for the next
+batch of that shape.
 """
 
 from __future__ import annotations
@@ -98,6 +102,10 @@ class ChunkPlan:
     #: The chunk row and the step in it of each event's output.
     event_chunk_row: np.ndarray
     event_step: np.ndarray
+    #: The same as a flat index into the chunk rows' steps; ``None`` when the events are every
+    #: step of every row, in order (one key whose new events fill its chunks: the outputs as
+    #: they are, without a gather).
+    event_outputs: np.ndarray | None
     #: ``None`` when every key's sequence is one chunk (run from position 0, from the stored
     #: state: the usual case).
     later_chunks: LaterChunks | None
@@ -164,13 +172,22 @@ def plan_chunks(groups: KeyGroups, window_len: np.ndarray, k: int, window_steps:
             last_rows=row_of_key + per_key - 1,
         )
         event_chunk_row = row_of_key[event_row] + event_chunk - first_new[event_row]
+    single_chunk_steps = int(total_len.max(initial=1))
+    width = single_chunk_steps if later_chunks is None else later_chunks.positions.shape[1]
+    event_outputs = event_chunk_row * width + event_step
+    if (
+        event_outputs.size == chunk_len.size * width
+        and (event_outputs == np.arange(event_outputs.size)).all()
+    ):
+        event_outputs = None
     return ChunkPlan(
         seq_len=seq_len,
         scatter=event_row * seq_len + event_pos,
         chunk_len=chunk_len,
-        single_chunk_steps=int(total_len.max(initial=1)),
+        single_chunk_steps=single_chunk_steps,
         event_chunk_row=event_chunk_row,
         event_step=event_step,
+        event_outputs=event_outputs,
         later_chunks=later_chunks,
         next_window=_next_window(total_len, seq_len, k, window_steps),
     )
@@ -184,3 +201,38 @@ def _next_window(total_len: np.ndarray, seq_len: int, k: int, window_steps: int)
     return NextWindow(
         long_rows=long_rows, long_steps=total_len[long_rows] - k, window_len=window_len, positions=positions
     )
+
+
+class PlanCache:
+    """The plan of the last batch, given again for a batch of the same shape.
+
+    A batch's shape is which key each event belongs to (``groups.row``, from which the counts and
+    ranks follow) and how many inputs each key's window holds: two batches of the same shape get
+    the same plan. Why: planning costs as much as a tenth of a small batch's forward pass, and a
+    stream of one key or a few brings the same shape batch after batch. A plan is never changed
+    once made, so handing the same one out again is safe.
+    """
+
+    def __init__(self) -> None:
+        self._shape: tuple[bytes, bytes, int, int, bool] | None = None
+        self._plan: FullWindowPlan | ChunkPlan | None = None
+
+    def plan(
+        self, groups: KeyGroups, window_len: np.ndarray, k: int, window_steps: int, *, full_windows: bool
+    ) -> FullWindowPlan | ChunkPlan:
+        """The batch's :class:`FullWindowPlan` when ``full_windows`` and it fits one
+        (:func:`fits_full_windows`), else its :class:`ChunkPlan`."""
+        shape = (
+            groups.row.tobytes(),
+            window_len.astype(np.int64, copy=False).tobytes(),
+            k,
+            window_steps,
+            full_windows,
+        )
+        if shape != self._shape or self._plan is None:
+            if full_windows and fits_full_windows(groups.counts, window_len, k, window_steps):
+                self._plan = plan_full_windows(groups, k)
+            else:
+                self._plan = plan_chunks(groups, window_len, k, window_steps)
+            self._shape = shape
+        return self._plan

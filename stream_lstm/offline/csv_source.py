@@ -151,12 +151,12 @@ class CsvEventSource:
                         raise EventError(f"expected {width} cells, found {len(row)}", "cells")
                     cell = row[label_at]
                     note_label(cell)
-                    event = Event(
-                        key=row[key_at] if key_at is not None else DEFAULT_KEY,
-                        ts=self._timestamp(row[ts_at]) if ts_at is not None else None,
-                        features=self._features(row, numeric_at),
-                        label=read_label(cell),
-                        categories={name: row[at] for name, at in category_at if row[at]},
+                    event = Event(  # by position: Event's fields key, ts, features, label, categories
+                        row[key_at] if key_at is not None else DEFAULT_KEY,
+                        self._timestamp(row[ts_at]) if ts_at is not None else None,
+                        self._features(row, numeric_at),
+                        read_label(cell),
+                        {name: row[at] for name, at in category_at if row[at]} if category_at else {},
                     )
                 except EventError as error:
                     self._record(

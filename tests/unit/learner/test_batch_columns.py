@@ -117,6 +117,19 @@ def test_grouping_in_python_gives_the_groups_of_np_unique(monkeypatch: pytest.Mo
             np.testing.assert_array_equal(getattr(in_python, field), getattr(by_unique, field))
 
 
+@pytest.mark.parametrize("n_events", [2, 17, 64])
+def test_a_batch_of_one_key_is_grouped_as_np_unique_groups_it(
+    n_events: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slots = np.full(n_events, 5)
+    shortcut = group_by_slot(slots)  # a batch of at most SMALL_BATCH events of one key
+    monkeypatch.setattr(batch_columns, "SMALL_BATCH", 0)
+    by_unique = group_by_slot(slots)
+    for field in ("slots", "row", "rank", "counts", "order", "starts"):
+        np.testing.assert_array_equal(getattr(shortcut, field), getattr(by_unique, field))
+        assert getattr(shortcut, field).dtype == getattr(by_unique, field).dtype
+
+
 def features_by_loop(learner: LSTMLearner, events: list[Event]) -> np.ndarray:
     raw = np.full((len(events), learner.max_features + 1), np.nan)
     for i, event in enumerate(events):

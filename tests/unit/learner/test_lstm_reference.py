@@ -77,7 +77,7 @@ def reference_probabilities(learner: LSTMLearner, events: list[Event], batch_siz
 
 @pytest.mark.parametrize(
     ("batch_size", "tbptt_steps", "n_keys"),
-    [(1, 1, 1), (1, 4, 3), (7, 3, 1), (32, 4, 5), (64, 8, 40), (200, 5, 2), (16, 1, 4)],
+    [(1, 1, 1), (1, 4, 3), (7, 3, 1), (32, 4, 5), (64, 8, 40), (200, 5, 2), (16, 1, 4), (64, 8, 1)],
 )
 def test_chunked_forward_matches_step_by_step(batch_size: int, tbptt_steps: int, n_keys: int) -> None:
     events = list(temporal_stream(400, n_keys=n_keys, seed=11))
