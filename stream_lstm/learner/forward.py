@@ -243,13 +243,16 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         h, c = state
         key_index = to_device(chunks.chunk_key, device)
         start_h, start_c = h.index_select(0, key_index), c.index_select(0, key_index)
-        # A chunk after chunk 0 starts from the state at its boundary, and a key's next window one
-        # step into its last chunk: the states just before those positions (see _boundary_states).
-        n_later, long_rows = chunks.later.size, window.long_rows
+        # A chunk after chunk 0 starts from the state at its boundary, and the next window of a key
+        # with such chunks one step into its last chunk: the states just before those positions
+        # (see _boundary_states; the second kind adds at most one step to the keys' run).
+        n_later, long_rows, long_steps = chunks.later.size, window.long_rows, window.long_steps
+        spans_chunks = long_steps > 0
+        folded = long_rows[spans_chunks]
         h_b, c_b = self._boundary_states(
             narrow(sequences, batch.columns),
-            np.concatenate([chunks.boundary_keys, long_rows]),
-            np.concatenate([chunks.boundary_steps, window.long_steps + 1]),
+            np.concatenate([chunks.boundary_keys, folded]),
+            np.concatenate([chunks.boundary_steps, long_steps[spans_chunks] + 1]),
             h,
             c,
             batch.weights,
@@ -260,14 +263,20 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
             start_c = start_c.index_copy(0, later_index, c_b[:n_later])
         chunk_inputs = gather_steps(sequences, chunks.chunk_key, chunks.positions)
         # Keys shorter than a chunk keep their stored state: their window starts where they did.
-        if long_rows.size == h.shape[0]:
-            new_state = (h_b[n_later:], c_b[n_later:])
-        else:
-            long_index = to_device(long_rows, device)
+        if folded.size == h.shape[0]:
+            return chunk_inputs, (start_h, start_c), (h_b[n_later:], c_b[n_later:])
+        new_state = (h, c)
+        if folded.size:
+            folded_index = to_device(folded, device)
             new_state = (
-                h.index_copy(0, long_index, h_b[n_later:]),
-                c.index_copy(0, long_index, c_b[n_later:]),
+                h.index_copy(0, folded_index, h_b[n_later:]),
+                c.index_copy(0, folded_index, c_b[n_later:]),
             )
+        # A key of exactly one chunk takes its one step here: in the boundary run it would lengthen
+        # the run of every key to the longest sequence of the batch.
+        one_chunk = long_rows[~spans_chunks]
+        if one_chunk.size:
+            new_state = self._step_rows(sequences, one_chunk, long_steps[~spans_chunks], new_state, batch)
         return chunk_inputs, (start_h, start_c), new_state
 
     def _step_rows(

@@ -127,8 +127,9 @@ class FusedLSTMCalls:
 
 
 #: On the CPU, the cell recurrence of :func:`cell_states` runs as a loop over time steps (each a
-#: few NumPy operations on every key at once) up to this many steps per key of the batch, and as a
-#: parallel scan beyond: the loop's cost grows with the steps, the scan's with steps x keys.
+#: few NumPy operations on every key at once) while the steps are at most this many times the
+#: keys, and as a parallel scan beyond: the loop's cost grows with the steps, the scan's with
+#: steps x keys.
 HOST_LOOP_STEPS_PER_KEY = 128
 
 
@@ -147,8 +148,8 @@ def cell_states(
     """
     n_keys, steps = forget.shape[0], forget.shape[1]
     if forget.device.type == "cpu" and steps <= HOST_LOOP_STEPS_PER_KEY * n_keys:
-        cells = np.empty(forget.shape, dtype=np.float32)
         cell = c0.numpy()
+        cells = np.empty(forget.shape, dtype=cell.dtype)
         # Time-major views: each step's rows of every key, without copies.
         for step_forget, step_added, step_cell in zip(
             forget.numpy().swapaxes(0, 1), added.numpy().swapaxes(0, 1), cells.swapaxes(0, 1), strict=True

@@ -68,8 +68,6 @@ class LaterChunks:
     #: For those rows: their key, and the step of the sequence at which they start.
     boundary_keys: np.ndarray
     boundary_steps: np.ndarray
-    #: Each key's last chunk row, whose start state the key's next window continues from.
-    last_rows: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +75,8 @@ class NextWindow:
     """How each key's next window and its start state come out of the batch's grid."""
 
     #: Keys whose sequence holds at least ``k`` inputs: their next start state is one step into
-    #: their last chunk, which the fused LSTM does not return, so that step is taken again.
+    #: their last chunk, which the fused LSTM does not return, so it is found again (among the
+    #: boundary states, or by one more step).
     long_rows: np.ndarray
     #: The grid step of that input, for each of ``long_rows``.
     long_steps: np.ndarray
@@ -169,7 +168,6 @@ def plan_chunks(groups: KeyGroups, window_len: np.ndarray, k: int, window_steps:
             later=later,
             boundary_keys=chunk_key[later],
             boundary_steps=chunk_start[later],
-            last_rows=row_of_key + per_key - 1,
         )
         event_chunk_row = row_of_key[event_row] + event_chunk - first_new[event_row]
     single_chunk_steps = int(total_len.max(initial=1))
@@ -209,8 +207,9 @@ class PlanCache:
     A batch's shape is which key each event belongs to (``groups.row``, from which the counts and
     ranks follow) and how many inputs each key's window holds: two batches of the same shape get
     the same plan. Why: planning costs as much as a tenth of a small batch's forward pass, and a
-    stream of one key or a few brings the same shape batch after batch. A plan is never changed
-    once made, so handing the same one out again is safe.
+    stream of one key or a few brings the same shape batch after batch. Handing the same plan out
+    again is safe because nothing writes into a plan's arrays once it is made (the learner copies
+    what it keeps of them, such as the next windows' lengths, into its key store).
     """
 
     def __init__(self) -> None:

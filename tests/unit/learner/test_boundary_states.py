@@ -14,6 +14,7 @@ from stream_lstm.learner import fused_lstm
 from stream_lstm.learner.fused_lstm import cell_states
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.learner.tbptt_plan import ChunkPlan, PlanCache
+from stream_lstm.messages.events import Event
 from stream_lstm.offline.generator import temporal_stream
 from tests.unit.learner.test_lstm_reference import learn_side_by_side
 
@@ -31,7 +32,7 @@ def cells_step_by_step(
     return np.array(out)
 
 
-@pytest.mark.parametrize(("n_keys", "steps"), [(1, 1), (1, 63), (3, 17), (16, 64), (2, 300)])
+@pytest.mark.parametrize(("n_keys", "steps"), [(1, 1), (1, 63), (3, 17), (16, 64), (2, 300), (3, 300)])
 @pytest.mark.parametrize("loop_steps_per_key", [0, fused_lstm.HOST_LOOP_STEPS_PER_KEY])
 def test_the_cell_states_are_the_recurrence_by_loop_and_by_scan(
     n_keys: int, steps: int, loop_steps_per_key: int, monkeypatch: pytest.MonkeyPatch
@@ -112,3 +113,27 @@ def test_a_plan_is_handed_out_again_only_for_a_batch_of_the_same_shape() -> None
     learner.predict_batch(events[160:190])  # 30 new events: another shape, another plan
     assert learner._plans._plan is not plans[0]
     assert learner._plans._plan.scatter.size == 30
+
+
+def test_keys_of_one_chunk_stay_out_of_the_boundary_run() -> None:
+    """Many keys in the steady state beside one key with many new events: only the chunked key
+    runs through its sequence for its boundary states; the others take one step each (a run of
+    every key over the longest sequence would cost as many times more as there are keys)."""
+    learner = LSTMLearner(hidden_size=4, tbptt_steps=4, device="cpu")
+    warm = [Event(key=str(i % 50), features={"x": float(i)}, label=i % 2) for i in range(200)]
+    learner.predict_batch(warm)
+    learner.learn_batch(warm)
+    runs: list[tuple[int, int]] = []
+    boundaries = learner._boundary_states
+
+    def recording(sequences, keys, positions, *rest):  # type: ignore[no-untyped-def]
+        runs.append((np.unique(keys).size, int(positions.max())))
+        return boundaries(sequences, keys, positions, *rest)
+
+    learner._boundary_states = recording  # type: ignore[method-assign]
+    steady = [Event(key=str(i), features={"x": 1.0}, label=1) for i in range(50)]
+    bursty = [Event(key="burst", features={"x": float(i)}, label=i % 2) for i in range(40)]
+    batch = steady + bursty
+    learner.predict_batch(batch)
+    learner.learn_batch(batch)
+    assert runs == [(1, 40 - 4 + 1)]  # the bursty key alone, to one step into its last chunk

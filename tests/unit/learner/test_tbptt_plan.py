@@ -58,10 +58,20 @@ def test_chunks_hold_each_event_at_its_sequence_position(
                 key = chunks.chunk_key[row]
                 steps = chunks.positions[row, : plan.chunk_len[row]]
                 assert len({chunk_of_each_step(k, int(total_len[key]))[s] for s in steps}) == 1
+            last_rows = np.array(
+                [np.flatnonzero(chunks.chunk_key == key).max() for key in range(total_len.size)]
+            )
             np.testing.assert_array_equal(
-                chunks.positions[chunks.last_rows, plan.chunk_len[chunks.last_rows] - 1], total_len - 1
+                chunks.positions[last_rows, plan.chunk_len[last_rows] - 1], total_len - 1
             )
             np.testing.assert_array_equal(chunks.chunk_key[chunks.later], chunks.boundary_keys)
+        # Each event's output as a flat index into the chunk rows' steps (None: all, in order).
+        width = plan.single_chunk_steps if chunks is None else chunks.positions.shape[1]
+        flat = plan.event_chunk_row * width + plan.event_step
+        if plan.event_outputs is None:
+            np.testing.assert_array_equal(flat, np.arange(plan.chunk_len.size * width))
+        else:
+            np.testing.assert_array_equal(plan.event_outputs, flat)
         window = plan.next_window
         np.testing.assert_array_equal(window.window_len, np.minimum(total_len, k - 1))
         np.testing.assert_array_equal(window.long_rows, np.flatnonzero(total_len >= k))
