@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help="the script's own arguments")
     options = parser.parse_args(argv)
     arguments = [a for a in options.arguments if a != "--"]
-    with tempfile.TemporaryDirectory() as scratch:
-        base = Path(scratch) / "base"
+    # Beside this checkout, so that a benchmark finds the data beside it as from here (Elec2 is
+    # ../shared/data relative to a checkout).
+    with tempfile.TemporaryDirectory(dir=HERE.parent, prefix=".compare-") as base_directory:
+        base = Path(base_directory)
         subprocess.run(["git", "worktree", "add", "--detach", str(base), options.base], cwd=HERE, check=True)
         try:
             print(f"# {options.script} {' '.join(arguments)}: {options.base} against this tree\n")
