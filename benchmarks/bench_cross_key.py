@@ -94,7 +94,10 @@ def main() -> None:
     results = []
     for stream, settings in streams(args.events, seeds):
         by_batch = {}
-        for batch, lstm in ((DEFAULTS["batch_size"], {}), (1, {"steps_per_batch": 1})):
+        for batch, lstm in (
+            (DEFAULTS["batch_size"], {}),
+            (1, {"steps_per_batch": 1, "extra_step_events": 0}),
+        ):
             print(f"  {stream.name}: batch {batch} ...", flush=True)
             by_batch[batch] = evaluate(stream, MODELS, batch=batch, lstm={**settings, **lstm})
         results.append((stream, by_batch))

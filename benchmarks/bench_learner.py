@@ -1,10 +1,11 @@
 """The LSTM learner alone: events/s by key count and batch size, per device, and its memory.
 
 Why: the service and ``evaluate`` benchmarks mix the learner with I/O, parsing, the baselines and
-scoring; this one times only ``predict_batch`` + ``learn_batch`` (one optimizer step per
-batch) on pre-built events of the project's generated stream, so it shows what the LSTM itself
-costs per event, how that depends on the batch size and the number of keys, and what a GPU
-changes. One torch CPU thread, as the service uses by default.
+scoring; this one times only ``predict_batch`` + ``learn_batch`` (the default optimizer steps per
+batch, without the early extra step of a stream's start: the steady cost) on pre-built events of
+the project's generated stream, so it shows what the LSTM itself costs per event, how that
+depends on the batch size and the number of keys, and what a GPU changes. One torch CPU thread,
+as the service uses by default.
 
 Throughput. For each device, key count and batch size: a fresh learner (``max_keys`` raised to
 cover the keys), a few batches to warm up (allocations, kernel choice), then ``--events`` events
@@ -95,7 +96,7 @@ def generated(events: int, keys: int, seed: int) -> tuple[Event, ...]:
 
 def rate(device: str, keys: int, batch: int, events: int) -> float:
     """Events per second of predict + learn over ``events`` events, in batches of ``batch``."""
-    learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch))
+    learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch), extra_step_events=0)
     warm = generated(4 * batch, keys, 1)
     stream = generated(events, keys, 2)
     for start in range(0, len(warm), batch):  # the first calls allocate and pick kernels
@@ -119,7 +120,7 @@ def steady_rate(device: str, keys: int, batch: int, events: int) -> float:
     per key on average, so that practically every key has a full window and a non-zero state
     (a key of the generated stream is drawn at random for each event). The timed events continue
     the same stream."""
-    learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch))
+    learner = LSTMLearner(device=device, max_keys=max(100_000, keys, batch), extra_step_events=0)
     warm_events = STEADY_WARM_EVENTS_PER_KEY * keys
     stream = generated(warm_events + events, keys, 2)
     warm_batch = max(batch, 256)  # fast, and a key's window fills the same way at any batch size
@@ -161,7 +162,7 @@ def key_state_bytes(learner: LSTMLearner) -> int:
 
 def memory_probe(device: str, n_keys: int) -> dict[str, float]:
     """Track ``n_keys`` keys in a fresh learner; what it cost in memory and time."""
-    learner = LSTMLearner(device=device, max_keys=n_keys)
+    learner = LSTMLearner(device=device, max_keys=n_keys, extra_step_events=0)
     step(learner, list(temporal_stream(64, n_keys=64, seed=4)))  # allocate what every run allocates
     synchronize(learner)
     before = memory_status()
@@ -212,7 +213,7 @@ def kernel_floor(device: str, batch: int, repeats: int) -> tuple[float, float]:
     stream (on the CPU, its 3 features, the time gap and the previous label's 2 inputs; on a GPU
     all 35). Returns (LSTM forward + backward, that step), each the median of ``repeats``
     timings of 200 calls."""
-    learner = LSTMLearner(device=device)
+    learner = LSTMLearner(device=device, extra_step_events=0)
     columns = learner._input_columns(np.array([0, 1, 2, learner.max_features]))
     weights = learner._weights_for(columns)
     width = learner.input_size if columns is None else columns.numel()

@@ -30,12 +30,13 @@ def old_learner_state(learner: LSTMLearner) -> dict[str, Any]:
         buffer,
     )
     return {
-        # The old format had no steps_per_batch (one step per batch), no stream rate and no early
-        # boost.
+        # The old format had no steps_per_batch (one step per batch), no stream rate, no early
+        # boost and no early extra step.
         "hyperparameters": {
             k: v
             for k, v in learner.hyperparameters().items()
-            if k not in ("steps_per_batch", "stream_rate_half_life", "lr_boost_half_life")
+            if k
+            not in ("steps_per_batch", "stream_rate_half_life", "lr_boost_half_life", "extra_step_events")
         },
         "torch_state": buffer.getvalue(),
         "scaler": learner.scaler,

@@ -14,6 +14,7 @@ from stream_lstm.config.kafka_settings import KAFKA_CLIENT, KAFKA_SETTINGS, SECU
 from stream_lstm.config.secret import secret
 from stream_lstm.config.setting import (
     Setting,
+    extra_step_events,
     host_port_list,
     log_level,
     lr_boost_half_life,
@@ -31,7 +32,7 @@ from stream_lstm.config.setting import (
     trend_scales,
 )
 from stream_lstm.errors import ConfigError
-from stream_lstm.learner.limits import DEFAULT_LR_BOOST_HALF_LIFE
+from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS, DEFAULT_LR_BOOST_HALF_LIFE
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.stream_rate import DEFAULT_STREAM_RATE_HALF_LIFE
 from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES
@@ -69,6 +70,13 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
         steps_per_batch,
         2,
         "LSTM optimizer steps on each micro-batch (more learn more per event, at some speed)",
+    ),
+    Setting(
+        "extra_step_events",
+        extra_step_events,
+        DEFAULT_EXTRA_STEP_EVENTS,
+        "labelled events at the start of a stream during which the LSTM takes one optimizer step"
+        " per micro-batch more than --steps-per-batch (0: none)",
     ),
     Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),
     Setting("max_features", positive_int, 32, "distinct feature names the LSTM takes as inputs"),
@@ -112,6 +120,7 @@ LSTM_HYPERPARAMETERS = (
     "lr_boost_half_life",
     "clip_grad_norm",
     "steps_per_batch",
+    "extra_step_events",
     "max_features",
     "category_buckets",
     "trend_scales",

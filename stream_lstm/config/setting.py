@@ -23,7 +23,11 @@ from typing import Any
 
 from stream_lstm.config.secret import MASK, read_secret_file
 from stream_lstm.errors import ConfigError
-from stream_lstm.learner.limits import check_lr_boost_half_life, check_steps_per_batch
+from stream_lstm.learner.limits import (
+    check_extra_step_events,
+    check_lr_boost_half_life,
+    check_steps_per_batch,
+)
 from stream_lstm.messages.stream_rate import check_stream_rate_half_life
 from stream_lstm.messages.trend_scales import check_trend_scales
 
@@ -61,6 +65,11 @@ def positive_int(text: str) -> int:
 def steps_per_batch(text: str) -> int:
     """An integer from 1 to the learner's bound on steps per batch (the learner's own check)."""
     return check_steps_per_batch(positive_int(text))
+
+
+def extra_step_events(text: str) -> int:
+    """An integer from 0 to the learner's bound on extra-step events (the learner's own check)."""
+    return check_extra_step_events(non_negative_int(text))
 
 
 def lr_boost_half_life(text: str) -> float:

@@ -23,8 +23,8 @@ told to. So every difference is either refused or applied:
   ``trend_scales``, without them, and one without the stream rate (``stream_rate_half_life`` 0)
   under any half-life, without it.
 * **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``lr_boost_half_life``, ``clip_grad_norm``,
-  ``steps_per_batch`` and ``device`` change how the learner goes on, not what it has learned, so
-  they are applied to the loaded learner and logged.
+  ``steps_per_batch``, ``extra_step_events`` and ``device`` change how the learner goes on, not
+  what it has learned, so they are applied to the loaded learner and logged.
 
 ``torch_threads``, ``batch_size`` and the checkpoint and Kafka settings are the service's, not the
 learner's: a checkpoint does not hold them, and they may change freely.
@@ -39,6 +39,7 @@ from typing import Any
 from stream_lstm.errors import ConfigError
 from stream_lstm.evaluation.mixture import MIXTURE, FixedShareMixture
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
+from stream_lstm.learner.limits import CHANGEABLE_SETTINGS
 from stream_lstm.models.build import SHARED_WITH_LAGS, TRAINED, build_models
 from stream_lstm.models.protocols import trained_model
 
@@ -59,7 +60,7 @@ FIXED = (
     "seed",
 )
 #: Settings that may differ from the checkpoint's: applied to the loaded learner.
-RESUME_SAFE = ("learning_rate", "lr_boost_half_life", "clip_grad_norm", "steps_per_batch", "device")
+RESUME_SAFE = CHANGEABLE_SETTINGS
 
 
 def current_learner_settings(settings: Mapping[str, Any], lstm: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from stream_lstm.errors import ConfigError
 from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import input_size
 from stream_lstm.learner.key_state import KeyStateStore
-from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH, check_lr_boost_half_life
+from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH, check_extra_step_events, check_lr_boost_half_life
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
@@ -60,6 +60,7 @@ _HYPERPARAMETERS = (
     "lr_boost_half_life",
     "clip_grad_norm",
     "steps_per_batch",
+    "extra_step_events",
     "input_clip",
     "max_keys",
     "max_features",
@@ -148,9 +149,10 @@ def _learner_state(learner: Any) -> State:
 
 #: Hyperparameters that later versions added, with the value every learner written before them
 #: had: no category inputs, one optimizer step per batch, no trend inputs, no stream rate, no
-#: early boost of the step size.
+#: early boost of the step size, no early extra step.
 ADDED_LATER_DEFAULTS = {
     "lr_boost_half_life": 0.0,
+    "extra_step_events": 0,
     "category_buckets": 0,
     "steps_per_batch": 1,
     "trend_scales": 0,
@@ -172,6 +174,9 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         ),
         "clip_grad_norm": read.float("clip_grad_norm", low=_SMALLEST),
         "steps_per_batch": read.int("steps_per_batch", low=1, high=MAX_STEPS_PER_BATCH),
+        "extra_step_events": checked_by(
+            check_extra_step_events, read.raw("extra_step_events"), read.path("extra_step_events")
+        ),
         "input_clip": read.float("input_clip", low=_SMALLEST),
         "max_keys": read.int("max_keys", low=1),
         "max_features": read.int("max_features", low=1),

@@ -10,8 +10,21 @@ from typing import Any
 
 from stream_lstm.errors import ConfigError
 
-#: The most optimizer steps on one micro-batch (``--steps-per-batch``): each costs a forward and
-#: a backward pass, so far fewer are useful; the bound keeps a typo from stalling the service.
+#: The hyperparameters :meth:`~stream_lstm.learner.lstm_learner.LSTMLearner.change_settings`
+#: changes on a learner that has learned, and so the settings a resumed checkpoint may change:
+#: they change how it goes on learning, not what it has learned or the shape of its state.
+CHANGEABLE_SETTINGS = (
+    "learning_rate",
+    "lr_boost_half_life",
+    "clip_grad_norm",
+    "steps_per_batch",
+    "extra_step_events",
+    "device",
+)
+
+#: The largest ``--steps-per-batch`` (a batch early in a stream takes one more, see
+#: ``--extra-step-events``): each step costs a forward and a backward pass, so far fewer are
+#: useful; the bound keeps a typo from stalling the service.
 MAX_STEPS_PER_BATCH = 1000
 
 
@@ -38,6 +51,25 @@ def check_lr_boost_half_life(value: Any) -> float:
             f" got {value!r:.40}"
         )
     return float(value)
+
+
+#: The most labelled events that may get an extra optimizer step per batch
+#: (``--extra-step-events``): far beyond any stream's start, so that a typo cannot hide as a
+#: service that pays for an extra step on every batch forever.
+MAX_EXTRA_STEP_EVENTS = 10**12
+#: The default: a stream's first 5,000 labelled events get one optimizer step per batch more than
+#: ``--steps-per-batch``. Chosen on the quality suite (``benchmarks/bench_quality.py``), where
+#: 5,000 beat 3,000, 8,000, 12,000, none, and a third step on every batch.
+DEFAULT_EXTRA_STEP_EVENTS = 5000
+
+
+def check_extra_step_events(value: Any) -> int:
+    """``value`` if it is a whole number of events from 0 (none) to
+    :data:`MAX_EXTRA_STEP_EVENTS`, else :class:`~stream_lstm.errors.ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXTRA_STEP_EVENTS:
+        most = f"{MAX_EXTRA_STEP_EVENTS:,}"
+        raise ConfigError(f"extra_step_events must be an integer from 0 (none) to {most}, got {value!r:.40}")
+    return value
 
 
 def check_steps_per_batch(value: Any) -> int:

@@ -36,6 +36,9 @@ def build_models(
     LSTM. The stream rate, a feature that the LSTM and ``logreg_lags`` add themselves, takes one
     of their ``max_features`` places and not one of ``logreg``'s, which does not get it: with
     ``max_features`` names or more in a keyed stream, ``logreg`` keeps one name more.
+
+    The LSTM gets the service's ``extra_step_events`` unless ``lstm`` gives one: the river API's
+    default (0, for learning a row at a time) is not the service's.
     """
     unknown = [name for name in names if name not in MODEL_NAMES]
     if unknown or not names:
@@ -48,8 +51,10 @@ def build_models(
     for name in names:
         if name == "lstm":
             from stream_lstm.api.classifier import LSTMClassifier  # torch is imported only when needed
+            from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS  # as the classifier is
 
-            models[name] = LSTMClassifier(max_keys=max_keys, **dict(lstm or {}))
+            arguments = {"extra_step_events": DEFAULT_EXTRA_STEP_EVENTS, **dict(lstm or {})}
+            models[name] = LSTMClassifier(max_keys=max_keys, **arguments)
         elif name == "logreg":
             models[name] = LogisticRegressionBaseline(**shared)
         elif name == "logreg_lags":

@@ -13,6 +13,7 @@ from river import base
 
 import stream_lstm
 from stream_lstm import LSTMClassifier
+from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import Event
 from stream_lstm.models.build import build_models, model_from_state
@@ -36,13 +37,29 @@ def test_it_is_a_river_mini_batch_classifier_and_the_learner() -> None:
     assert issubclass(LSTMClassifier, base.MiniBatchClassifier) and issubclass(LSTMClassifier, LSTMLearner)
 
 
+#: Defaults the river API chooses differently from the service, each for a reason its docstring gives.
+OWN_DEFAULTS = {"extra_step_events": 0}
+
+
 def test_it_takes_every_hyperparameter_of_the_learner_with_the_same_default() -> None:
     learner = inspect.signature(LSTMLearner.__init__).parameters
     classifier = inspect.signature(LSTMClassifier.__init__).parameters
     for name, parameter in learner.items():
-        assert classifier[name].default == parameter.default, name
+        assert classifier[name].default == OWN_DEFAULTS.get(name, parameter.default), name
+    for name in OWN_DEFAULTS:
+        assert f"``{name}`` is {OWN_DEFAULTS[name]} here" in (LSTMClassifier.__doc__ or "")
     model = LSTMClassifier(hidden_size=4, device="cpu")
     assert model.hyperparameters() == {name: getattr(model, name) for name in learner if name != "self"}
+
+
+def test_the_service_builds_its_lstm_with_its_own_defaults_not_the_river_apis() -> None:
+    built = build_models(["lstm"], lstm={"hidden_size": 4, "device": "cpu"})["lstm"]
+    assert isinstance(built, LSTMClassifier)
+    assert (
+        built.extra_step_events == DEFAULT_EXTRA_STEP_EVENTS != LSTMClassifier(device="cpu").extra_step_events
+    )
+    chosen = build_models(["lstm"], lstm={"hidden_size": 4, "device": "cpu", "extra_step_events": 7})["lstm"]
+    assert chosen.extra_step_events == 7  # type: ignore[attr-defined]
 
 
 def test_copies_keep_the_learned_state_and_the_fields() -> None:

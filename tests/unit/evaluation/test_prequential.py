@@ -14,8 +14,10 @@ from stream_lstm.offline.generator import temporal_stream
 SMALL_LSTM = {"hidden_size": 8, "tbptt_steps": 4, "device": "cpu", "learning_rate": 0.05}
 
 
-def run(events: list[Event], batch_size: int, steps_per_batch: int = 1) -> dict[str, np.ndarray]:
-    lstm = {**SMALL_LSTM, "steps_per_batch": steps_per_batch}
+def run(
+    events: list[Event], batch_size: int, steps_per_batch: int = 1, extra_step_events: int = 0
+) -> dict[str, np.ndarray]:
+    lstm = {**SMALL_LSTM, "steps_per_batch": steps_per_batch, "extra_step_events": extra_step_events}
     evaluator = build_evaluator(["lstm", "logreg", "logreg_lags", "no_change", "mix"], lstm=lstm, window=50)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in evaluator.names}
     for start in range(0, len(events), batch_size):
@@ -24,28 +26,36 @@ def run(events: list[Event], batch_size: int, steps_per_batch: int = 1) -> dict[
     return {name: np.concatenate(p) for name, p in parts.items()}
 
 
-@pytest.mark.parametrize(("batch_size", "steps_per_batch"), [(1, 1), (7, 1), (32, 1), (7, 3), (32, 3)])
+@pytest.mark.parametrize(
+    ("batch_size", "steps_per_batch", "extra_step_events"),
+    # The early extra step on the batches up to event 200, t among them.
+    [(1, 1, 0), (7, 1, 0), (32, 1, 0), (7, 3, 0), (32, 3, 0), (7, 1, 200), (32, 2, 200)],
+)
 def test_changing_label_of_t_or_later_leaves_prediction_of_t_unchanged(
-    batch_size: int, steps_per_batch: int
+    batch_size: int, steps_per_batch: int, extra_step_events: int
 ) -> None:
     events = list(temporal_stream(300, n_keys=4, seed=5))
     t = 150  # mid-batch for every batch size above
     altered = events[:t] + [dataclasses.replace(e, label=1 - e.label) for e in events[t:]]
-    before, after = run(events, batch_size, steps_per_batch), run(altered, batch_size, steps_per_batch)
+    before = run(events, batch_size, steps_per_batch, extra_step_events)
+    after = run(altered, batch_size, steps_per_batch, extra_step_events)
     for name in before:
         np.testing.assert_array_equal(before[name][: t + 1], after[name][: t + 1], err_msg=name)
         # ...and the flipped labels do change later predictions, so the comparison has teeth.
         assert not np.array_equal(before[name][t + 1 :], after[name][t + 1 :]), name
 
 
-@pytest.mark.parametrize("steps_per_batch", [1, 3])
-def test_changing_features_of_later_events_leaves_earlier_predictions_unchanged(steps_per_batch: int) -> None:
+@pytest.mark.parametrize(("steps_per_batch", "extra_step_events"), [(1, 0), (3, 0), (2, 150)])
+def test_changing_features_of_later_events_leaves_earlier_predictions_unchanged(
+    steps_per_batch: int, extra_step_events: int
+) -> None:
     events = list(temporal_stream(200, n_keys=3, seed=6))
     t = 100
     altered = events[: t + 1] + [
         dataclasses.replace(e, features={"a": 10.0, "z": -3.0}) for e in events[t + 1 :]
     ]
-    before, after = run(events, 16, steps_per_batch), run(altered, 16, steps_per_batch)
+    before = run(events, 16, steps_per_batch, extra_step_events)
+    after = run(altered, 16, steps_per_batch, extra_step_events)
     for name in before:
         np.testing.assert_array_equal(before[name][: t + 1], after[name][: t + 1], err_msg=name)
 
@@ -59,7 +69,8 @@ def test_unlabelled_events_are_predicted_but_not_learned() -> None:
     unlabelled = [dataclasses.replace(e, label=None) for e in temporal_stream(64, n_keys=2, seed=2)]
     predictions = evaluator.process(unlabelled)
     assert all(p.shape == (64,) and np.isfinite(p).all() for p in predictions.values())
-    assert lstm.events_learned == 64 and lstm.events_seen == 128 and lstm.steps == lstm.steps_per_batch
+    steps = lstm.steps_per_batch + 1  # one batch, at the stream's start: the early extra step
+    assert lstm.events_learned == 64 and lstm.events_seen == 128 and lstm.steps == steps
     for before, after in zip(weights, lstm.network.parameters(), strict=True):
         assert np.array_equal(before.numpy(), after.detach().numpy())
     assert evaluator.scores["lstm"].count == 64  # unlabelled events are not scored either

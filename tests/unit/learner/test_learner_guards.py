@@ -134,7 +134,9 @@ def test_values_past_the_decoders_bound_cannot_poison_the_learner_either(input_c
     assert_finite_state(learner)
     stats = learner.guard_stats()
     skipped = stats["skipped_non_finite_loss"] + stats["skipped_non_finite_gradient"]
-    steps = learner.steps_per_batch  # on each batch, unless its first step is skipped
+    # On each batch, unless its first step is skipped; 40 events are all within the extra step's.
+    steps = learner.steps_per_batch + 1
+    assert learner.extra_step_events > len(events)
     if input_clip == 10.0:
         assert skipped == 0 and learner.steps == 15 * steps  # batches of 1, 4 and 3 events, five times
     else:
@@ -305,10 +307,13 @@ def test_a_batch_with_a_non_finite_loss_or_gradient_changes_no_weight_and_no_opt
     copy = pickle.loads(pickle.dumps(learner))
     assert copy.guard_stats() == stats and copy.steps == steps
     copy._check_on_host = check_on_host
+    # The skipped batches moved the extra step's clock too; these two are still within it.
+    assert copy.events_learned + sum(map(len, rest[2:4])) <= copy.extra_step_events
+    per_batch = copy.steps_per_batch + 1
     for chunk in rest[2:4]:
         copy.predict_batch(chunk)
         copy.learn_batch(chunk)
-    assert copy.steps == steps + 2 * copy.steps_per_batch and copy.guard_stats() == stats
+    assert copy.steps == steps + 2 * per_batch and copy.guard_stats() == stats
     assert not torch.equal(copy.network.lstm.weight_hh_l0, before["weight lstm.weight_hh_l0"])
 
 
@@ -370,7 +375,8 @@ def test_a_learner_saved_before_the_guards_converts_with_their_defaults() -> Non
         "skipped_non_finite_gradient": 0,
         "features_dropped": 0,
     }
-    assert old.steps == learner.steps == learner.steps_per_batch and not hasattr(old, "dropped_features")
+    assert old.extra_step_events == 0  # so did the early extra step, which this batch took
+    assert old.steps == learner.steps == learner.steps_per_batch + 1 and not hasattr(old, "dropped_features")
     np.testing.assert_array_equal(old.predict_batch(events), learner.predict_batch(events))
 
 

@@ -42,7 +42,7 @@ def test_the_boost_is_on_by_default_and_changes_what_is_learned() -> None:
 
 
 def test_each_step_takes_twice_the_rate_fading_with_adams_step_count() -> None:
-    model = learner(lr_boost_half_life=4, steps_per_batch=2)
+    model = learner(lr_boost_half_life=4, steps_per_batch=2, extra_step_events=0)
     taken: list[float] = []
     step_size = model.optimizer._step_size
 

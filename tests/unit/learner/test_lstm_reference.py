@@ -161,8 +161,10 @@ def test_steady_state_path_learns_exactly_like_the_general_chunked_path(batch_si
     events each); with learning on, it must give the same predictions, gradients and weights as the
     general path, which the test above pins to a plain LSTM."""
     events = list(temporal_stream(1500, n_keys=n_keys, seed=5))
-    fast = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0)
-    general = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0)
+    fast = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0, extra_step_events=0)
+    general = LSTMLearner(
+        hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0, extra_step_events=0
+    )
     general._full_window_path = False
     paths = PathCounter(fast)
     learn_side_by_side(fast, general, events, batch_size, atol=1e-5)
@@ -208,8 +210,12 @@ def test_one_padded_lstm_call_learns_like_a_call_per_sequence_length(
     """While windows fill up, a batch's sequences have many lengths; running them as one padded
     call must give the predictions, gradients and weights of a call per length."""
     events = list(temporal_stream(1200, n_keys=n_keys, seed=9))
-    padded = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0)
-    grouped = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0)
+    padded = LSTMLearner(
+        hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0, extra_step_events=0
+    )
+    grouped = LSTMLearner(
+        hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0, extra_step_events=0
+    )
     grouped._run_lstm = _run_lstm_grouped_by_length(grouped)  # type: ignore[method-assign]
     paths = PathCounter(padded)
     learn_side_by_side(padded, grouped, events, batch_size, atol=1e-6)
@@ -249,9 +255,13 @@ def test_the_lstm_on_the_named_input_columns_learns_like_the_lstm_on_all_of_them
     gradients and weights must be those of the LSTM on all columns, on each path, with labels
     missing and a feature appearing mid-stream."""
     events = stream_with_gaps(n_keys)
-    narrow = LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0)
+    narrow = LSTMLearner(
+        hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0, extra_step_events=0
+    )
     full = all_columns(
-        LSTMLearner(hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0)
+        LSTMLearner(
+            hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0, extra_step_events=0
+        )
     )
     widths = []
     input_columns = narrow._input_columns
@@ -273,7 +283,7 @@ def test_the_lstm_on_the_named_input_columns_learns_like_the_lstm_on_all_of_them
     # Why nothing changes: the columns nobody named kept their initial weights in both learners.
     unnamed = sorted(set(range(narrow.max_features)) - set(narrow.feature_columns.values()))
     initial = LSTMLearner(
-        hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0
+        hidden_size=8, tbptt_steps=tbptt_steps, device="cpu", lr_boost_half_life=0, extra_step_events=0
     ).network.lstm.weight_ih_l0
     for learner in (narrow, full):
         weight = learner.network.lstm.weight_ih_l0.detach()
@@ -290,15 +300,21 @@ def test_imported_key_states_continue_alike_on_the_named_columns_and_on_all(with
         dataclasses.replace(e, features={**e.features, "x": 1.0 + e.features["a"]}) if i < 600 else e
         for i, e in enumerate(temporal_stream(1200, n_keys=30, seed=3))
     ]
-    exporter = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0)
+    exporter = LSTMLearner(
+        hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0, extra_step_events=0
+    )
     for start in range(0, 600, 50):
         exporter.predict_batch(events[start : start + 50])
         exporter.learn_batch(events[start : start + 50])
     state = exporter.export_keys(list(exporter.tracked_keys()))
     if not with_layout:
         del state["feature_columns"]
-    narrow = LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0)
-    full = all_columns(LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0))
+    narrow = LSTMLearner(
+        hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0, extra_step_events=0
+    )
+    full = all_columns(
+        LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", lr_boost_half_life=0, extra_step_events=0)
+    )
     for learner in (narrow, full):
         learner.network.load_state_dict(exporter.network.state_dict())
         learner.import_keys(state)

@@ -35,7 +35,8 @@ def test_a_learner_built_under_learners_on_cpu_holds_cpu_tensors_and_keeps_its_d
     there = pickle.loads(saved)
     assert there.torch_device.type == "meta"
     assert {p.device.type for p in there.network.parameters()} == {"meta"}
-    assert there.steps == there.steps_per_batch and there.tracked_keys() == {"a", "b"}
+    # One batch: its steps, and the extra one of a stream's start.
+    assert there.steps == there.steps_per_batch + 1 and there.tracked_keys() == {"a", "b"}
 
 
 def test_a_learner_kept_on_the_cpu_still_refuses_a_device_it_cannot_have() -> None:

@@ -22,8 +22,8 @@ from tests.unit.learner.test_lstm_reference import PathCounter, learn_side_by_si
 
 
 def learner(steps: int, **options: object) -> LSTMLearner:
-    # Without the early boost, as learn_side_by_side's learners (see there).
-    options = {"lr_boost_half_life": 0, **options}
+    # Without the early boost and the early extra step, as learn_side_by_side's learners (see there).
+    options = {"lr_boost_half_life": 0, "extra_step_events": 0, **options}
     return LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", steps_per_batch=steps, **options)  # type: ignore[arg-type]
 
 
