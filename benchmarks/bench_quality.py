@@ -14,7 +14,7 @@ half-life in optimizer steps, 0: none), ``steps=``, ``extra=`` (the labelled eve
 start whose batches get one more step, 0: none), ``trend=`` (trend scales) and ``rate=`` (the
 stream rate's half-life, 0: none), variants separated by ``;``. Usage:
 ``python benchmarks/bench_quality.py [--events 20000] [--models lstm,logreg,logreg_lags,no_change,mix]
-[--streams a,b] [--seeds 0,1] [--variants "batch=1,steps=1;lr=0.03"] [--markdown OUT.md]``
+[--streams a,b] [--seeds 0,1] [--variants "batch=1,steps=1,extra=0;lr=0.03"] [--markdown OUT.md]``
 (appends to OUT.md). A third table ranks the variants by their mean log loss over the streams, with
 each one's worst accuracy shortfall against the first variant (batch 1 by default).
 """
@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default=VARIANTS,
-        help='LSTM settings to compare, e.g. "batch=1,steps=1;steps=2" (the first is the reference)',
+        help='LSTM settings to compare, e.g. "batch=1,steps=1,extra=0;steps=2" (the first is the reference)',
     )
     parser.add_argument("--markdown", help="append the tables to this Markdown file")
     args = parser.parse_args()

@@ -52,8 +52,8 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
     * :meth:`learn_one` learns one row: ``steps_per_batch`` optimizer steps on it, and its key's
       state moves on.
     * :meth:`learn_many` learns a DataFrame's rows, in order, as one micro-batch:
-      ``steps_per_batch`` optimizer steps on the batch (the service's unit of learning), every key
-      moved past its rows.
+      ``steps_per_batch`` optimizer steps on the batch (the service's unit of learning; the service
+      also sets ``extra_step_events``, below), every key moved past its rows.
     * :meth:`predict_proba_one` gives ``{False: 1 - p, True: p}``, where ``p`` is the
       probability that the label is 1 given the earlier rows of the key. Labels may be given as
       ``True``/``False`` or 1/0: the two are equal in Python, so ``proba[1]`` is ``proba[True]``

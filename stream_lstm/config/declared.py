@@ -75,8 +75,8 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
         "extra_step_events",
         extra_step_events,
         DEFAULT_EXTRA_STEP_EVENTS,
-        "labelled events at the start of a stream during which the LSTM takes one optimizer step"
-        " per micro-batch more than --steps-per-batch (0: none)",
+        "micro-batches that start within a stream's first this many labelled events take one LSTM"
+        " optimizer step more than --steps-per-batch (0: none; tuned at batch 64)",
     ),
     Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),
     Setting("max_features", positive_int, 32, "distinct feature names the LSTM takes as inputs"),

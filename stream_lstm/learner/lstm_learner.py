@@ -58,8 +58,9 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     calls: :meth:`predict_batch` runs one batched forward pass over every key in the batch
     (its stored window, then its new events in order) with the weights learned from earlier
     batches, and :meth:`learn_batch` backpropagates the loss of the batch's labelled events
-    through that same pass and takes an optimizer step (``steps_per_batch`` of them: each after
-    the batch's truncated chunks run again with the weights of the step before). The prediction
+    through that same pass and takes an optimizer step (``steps_per_batch`` of them, one more early
+    in a stream: each after the batch's truncated chunks run again with the weights of the step
+    before). The prediction
     for an event therefore depends only on earlier events of its key and on earlier batches.
 
     Truncated BPTT: every key keeps its last ``tbptt_steps - 1`` inputs and the detached state at

@@ -51,7 +51,9 @@ def build_models(
     for name in names:
         if name == "lstm":
             from stream_lstm.api.classifier import LSTMClassifier  # torch is imported only when needed
-            from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS  # as the classifier is
+
+            # Not at module level: the learner package imports this one (tests/unit/test_architecture.py).
+            from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS
 
             arguments = {"extra_step_events": DEFAULT_EXTRA_STEP_EVENTS, **dict(lstm or {})}
             models[name] = LSTMClassifier(max_keys=max_keys, **arguments)
