@@ -4,31 +4,21 @@ its setting, learner and checkpoint share one bound."""
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
 import pytest
 
 from stream_lstm.config.declared import RUN_SETTINGS
-from stream_lstm.config.setting import add_settings, resolve_settings
 from stream_lstm.config.setting import extra_step_events as extra_step_setting
+from stream_lstm.config.setting import resolve_settings
 from stream_lstm.errors import CheckpointRejected, ConfigError
 from stream_lstm.evaluation.resume_settings import RESUME_SAFE
 from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS, MAX_EXTRA_STEP_EVENTS
 from stream_lstm.learner.lstm_learner import CHANGEABLE_SETTINGS, LSTMLearner
 from stream_lstm.messages.events import Event
-from stream_lstm.offline.evaluate import batches
-from stream_lstm.offline.generator import temporal_stream
+from tests.unit.learner.test_lr_boost import learner, run_args, stream
 from tests.unit.learner.test_steps_per_batch import learn
-
-
-def learner(**options: object) -> LSTMLearner:
-    return LSTMLearner(hidden_size=8, tbptt_steps=4, device="cpu", **options)  # type: ignore[arg-type]
-
-
-def stream(n_events: int = 480, seed: int = 4) -> list[list[Event]]:
-    return list(batches(temporal_stream(n_events, n_keys=3, seed=seed), 32))
 
 
 def steps_per_learned_batch(model: LSTMLearner, chunks: list[list[Event]]) -> list[int]:
@@ -126,12 +116,5 @@ def test_the_setting_the_learner_and_its_checkpoint_share_one_bound() -> None:
     assert LSTMLearner.from_state(top.to_state(), "learner").extra_step_events == MAX_EXTRA_STEP_EVENTS
     too_many = str(MAX_EXTRA_STEP_EVENTS + 1)
     with pytest.raises(ConfigError, match=rf"^STREAM_LSTM_EXTRA_STEP_EVENTS={too_many}: extra_step_events"):
-        resolve_settings(_run_args(), RUN_SETTINGS, environ={"STREAM_LSTM_EXTRA_STEP_EVENTS": too_many})
-    assert resolve_settings(_run_args(), RUN_SETTINGS, environ={})["extra_step_events"] == 5000
-
-
-def _run_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(allow_abbrev=False)
-    parser.add_argument("--config")
-    add_settings(parser, RUN_SETTINGS)
-    return parser.parse_args([])
+        resolve_settings(run_args(), RUN_SETTINGS, environ={"STREAM_LSTM_EXTRA_STEP_EVENTS": too_many})
+    assert resolve_settings(run_args(), RUN_SETTINGS, environ={})["extra_step_events"] == 5000

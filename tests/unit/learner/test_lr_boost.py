@@ -134,11 +134,11 @@ def test_the_setting_the_learner_and_its_checkpoint_share_one_bound() -> None:
             lr_boost_setting(text)
     assert learner(lr_boost_half_life=MAX_LR_BOOST_HALF_LIFE).lr_boost_half_life == MAX_LR_BOOST_HALF_LIFE
     with pytest.raises(ConfigError, match=r"^STREAM_LSTM_LR_BOOST_HALF_LIFE=2e9: lr_boost_half_life must be"):
-        resolve_settings(_run_args(), RUN_SETTINGS, environ={"STREAM_LSTM_LR_BOOST_HALF_LIFE": "2e9"})
-    assert resolve_settings(_run_args(), RUN_SETTINGS, environ={})["lr_boost_half_life"] == 100
+        resolve_settings(run_args(), RUN_SETTINGS, environ={"STREAM_LSTM_LR_BOOST_HALF_LIFE": "2e9"})
+    assert resolve_settings(run_args(), RUN_SETTINGS, environ={})["lr_boost_half_life"] == 100
 
 
-def _run_args() -> argparse.Namespace:
+def run_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(allow_abbrev=False)
     parser.add_argument("--config")
     add_settings(parser, RUN_SETTINGS)
