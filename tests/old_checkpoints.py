@@ -15,6 +15,15 @@ from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.learner.training import SKIP_REASONS
 from stream_lstm.state.codec import MAGIC, PICKLE_SCHEMA
 
+#: Hyperparameters that came after the old format.
+_ADDED_SINCE_THE_OLD_FORMAT = (
+    "steps_per_batch",
+    "stream_rate_half_life",
+    "lr_boost_half_life",
+    "extra_step_events",
+    "base_rate_odds",
+)
+
 
 def old_learner_state(learner: LSTMLearner) -> dict[str, Any]:
     """What ``LSTMLearner.__getstate__`` returned in the old format."""
@@ -31,12 +40,9 @@ def old_learner_state(learner: LSTMLearner) -> dict[str, Any]:
     )
     return {
         # The old format had no steps_per_batch (one step per batch), no stream rate, no early
-        # boost and no early extra step.
+        # boost, no early extra step and no average with the base rate.
         "hyperparameters": {
-            k: v
-            for k, v in learner.hyperparameters().items()
-            if k
-            not in ("steps_per_batch", "stream_rate_half_life", "lr_boost_half_life", "extra_step_events")
+            k: v for k, v in learner.hyperparameters().items() if k not in _ADDED_SINCE_THE_OLD_FORMAT
         },
         "torch_state": buffer.getvalue(),
         "scaler": learner.scaler,

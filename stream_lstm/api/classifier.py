@@ -20,7 +20,7 @@ from river import base
 
 from stream_lstm.api.row_states import row_copies, row_keys
 from stream_lstm.api.rows import RowReader
-from stream_lstm.learner.limits import DEFAULT_LR_BOOST_HALF_LIFE
+from stream_lstm.learner.limits import DEFAULT_BASE_RATE_ODDS, DEFAULT_LR_BOOST_HALF_LIFE
 from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
@@ -72,8 +72,8 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
     Parameters
     ----------
     hidden_size, tbptt_steps, learning_rate, lr_boost_half_life, clip_grad_norm, steps_per_batch,
-    extra_step_events, input_clip, max_keys, max_features, adapt_scaler, device, seed,
-    category_buckets, trend_scales, stream_rate_half_life
+    extra_step_events, base_rate_odds, input_clip, max_keys, max_features, adapt_scaler, device,
+    seed, category_buckets, trend_scales, stream_rate_half_life
         The learner's hyperparameters (see :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
         ``extra_step_events`` is 0 here, where the service's default is 5,000: the early extra
         step makes up for the steps a micro-batch of 64 does not take, and :meth:`learn_one`
@@ -111,6 +111,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
         clip_grad_norm: float = 1.0,
         steps_per_batch: int = 2,
         extra_step_events: int = 0,
+        base_rate_odds: float = DEFAULT_BASE_RATE_ODDS,
         input_clip: float = 10.0,
         max_keys: int = 100_000,
         max_features: int = 32,
@@ -134,6 +135,7 @@ class LSTMClassifier(LSTMLearner, base.MiniBatchClassifier):
             clip_grad_norm=clip_grad_norm,
             steps_per_batch=steps_per_batch,
             extra_step_events=extra_step_events,
+            base_rate_odds=base_rate_odds,
             input_clip=input_clip,
             max_keys=max_keys,
             max_features=max_features,

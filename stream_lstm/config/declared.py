@@ -14,6 +14,7 @@ from stream_lstm.config.kafka_settings import KAFKA_CLIENT, KAFKA_SETTINGS, SECU
 from stream_lstm.config.secret import secret
 from stream_lstm.config.setting import (
     Setting,
+    base_rate_odds,
     extra_step_events,
     host_port_list,
     log_level,
@@ -32,7 +33,11 @@ from stream_lstm.config.setting import (
     trend_scales,
 )
 from stream_lstm.errors import ConfigError
-from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS, DEFAULT_LR_BOOST_HALF_LIFE
+from stream_lstm.learner.limits import (
+    DEFAULT_BASE_RATE_ODDS,
+    DEFAULT_EXTRA_STEP_EVENTS,
+    DEFAULT_LR_BOOST_HALF_LIFE,
+)
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.stream_rate import DEFAULT_STREAM_RATE_HALF_LIFE
 from stream_lstm.messages.trend_scales import DEFAULT_TREND_SCALES
@@ -78,6 +83,14 @@ LEARNER_SETTINGS: tuple[Setting, ...] = (
         "micro-batches that start within a stream's first this many labelled events take one LSTM"
         " optimizer step more than --steps-per-batch (0: none; tuned at batch 64)",
     ),
+    Setting(
+        "base_rate_odds",
+        base_rate_odds,
+        DEFAULT_BASE_RATE_ODDS,
+        "prior log-odds, in nats, of the LSTM's network against the base rate (the rate of positive"
+        " labels so far): its predictions are their average by past likelihood, the network's own"
+        " wherever it beats the base rate (0: off)",
+    ),
     Setting("max_keys", positive_int, 100_000, "keys with a state; the least recently seen go first"),
     Setting("max_features", positive_int, 32, "distinct feature names the LSTM takes as inputs"),
     Setting(
@@ -121,6 +134,7 @@ LSTM_HYPERPARAMETERS = (
     "clip_grad_norm",
     "steps_per_batch",
     "extra_step_events",
+    "base_rate_odds",
     "max_features",
     "category_buckets",
     "trend_scales",

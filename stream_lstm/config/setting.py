@@ -24,6 +24,7 @@ from typing import Any
 from stream_lstm.config.secret import MASK, read_secret_file
 from stream_lstm.errors import ConfigError
 from stream_lstm.learner.limits import (
+    check_base_rate_odds,
     check_extra_step_events,
     check_lr_boost_half_life,
     check_steps_per_batch,
@@ -70,6 +71,11 @@ def steps_per_batch(text: str) -> int:
 def extra_step_events(text: str) -> int:
     """An integer from 0 to the learner's bound on extra-step events (the learner's own check)."""
     return check_extra_step_events(non_negative_int(text))
+
+
+def base_rate_odds(text: str) -> float:
+    """A number of nats from 0 to the learner's bound on the base-rate odds (its own check)."""
+    return check_base_rate_odds(non_negative_float(text))
 
 
 def lr_boost_half_life(text: str) -> float:

@@ -23,8 +23,8 @@ told to. So every difference is either refused or applied:
   ``trend_scales``, without them, and one without the stream rate (``stream_rate_half_life`` 0)
   under any half-life, without it.
 * **applied** (:data:`RESUME_SAFE`): ``learning_rate``, ``lr_boost_half_life``, ``clip_grad_norm``,
-  ``steps_per_batch``, ``extra_step_events`` and ``device`` change how the learner goes on, not
-  what it has learned, so they are applied to the loaded learner and logged.
+  ``steps_per_batch``, ``extra_step_events``, ``base_rate_odds`` and ``device`` change how the
+  learner goes on, not what it has learned, so they are applied to the loaded learner and logged.
 
 ``torch_threads``, ``batch_size`` and the checkpoint and Kafka settings are the service's, not the
 learner's: a checkpoint does not hold them, and they may change freely.

@@ -39,6 +39,7 @@ class BatchInputs:
     last_ts: np.ndarray  # each key's last timestamp after the batch
     trend_after: np.ndarray  # each key's trend averages after the batch
     rate_after: float  # the stream rate after the batch
+    label_values: np.ndarray  # each event's label, NaN where it has none
     label_index: torch.Tensor | None  # the labelled events; None with targets: every event is
     targets: torch.Tensor | None  # their labels; None: no event has one
     columns: torch.Tensor | None  # the input columns the LSTM runs on (None: all)
@@ -110,6 +111,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
             last_ts=last_ts,
             trend_after=trend_after,
             rate_after=rate_after,
+            label_values=label_values,
             label_index=label_index,
             targets=targets,
             columns=columns,

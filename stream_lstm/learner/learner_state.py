@@ -20,10 +20,16 @@ import numpy as np
 import torch
 
 from stream_lstm.errors import ConfigError
+from stream_lstm.learner.base_rate import NO_BASE_RATE_STATE, BaseRateAverage
 from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import input_size
 from stream_lstm.learner.key_state import KeyStateStore
-from stream_lstm.learner.limits import MAX_STEPS_PER_BATCH, check_extra_step_events, check_lr_boost_half_life
+from stream_lstm.learner.limits import (
+    MAX_STEPS_PER_BATCH,
+    check_base_rate_odds,
+    check_extra_step_events,
+    check_lr_boost_half_life,
+)
 from stream_lstm.learner.network import LSTMNetwork
 from stream_lstm.learner.placement import fallback_device
 from stream_lstm.learner.scaler import RunningScaler
@@ -44,6 +50,7 @@ _FIELDS = (
     "scaler",
     "feature_columns",
     "stream_rate",
+    "base_rate",
     "features_dropped",
     "events_seen",
     "events_learned",
@@ -61,6 +68,7 @@ _HYPERPARAMETERS = (
     "clip_grad_norm",
     "steps_per_batch",
     "extra_step_events",
+    "base_rate_odds",
     "input_clip",
     "max_keys",
     "max_features",
@@ -136,6 +144,7 @@ def _learner_state(learner: Any) -> State:
             "columns": np.fromiter(learner.feature_columns.values(), np.int64, len(learner.feature_columns)),
         },
         "stream_rate": learner.stream_rate.to_state(),
+        "base_rate": learner.base_rate.to_state(),
         "features_dropped": learner.features_dropped,
         "events_seen": learner.events_seen,
         "events_learned": learner.events_learned,
@@ -149,10 +158,11 @@ def _learner_state(learner: Any) -> State:
 
 #: Hyperparameters that later versions added, with the value every learner written before them
 #: had: no category inputs, one optimizer step per batch, no trend inputs, no stream rate, no
-#: early boost of the step size, no early extra step.
+#: early boost of the step size, no early extra step, no average with the base rate.
 ADDED_LATER_DEFAULTS = {
     "lr_boost_half_life": 0.0,
     "extra_step_events": 0,
+    "base_rate_odds": 0.0,
     "category_buckets": 0,
     "steps_per_batch": 1,
     "trend_scales": 0,
@@ -176,6 +186,9 @@ def _hyperparameters(fields: Fields) -> dict[str, Any]:
         "steps_per_batch": read.int("steps_per_batch", low=1, high=MAX_STEPS_PER_BATCH),
         "extra_step_events": checked_by(
             check_extra_step_events, read.raw("extra_step_events"), read.path("extra_step_events")
+        ),
+        "base_rate_odds": checked_by(
+            check_base_rate_odds, read.raw("base_rate_odds"), read.path("base_rate_odds")
         ),
         "input_clip": read.float("input_clip", low=_SMALLEST),
         "max_keys": read.int("max_keys", low=1),
@@ -203,7 +216,7 @@ def _optional_scalar(fields: Fields, name: str, device: torch.device) -> torch.T
 def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     """Make ``learner`` (made with ``__new__``) the learner of a :func:`_learner_state`;
     :class:`~stream_lstm.errors.CheckpointRejected` if ``tree`` is not one."""
-    tree = _with_stream_rate_of_old_versions(tree, where)
+    tree = _with_parts_of_old_versions(tree, where)
     fields = Fields(tree, where, _FIELDS)
     fields.str("kind", choices=("lstm",))
     hyper = _hyperparameters(fields)
@@ -240,6 +253,9 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     learner.stream_rate = StreamRate.from_state(
         fields.raw("stream_rate"), fields.path("stream_rate"), hyper["stream_rate_half_life"]
     )
+    learner.base_rate = BaseRateAverage.from_state(
+        fields.raw("base_rate"), fields.path("base_rate"), hyper["base_rate_odds"]
+    )
     learner.features_dropped = fields.int("features_dropped")
     learner.events_seen = fields.int("events_seen")
     learner.events_learned = fields.int("events_learned")
@@ -250,17 +266,29 @@ def _restore_learner(learner: Any, tree: Any, where: str) -> None:
     learner._last_grad_norm = _optional_scalar(fields, "last_grad_norm", device)
 
 
-def _with_stream_rate_of_old_versions(tree: Any, where: str) -> Any:
-    """``tree``, with the stream rate of a learner written before it (none) when it has neither
-    the rate nor its half-life; :class:`~stream_lstm.errors.CheckpointRejected` when it has only
-    one of them."""
+def _with_parts_of_old_versions(tree: Any, where: str) -> Any:
+    """``tree``, with the parts of the state that later versions added as a learner written before
+    them had them (no stream rate; no average with the base rate, nothing learned) where it has
+    neither the part nor its hyperparameter; :class:`~stream_lstm.errors.CheckpointRejected` where
+    it has only one of them."""
     if not isinstance(tree, dict):
         return tree  # refused by the reader
     hyper = tree.get("hyperparameters")
-    half_life = isinstance(hyper, dict) and "stream_rate_half_life" in hyper
-    if half_life != ("stream_rate" in tree):
-        raise damaged(where, "the stream rate and its half-life come together or not at all")
-    return tree if half_life else {**tree, "stream_rate": NO_STREAM_RATE}
+    for part, hyperparameter, absent, what in _ADDED_PARTS:
+        has_setting = isinstance(hyper, dict) and hyperparameter in hyper
+        if has_setting != (part in tree):
+            raise damaged(where, f"{what} and its {hyperparameter} come together or not at all")
+        if not has_setting:
+            tree = {**tree, part: absent}
+    return tree
+
+
+#: Parts of the state that later versions added: the part, its hyperparameter, its state in a
+#: learner written before it, and what it is.
+_ADDED_PARTS = (
+    ("stream_rate", "stream_rate_half_life", NO_STREAM_RATE, "the stream rate"),
+    ("base_rate", "base_rate_odds", NO_BASE_RATE_STATE, "the average with the base rate"),
+)
 
 
 def _usable_device(device: str) -> str:

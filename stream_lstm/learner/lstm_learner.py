@@ -21,6 +21,7 @@ import torch
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.learner.adam import FusedAdam
+from stream_lstm.learner.base_rate import BaseRateAverage
 from stream_lstm.learner.batch_columns import keys as batch_keys
 from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import input_size, later_input_groups
@@ -29,8 +30,10 @@ from stream_lstm.learner.key_transfer import KeyTransfer
 from stream_lstm.learner.learner_state import LearnerPersistence
 from stream_lstm.learner.limits import (
     CHANGEABLE_SETTINGS,
+    DEFAULT_BASE_RATE_ODDS,
     DEFAULT_EXTRA_STEP_EVENTS,
     DEFAULT_LR_BOOST_HALF_LIFE,
+    check_base_rate_odds,
     check_extra_step_events,
     check_lr_boost_half_life,
     check_steps_per_batch,
@@ -96,6 +99,11 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         third step on every batch would (measured on the quality suite), and they cost nothing
         once the stream is past its start. Its clock is ``events_learned``, which checkpoints
         keep.
+    base_rate_odds
+        The prior log-odds, in nats, of the network against the base rate (the rate of positive
+        labels so far): the predictions are the two models' Bayesian average
+        (:mod:`stream_lstm.learner.base_rate`), the network's probabilities as they are wherever
+        it beats the base rate, about the base rate on a stream without signal; 0: off.
     input_clip
         Standardised inputs (features and the log time gap) are clipped to
         ``[-input_clip, input_clip]``, so that no accepted value, however far out, can saturate
@@ -151,6 +159,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         clip_grad_norm: float = 1.0,
         steps_per_batch: int = 2,
         extra_step_events: int = DEFAULT_EXTRA_STEP_EVENTS,
+        base_rate_odds: float = DEFAULT_BASE_RATE_ODDS,
         input_clip: float = 10.0,
         max_keys: int = 100_000,
         max_features: int = 32,
@@ -188,6 +197,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self.clip_grad_norm = clip_grad_norm
         self.steps_per_batch = steps_per_batch
         self.extra_step_events = check_extra_step_events(extra_step_events)
+        self.base_rate_odds = check_base_rate_odds(base_rate_odds)
         self.input_clip = float(input_clip)
         self.max_keys = max_keys
         self.max_features = max_features
@@ -218,6 +228,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         # The log time gap is standardised like a feature, in the last scaler column.
         self.scaler = RunningScaler(self.max_features + 1)
         self.stream_rate = StreamRate(self.stream_rate_half_life)
+        self.base_rate = BaseRateAverage(self.base_rate_odds)
         self.feature_columns: dict[str, int] = {}
         #: Feature values dropped because their name came after the first ``max_features``.
         self.features_dropped = 0
@@ -258,6 +269,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             "clip_grad_norm": self.clip_grad_norm,
             "steps_per_batch": self.steps_per_batch,
             "extra_step_events": self.extra_step_events,
+            "base_rate_odds": self.base_rate_odds,
             "input_clip": self.input_clip,
             "max_keys": self.max_keys,
             "max_features": self.max_features,
@@ -272,14 +284,15 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
     # ------------------------------------------------------------------ predict and learn
 
     def predict_batch(self, events: Sequence[Event]) -> np.ndarray:
-        """Probability that each event's label is 1, from earlier events and earlier batches only.
+        """Probability that each event's label is 1, from earlier events and earlier batches only:
+        the network's, averaged with the base rate (see ``base_rate_odds``).
 
         Keeps the forward pass so that :meth:`learn_batch` on the same batch can reuse it.
         """
         if not events:
             return np.zeros(0)
         self._pending = self._forward(events)
-        return self._pending.probabilities
+        return self.base_rate.blend(self._pending.probabilities)
 
     def learn_batch(self, events: Sequence[Event]) -> None:
         """Advance every key past ``events`` and take :meth:`steps_for_next_batch` optimizer steps
@@ -290,7 +303,8 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         then made finite (non-finite values: 0). With several steps, each step after the first
         runs the batch's truncated chunks again from the start states of the first pass, and the
         key states written are those of the first pass (the one the predictions came from).
-        ``events_learned`` counts each labelled event once, those of skipped batches too.
+        ``events_learned`` counts each labelled event once, those of skipped batches too. The
+        average with the base rate learns from the network's probabilities of the first pass.
         """
         if not events:
             return
@@ -309,6 +323,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
                     break  # a skipped step: no more steps on this batch
                 skipped = self._train(self._forward_again(pending), again=True)
             unsafe_states |= skipped
+            self.base_rate.learn(batch.label_values, pending.probabilities)
         new_h0, new_c0, new_window = pending.new_h0, pending.new_c0, pending.new_window
         if unsafe_states:
             new_h0, new_c0, new_window = map(finite_or_zero, (new_h0, new_c0, new_window))
@@ -341,8 +356,9 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
 
     def change_settings(self, changes: dict[str, Any]) -> None:
         """Apply settings that may change when a checkpoint is resumed (:data:`CHANGEABLE_SETTINGS`):
-        the step size (Adam's too) and its early boost, the gradient clip, the steps per batch and
-        the early extra step, and the device (the learner is rebuilt there from its data form)."""
+        the step size (Adam's too) and its early boost, the gradient clip, the steps per batch,
+        the early extra step, the prior odds of the average with the base rate, and the device
+        (the learner is rebuilt there from its data form)."""
         unknown = set(changes) - set(CHANGEABLE_SETTINGS)
         if unknown:
             raise ConfigError(f"{', '.join(sorted(unknown))} cannot change on a learner that has learned")
@@ -353,6 +369,7 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             "clip_grad_norm": _checked_clip_grad_norm,
             "steps_per_batch": check_steps_per_batch,
             "extra_step_events": check_extra_step_events,
+            "base_rate_odds": check_base_rate_odds,
         }
         checked = {name: check(changes[name]) for name, check in checks.items() if name in changes}
         if "device" in changes:
@@ -369,6 +386,9 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
             self.steps_per_batch = checked["steps_per_batch"]
         if "extra_step_events" in checked:
             self.extra_step_events = checked["extra_step_events"]
+        if "base_rate_odds" in checked:
+            self.base_rate_odds = checked["base_rate_odds"]
+            self.base_rate = self.base_rate.with_odds(self.base_rate_odds)
 
 
 def _checked_learning_rate(value: Any) -> Any:

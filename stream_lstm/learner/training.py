@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from stream_lstm.learner.adam import FusedAdam
+from stream_lstm.learner.base_rate import BaseRateAverage
 from stream_lstm.learner.finite import count_non_finite, describe_count
 from stream_lstm.learner.forward import Pending
 from stream_lstm.learner.key_state import KeyStateStore
@@ -38,6 +39,7 @@ class GuardedTraining:
     network: LSTMNetwork
     optimizer: FusedAdam
     scaler: RunningScaler
+    base_rate: BaseRateAverage
     keys: KeyStateStore
     events_learned: int
     features_dropped: int
@@ -198,12 +200,15 @@ class GuardedTraining:
         return parts
 
     def training_stats(self) -> dict[str, float]:
-        """The last batch's training loss, under the weights it was predicted with (its first
-        step's), and the gradient norm of its last step (NaN before the first step)."""
+        """The last batch's training loss (the network's), under the weights it was predicted
+        with (its first step's), the gradient norm of its last step (NaN before the first step),
+        and the network's weight against the base rate in the next predictions (1: its own
+        probabilities; see :mod:`~stream_lstm.learner.base_rate`)."""
         loss, norm = self._last_loss, self._last_grad_norm
         return {
             "loss": float(loss) if loss is not None else math.nan,
             "grad_norm": float(norm) if norm is not None else math.nan,
+            "network_weight": self.base_rate.network_weight(),
         }
 
 

@@ -64,7 +64,8 @@ class Reporter:
                     telemetry.lag.labels(topic=topic, partition=str(partition)).set(value)
 
     def _publish_learner_stats(self, evaluator: PrequentialEvaluator) -> None:
-        """Training loss, gradient norm, key counts and device memory of the trained model, if any."""
+        """Training loss, gradient norm, the network's weight against the base rate, key counts and
+        device memory of the trained model, if any."""
         trained = trained_model(evaluator.models)
         if trained is None:
             return
@@ -72,6 +73,7 @@ class Reporter:
         stats = trained.training_stats()  # reads two device values: once a second, not per batch
         telemetry.training_loss.set(stats["loss"])
         telemetry.gradient_norm.set(stats["grad_norm"])
+        telemetry.network_weight.set(stats["network_weight"])
         telemetry.model_step.set(trained.steps)
         keys = trained.key_stats()
         telemetry.keys_tracked.set(keys["tracked"])

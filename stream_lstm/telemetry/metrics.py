@@ -205,6 +205,13 @@ METRICS: tuple[MetricDeclaration, ...] = (
         Gauge,
         "The LSTM's gradient norm on its latest batch, before clipping.",
     ),
+    MetricDeclaration(
+        "network_weight",
+        "stream_lstm_network_weight",
+        Gauge,
+        "The weight of the LSTM's network against the base rate in its predictions (1: the network's"
+        " own probabilities; lower on a stream where it does not beat the rate of positive labels).",
+    ),
     MetricDeclaration("model_step", "stream_lstm_model_step", Gauge, "Optimizer steps the LSTM has taken."),
     MetricDeclaration(
         "lag",
@@ -293,6 +300,7 @@ class Telemetry:
     stage: Histogram
     training_loss: Gauge
     gradient_norm: Gauge
+    network_weight: Gauge
     model_step: Gauge
     lag: Gauge
     keys_tracked: Gauge

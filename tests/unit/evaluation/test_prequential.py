@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_evaluator, build_models
+from stream_lstm.learner.limits import DEFAULT_BASE_RATE_ODDS
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.generator import temporal_stream
 
@@ -15,9 +16,18 @@ SMALL_LSTM = {"hidden_size": 8, "tbptt_steps": 4, "device": "cpu", "learning_rat
 
 
 def run(
-    events: list[Event], batch_size: int, steps_per_batch: int = 1, extra_step_events: int = 0
+    events: list[Event],
+    batch_size: int,
+    steps_per_batch: int = 1,
+    extra_step_events: int = 0,
+    base_rate_odds: float = DEFAULT_BASE_RATE_ODDS,
 ) -> dict[str, np.ndarray]:
-    lstm = {**SMALL_LSTM, "steps_per_batch": steps_per_batch, "extra_step_events": extra_step_events}
+    lstm = {
+        **SMALL_LSTM,
+        "steps_per_batch": steps_per_batch,
+        "extra_step_events": extra_step_events,
+        "base_rate_odds": base_rate_odds,
+    }
     evaluator = build_evaluator(["lstm", "logreg", "logreg_lags", "no_change", "mix"], lstm=lstm, window=50)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in evaluator.names}
     for start in range(0, len(events), batch_size):
@@ -27,18 +37,29 @@ def run(
 
 
 @pytest.mark.parametrize(
-    ("batch_size", "steps_per_batch", "extra_step_events"),
-    # The early extra step on the batches up to event 200, t among them.
-    [(1, 1, 0), (7, 1, 0), (32, 1, 0), (7, 3, 0), (32, 3, 0), (7, 1, 200), (32, 2, 200)],
+    ("batch_size", "steps_per_batch", "extra_step_events", "base_rate_odds"),
+    # The early extra step on the batches up to event 200, t among them; prior odds of 1 nat give
+    # the base rate a weight of about a quarter in the LSTM's predictions from the start.
+    [
+        (1, 1, 0, 10.0),
+        (7, 1, 0, 10.0),
+        (32, 1, 0, 10.0),
+        (7, 3, 0, 10.0),
+        (32, 3, 0, 10.0),
+        (7, 1, 200, 10.0),
+        (32, 2, 200, 10.0),
+        (1, 1, 0, 1.0),
+        (32, 2, 200, 1.0),
+    ],
 )
 def test_changing_label_of_t_or_later_leaves_prediction_of_t_unchanged(
-    batch_size: int, steps_per_batch: int, extra_step_events: int
+    batch_size: int, steps_per_batch: int, extra_step_events: int, base_rate_odds: float
 ) -> None:
     events = list(temporal_stream(300, n_keys=4, seed=5))
     t = 150  # mid-batch for every batch size above
     altered = events[:t] + [dataclasses.replace(e, label=1 - e.label) for e in events[t:]]
-    before = run(events, batch_size, steps_per_batch, extra_step_events)
-    after = run(altered, batch_size, steps_per_batch, extra_step_events)
+    before = run(events, batch_size, steps_per_batch, extra_step_events, base_rate_odds)
+    after = run(altered, batch_size, steps_per_batch, extra_step_events, base_rate_odds)
     for name in before:
         np.testing.assert_array_equal(before[name][: t + 1], after[name][: t + 1], err_msg=name)
         # ...and the flipped labels do change later predictions, so the comparison has teeth.

@@ -161,7 +161,8 @@ def test_key_states_move_only_between_learners_with_the_same_buckets() -> None:
 
 def test_a_checkpoint_written_before_categories_loads_as_a_learner_without_buckets() -> None:
     events = list(temporal_stream(200, n_keys=8, seed=1))
-    learner = LSTMLearner(**SMALL, category_buckets=0, stream_rate_half_life=0)  # as before categories
+    # As before categories (and before the stream rate and the average with the base rate).
+    learner = LSTMLearner(**SMALL, category_buckets=0, stream_rate_half_life=0, base_rate_odds=0)
     learner.predict_batch(events)
     learner.learn_batch(events)
     state, pickled, damaged = learner.to_state(), old_learner_state(learner), learner.to_state()

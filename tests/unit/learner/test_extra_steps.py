@@ -17,7 +17,7 @@ from stream_lstm.evaluation.resume_settings import RESUME_SAFE
 from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS, MAX_EXTRA_STEP_EVENTS
 from stream_lstm.learner.lstm_learner import CHANGEABLE_SETTINGS, LSTMLearner
 from stream_lstm.messages.events import Event
-from tests.unit.learner.test_lr_boost import learner, run_args, stream
+from tests.unit.learner.test_lr_boost import learner, resumed_after_four_batches, run_args, stream
 from tests.unit.learner.test_steps_per_batch import learn
 
 
@@ -58,15 +58,9 @@ def test_it_changes_what_is_learned_from_the_second_step_on() -> None:
 
 
 def test_a_resumed_learner_goes_on_with_the_extra_step_where_it_was() -> None:
-    chunks = stream()
-    whole, first = learner(extra_step_events=200), learner(extra_step_events=200)
-    expected = learn(whole, chunks)
-    learn(first, chunks[:4])  # 128 of the 200 events with an extra step
-    resumed = LSTMLearner.from_state(first.to_state(), "learner")
-    assert resumed.extra_step_events == 200 and resumed.events_learned == 128
-    got = learn(resumed, chunks[4:])
-    np.testing.assert_array_equal(got, expected[sum(len(c) for c in chunks[:4]) :])
-    assert resumed.steps == whole.steps
+    resumed, whole, saved = resumed_after_four_batches(extra_step_events=200)
+    assert saved.events_learned == 128  # saved within the 200 events with an extra step
+    assert resumed.extra_step_events == 200 and resumed.steps == whole.steps
 
 
 def test_a_checkpoint_from_before_the_extra_step_resumes_without_it() -> None:

@@ -18,8 +18,10 @@ from stream_lstm.offline.generator import temporal_stream
 
 def frozen(**kwargs: object) -> LSTMLearner:
     """Weights and feature statistics that do not learn: only key state changes (and, with a
-    ``stream_rate_half_life``, the stream rate, which holds what other keys' labels were)."""
-    settings: dict[str, object] = {"stream_rate_half_life": 0, **kwargs}
+    ``stream_rate_half_life``, the stream rate, which holds what other keys' labels were). The
+    average with the base rate is off: it is the stream's, like the weights, and learns from every
+    key's labels and the network's predictions of them (test_base_rate.py)."""
+    settings: dict[str, object] = {"stream_rate_half_life": 0, "base_rate_odds": 0, **kwargs}
     return LSTMLearner(
         hidden_size=8, tbptt_steps=4, learning_rate=0.0, adapt_scaler=False, device="cpu", **settings
     )

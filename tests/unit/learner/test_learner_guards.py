@@ -358,7 +358,8 @@ def test_input_clip_is_a_validated_hyperparameter_with_a_default_for_old_checkpo
 
 
 def test_a_learner_saved_before_the_guards_converts_with_their_defaults() -> None:
-    learner = LSTMLearner(hidden_size=4, device="cpu", max_features=2)
+    # Without the average with the base rate, which came later (its odds read as 0, below).
+    learner = LSTMLearner(hidden_size=4, device="cpu", max_features=2, base_rate_odds=0)
     events = [Event(key="a", features={"p": 1.0, "q": 2.0, "r": 3.0}, label=1)] * 3
     learner.predict_batch(events)
     learner.learn_batch(events)
@@ -376,6 +377,7 @@ def test_a_learner_saved_before_the_guards_converts_with_their_defaults() -> Non
         "features_dropped": 0,
     }
     assert old.extra_step_events == 0  # so did the early extra step, which this batch took
+    assert old.base_rate_odds == 0 and old.base_rate.to_state()["labelled"] == 0  # and the average
     assert old.steps == learner.steps == learner.steps_per_batch + 1 and not hasattr(old, "dropped_features")
     np.testing.assert_array_equal(old.predict_batch(events), learner.predict_batch(events))
 

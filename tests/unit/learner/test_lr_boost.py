@@ -57,14 +57,22 @@ def test_each_step_takes_twice_the_rate_fading_with_adams_step_count() -> None:
     assert taken == pytest.approx([rate * (1 + 2 ** (-step / 4)) for step in range(10)])
 
 
-def test_a_resumed_learner_goes_on_with_the_boost_where_it_was() -> None:
+def resumed_after_four_batches(**options: object) -> tuple[LSTMLearner, LSTMLearner, LSTMLearner]:
+    """Learners of ``options`` on :func:`stream`: one saved after 4 batches and loaded, which then
+    learns the rest, one that learns it all without a save, and the one saved (checked: the loaded
+    one predicts the rest exactly as the one never saved)."""
     chunks = stream()
-    whole, first = learner(lr_boost_half_life=3), learner(lr_boost_half_life=3)
+    whole, first = learner(**options), learner(**options)
     expected = learn(whole, chunks)
     learn(first, chunks[:4])
     resumed = LSTMLearner.from_state(first.to_state(), "learner")
     got = learn(resumed, chunks[4:])
     np.testing.assert_array_equal(got, expected[sum(len(c) for c in chunks[:4]) :])
+    return resumed, whole, first
+
+
+def test_a_resumed_learner_goes_on_with_the_boost_where_it_was() -> None:
+    resumed_after_four_batches(lr_boost_half_life=3)
 
 
 def test_a_checkpoint_from_before_the_boost_resumes_without_it() -> None:

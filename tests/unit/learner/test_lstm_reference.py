@@ -81,8 +81,13 @@ def reference_probabilities(learner: LSTMLearner, events: list[Event], batch_siz
 )
 def test_chunked_forward_matches_step_by_step(batch_size: int, tbptt_steps: int, n_keys: int) -> None:
     events = list(temporal_stream(400, n_keys=n_keys, seed=11))
-    learner = LSTMLearner(
-        hidden_size=8, tbptt_steps=tbptt_steps, learning_rate=0.0, adapt_scaler=False, device="cpu"
+    learner = LSTMLearner(  # the network's probabilities, not averaged with the base rate
+        hidden_size=8,
+        tbptt_steps=tbptt_steps,
+        learning_rate=0.0,
+        adapt_scaler=False,
+        device="cpu",
+        base_rate_odds=0,
     )
     expected = reference_probabilities(learner, events, batch_size)
     got = []

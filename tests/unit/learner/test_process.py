@@ -110,6 +110,7 @@ def test_key_states_move_out_and_back_in(process) -> None:
     assert sorted(process.tracked_keys()) == keys
     stats = process.training_stats()
     assert np.isfinite(stats["loss"]) and np.isfinite(stats["grad_norm"])
+    assert 0.0 < stats["network_weight"] <= 1.0
     assert process.device_memory_bytes() == 0
     assert process.hyperparameters()["hidden_size"] == 8
     assert process.torch_device == "cpu"
