@@ -77,10 +77,10 @@ def check_extra_step_events(value: Any) -> int:
 #: as they are on any stream that could ever be seen; the bound keeps a typo from hiding.
 MAX_BASE_RATE_ODDS = 1000.0
 #: The default prior log-odds of the network against the base rate
-#: (:mod:`stream_lstm.learner.base_rate`). Chosen on the quality suite: at 10 nats no stream
-#: with signal loses more than 0.0001 of log loss, at batch 64 or 1, and the streams without
-#: signal come within 0.0003 of the base rate's log loss (5 nats: a loss of 0.0002 on a seasonal
-#: stream; 15 and 20: 0.0002-0.0005 further from the base rate where there is no signal).
+#: (:mod:`stream_lstm.learner.base_rate`). Chosen on the quality suite: at 10 nats every stream
+#: with signal keeps the network's log loss at batch 64 (to 4 decimals), and the stream without
+#: signal comes within 0.0005 of the log loss of the rate so far (5 nats: 0.0002 lost on a
+#: seasonal stream; 20: 0.0004-0.0005 further from the rate where there is no signal).
 DEFAULT_BASE_RATE_ODDS = 10.0
 
 
