@@ -16,14 +16,20 @@ from stream_lstm.config.declared import RUN_SETTINGS
 from stream_lstm.config.setting import base_rate_odds as odds_setting
 from stream_lstm.config.setting import resolve_settings
 from stream_lstm.errors import CheckpointRejected, ConfigError
-from stream_lstm.evaluation.resume_settings import RESUME_SAFE
 from stream_lstm.learner.base_rate import CLIP, LEAD_CAP, LOG_ODDS_FLOOR, MAX_LABELLED, BaseRateAverage
 from stream_lstm.learner.limits import DEFAULT_BASE_RATE_ODDS, MAX_BASE_RATE_ODDS
-from stream_lstm.learner.lstm_learner import CHANGEABLE_SETTINGS, LSTMLearner
+from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.offline.batches import batches
 from stream_lstm.offline.families import suite_stream
 from stream_lstm.offline.generator import temporal_stream
-from tests.unit.learner.test_lr_boost import learner, resumed_after_four_batches, run_args, stream
+from tests.unit.learner.test_lr_boost import (
+    assert_checkpoint_refuses,
+    learner,
+    resumed_after_four_batches,
+    run_args,
+    stream,
+    turned_off_on_resume,
+)
 from tests.unit.learner.test_steps_per_batch import learn
 
 
@@ -213,11 +219,7 @@ def test_a_checkpoint_from_before_the_average_resumes_without_it() -> None:
 
 
 def test_it_may_change_on_resume_and_0_turns_it_off() -> None:
-    assert "base_rate_odds" in CHANGEABLE_SETTINGS and "base_rate_odds" in RESUME_SAFE
-    chunks = stream()
-    changed, plain = learner(), learner(base_rate_odds=0)
-    changed.change_settings({"base_rate_odds": 0})
-    np.testing.assert_array_equal(learn(changed, chunks), learn(plain, chunks))
+    turned_off_on_resume("base_rate_odds", DEFAULT_BASE_RATE_ODDS)
     losing = learner(base_rate_odds=20.0)
     losing.base_rate.lead = -30.0  # at the floor of the log-odds
     losing.change_settings({"base_rate_odds": 5.0})  # its lead is brought within the new bounds
@@ -235,10 +237,7 @@ BAD_ODDS = [-1, -0.5, math.inf, math.nan, MAX_BASE_RATE_ODDS + 1, True, "10", No
 def test_the_learner_and_its_checkpoint_refuse_odds_out_of_bounds(bad: object) -> None:
     with pytest.raises(ConfigError, match="base_rate_odds"):
         learner(base_rate_odds=bad)
-    state = learner().to_state()
-    state["hyperparameters"]["base_rate_odds"] = bad
-    with pytest.raises(CheckpointRejected, match="base_rate_odds"):
-        LSTMLearner.from_state(state, "learner")
+    assert_checkpoint_refuses("base_rate_odds", bad)
 
 
 def test_the_setting_the_learner_and_its_checkpoint_share_one_bound() -> None:

@@ -12,12 +12,18 @@ import pytest
 from stream_lstm.config.declared import RUN_SETTINGS
 from stream_lstm.config.setting import extra_step_events as extra_step_setting
 from stream_lstm.config.setting import resolve_settings
-from stream_lstm.errors import CheckpointRejected, ConfigError
-from stream_lstm.evaluation.resume_settings import RESUME_SAFE
+from stream_lstm.errors import ConfigError
 from stream_lstm.learner.limits import DEFAULT_EXTRA_STEP_EVENTS, MAX_EXTRA_STEP_EVENTS
-from stream_lstm.learner.lstm_learner import CHANGEABLE_SETTINGS, LSTMLearner
+from stream_lstm.learner.lstm_learner import LSTMLearner
 from stream_lstm.messages.events import Event
-from tests.unit.learner.test_lr_boost import learner, resumed_after_four_batches, run_args, stream
+from tests.unit.learner.test_lr_boost import (
+    assert_checkpoint_refuses,
+    learner,
+    resumed_after_four_batches,
+    run_args,
+    stream,
+    turned_off_on_resume,
+)
 from tests.unit.learner.test_steps_per_batch import learn
 
 
@@ -71,18 +77,11 @@ def test_a_checkpoint_from_before_the_extra_step_resumes_without_it() -> None:
 
 @pytest.mark.parametrize("bad", [-1, 0.5, 100.0, math.inf, math.nan, MAX_EXTRA_STEP_EVENTS + 1, True, "100"])
 def test_a_checkpoint_with_extra_step_events_out_of_bounds_is_refused(bad: object) -> None:
-    state = learner().to_state()
-    state["hyperparameters"]["extra_step_events"] = bad
-    with pytest.raises(CheckpointRejected, match="extra_step_events"):
-        LSTMLearner.from_state(state, "learner")
+    assert_checkpoint_refuses("extra_step_events", bad)
 
 
 def test_it_may_change_on_resume_and_0_turns_it_off() -> None:
-    assert "extra_step_events" in CHANGEABLE_SETTINGS and "extra_step_events" in RESUME_SAFE
-    chunks = stream()
-    changed, plain = learner(extra_step_events=5000), learner(extra_step_events=0)
-    changed.change_settings({"extra_step_events": 0})
-    np.testing.assert_array_equal(learn(changed, chunks), learn(plain, chunks))
+    changed = turned_off_on_resume("extra_step_events", 5000)
     with pytest.raises(ConfigError, match="extra_step_events"):
         changed.change_settings({"extra_step_events": -2})
     with pytest.raises(ConfigError, match="extra_step_events"):

@@ -85,18 +85,31 @@ def test_a_checkpoint_from_before_the_boost_resumes_without_it() -> None:
     "bad", [-1, 0.5, 1e-300, math.inf, math.nan, MAX_LR_BOOST_HALF_LIFE * 2, True, "100"]
 )
 def test_a_checkpoint_with_a_boost_out_of_bounds_is_refused(bad: object) -> None:
+    assert_checkpoint_refuses("lr_boost_half_life", bad)
+
+
+def assert_checkpoint_refuses(name: str, bad: object) -> None:
+    """A checkpoint whose hyperparameter ``name`` is ``bad`` is refused, and the refusal names it."""
     state = learner().to_state()
-    state["hyperparameters"]["lr_boost_half_life"] = bad
-    with pytest.raises(CheckpointRejected, match="lr_boost_half_life"):
+    state["hyperparameters"][name] = bad
+    with pytest.raises(CheckpointRejected, match=name):
         LSTMLearner.from_state(state, "learner")
 
 
-def test_the_boost_may_change_on_resume_and_0_turns_it_off() -> None:
-    assert "lr_boost_half_life" in CHANGEABLE_SETTINGS and "lr_boost_half_life" in RESUME_SAFE
+def turned_off_on_resume(name: str, on: object) -> LSTMLearner:
+    """A learner built with ``name`` at ``on`` and changed to 0 as a resume changes it; checks
+    that ``name`` may change on resume and that the changed learner learns exactly as one built
+    with 0."""
+    assert name in CHANGEABLE_SETTINGS and name in RESUME_SAFE
     chunks = stream()
-    changed, plain = learner(lr_boost_half_life=50), learner(lr_boost_half_life=0)
-    changed.change_settings({"lr_boost_half_life": 0})
+    changed, plain = learner(**{name: on}), learner(**{name: 0})
+    changed.change_settings({name: 0})
     np.testing.assert_array_equal(learn(changed, chunks), learn(plain, chunks))
+    return changed
+
+
+def test_the_boost_may_change_on_resume_and_0_turns_it_off() -> None:
+    changed = turned_off_on_resume("lr_boost_half_life", 50)
     with pytest.raises(ConfigError, match="lr_boost_half_life"):
         changed.change_settings({"lr_boost_half_life": -2})
     assert changed.lr_boost_half_life == 0
