@@ -104,11 +104,12 @@ def evaluate_command(
     if total == 0:
         raise ConfigError(f"{args.file} has no rows below its header: nothing to evaluate")
     names = settings["models"]
-    # The LSTM keeps this process; the baselines, when there are any, may learn beside it.
-    side_names = [name for name in names if name not in ("lstm", MIXTURE)]
+    # The LSTM keeps this process; the baselines, when there are any, may learn beside it, and the
+    # second process then scores every model, the LSTM from the probabilities sent from here.
+    baselines = [name for name in names if name not in ("lstm", MIXTURE)]
     if args.limit:
         total = min(total, args.limit)
-    parallel = "lstm" in names and bool(side_names) and use_second_process(settings["parallel"], total)
+    parallel = "lstm" in names and bool(baselines) and use_second_process(settings["parallel"], total)
     keep_trace = bool(args.plot)
     # Started first, so that its start-up overlaps this process's (torch's import above all); it
     # reads no event before evaluate_stream starts the clock.
@@ -116,27 +117,26 @@ def evaluate_command(
     if parallel:
         side_lane = SideLane(
             spec,
-            side_names,
+            names,  # the mixture mixes in this order
             batch_size=settings["batch_size"],
             window=settings["window"],
             max_keys=settings["max_keys"],
             keep_trace=keep_trace,
             lstm=lstm_arguments(settings),
-            send_probabilities=MIXTURE in names,
+            elsewhere=["lstm"],
         )
     try:
         if "lstm" in names:
             from stream_lstm.learner.cpu_threads import set_cpu_threads
 
             set_cpu_threads(settings["torch_threads"])
-        # The mixture stays here: it mixes the side lane's probabilities with the LSTM's.
         evaluator = build_evaluator(
-            names,
+            ["lstm"] if parallel else names,
             window=settings["window"],
             max_keys=settings["max_keys"],
             keep_trace=keep_trace,
             lstm=lstm_arguments(settings),
-            elsewhere=side_names if parallel else (),
+            scored_elsewhere=parallel,
         )
         models = evaluator.models
         progress = ProgressLine(total, enabled=not args.no_progress)

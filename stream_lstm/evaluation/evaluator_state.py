@@ -43,8 +43,11 @@ def evaluator_state(evaluator: PrequentialEvaluator) -> State:
     """``evaluator`` as data (:mod:`stream_lstm.models.state_data`): each model's
     ``to_state()`` in order, the scores, the kappa-temporal reference, counts, traces and, with
     one, the mixture."""
-    if evaluator._outside_experts():
-        raise EvaluationError("an evaluator whose mixture mixes models of another process is not saved")
+    if evaluator.outside or evaluator.scored_elsewhere:
+        raise EvaluationError(
+            "an evaluator that scores models of another process, or leaves its own to another to "
+            "score, is not saved"
+        )
     mixture = {} if evaluator.mixture is None else {"mixture": evaluator.mixture.to_state()}
     started = {"started_at": dict(evaluator.started_at)} if evaluator.started_at else {}
     return {
@@ -85,6 +88,8 @@ def evaluator_from_state(cls: type[Evaluator], tree: Any, where: str) -> Evaluat
         raise damaged(fields.path("models"), "no model")
     evaluator = cls.__new__(cls)
     evaluator.models = models
+    evaluator.outside = ()
+    evaluator.scored_elsewhere = False
     evaluator.mixture = None
     if with_mixture:
         evaluator.mixture = FixedShareMixture.from_state(fields.raw("mixture"), fields.path("mixture"))

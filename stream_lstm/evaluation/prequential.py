@@ -5,6 +5,11 @@ against the labels, and only then does each model learn the batch. Scores are ke
 whole stream and over a rolling window of the latest labelled events
 (:mod:`stream_lstm.evaluation.scores`); :meth:`PrequentialEvaluator.results` hands them over
 (:mod:`stream_lstm.evaluation.results`).
+
+Models can also run in one process and be scored in another: an evaluator built with
+``scored_elsewhere`` only runs its models, and one with ``outside`` models scores them from the
+probabilities the other process sends (:meth:`PrequentialEvaluator.take_outside`), exactly as if it
+ran them (``stream-lstm evaluate`` with two processes, :mod:`stream_lstm.offline.side_lane`).
 """
 
 from __future__ import annotations
@@ -68,8 +73,16 @@ class PrequentialEvaluator:
         Keep each model's per-event correctness, for plotting rolling accuracy afterwards.
     mixture
         The ``mix`` model (:mod:`stream_lstm.evaluation.mixture`), scored beside the models. Its
-        experts are models of ``models`` or, when some are evaluated in another process, names
-        whose probabilities come later through :meth:`mix_late`.
+        experts are models of ``models`` or of ``outside``.
+    outside
+        Models that another process runs on the same micro-batches and this evaluator scores (and
+        mixes, when its mixture mixes them), in this order, after ``models``: their probabilities
+        of the labelled events come through :meth:`take_outside`. Their seconds are the other
+        process's: :attr:`seconds` has none of them.
+    scored_elsewhere
+        Only run the models: predict and learn them, count events and labelled events, time them
+        and keep their guard counts, but score nothing (no scores, traces or kappa-temporal
+        reference), since another process scores them as its ``outside`` models.
 
     Examples
     --------
@@ -89,12 +102,19 @@ class PrequentialEvaluator:
         max_keys: int = 100_000,
         keep_trace: bool = False,
         mixture: FixedShareMixture | None = None,
+        outside: Sequence[str] = (),
+        scored_elsewhere: bool = False,
     ) -> None:
         if not models:
             raise ConfigError("at least one model is needed")
         if MIXTURE in models:
             raise ConfigError(f"{MIXTURE} is the evaluator's mixture, not a model to pass")
+        _check_outside(list(models), list(outside), mixture, scored_elsewhere)
         self.models = dict(models)
+        #: Models of another process that this evaluator scores (see :meth:`take_outside`).
+        self.outside = tuple(outside)
+        #: Whether another process scores this evaluator's models (it only runs them).
+        self.scored_elsewhere = scored_elsewhere
         self.window = window
         self.mixture = mixture
         # kappa-temporal compares with no-change on exactly the same events, whatever is run.
@@ -104,11 +124,22 @@ class PrequentialEvaluator:
 
     @property
     def names(self) -> list[str]:
-        """The models scored: those of :attr:`models`, then the mixture if there is one."""
+        """The models it reports on: those of :attr:`models`, those of :attr:`outside`, then the
+        mixture if there is one (all scored, unless :attr:`scored_elsewhere`)."""
+        return [*self.models, *self.outside, *([MIXTURE] if self.mixture is not None else [])]
+
+    def _timed(self) -> list[str]:
+        """The models whose seconds it keeps: those it runs, and the mixture."""
         return [*self.models, *([MIXTURE] if self.mixture is not None else [])]
+
+    def _runs_alone(self, change: str) -> None:
+        """Refuse ``change`` when models are run in one process and scored in another."""
+        if self.outside or self.scored_elsewhere:
+            raise ConfigError(f"cannot {change} of an evaluator that shares its models with another process")
 
     def set_mixture(self, mixture: FixedShareMixture | None) -> None:
         """Add a mixture of the models (fresh scores), replace it, or drop it (``None``)."""
+        self._runs_alone("set the mixture")
         if mixture is not None and list(mixture.experts) != list(self.models):
             raise ConfigError(f"the mixture must mix exactly the models {', '.join(self.models)}")
         self.mixture = mixture
@@ -128,6 +159,7 @@ class PrequentialEvaluator:
         state and scores, ``added`` holds the others (they start with fresh scores), and the rest
         are dropped. The mixture is dropped too, since its experts change: set a new one with
         :meth:`set_mixture`."""
+        self._runs_alone("change the models")
         missing = [name for name in names if name not in self.models and name not in added]
         if missing or not names or MIXTURE in names:
             raise ConfigError(f"cannot run {', '.join(names)}: no model given for {', '.join(missing)}")
@@ -143,21 +175,19 @@ class PrequentialEvaluator:
 
     def reset_scores(self) -> None:
         """Start the scores and counts afresh, keeping the models (a warm start from another run)."""
-        self.scores = {name: Scorer(window=self.window) for name in self.names}
-        self.seconds = dict.fromkeys(self.names, 0.0)
+        scored = [] if self.scored_elsewhere else self.names
+        self.scores = {name: Scorer(window=self.window) for name in scored}
+        self.seconds = dict.fromkeys(self._timed(), 0.0)
         self.events = 0
         #: The event count at which a model began, for one added later (see change_models).
         self.started_at: dict[str, int] = {}
         self.labelled = 0
-        self.trace: dict[str, list[np.ndarray]] = {name: [] for name in self.names}
-        # Labelled batches scored without the mixture, while it waits for experts from elsewhere.
+        self.trace: dict[str, list[np.ndarray]] = {name: [] for name in scored}
+        # Labelled batches (labels, where no-change was right, the probabilities of the models here
+        # for the mixture) that wait for the probabilities of the outside models.
         self._late: deque[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = deque()
-        self._elsewhere: dict[str, list[np.ndarray]] = {name: [] for name in self._outside_experts()}
-
-    def _outside_experts(self) -> list[str]:
-        """The mixture's experts that this evaluator does not run."""
-        experts = self.mixture.experts if self.mixture is not None else ()
-        return [name for name in experts if name not in self.models]
+        # The outside models' probabilities that arrived for batches not scored yet, by model.
+        self._elsewhere: dict[str, list[np.ndarray]] = {name: [] for name in self.outside}
 
     def predict(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
         """Every model's probabilities for the batch, before any of it is learned."""
@@ -177,7 +207,7 @@ class PrequentialEvaluator:
             predictions[name], seconds = model.finish_predict(events)
             self.seconds[name] += seconds
         predictions = {name: predictions[name] for name in self.models}
-        if self.mixture is not None and not self._elsewhere:
+        if self.mixture is not None and not self.outside:  # else it predicts in take_outside
             started = time.perf_counter()
             predictions[MIXTURE] = self.mixture.predict(predictions)
             self.seconds[MIXTURE] += time.perf_counter() - started
@@ -199,12 +229,16 @@ class PrequentialEvaluator:
         return models_that(self.models, PredictsApart)
 
     def learn(self, events: Sequence[Event], predictions: Mapping[str, np.ndarray]) -> None:
-        """Score the batch's predictions against its labels, then let every model learn it."""
+        """Score the batch's predictions against its labels, then let every model learn it.
+
+        With :attr:`outside` models, the batch's labelled events wait for theirs
+        (:meth:`take_outside`); with :attr:`scored_elsewhere`, nothing is scored.
+        """
         raw_labels = [e.label for e in events]
         every = None not in raw_labels
         labelled = None if every else np.array([y is not None for y in raw_labels], dtype=bool)
         n_labelled = len(events) if every else int(labelled.sum())
-        if n_labelled:
+        if n_labelled and not self.scored_elsewhere:
             labels = np.array([y for y in raw_labels if y is not None], dtype=np.int8)
             reference = self.reference.predict_batch(events)
             if not every:
@@ -213,9 +247,14 @@ class PrequentialEvaluator:
             for name in predictions:
                 probabilities = predictions[name] if every else predictions[name][labelled]
                 self._score(name, labels, probabilities, reference_correct)
-            if self.mixture is not None:
-                self._learn_mixture(labels, reference_correct, predictions, labelled)
-        self.reference.learn_batch(events)
+            mine = self._mixed_here(predictions, labelled)
+            if self.outside:
+                self._late.append((labels, reference_correct, mine))
+                self.take_outside({})
+            elif self.mixture is not None:
+                self._learn_mixture(labels, mine)
+        if not self.scored_elsewhere:
+            self.reference.learn_batch(events)
         remote = self._asynchronous()  # their seconds come with their predictions
         for name, model in self.models.items():
             started = time.perf_counter()
@@ -232,56 +271,56 @@ class PrequentialEvaluator:
         if self.keep_trace:
             self.trace[name].append((probabilities >= 0.5) == (labels == 1))
 
-    def _learn_mixture(
-        self,
-        labels: np.ndarray,
-        reference_correct: np.ndarray,
-        predictions: Mapping[str, np.ndarray],
-        labelled: np.ndarray | None,
-    ) -> None:
-        """The mixture learns the batch's labels, or waits for its experts from elsewhere."""
-        assert self.mixture is not None
-        mine = {
+    def _mixed_here(
+        self, predictions: Mapping[str, np.ndarray], labelled: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """The probabilities of the labelled events by the models here, for the mixture to learn
+        (none without a mixture)."""
+        if self.mixture is None:
+            return {}
+        return {
             name: predictions[name] if labelled is None else predictions[name][labelled]
             for name in self.models
         }
-        if self._elsewhere:
-            self._late.append((labels, reference_correct, mine))
-            self.mix_late({})
-            return
+
+    def _learn_mixture(self, labels: np.ndarray, experts: Mapping[str, np.ndarray]) -> None:
+        """The mixture learns a batch's labels from its experts' probabilities of them."""
+        assert self.mixture is not None
         started = time.perf_counter()
-        self.mixture.learn(labels, mine)
+        self.mixture.learn(labels, experts)
         self.seconds[MIXTURE] += time.perf_counter() - started
 
-    def mix_late(self, elsewhere: Mapping[str, np.ndarray]) -> None:
-        """Take the next probabilities of the mixture's experts that run in another process, and
-        score and update the mixture on each batch for which every expert's are now here.
+    def take_outside(self, probabilities: Mapping[str, np.ndarray]) -> None:
+        """Take the next probabilities of the :attr:`outside` models, and score each waiting batch
+        for which every one's are now here (and mix it, with a mixture).
 
-        ``elsewhere`` holds, by model name, probabilities of the next labelled events, in order,
-        as that process predicted them (on the same micro-batches): the mixture then predicts
-        each waiting batch with the weights it had before that batch, exactly as in one process.
+        ``probabilities`` holds, by model name, the probabilities of the next labelled events, in
+        order, as the other process predicted them (on the same micro-batches). Each batch is
+        scored exactly as if the models ran here; the mixture predicts it with the weights it had
+        before that batch, then learns it, as in one process.
         """
-        assert self.mixture is not None
-        for name, probabilities in elsewhere.items():
-            self._elsewhere[name].append(np.asarray(probabilities, dtype=np.float64))
-        started = time.perf_counter()
+        for name, values in probabilities.items():
+            if name not in self._elsewhere:
+                raise ConfigError(f"{name} is not a model scored here from another process")
+            self._elsewhere[name].append(np.asarray(values))
         while self._late:
             labels, reference_correct, mine = self._late[0]
             if any(sum(part.size for part in parts) < labels.size for parts in self._elsewhere.values()):
                 break
             self._late.popleft()
             arrived = {name: _take(parts, labels.size) for name, parts in self._elsewhere.items()}
-            experts = {**mine, **arrived}
-            self._score(MIXTURE, labels, self.mixture.predict(experts), reference_correct)
-            self.mixture.learn(labels, experts)
-        self.seconds[MIXTURE] += time.perf_counter() - started
-
-    def waits_for_elsewhere(self) -> bool:
-        """Whether the mixture mixes models that another process runs (see :meth:`mix_late`)."""
-        return bool(self._elsewhere)
+            for name, values in arrived.items():
+                self._score(name, labels, values, reference_correct)
+            if self.mixture is not None:
+                experts = {**mine, **arrived}
+                started = time.perf_counter()
+                mixed = self.mixture.predict(experts)
+                self.seconds[MIXTURE] += time.perf_counter() - started
+                self._score(MIXTURE, labels, mixed, reference_correct)
+                self._learn_mixture(labels, experts)
 
     def waiting_batches(self) -> int:
-        """Labelled batches the mixture still waits on experts from elsewhere for."""
+        """Labelled batches that still wait for the probabilities of the :attr:`outside` models."""
         return len(self._late)
 
     def process(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
@@ -403,6 +442,8 @@ class PrequentialEvaluator:
         state.setdefault("_late", deque())
         state.setdefault("_elsewhere", {})
         state.setdefault("started_at", {})
+        state.setdefault("outside", ())
+        state.setdefault("scored_elsewhere", False)
         self.__dict__.update(state)
 
 
@@ -413,16 +454,22 @@ def build_evaluator(
     max_keys: int = 100_000,
     keep_trace: bool = False,
     lstm: Mapping[str, Any] | None = None,
-    elsewhere: Sequence[str] = (),
+    outside: Sequence[str] = (),
+    scored_elsewhere: bool = False,
 ) -> PrequentialEvaluator:
     """The evaluator of ``--models`` ``names``: the models :func:`build_models` builds and, with
-    :data:`~stream_lstm.evaluation.mixture.MIXTURE` among ``names``, their mixture.
+    :data:`~stream_lstm.evaluation.mixture.MIXTURE` among ``names``, their mixture (of the models
+    in the order of ``names``).
 
-    The models of ``elsewhere`` are not built: another process runs them, and the mixture gets their
-    probabilities through :meth:`PrequentialEvaluator.mix_late`.
+    The models of ``outside`` (among ``names``) are not built: another process runs them, and
+    the evaluator scores them from their probabilities (:meth:`PrequentialEvaluator.take_outside`).
+    With ``scored_elsewhere`` it only runs its models, for another process to score them.
     """
     experts = [name for name in names if name != MIXTURE]
-    built = [name for name in experts if name not in elsewhere]
+    unknown = [name for name in outside if name not in experts]
+    if unknown:
+        raise ConfigError(f"the models scored from another process ({', '.join(unknown)}) must be in names")
+    built = [name for name in experts if name not in outside]
     if MIXTURE in names and not experts:
         raise ConfigError(f"{MIXTURE} mixes other models: name at least one more in --models")
     if experts and not built:
@@ -434,7 +481,26 @@ def build_evaluator(
         max_keys=max_keys,
         keep_trace=keep_trace,
         mixture=mixture,
+        outside=[name for name in experts if name in outside],
+        scored_elsewhere=scored_elsewhere,
     )
+
+
+def _check_outside(
+    models: Sequence[str], outside: Sequence[str], mixture: FixedShareMixture | None, scored_elsewhere: bool
+) -> None:
+    """Refuse outside models that are not distinct from the models here, a mixture of models
+    that are neither, and an evaluator that scores nothing yet has a mixture or outside models."""
+    if len(set(outside)) != len(outside) or set(outside) & {*models, MIXTURE}:
+        raise ConfigError(
+            f"the models scored from another process ({', '.join(outside)}) must be distinct models "
+            "not run here"
+        )
+    unknown = [name for name in (mixture.experts if mixture else ()) if name not in {*models, *outside}]
+    if unknown:
+        raise ConfigError(f"the mixture mixes {', '.join(unknown)}, which is neither run nor scored here")
+    if scored_elsewhere and (outside or mixture is not None):
+        raise ConfigError("an evaluator that scores nothing has no mixture and scores no model of another")
 
 
 def _take(parts: list[np.ndarray], count: int) -> np.ndarray:

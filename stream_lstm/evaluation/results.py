@@ -2,9 +2,9 @@
 
 The models never read each other's predictions, so they can be evaluated apart on the same
 events: ``stream-lstm evaluate`` runs the baselines in a second process
-(:mod:`stream_lstm.offline.side_lane`) while its own process runs the LSTM. Each evaluator hands
-over its :class:`EvaluationResults`; :func:`combine_results` puts two of them side by side, as if
-one evaluator had run every model.
+(:mod:`stream_lstm.offline.side_lane`) while its own process runs the LSTM, whose probabilities
+the second process scores. Each evaluator hands over its :class:`EvaluationResults`;
+:func:`combine_results` puts two of them side by side, as if one evaluator had run every model.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class EvaluationResults:
     #: Size of the rolling window of the scores.
     window: int
     scores: dict[str, Scorer]
-    #: Each model's own predict and learn time.
+    #: Each model's own predict and learn time (a model run in another process has none here).
     seconds: dict[str, float]
     #: Each model's per-event correctness, batch by batch (empty unless traces were kept).
     trace: dict[str, list[np.ndarray]]
@@ -59,10 +59,11 @@ def model_reports(
     started_at: Mapping[str, int] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per model: whole-stream scores, rolling scores and the events it ran per second of its
-    own time (``events``, less those before it began: ``started_at``)."""
+    own time (``events``, less those before it began: ``started_at``; NaN for a model whose
+    time is not in ``seconds``, one run in another process)."""
     report = {}
     for name, scorer in scores.items():
-        spent = seconds[name]
+        spent = seconds.get(name, 0.0)
         ran = events - (started_at or {}).get(name, 0)
         report[name] = {
             **scorer.whole(),
@@ -88,8 +89,12 @@ def combine_results(
 ) -> EvaluationResults:
     """The models of two evaluations of the same events, reported together.
 
-    ``order`` lists model names in the order the report should show them (names not in it come
-    last). Raises :class:`EvaluationError` when the two saw different events or share a model.
+    A model may be run by one and scored by the other (``scored_elsewhere`` and ``outside`` of
+    :class:`~stream_lstm.evaluation.prequential.PrequentialEvaluator`): its scores, trace and
+    start then come from the one that scores it, its seconds and guard counts from the one that
+    runs it. ``order`` lists model names in the order the report should show them (names not in it
+    come last). Raises :class:`EvaluationError` when the two saw different events, or both score
+    or both run a model.
     """
     if (theirs.events, theirs.labelled) != (mine.events, mine.labelled):
         raise EvaluationError(
@@ -98,7 +103,7 @@ def combine_results(
             f"{theirs.labelled:,} there): did the file change while it was read? "
             "(--parallel false reads it once)"
         )
-    clash = set(theirs.scores) & set(mine.scores)
+    clash = (set(theirs.scores) & set(mine.scores)) | (set(theirs.seconds) & set(mine.seconds))
     if clash:
         raise EvaluationError(f"model(s) {', '.join(sorted(clash))} were evaluated twice")
     rank = {name: i for i, name in enumerate(order)}

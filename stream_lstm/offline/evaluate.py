@@ -1,8 +1,11 @@
 """The work of ``stream-lstm evaluate``: stream a CSV file through the models, test-then-train.
 
 :func:`evaluate_stream` runs the events through an evaluator in micro-batches, with the baselines
-optionally in a second process (:class:`~stream_lstm.offline.side_lane.SideLane`), whose results it
-reports beside this process's; :func:`evaluation_report` makes the JSON report of the run.
+and their mixture optionally in a second process
+(:class:`~stream_lstm.offline.side_lane.SideLane`), whose results it reports beside this
+process's. That process can score this one's models too, from the probabilities sent to it: this
+process then only runs them (``stream-lstm evaluate`` does so for the LSTM).
+:func:`evaluation_report` makes the JSON report of the run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, NamedTuple
 
-from stream_lstm.errors import EvaluationError
+import numpy as np
+
+from stream_lstm.errors import ConfigError
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.evaluation.results import EvaluationResults, combine_results
 from stream_lstm.evaluation.scores import Scorer
@@ -51,31 +56,30 @@ def evaluate_stream(
 
     With a ``side_lane`` (started on the same events), its models' results are reported beside
     ``evaluator``'s, in ``order``, and the time includes waiting for them; the clock starts once the
-    side lane is ready, which then begins reading events (:meth:`SideLane.begin`). When ``evaluator``'s
-    mixture mixes the side lane's models, their probabilities are passed on as they arrive.
+    side lane is ready, which then begins reading events (:meth:`SideLane.begin`). When the side
+    lane scores models of ``evaluator`` (:attr:`SideLane.elsewhere`; ``evaluator`` then scores
+    nothing: ``scored_elsewhere``), their probabilities of each batch's labelled events are sent
+    to it as they are predicted.
     """
+    sent = side_lane.elsewhere if side_lane is not None else ()
+    _check_who_scores(evaluator, sent)
     if side_lane is not None:
         side_lane.wait_until_ready()  # its start-up is no more counted than this process's
     started = time.perf_counter()
     if side_lane is not None:
         side_lane.begin()
-    mixing = side_lane is not None and evaluator.waits_for_elsewhere()
     for count, batch in enumerate(batches(events, batch_size)):
-        evaluator.process(batch)
+        predictions = evaluator.process(batch)
+        if side_lane is not None:
+            if sent:
+                side_lane.send_probabilities(_labelled_probabilities(batch, predictions, sent))
+            if count % 256 == 0:
+                side_lane.check()
         if progress is not None:
             progress.update(evaluator.events, lambda: _status(evaluator.scores, side_lane))
-        if side_lane is not None and (mixing or count % 256 == 0):
-            side_lane.check()
-            _mix(evaluator, side_lane)
     if side_lane is not None:
         theirs = side_lane.results()
-        _mix(evaluator, side_lane)
         results = combine_results(evaluator.results(), theirs, order)  # refuses other events
-        if evaluator.waiting_batches():
-            raise EvaluationError(
-                f"the second process sent too few probabilities: {evaluator.waiting_batches():,} "
-                "batch(es) were not mixed"
-            )
     else:
         results = evaluator.results()
     seconds = time.perf_counter() - started
@@ -86,10 +90,40 @@ def evaluate_stream(
     return StreamEvaluation(seconds, results)
 
 
-def _mix(evaluator: PrequentialEvaluator, side_lane: SideLane) -> None:
-    """Pass the side lane's probabilities that arrived on to the mixture."""
-    for chunk in side_lane.take_probabilities():
-        evaluator.mix_late(chunk)
+def _check_who_scores(evaluator: PrequentialEvaluator, sent: Sequence[str]) -> None:
+    """Refuse a split in which a model would be scored twice, or not at all: the side lane scores
+    the models ``sent`` to it, ``evaluator`` the others of its own, unless it scores nothing."""
+    if evaluator.outside:
+        raise ConfigError(
+            "models of two processes are scored in the side lane (SideLane(elsewhere=...)), not in "
+            "the evaluator of the first"
+        )
+    missing = [name for name in sent if name not in evaluator.models]
+    if missing:
+        raise ConfigError(f"the side lane scores {', '.join(missing)}, which the evaluator does not run")
+    twice = [name for name in sent if name in evaluator.scores]
+    if twice:
+        raise ConfigError(
+            f"{', '.join(twice)} would be scored in both processes: the evaluator of the first scores "
+            "nothing (scored_elsewhere) when the side lane scores its models"
+        )
+    unscored = [name for name in evaluator.models if name not in sent] if evaluator.scored_elsewhere else []
+    if unscored:
+        raise ConfigError(
+            f"nothing would score {', '.join(unscored)}: the side lane scores only what it is sent"
+        )
+
+
+def _labelled_probabilities(
+    batch: Sequence[Event], predictions: Mapping[str, np.ndarray], names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The probabilities of models ``names`` for the labelled events of ``batch``, as they are
+    scored and mixed."""
+    labelled = [event.label is not None for event in batch]
+    if all(labelled):
+        return {name: predictions[name] for name in names}
+    mask = np.array(labelled, dtype=bool)
+    return {name: predictions[name][mask] for name in names}
 
 
 def warn_about_guards(results: EvaluationResults) -> None:
@@ -115,6 +149,10 @@ def warn_about_guards(results: EvaluationResults) -> None:
 
 
 def _status(scores: Mapping[str, Scorer], side_lane: SideLane | None) -> str:
+    """The progress line's scores: the rolling accuracy of the models scored here, or, when the
+    second process scores every model, that their scores come at the end."""
+    if not scores and side_lane is not None:
+        return "scores at the end (second process)"
     parts = []
     for name, scorer in scores.items():
         accuracy = scorer.rolling()["accuracy"]

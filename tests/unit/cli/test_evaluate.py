@@ -176,19 +176,37 @@ def _scores(report: dict) -> dict:
     }
 
 
+def _blank_some_labels(path: Path) -> None:
+    """Leave the label out of every seventh event of a generated file (its third column)."""
+    lines = path.read_text().splitlines()
+    for number in range(7, 601, 7):
+        cells = lines[number].split(",")
+        cells[2] = ""
+        lines[number] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("models", ["logreg,lstm,no_change,mix", "logreg,lstm,no_change"])
 def test_baselines_in_a_second_process_score_exactly_as_in_one(
-    stream_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    stream_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    models: str,
 ) -> None:
-    """`--parallel true` runs the baselines beside the LSTM; the report,
-    the bad rows, the model order and the plotted curves must be those of a single process."""
+    """`--parallel true` runs the baselines and the mixture beside the LSTM, and scores the LSTM
+    there too, from its probabilities; the report, the bad rows, the model order and the plotted
+    curves must be those of a single process, with events without a label among them, and the
+    LSTM's events/s its own time's in the first process."""
     monkeypatch.setattr("stream_lstm.learner.cpu_threads.usable_cpus", lambda: 2)  # also on a 1-CPU machine
+    _blank_some_labels(stream_csv)
     reports = {}
     for parallel in ("true", "false"):
         report_path = tmp_path / f"{parallel}.json"
         argv = [
             "evaluate", str(stream_csv), "--label", "label", "--key", "key", "--ts", "ts",
             "--batch-size", "16", "--hidden-size", "8", "--device", "cpu",
-            "--models", "logreg,lstm,no_change", "--plot", str(tmp_path / f"{parallel}.png"),
+            "--models", models, "--plot", str(tmp_path / f"{parallel}.png"),
             "--json", str(report_path), "--no-progress", "--parallel", parallel,
         ]  # fmt: skip
         assert main(argv) == 0
@@ -197,10 +215,12 @@ def test_baselines_in_a_second_process_score_exactly_as_in_one(
         assert err.count(":602: skipped") == err.count(":603: skipped") == 1  # reported once
     together, apart = reports["false"], reports["true"]
     assert (apart["processes"], together["processes"]) == (2, 1)
-    assert list(apart["models"]) == list(together["models"]) == ["logreg", "lstm", "no_change"]
+    assert list(apart["models"]) == list(together["models"]) == models.split(",")
     assert _scores(apart) == _scores(together)
     assert apart["events"] == together["events"] == 600
+    assert apart["labelled"] == together["labelled"] == 600 - 85
     assert apart["skipped"] == together["skipped"] == 2
+    assert apart["guards"]["lstm"] == together["guards"]["lstm"]
     assert all(
         report["models"][name]["events_per_second"] > 0
         for report in reports.values()

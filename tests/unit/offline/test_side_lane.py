@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from stream_lstm.errors import EvaluationError
+from stream_lstm.errors import ConfigError, EvaluationError
 from stream_lstm.evaluation.mixture import MIXTURE
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_evaluator
 from stream_lstm.evaluation.results import combine_results
 from stream_lstm.models.build import build_models
+from stream_lstm.offline.batches import batches
 from stream_lstm.offline.csv_source import CsvSpec
 from stream_lstm.offline.evaluate import evaluate_stream
 from stream_lstm.offline.generator import temporal_stream, write_csv
-from stream_lstm.offline.side_lane import SideLane
+from stream_lstm.offline.side_lane import CHUNK_BATCHES, SideLane
+from stream_lstm.telemetry.progress import ProgressLine
 
 
 @pytest.fixture
@@ -101,29 +106,41 @@ def test_close_stops_a_side_process_that_waits_to_begin(stream_csv: Path) -> Non
 
 
 def test_close_stops_a_side_process_in_the_middle_of_its_evaluation(stream_csv: Path) -> None:
-    """As when the LSTM fails mid-run: the second process is stopped, not waited for."""
+    """As when the LSTM fails mid-run: the second process is stopped, not waited for.
+
+    It takes the probabilities sent to its mixture only after it has evaluated a batch, so once
+    more of them got through than a pipe holds (64 kB on Linux), it is evaluating; it then has
+    most of 100,000 events still to go."""
     big = stream_csv.with_name("big.csv")
     write_csv(temporal_stream(100_000, n_keys=20, seed=3), big)
     lane = SideLane(
         CsvSpec(str(big), label="label", key="key"),
-        ["logreg_lags"],
+        ["logreg_lags", "no_change", MIXTURE],
         batch_size=32,
         window=100,
         max_keys=1000,
         keep_trace=False,
-        send_probabilities=True,
+        elsewhere=["no_change"],
     )
+    sent: list[int] = []
+
+    def send() -> None:
+        for _ in range(2 * CHUNK_BATCHES * 128):  # 128 chunks of 4 kB: 512 kB
+            lane.send_probabilities({"no_change": np.full(32, 0.5)})
+        sent.append(1)
+
+    sender = threading.Thread(target=send, daemon=True)
     try:
-        lane.begin()
-        deadline = time.monotonic() + 60
-        while not lane.take_probabilities():  # its first batches are done: it is evaluating
-            assert time.monotonic() < deadline, "the side process sent no probabilities"
-            lane.check()
-            time.sleep(0.01)
+        lane.wait_until_ready()
+        sender.start()
+        sender.join(timeout=60)
+        assert sent, "the side process took no probabilities: it is not evaluating"
+        assert lane.running
     finally:
         lane.close()
     assert not lane.running
     assert lane.exitcode == -signal.SIGTERM  # stopped at once, neither finished nor killed later
+    sender.join(timeout=10)
 
 
 def test_a_side_process_that_fails_to_build_its_models_is_an_error_before_the_clock(
@@ -152,6 +169,8 @@ def test_the_clock_starts_after_the_side_process_is_ready_and_before_it_begins(
         pass
 
     class RecordingLane:
+        elsewhere = ()
+
         def wait_until_ready(self) -> None:
             calls.append("ready")
 
@@ -206,21 +225,229 @@ def test_a_side_lane_can_be_started_outside_the_main_thread(stream_csv: Path) ->
     assert outcome == [500]
 
 
-def test_the_mixture_mixes_the_side_lanes_models_as_one_process_would(stream_csv: Path) -> None:
+def test_the_side_lanes_mixture_mixes_the_first_process_models_as_one_process_would(
+    stream_csv: Path,
+) -> None:
+    """The first process sends its model's probabilities; the second scores them, and its mixture
+    mixes them with its models', in the order of the names, exactly as one process would."""
     spec = CsvSpec(str(stream_csv), label="label", key="key", ts="ts", limit=2500)
-    names = ["logreg", "no_change", MIXTURE]
+    names = ["logreg", "no_change", "logreg_lags", MIXTURE]
     lane = SideLane(
-        spec, ["logreg"], batch_size=32, window=100, max_keys=1000, keep_trace=True, send_probabilities=True
+        spec, names, batch_size=32, window=100, max_keys=1000, keep_trace=True, elsewhere=["no_change"]
     )
+    assert lane.names == ("logreg", "logreg_lags", MIXTURE)
     try:
-        evaluator = build_evaluator(names, window=100, max_keys=1000, keep_trace=True, elsewhere=["logreg"])
-        assert list(evaluator.models) == ["no_change"]
+        evaluator = build_evaluator(
+            ["no_change"], window=100, max_keys=1000, keep_trace=True, scored_elsewhere=True
+        )
         here = evaluate_stream(spec.events(), evaluator, batch_size=32, side_lane=lane, order=names).results
     finally:
         lane.close()
     alone = build_evaluator(names, window=100, max_keys=1000, keep_trace=True)
     evaluate_stream(spec.events(), alone, batch_size=32)
-    assert list(here.scores) == names and evaluator.waiting_batches() == 0
+    assert list(here.scores) == names and here.labelled == alone.labelled > 0
     for name in names:
         assert here.scores[name].whole() == alone.scores[name].whole(), name
-        assert (here.rolling_accuracy_curve(name) == alone.rolling_accuracy_curve(name)).all()
+        assert here.scores[name].rolling() == alone.scores[name].rolling(), name
+        assert (here.rolling_accuracy_curve(name) == alone.rolling_accuracy_curve(name)).all(), name
+
+
+def test_events_without_a_label_are_left_out_of_the_probabilities_sent(tmp_path: Path) -> None:
+    """Only labelled events are scored and mixed: the first process sends theirs alone."""
+    path = tmp_path / "some_labelled.csv"
+    rows = ["key,x,label"] + [f"k{i % 3},{i % 7},{'' if i % 4 == 0 else (i // 2) % 2}" for i in range(700)]
+    path.write_text("\n".join(rows) + "\n")
+    spec = CsvSpec(str(path), label="label", key="key")
+    names = ["no_change", "logreg", MIXTURE]
+    lane = SideLane(
+        spec, names, batch_size=16, window=50, max_keys=100, keep_trace=True, elsewhere=["no_change"]
+    )
+    try:
+        evaluator = build_evaluator(
+            ["no_change"], window=50, max_keys=100, keep_trace=True, scored_elsewhere=True
+        )
+        here = evaluate_stream(spec.events(), evaluator, batch_size=16, side_lane=lane, order=names).results
+    finally:
+        lane.close()
+    alone = build_evaluator(names, window=50, max_keys=100, keep_trace=True)
+    evaluate_stream(spec.events(), alone, batch_size=16)
+    assert 0 < here.labelled == alone.labelled < here.events == 700
+    for name in names:
+        assert here.scores[name].whole() == alone.scores[name].whole(), name
+        assert (here.rolling_accuracy_curve(name) == alone.rolling_accuracy_curve(name)).all(), name
+
+
+def _no_change_probabilities(spec: CsvSpec, batch_size: int) -> list[np.ndarray]:
+    """No-change's probabilities of each batch's (all labelled) events, as the first process has them."""
+    model = build_models(["no_change"])["no_change"]
+    found = []
+    for batch in batches(spec.events(), batch_size):
+        found.append(model.predict_batch(batch))
+        model.learn_batch(batch)
+    return found
+
+
+def _mixing_lane(spec: CsvSpec) -> SideLane:
+    return SideLane(
+        spec,
+        ["logreg", "no_change", MIXTURE],
+        batch_size=32,
+        window=100,
+        max_keys=1000,
+        keep_trace=False,
+        elsewhere=["no_change"],
+    )
+
+
+def test_too_few_probabilities_from_the_first_process_are_an_error(stream_csv: Path) -> None:
+    spec = CsvSpec(str(stream_csv), label="label", key="key", limit=1000)
+    probabilities = _no_change_probabilities(spec, 32)  # 32 batches
+    lane = _mixing_lane(spec)
+    try:
+        for batch in probabilities[:20]:
+            lane.send_probabilities({"no_change": batch})
+        with pytest.raises(
+            EvaluationError, match=r"sent too few probabilities: 12 batch\(es\) were not scored"
+        ):
+            lane.results()
+    finally:
+        lane.close()
+
+
+def test_more_probabilities_than_labelled_events_are_an_error(stream_csv: Path) -> None:
+    spec = CsvSpec(str(stream_csv), label="label", key="key", limit=1000)
+    probabilities = _no_change_probabilities(spec, 32)
+    lane = _mixing_lane(spec)
+    try:
+        for batch in [*probabilities, probabilities[0]]:
+            lane.send_probabilities({"no_change": batch})
+        with pytest.raises(
+            EvaluationError, match=r"more probabilities than .* \(1,000\); more of no_change 32"
+        ):
+            lane.results()
+    finally:
+        lane.close()
+
+
+def test_a_side_process_killed_while_it_mixes_is_an_error_not_a_hang(stream_csv: Path) -> None:
+    """Sending to a process that is gone, or waiting for its scores, raises at once."""
+    spec = CsvSpec(str(stream_csv), label="label", key="key")
+    lane = _mixing_lane(spec)
+    try:
+        lane.wait_until_ready()
+        lane.send_probabilities({"no_change": np.full(32, 0.5)})
+        os.kill(lane.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while lane.running:
+            assert time.monotonic() < deadline, "SIGKILL did not end the side process"
+            time.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(EvaluationError, match="exited with code -9 before sending its scores"):
+            for _ in range(CHUNK_BATCHES):
+                lane.send_probabilities({"no_change": np.full(32, 0.5)})
+        with pytest.raises(EvaluationError, match="exited with code -9 before sending its scores"):
+            lane.results()
+        assert time.monotonic() - started < 10
+    finally:
+        lane.close()
+
+
+def test_the_first_process_scores_nothing_of_the_side_lane(stream_csv: Path) -> None:
+    """It would wait for the side lane's models forever: models of both are scored in the side
+    lane."""
+    evaluator = build_evaluator(["logreg", "no_change", MIXTURE], outside=["logreg"])
+    with pytest.raises(ConfigError, match="scored in the side lane"):
+        evaluate_stream(CsvSpec(str(stream_csv), label="label").events(), evaluator, batch_size=32)
+
+
+@pytest.mark.parametrize(
+    ("names", "elsewhere"),
+    [
+        (["logreg", MIXTURE], ["no_change"]),
+        (["logreg", "no_change"], ["no_change", "no_change"]),
+        (["logreg", "no_change", MIXTURE], [MIXTURE]),
+    ],
+)
+def test_models_run_in_the_first_process_must_be_among_the_side_lanes_names(
+    stream_csv: Path, names: list[str], elsewhere: list[str]
+) -> None:
+    """Not among its names, nothing there would take their probabilities (and the mixture runs
+    only there)."""
+    with pytest.raises(ValueError, match="must be distinct models of names"):
+        SideLane(
+            CsvSpec(str(stream_csv), label="label"),
+            names,
+            batch_size=32,
+            window=100,
+            max_keys=1000,
+            keep_trace=False,
+            elsewhere=elsewhere,
+        )
+
+
+#: A small LSTM, quick to run.
+SMALL_LSTM = {"hidden_size": 4, "device": "cpu"}
+
+
+def _partly_labelled_csv(path: Path, rows: int) -> Path:
+    """Three keys, one feature, and no label on every fourth row."""
+    lines = ["key,x,label"] + [f"k{i % 3},{i % 7},{'' if i % 4 == 0 else (i // 2) % 2}" for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["logreg", "lstm", "no_change"], ["logreg", "lstm", "no_change", MIXTURE]],
+    ids=["alone", "mixed"],
+)
+def test_the_lstm_scored_in_the_side_lane_scores_as_in_one_process(tmp_path: Path, names: list[str]) -> None:
+    """The first process only runs the LSTM and sends its probabilities; the second scores it (and
+    mixes it): every score, rolling score and curve, and the order, are those of one process, with
+    events without a label among them. The LSTM's seconds and guard counts are the first
+    process's, and its progress line says that the scores come at the end."""
+    spec = CsvSpec(str(_partly_labelled_csv(tmp_path / "partly.csv", 900)), label="label", key="key")
+    settings = {"window": 50, "max_keys": 100, "keep_trace": True, "lstm": SMALL_LSTM}
+    lane = SideLane(spec, names, batch_size=16, **settings, elsewhere=["lstm"])
+    out = io.StringIO()
+    try:
+        first = build_evaluator(["lstm"], **settings, scored_elsewhere=True)
+        progress = ProgressLine(None, stream=out, log_interval=0.0)
+        evaluation = evaluate_stream(
+            spec.events(), first, batch_size=16, progress=progress, side_lane=lane, order=names
+        )
+    finally:
+        lane.close()
+    here = evaluation.results
+    alone = build_evaluator(names, **settings)
+    evaluate_stream(spec.events(), alone, batch_size=16)
+    assert first.results().scores == first.results().trace == {}
+    assert 0 < here.labelled == alone.labelled < here.events == 900
+    assert list(here.scores) == list(here.seconds) == list(here.report()) == names
+    for name in names:
+        assert here.scores[name].whole() == alone.scores[name].whole(), name
+        assert here.scores[name].rolling() == alone.scores[name].rolling(), name
+        assert (here.rolling_accuracy_curve(name) == alone.rolling_accuracy_curve(name)).all(), name
+    assert here.seconds["lstm"] == first.seconds["lstm"] > 0
+    assert here.report()["lstm"]["events_per_second"] == 900 / first.seconds["lstm"]
+    assert here.guard_stats()["lstm"] == first.guard_stats()["lstm"]
+    *meanwhile, last = out.getvalue().splitlines()
+    assert meanwhile and all(line.endswith("scores at the end (second process)") for line in meanwhile)
+    assert "rolling acc: logreg " in last and " lstm " in last
+
+
+def test_a_model_is_scored_in_exactly_one_process(stream_csv: Path) -> None:
+    """Scored in both would clash at the end, in neither would be missing from the report: both
+    are refused before the run."""
+    events = CsvSpec(str(stream_csv), label="label", key="key").events()
+
+    class Lane:
+        elsewhere = ("no_change",)
+
+    with pytest.raises(ConfigError, match="no_change would be scored in both processes"):
+        evaluate_stream(events, build_evaluator(["no_change"]), batch_size=32, side_lane=Lane())  # type: ignore[arg-type]
+    unscored = build_evaluator(["logreg", "no_change"], scored_elsewhere=True)
+    with pytest.raises(ConfigError, match="nothing would score logreg"):
+        evaluate_stream(events, unscored, batch_size=32, side_lane=Lane())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="nothing would score logreg, no_change"):
+        evaluate_stream(events, unscored, batch_size=32)
