@@ -58,9 +58,11 @@ class FusedAdam:
         self.eps = eps
         # Per parameter, made by the first step (as torch.optim does): the running averages of
         # the gradient and of its square, and the step count (a float32 tensor on the device).
+        # Parameters that take every step together share one count tensor (see _share_counts).
         self.exp_avgs: list[torch.Tensor] = []
         self.exp_avg_sqs: list[torch.Tensor] = []
         self.step_counts: list[torch.Tensor] = []
+        self._distinct_counts: list[torch.Tensor] = []  # each count tensor of step_counts once
 
     @torch.no_grad()
     def step(self, found_inf: torch.Tensor | None = None) -> None:
@@ -73,12 +75,15 @@ class FusedAdam:
         if not self.step_counts:
             self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
             self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-            self.step_counts = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+            self._share_counts(
+                [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params],
+                [0.0] * len(self.params),
+            )
         grads = [p.grad for p in self.params]
         if any(grad is None for grad in grads):
             raise RuntimeError("FusedAdam.step: every parameter needs a gradient")
         beta1, beta2 = self.betas
-        torch._foreach_add_(self.step_counts, 1)
+        torch._foreach_add_(self._distinct_counts, 1)
         torch._fused_adam_(
             self.params,
             grads,
@@ -97,7 +102,19 @@ class FusedAdam:
             found_inf=found_inf,
         )
         if found_inf is not None:
-            torch._foreach_sub_(self.step_counts, [found_inf] * len(self.step_counts))
+            torch._foreach_sub_(self._distinct_counts, [found_inf] * len(self._distinct_counts))
+
+    def _share_counts(self, counts: list[torch.Tensor], values: list[float | None]) -> None:
+        """Take ``counts`` (one per parameter, whose ``values`` are known on the host, or ``None``),
+        with one tensor for all those on a device with the same known count: the kernel reads a
+        count per parameter, but advancing one tensor costs less than advancing six (the same
+        numbers either way)."""
+        shared: dict[tuple[torch.device, float], torch.Tensor] = {}
+        self.step_counts = [
+            count if value is None else shared.setdefault((count.device, value), count)
+            for count, value in zip(counts, values, strict=True)
+        ]
+        self._distinct_counts = list({id(count): count for count in self.step_counts}.values())
 
     def _step_size(self) -> float | torch.Tensor:
         """This step's size: ``lr`` with the early boost, from the step count just advanced.
@@ -160,11 +177,13 @@ class FusedAdam:
         # Checked: from here on nothing raises, so a refused state changes nothing.
         self.lr, self.betas, self.eps = group["lr"], tuple(group["betas"]), group["eps"]
         if not state:
-            self.exp_avgs, self.exp_avg_sqs, self.step_counts = [], [], []
+            self.exp_avgs, self.exp_avg_sqs, self.step_counts, self._distinct_counts = [], [], [], []
             return
         pairs = list(zip(per_parameter, self.params, strict=True))
         self.exp_avgs = [s["exp_avg"].to(p.device, p.dtype).clone() for s, p in pairs]
         self.exp_avg_sqs = [s["exp_avg_sq"].to(p.device, p.dtype).clone() for s, p in pairs]
-        self.step_counts = [
-            torch.as_tensor(s["step"], dtype=torch.float32).to(p.device).clone() for s, p in pairs
-        ]
+        saved_counts = [torch.as_tensor(s["step"], dtype=torch.float32) for s, _ in pairs]
+        self._share_counts(
+            [count.to(p.device).clone() for count, (_, p) in zip(saved_counts, pairs, strict=True)],
+            [float(count) if count.device.type == "cpu" else None for count in saved_counts],
+        )

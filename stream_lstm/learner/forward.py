@@ -87,6 +87,8 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
     _device: torch.device
     _lstm_weights: list[torch.Tensor]
     _full_window_path: bool
+    _one_key_path: bool
+    _one_key_plan: tuple[ChunkPlan, bool] | None
     _narrow_inputs: bool
     _plans: PlanCache
 
@@ -126,6 +128,8 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         )
         if isinstance(plan, FullWindowPlan):
             return self._forward_full_windows(events, batch, plan)
+        if self._one_key_path and self._takes_one_key_path(plan):
+            return self._forward_one_key(events, batch, plan)
         return self._forward_chunked(events, batch, plan)
 
     def _forward_again(self, pending: Pending) -> Pending:
@@ -190,6 +194,50 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
             pending.rerun = Rerun(model_chunks, h, c, None, pick)
         return pending
 
+    def _takes_one_key_path(self, plan: ChunkPlan) -> bool:
+        """:func:`one_key_chunks` of ``plan``, worked out once per plan (the plan cache gives the
+        same plan again for a batch of the same shape)."""
+        if self._one_key_plan is None or self._one_key_plan[0] is not plan:
+            self._one_key_plan = (plan, one_key_chunks(plan, self.tbptt_steps, self.keys.window_steps))
+        return self._one_key_plan[1]
+
+    def _forward_one_key(self, events: Sequence[Event], batch: BatchInputs, plan: ChunkPlan) -> Pending:
+        """:meth:`_forward_chunked` for a batch of one key with a full window whose chunks all start
+        after the sequence's first step (:func:`one_key_chunks`; a stream of one key, batch after
+        batch): the same tensors, as slices and views of its sequence rather than gathers.
+
+        The key's sequence is its window followed by its new events; its chunks are the sequence's
+        last ``rows x k`` inputs, and its next window is its last ``k - 1``.
+        """
+        device = self._device
+        store = self.keys
+        columns, weights = batch.columns, batch.weights
+        slot = int(batch.groups.slots[0])
+        later = plan.later_chunks
+        assert later is not None
+        sequence = torch.cat([store.window[slot : slot + 1], to_device(batch.inputs, device).unsqueeze(0)], 1)
+        model_sequence = narrow(sequence, columns)
+        h, c = store.h0[slot : slot + 1], store.c0[slot : slot + 1]
+        rows = later.chunk_key.size
+        window = plan.next_window
+        positions = np.concatenate([later.boundary_steps, window.long_steps + 1])
+        h_b, c_b = self._boundary_states(
+            model_sequence, np.zeros(positions.size, dtype=np.int64), positions, h, c, weights
+        )
+        steps = self.tbptt_steps
+        first = int(later.boundary_steps[0])
+        model_inputs = model_sequence[0, first:].view(rows, steps, -1)
+        chunk_state = (h_b[:rows], c_b[:rows])
+        with torch.set_grad_enabled(batch.targets is not None):
+            outputs = self._run_lstm(model_inputs, plan.chunk_len, chunk_state, weights)
+            pick = None if plan.event_outputs is None else to_device(plan.event_outputs, device)
+            logits = self._head(pick_outputs(outputs, pick))
+        new_window = sequence[:, int(window.positions[0, 0]) :]
+        pending = _pending(events, batch, logits, (h_b[rows:], c_b[rows:]), (new_window, window.window_len))
+        if batch.targets is not None:
+            pending.rerun = Rerun(model_inputs, *chunk_state, plan.chunk_len, pick)
+        return pending
+
     def _forward_chunked(self, events: Sequence[Event], batch: BatchInputs, plan: ChunkPlan) -> Pending:
         """The general path of :meth:`_forward`: every key's window and new events in a grid,
         cut into the chunks of ``plan``."""
@@ -207,10 +255,10 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         sequences.view(-1, self.input_size).index_copy_(
             0, to_device(plan.scatter, device), to_device(batch.inputs, device)
         )
-        h, c = store.h0[batch.slot_index], store.c0[batch.slot_index]
+        h, c = store.h0.index_select(0, batch.slot_index), store.c0.index_select(0, batch.slot_index)
         window = plan.next_window
         if plan.later_chunks is None:
-            chunk_inputs = sequences[:, : plan.single_chunk_steps]
+            model_inputs = narrow(sequences[:, : plan.single_chunk_steps], columns)
             chunk_state = (h, c)
             # The next window is the last k - 1 inputs; its start state is one step into the last
             # chunk, which the fused LSTM does not return, so that one step is taken again here.
@@ -219,8 +267,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
                 new_state = self._step_rows(sequences, window.long_rows, window.long_steps, new_state, batch)
         else:
             later = self._later_chunks(sequences, plan.later_chunks, window, (h, c), batch)
-            chunk_inputs, chunk_state, new_state = later
-        model_inputs = narrow(chunk_inputs, columns)
+            model_inputs, chunk_state, new_state = later
         with torch.set_grad_enabled(batch.targets is not None):
             outputs = self._run_lstm(model_inputs, plan.chunk_len, chunk_state, weights)
             pick = None if plan.event_outputs is None else to_device(plan.event_outputs, device)
@@ -239,8 +286,9 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         state: tuple[torch.Tensor, torch.Tensor],
         batch: BatchInputs,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """The inputs and start states of the chunk rows of ``chunks`` (``state``: each key's
-        stored state), and the start state of each key's next ``window``."""
+        """The inputs (in the columns the LSTM runs on) and start states of the chunk rows of
+        ``chunks`` (``state``: each key's stored state), and the start state of each key's next
+        ``window``."""
         device = self._device
         h, c = state
         key_index = to_device(chunks.chunk_key, device)
@@ -251,8 +299,9 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         n_later, long_rows, long_steps = chunks.later.size, window.long_rows, window.long_steps
         spans_chunks = long_steps > 0
         folded = long_rows[spans_chunks]
+        model_sequences = narrow(sequences, batch.columns)
         h_b, c_b = self._boundary_states(
-            narrow(sequences, batch.columns),
+            model_sequences,
             np.concatenate([chunks.boundary_keys, folded]),
             np.concatenate([chunks.boundary_steps, long_steps[spans_chunks] + 1]),
             h,
@@ -263,7 +312,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
             later_index = to_device(chunks.later, device)
             start_h = start_h.index_copy(0, later_index, h_b[:n_later])
             start_c = start_c.index_copy(0, later_index, c_b[:n_later])
-        chunk_inputs = gather_steps(sequences, chunks.chunk_key, chunks.positions)
+        chunk_inputs = gather_steps(model_sequences, chunks.chunk_key, chunks.positions)
         # Keys shorter than a chunk keep their stored state: their window starts where they did.
         if folded.size == h.shape[0]:
             return chunk_inputs, (start_h, start_c), (h_b[n_later:], c_b[n_later:])
@@ -352,6 +401,31 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         if not known.any():
             return None, None
         return to_device(np.flatnonzero(known), device), to_device(values[known], device)
+
+
+def one_key_chunks(plan: ChunkPlan, k: int, window_steps: int) -> bool:
+    """Whether ``plan`` is one key's, with a full window, whose chunk rows are all ``k`` steps long,
+    consecutive, all after the sequence's first step, and end at the sequence's end, and whose next
+    window is its last ``window_steps`` inputs (what :meth:`ChunkedForward._forward_one_key`
+    takes as slices)."""
+    later = plan.later_chunks
+    if later is None or plan.chunk_len.size != later.later.size or plan.next_window.window_len.size != 1:
+        return False
+    window = plan.next_window
+    total = int(window.positions[0, -1]) + 1
+    rows = later.chunk_key.size
+    first = total - rows * k
+    return (
+        first > 0
+        and int(plan.scatter[0]) == window_steps  # the first new event comes after a full window
+        and int(window.window_len[0]) == window_steps
+        and window.long_rows.size == 1
+        and bool((window.long_steps > 0).all())
+        and bool((plan.chunk_len == k).all())
+        and plan.seq_len == total
+        and bool((later.positions == first + np.arange(rows * k).reshape(rows, k)).all())
+        and bool((window.positions[0] == total - window_steps + np.arange(window_steps)).all())
+    )
 
 
 #: Where each event's output is in the outputs of a run over chunk rows: the step of every row's

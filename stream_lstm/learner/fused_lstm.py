@@ -110,7 +110,7 @@ class FusedLSTMCalls:
         i_t g_t`` with the gates recomputed from the known ``h`` (:func:`cell_states`). This
         replaces a call per chunk boundary, whose fixed cost dominates on the CPU.
         """
-        unique_keys, key_row = np.unique(keys, return_inverse=True)
+        unique_keys, key_row = _unique_rows(keys)
         steps = int(positions.max())
         key_index = to_device(unique_keys, sequences.device)
         inputs = sequences.index_select(0, key_index)[:, :steps]
@@ -166,6 +166,15 @@ def cell_states(
         shift *= 2
     c0_rows = c0.index_select(0, to_device(key_row, forget.device))
     return torch.addcmul(gather_steps(added, key_row, before), gather_steps(forget, key_row, before), c0_rows)
+
+
+def _unique_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)``, without its sort when every entry is the same key
+    (a stream of one key: every batch)."""
+    first = keys[0]
+    if (keys == first).all():
+        return keys[:1], np.zeros(keys.size, dtype=np.int64)
+    return np.unique(keys, return_inverse=True)
 
 
 def gather_steps(tensor: torch.Tensor, rows: np.ndarray, positions: np.ndarray) -> torch.Tensor:

@@ -41,7 +41,7 @@ from stream_lstm.learner.limits import (
 from stream_lstm.learner.network import seeded_network
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
-from stream_lstm.learner.tbptt_plan import PlanCache
+from stream_lstm.learner.tbptt_plan import ChunkPlan, PlanCache
 from stream_lstm.learner.training import GuardedTraining, finite_or_zero
 from stream_lstm.messages.categories import DEFAULT_CATEGORY_BUCKETS
 from stream_lstm.messages.events import Event
@@ -248,6 +248,8 @@ class LSTMLearner(ChunkedForward, GuardedTraining, KeyTransfer, LearnerPersisten
         self._pending: Pending | None = None
         # Tests switch the steady-state path off to compare it with the general chunked one.
         self._full_window_path = True
+        self._one_key_path = True
+        self._one_key_plan: tuple[ChunkPlan, bool] | None = None
         self._plans = PlanCache()
         # Off once imported key states hold inputs in columns without a name (see import_keys).
         self._narrow_inputs = True

@@ -20,7 +20,6 @@ baseline and the checkpoint readers all read it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -99,13 +98,14 @@ class StreamRate:
         ([0.5, 0.75, 0.75], 0.375)
         """
         values = labels.tolist() if isinstance(labels, np.ndarray) else labels
-        out = np.empty(len(values))
+        out: list[float] = []
+        keep = out.append  # a list, then one array: item writes into an array cost more
         rate, step = self.value, self._step
-        for i, label in enumerate(values):
-            out[i] = rate
-            if label is not None and not math.isnan(label):
+        for label in values:
+            keep(rate)
+            if label is not None and label == label:  # NaN: no label
                 rate += step * (label - rate)
-        return out, rate
+        return np.array(out, dtype=np.float64), rate
 
     @property
     def applies(self) -> bool:
@@ -119,12 +119,13 @@ class StreamRate:
         self.value = rate
         if self.keyed:
             return
-        for key in keys:
-            if self.first_key is None:
-                self.first_key = key
-            elif key != self.first_key:
-                self.keyed, self.first_key = True, None
-                return
+        keys = keys if isinstance(keys, list) else list(keys)
+        if not keys:
+            return
+        if self.first_key is None:
+            self.first_key = keys[0]
+        if keys.count(self.first_key) != len(keys):  # a key other than the first
+            self.keyed, self.first_key = True, None
 
     def to_state(self) -> dict[str, Any]:
         """The rate as data (the half-life is the model's setting, stored with the others)."""

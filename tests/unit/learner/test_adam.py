@@ -196,3 +196,32 @@ def test_a_skipped_step_does_not_advance_the_boost() -> None:
         plain.step(found_inf=torch.zeros(()))
     torch.testing.assert_close(skipping_weight, plain_weight, rtol=0, atol=0)
     assert float(skipping.step_counts[0]) == float(plain.step_counts[0]) == 6
+
+
+def _step_all(adam: FusedAdam, found_inf: torch.Tensor | None = None) -> None:
+    for parameter in adam.params:
+        parameter.grad = torch.ones_like(parameter)
+    adam.step(found_inf)
+
+
+def test_every_parameter_counts_each_step_once_whether_or_not_their_counts_are_shared() -> None:
+    """Parameters with the same count share one tensor (advanced once per step); a state whose
+    parameters took different numbers of steps keeps a count each."""
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    adam = FusedAdam(params, lr=0.1)
+    for _ in range(3):
+        _step_all(adam)
+    _step_all(adam, found_inf=torch.ones(()))  # a skipped step: counted back once, not per parameter
+    assert [float(s["step"]) for s in adam.state_dict()["state"].values()] == [3.0, 3.0]
+    assert adam.step_counts[0] is adam.step_counts[1]
+    uneven = adam.state_dict()
+    uneven["state"][1]["step"] = torch.tensor(7.0)
+    adam.load_state_dict(uneven)
+    _step_all(adam)
+    assert [float(s["step"]) for s in adam.state_dict()["state"].values()] == [4.0, 8.0]
+    adam.load_state_dict(
+        {**uneven, "state": {i: {**s, "step": torch.tensor(5.0)} for i, s in uneven["state"].items()}}
+    )
+    _step_all(adam)
+    assert [float(s["step"]) for s in adam.state_dict()["state"].values()] == [6.0, 6.0]
+    assert adam.step_counts[0] is adam.step_counts[1]
