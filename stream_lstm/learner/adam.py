@@ -131,8 +131,9 @@ class FusedAdam:
 
     def state_dict(self) -> dict[str, Any]:
         """The state in ``torch.optim.Adam``'s format (fused, one parameter group)."""
+        # A count each (not the shared tensor): torch.optim.Adam, given this, advances each one.
         state = {
-            i: {"step": step, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+            i: {"step": step.clone(), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
             for i, (step, exp_avg, exp_avg_sq) in enumerate(
                 zip(self.step_counts, self.exp_avgs, self.exp_avg_sqs, strict=True)
             )
@@ -185,5 +186,5 @@ class FusedAdam:
         saved_counts = [torch.as_tensor(s["step"], dtype=torch.float32) for s, _ in pairs]
         self._share_counts(
             [count.to(p.device).clone() for count, (_, p) in zip(saved_counts, pairs, strict=True)],
-            [float(count) if count.device.type == "cpu" else None for count in saved_counts],
+            [None if count.device.type == "meta" else float(count) for count in saved_counts],
         )

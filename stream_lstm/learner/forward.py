@@ -78,9 +78,11 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
     """The forward pass (a base of the LSTM learner,
     :class:`~stream_lstm.learner.lstm_learner.LSTMLearner`).
 
-    Two paths: the steady state (:meth:`_forward_full_windows`, every key has a full window and
-    at most ``tbptt_steps`` new events: one fused call) and the general chunked one
-    (:meth:`_forward_chunked`). Tests switch ``_full_window_path`` off to compare the two.
+    Three paths: the steady state (:meth:`_forward_full_windows`, every key has a full window and
+    at most ``tbptt_steps`` new events: one fused call), one key's chunks as slices of its
+    sequence (:meth:`_forward_one_key`, on the CPU) and the general chunked one
+    (:meth:`_forward_chunked`). Tests switch ``_full_window_path`` and ``_one_key_path`` off to
+    compare them with the general path.
     """
 
     tbptt_steps: int
@@ -128,7 +130,7 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         )
         if isinstance(plan, FullWindowPlan):
             return self._forward_full_windows(events, batch, plan)
-        if self._one_key_path and self._takes_one_key_path(plan):
+        if self._one_key_path and self._device.type == "cpu" and self._takes_one_key_path(plan):
             return self._forward_one_key(events, batch, plan)
         return self._forward_chunked(events, batch, plan)
 
@@ -204,7 +206,9 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
     def _forward_one_key(self, events: Sequence[Event], batch: BatchInputs, plan: ChunkPlan) -> Pending:
         """:meth:`_forward_chunked` for a batch of one key with a full window whose chunks all start
         after the sequence's first step (:func:`one_key_chunks`; a stream of one key, batch after
-        batch): the same tensors, as slices and views of its sequence rather than gathers.
+        batch): the same tensors, as slices and views of its sequence rather than gathers. On the
+        CPU only: there the kernels give the same numbers for a view as for a copy (a test holds
+        the two paths equal bit for bit); a GPU's kernels may choose by alignment.
 
         The key's sequence is its window followed by its new events; its chunks are the sequence's
         last ``rows x k`` inputs, and its next window is its last ``k - 1``.

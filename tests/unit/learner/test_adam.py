@@ -225,3 +225,18 @@ def test_every_parameter_counts_each_step_once_whether_or_not_their_counts_are_s
     _step_all(adam)
     assert [float(s["step"]) for s in adam.state_dict()["state"].values()] == [6.0, 6.0]
     assert adam.step_counts[0] is adam.step_counts[1]
+
+
+def test_torch_optim_adam_given_its_state_counts_each_parameters_steps_apart_from_it() -> None:
+    """The counts a state_dict hands over are the parameters' own, not the tensor they share here."""
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))]
+    adam = FusedAdam(params, lr=0.1)
+    _step_all(adam)
+    _step_all(adam)
+    reference = torch.optim.Adam(params, lr=0.1, fused=True)
+    reference.load_state_dict(adam.state_dict())
+    for parameter in params:
+        parameter.grad = torch.ones_like(parameter)
+    reference.step()
+    assert [float(s["step"]) for s in reference.state_dict()["state"].values()] == [3.0, 3.0]
+    assert [float(s["step"]) for s in adam.state_dict()["state"].values()] == [2.0, 2.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import signal
 import threading
@@ -15,7 +16,7 @@ import pytest
 from stream_lstm.errors import ConfigError, EvaluationError
 from stream_lstm.evaluation.mixture import MIXTURE
 from stream_lstm.evaluation.prequential import PrequentialEvaluator, build_evaluator
-from stream_lstm.evaluation.results import combine_results
+from stream_lstm.evaluation.results import EvaluationResults, combine_results
 from stream_lstm.models.build import build_models
 from stream_lstm.offline.batches import batches
 from stream_lstm.offline.csv_source import CsvSpec
@@ -188,6 +189,45 @@ def test_the_clock_starts_after_the_side_process_is_ready_and_before_it_begins(
             side_lane=RecordingLane(),  # type: ignore[arg-type]
         )
     assert calls == ["ready", "clock", "begin"]
+
+
+def test_the_clock_stops_only_once_the_side_process_has_answered(
+    stream_csv: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Waiting for the second process's results is part of the time of the run."""
+    spec = CsvSpec(str(stream_csv), label="label", key="key", limit=500)
+    theirs = PrequentialEvaluator(build_models(["logreg"]))
+    evaluate_stream(spec.events(), theirs, batch_size=32)
+    waited = 1000.0
+    ticks = itertools.count()
+    offset = [0.0]
+
+    class AnsweringLane:
+        elsewhere = ()
+        names = ("logreg",)
+
+        def wait_until_ready(self) -> None:
+            pass
+
+        def begin(self) -> None:
+            pass
+
+        def check(self) -> None:
+            pass
+
+        def results(self) -> EvaluationResults:
+            offset[0] += waited  # the answer comes this much later on the clock
+            return theirs.results()
+
+    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks) + offset[0])
+    evaluation = evaluate_stream(
+        spec.events(),
+        PrequentialEvaluator(build_models(["no_change"])),
+        batch_size=32,
+        side_lane=AnsweringLane(),  # type: ignore[arg-type]
+    )
+    assert evaluation.seconds > waited
+    assert list(evaluation.results.scores) == ["no_change", "logreg"]
 
 
 def test_results_of_other_events_are_refused(stream_csv: Path) -> None:
