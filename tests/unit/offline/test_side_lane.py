@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -114,15 +115,7 @@ def test_close_stops_a_side_process_in_the_middle_of_its_evaluation(stream_csv: 
     most of 100,000 events still to go."""
     big = stream_csv.with_name("big.csv")
     write_csv(temporal_stream(100_000, n_keys=20, seed=3), big)
-    lane = SideLane(
-        CsvSpec(str(big), label="label", key="key"),
-        ["logreg_lags", "no_change", MIXTURE],
-        batch_size=32,
-        window=100,
-        max_keys=1000,
-        keep_trace=False,
-        elsewhere=["no_change"],
-    )
+    lane = _mixing_lane(CsvSpec(str(big), label="label", key="key"), baseline="logreg_lags")
     sent: list[int] = []
 
     def send() -> None:
@@ -272,19 +265,8 @@ def test_the_side_lanes_mixture_mixes_the_first_process_models_as_one_process_wo
     mixes them with its models', in the order of the names, exactly as one process would."""
     spec = CsvSpec(str(stream_csv), label="label", key="key", ts="ts", limit=2500)
     names = ["logreg", "no_change", "logreg_lags", MIXTURE]
-    lane = SideLane(
-        spec, names, batch_size=32, window=100, max_keys=1000, keep_trace=True, elsewhere=["no_change"]
-    )
+    here, alone, lane = _no_change_first_and_alone(spec, names, batch_size=32, window=100, max_keys=1000)
     assert lane.names == ("logreg", "logreg_lags", MIXTURE)
-    try:
-        evaluator = build_evaluator(
-            ["no_change"], window=100, max_keys=1000, keep_trace=True, scored_elsewhere=True
-        )
-        here = evaluate_stream(spec.events(), evaluator, batch_size=32, side_lane=lane, order=names).results
-    finally:
-        lane.close()
-    alone = build_evaluator(names, window=100, max_keys=1000, keep_trace=True)
-    evaluate_stream(spec.events(), alone, batch_size=32)
     assert list(here.scores) == names and here.labelled == alone.labelled > 0
     for name in names:
         assert here.scores[name].whole() == alone.scores[name].whole(), name
@@ -299,22 +281,27 @@ def test_events_without_a_label_are_left_out_of_the_probabilities_sent(tmp_path:
     path.write_text("\n".join(rows) + "\n")
     spec = CsvSpec(str(path), label="label", key="key")
     names = ["no_change", "logreg", MIXTURE]
-    lane = SideLane(
-        spec, names, batch_size=16, window=50, max_keys=100, keep_trace=True, elsewhere=["no_change"]
-    )
-    try:
-        evaluator = build_evaluator(
-            ["no_change"], window=50, max_keys=100, keep_trace=True, scored_elsewhere=True
-        )
-        here = evaluate_stream(spec.events(), evaluator, batch_size=16, side_lane=lane, order=names).results
-    finally:
-        lane.close()
-    alone = build_evaluator(names, window=50, max_keys=100, keep_trace=True)
-    evaluate_stream(spec.events(), alone, batch_size=16)
+    here, alone, _ = _no_change_first_and_alone(spec, names, batch_size=16, window=50, max_keys=100)
     assert 0 < here.labelled == alone.labelled < here.events == 700
     for name in names:
         assert here.scores[name].whole() == alone.scores[name].whole(), name
         assert (here.rolling_accuracy_curve(name) == alone.rolling_accuracy_curve(name)).all(), name
+
+
+def _no_change_first_and_alone(
+    spec: CsvSpec, names: list[str], *, batch_size: int, window: int, max_keys: int
+) -> tuple[EvaluationResults, EvaluationResults, SideLane]:
+    """The results of ``names`` with ``no_change`` in the first process and the others (and its
+    scores) in a side lane, then in one process; and the side lane."""
+    sizes = {"window": window, "max_keys": max_keys, "keep_trace": True}
+    lane = SideLane(spec, names, batch_size=batch_size, elsewhere=["no_change"], **sizes)  # type: ignore[arg-type]
+    try:
+        evaluator = build_evaluator(["no_change"], scored_elsewhere=True, **sizes)  # type: ignore[arg-type]
+        here = evaluate_stream(spec.events(), evaluator, batch_size=batch_size, side_lane=lane, order=names)
+    finally:
+        lane.close()
+    alone = evaluate_stream(spec.events(), build_evaluator(names, **sizes), batch_size=batch_size)  # type: ignore[arg-type]
+    return here.results, alone.results, lane
 
 
 def _no_change_probabilities(spec: CsvSpec, batch_size: int) -> list[np.ndarray]:
@@ -327,10 +314,11 @@ def _no_change_probabilities(spec: CsvSpec, batch_size: int) -> list[np.ndarray]
     return found
 
 
-def _mixing_lane(spec: CsvSpec) -> SideLane:
+def _mixing_lane(spec: CsvSpec, baseline: str = "logreg") -> SideLane:
+    """A side lane that runs ``baseline`` and mixes it with the first process's ``no_change``."""
     return SideLane(
         spec,
-        ["logreg", "no_change", MIXTURE],
+        [baseline, "no_change", MIXTURE],
         batch_size=32,
         window=100,
         max_keys=1000,
@@ -339,31 +327,27 @@ def _mixing_lane(spec: CsvSpec) -> SideLane:
     )
 
 
-def test_too_few_probabilities_from_the_first_process_are_an_error(stream_csv: Path) -> None:
+@pytest.mark.parametrize(
+    ("sent", "error"),
+    [
+        (lambda batches: batches[:20], r"sent too few probabilities: 12 batch\(es\) were not scored"),
+        (
+            lambda batches: [*batches, batches[0]],
+            r"more probabilities than .* \(1,000\); more of no_change 32",
+        ),
+    ],
+    ids=["too few", "too many"],
+)
+def test_probabilities_from_the_first_process_must_match_the_labelled_events(
+    stream_csv: Path, sent: Callable[[list[np.ndarray]], list[np.ndarray]], error: str
+) -> None:
     spec = CsvSpec(str(stream_csv), label="label", key="key", limit=1000)
     probabilities = _no_change_probabilities(spec, 32)  # 32 batches
     lane = _mixing_lane(spec)
     try:
-        for batch in probabilities[:20]:
+        for batch in sent(probabilities):
             lane.send_probabilities({"no_change": batch})
-        with pytest.raises(
-            EvaluationError, match=r"sent too few probabilities: 12 batch\(es\) were not scored"
-        ):
-            lane.results()
-    finally:
-        lane.close()
-
-
-def test_more_probabilities_than_labelled_events_are_an_error(stream_csv: Path) -> None:
-    spec = CsvSpec(str(stream_csv), label="label", key="key", limit=1000)
-    probabilities = _no_change_probabilities(spec, 32)
-    lane = _mixing_lane(spec)
-    try:
-        for batch in [*probabilities, probabilities[0]]:
-            lane.send_probabilities({"no_change": batch})
-        with pytest.raises(
-            EvaluationError, match=r"more probabilities than .* \(1,000\); more of no_change 32"
-        ):
+        with pytest.raises(EvaluationError, match=error):
             lane.results()
     finally:
         lane.close()
