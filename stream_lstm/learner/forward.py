@@ -2,76 +2,35 @@
 
 The batch is encoded on the host (:mod:`stream_lstm.learner.encoding`), its chunks are planned
 in NumPy (:mod:`stream_lstm.learner.tbptt_plan`), and here the inputs go to the device and run
-through the LSTM as the plan says. The result is kept as a :class:`Pending` pass until the
-learner backpropagates its loss and writes the keys' new states back.
+through the LSTM as the plan says. The result is kept as a
+:class:`~stream_lstm.learner.pending.Pending` pass until the learner backpropagates its loss and
+writes the keys' new states back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from stream_lstm.learner.batch_columns import KeyGroups, group_by_slot, optional_floats
+from stream_lstm.learner.batch_columns import group_by_slot, optional_floats
 from stream_lstm.learner.batch_columns import keys as batch_keys
 from stream_lstm.learner.batch_columns import labels as batch_labels
 from stream_lstm.learner.encoding import EXTRA_INPUTS, InputEncoding
 from stream_lstm.learner.fused_lstm import FusedLSTMCalls, gather_steps, narrow
-from stream_lstm.learner.tbptt_plan import ChunkPlan, FullWindowPlan, LaterChunks, NextWindow, PlanCache
+from stream_lstm.learner.pending import BatchInputs, EventPick, Pending, Rerun, pending_pass, pick_outputs
+from stream_lstm.learner.tbptt_plan import (
+    ChunkPlan,
+    FullWindowPlan,
+    LaterChunks,
+    NextWindow,
+    PlanCache,
+    one_key_chunks,
+)
 from stream_lstm.learner.transfer import to_device
 from stream_lstm.messages.events import Event
-
-
-@dataclass(slots=True)
-class BatchInputs:
-    """A micro-batch encoded for the forward pass."""
-
-    groups: KeyGroups  # how its events fall into keys (key j has the state in slot groups.slots[j])
-    slot_index: torch.Tensor  # groups.slots, on the device
-    raw_features: np.ndarray  # the unscaled values of the columns that can hold any (for the scaler)
-    raw_columns: np.ndarray  # which columns those are
-    inputs: np.ndarray  # one input vector per event
-    last_label: np.ndarray  # each key's last label after the batch
-    last_ts: np.ndarray  # each key's last timestamp after the batch
-    trend_after: np.ndarray  # each key's trend averages after the batch
-    rate_after: float  # the stream rate after the batch
-    label_values: np.ndarray  # each event's label, NaN where it has none
-    label_index: torch.Tensor | None  # the labelled events; None with targets: every event is
-    targets: torch.Tensor | None  # their labels; None: no event has one
-    columns: torch.Tensor | None  # the input columns the LSTM runs on (None: all)
-    weights: list[torch.Tensor]  # the LSTM's weights for those columns
-
-
-@dataclass(frozen=True, slots=True)
-class Rerun:
-    """What another optimizer step on a batch runs again: the chunks that hold its events, from
-    the (detached) start states the first pass found, with the weights as they are then."""
-
-    inputs: torch.Tensor  # chunk rows x steps x the input columns the LSTM runs on
-    h: torch.Tensor
-    c: torch.Tensor
-    lengths: np.ndarray | None  # each row's steps, for the padded run (None: one fused call)
-    pick: EventPick  # where each event's output is in the outputs (see pick_outputs)
-
-
-@dataclass(slots=True)
-class Pending:
-    """The forward pass of a batch, kept until the learner's ``learn_batch`` consumes it."""
-
-    events: Sequence[Event]
-    batch: BatchInputs
-    logits: torch.Tensor
-    probabilities: np.ndarray
-    finite: bool  # whether every probability came out finite
-    new_h0: torch.Tensor
-    new_c0: torch.Tensor
-    new_window: torch.Tensor
-    new_window_len: np.ndarray
-    rerun: Rerun | None = None  # how to run its chunks again (for another step on the batch)
 
 
 class ChunkedForward(InputEncoding, FusedLSTMCalls):
@@ -191,63 +150,56 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         with torch.no_grad():
             new_h0, new_c0 = torch.lstm_cell(model_chunks[:, 0], (h, c), *weights)
         new_window_len = np.full(n_keys, self.keys.window_steps, dtype=np.int64)
-        pending = _pending(events, batch, logits, (new_h0, new_c0), (chunks[:, 1:], new_window_len))
+        pending = pending_pass(events, batch, logits, (new_h0, new_c0), (chunks[:, 1:], new_window_len))
         if batch.targets is not None:
             pending.rerun = Rerun(model_chunks, h, c, None, pick)
         return pending
 
     def _takes_one_key_path(self, plan: ChunkPlan) -> bool:
-        """:func:`one_key_chunks` of ``plan``, worked out once per plan (the plan cache gives the
-        same plan again for a batch of the same shape)."""
+        """:func:`~stream_lstm.learner.tbptt_plan.one_key_chunks` of ``plan``, worked out once per
+        plan (the plan cache gives the same plan again for a batch of the same shape)."""
         if self._one_key_plan is None or self._one_key_plan[0] is not plan:
             self._one_key_plan = (plan, one_key_chunks(plan, self.tbptt_steps, self.keys.window_steps))
         return self._one_key_plan[1]
 
     def _forward_one_key(self, events: Sequence[Event], batch: BatchInputs, plan: ChunkPlan) -> Pending:
         """:meth:`_forward_chunked` for a batch of one key with a full window whose chunks all start
-        after the sequence's first step (:func:`one_key_chunks`; a stream of one key, batch after
-        batch): the same tensors, as slices and views of its sequence rather than gathers. On the
-        CPU only: there the kernels give the same numbers for a view as for a copy (a test holds
-        the two paths equal bit for bit); a GPU's kernels may choose by alignment.
+        after the sequence's first step (:func:`~stream_lstm.learner.tbptt_plan.one_key_chunks`; a
+        stream of one key, batch after batch): the same tensors, as slices and views of its
+        sequence rather than gathers. On the CPU only: there the kernels give the same numbers for
+        a view as for a copy (a test holds the two paths equal bit for bit); a GPU's kernels may
+        choose by alignment.
 
         The key's sequence is its window followed by its new events; its chunks are the sequence's
         last ``rows x k`` inputs, and its next window is its last ``k - 1``.
         """
-        device = self._device
         store = self.keys
-        columns, weights = batch.columns, batch.weights
         slot = int(batch.groups.slots[0])
         later = plan.later_chunks
         assert later is not None
-        sequence = torch.cat([store.window[slot : slot + 1], to_device(batch.inputs, device).unsqueeze(0)], 1)
-        model_sequence = narrow(sequence, columns)
+        new_inputs = to_device(batch.inputs, self._device).unsqueeze(0)
+        sequence = torch.cat([store.window[slot : slot + 1], new_inputs], 1)
+        model_sequence = narrow(sequence, batch.columns)
         h, c = store.h0[slot : slot + 1], store.c0[slot : slot + 1]
         rows = later.chunk_key.size
         window = plan.next_window
         positions = np.concatenate([later.boundary_steps, window.long_steps + 1])
         h_b, c_b = self._boundary_states(
-            model_sequence, np.zeros(positions.size, dtype=np.int64), positions, h, c, weights
+            model_sequence, np.zeros(positions.size, dtype=np.int64), positions, h, c, batch.weights
         )
-        steps = self.tbptt_steps
         first = int(later.boundary_steps[0])
-        model_inputs = model_sequence[0, first:].view(rows, steps, -1)
-        chunk_state = (h_b[:rows], c_b[:rows])
-        with torch.set_grad_enabled(batch.targets is not None):
-            outputs = self._run_lstm(model_inputs, plan.chunk_len, chunk_state, weights)
-            pick = None if plan.event_outputs is None else to_device(plan.event_outputs, device)
-            logits = self._head(pick_outputs(outputs, pick))
+        model_inputs = model_sequence[0, first:].view(rows, self.tbptt_steps, -1)
         new_window = sequence[:, int(window.positions[0, 0]) :]
-        pending = _pending(events, batch, logits, (h_b[rows:], c_b[rows:]), (new_window, window.window_len))
-        if batch.targets is not None:
-            pending.rerun = Rerun(model_inputs, *chunk_state, plan.chunk_len, pick)
-        return pending
+        return self._run_chunks(
+            events, batch, plan, model_inputs, (h_b[:rows], c_b[:rows]), (h_b[rows:], c_b[rows:]), new_window
+        )
 
     def _forward_chunked(self, events: Sequence[Event], batch: BatchInputs, plan: ChunkPlan) -> Pending:
         """The general path of :meth:`_forward`: every key's window and new events in a grid,
         cut into the chunks of ``plan``."""
         device = self._device
         store = self.keys
-        columns, weights = batch.columns, batch.weights
+        columns = batch.columns
         n_keys = batch.groups.counts.size
         sequences = torch.cat(
             [
@@ -272,12 +224,29 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         else:
             later = self._later_chunks(sequences, plan.later_chunks, window, (h, c), batch)
             model_inputs, chunk_state, new_state = later
-        with torch.set_grad_enabled(batch.targets is not None):
-            outputs = self._run_lstm(model_inputs, plan.chunk_len, chunk_state, weights)
-            pick = None if plan.event_outputs is None else to_device(plan.event_outputs, device)
-            logits = self._head(pick_outputs(outputs, pick))
         new_window = gather_steps(sequences, np.arange(n_keys), window.positions)
-        pending = _pending(events, batch, logits, new_state, (new_window, window.window_len))
+        return self._run_chunks(events, batch, plan, model_inputs, chunk_state, new_state, new_window)
+
+    def _run_chunks(
+        self,
+        events: Sequence[Event],
+        batch: BatchInputs,
+        plan: ChunkPlan,
+        model_inputs: torch.Tensor,
+        chunk_state: tuple[torch.Tensor, torch.Tensor],
+        new_state: tuple[torch.Tensor, torch.Tensor],
+        new_window: torch.Tensor,
+    ) -> Pending:
+        """The :class:`Pending` pass of ``plan``'s chunk rows (``model_inputs``, from
+        ``chunk_state``): the fused run, with gradients when the batch has labels, each event's
+        logit, and what another optimizer step runs again; ``new_state`` and ``new_window`` are
+        the keys' next window start states and windows."""
+        with torch.set_grad_enabled(batch.targets is not None):
+            outputs = self._run_lstm(model_inputs, plan.chunk_len, chunk_state, batch.weights)
+            pick = None if plan.event_outputs is None else to_device(plan.event_outputs, self._device)
+            logits = self._head(pick_outputs(outputs, pick))
+        window_len = plan.next_window.window_len
+        pending = pending_pass(events, batch, logits, new_state, (new_window, window_len))
         if batch.targets is not None:
             pending.rerun = Rerun(model_inputs, *chunk_state, plan.chunk_len, pick)
         return pending
@@ -405,76 +374,3 @@ class ChunkedForward(InputEncoding, FusedLSTMCalls):
         if not known.any():
             return None, None
         return to_device(np.flatnonzero(known), device), to_device(values[known], device)
-
-
-def one_key_chunks(plan: ChunkPlan, k: int, window_steps: int) -> bool:
-    """Whether ``plan`` is one key's, with a full window, whose chunk rows are all ``k`` steps long,
-    consecutive, all after the sequence's first step, and end at the sequence's end, and whose next
-    window is its last ``window_steps`` inputs (what :meth:`ChunkedForward._forward_one_key`
-    takes as slices)."""
-    later = plan.later_chunks
-    if later is None or plan.chunk_len.size != later.later.size or plan.next_window.window_len.size != 1:
-        return False
-    window = plan.next_window
-    total = int(window.positions[0, -1]) + 1
-    rows = later.chunk_key.size
-    first = total - rows * k
-    return (
-        first > 0
-        and int(plan.scatter[0]) == window_steps  # the first new event comes after a full window
-        and int(window.window_len[0]) == window_steps
-        and window.long_rows.size == 1
-        and bool((window.long_steps > 0).all())
-        and bool((plan.chunk_len == k).all())
-        and plan.seq_len == total
-        and bool((later.positions == first + np.arange(rows * k).reshape(rows, k)).all())
-        and bool((window.positions[0] == total - window_steps + np.arange(window_steps)).all())
-    )
-
-
-#: Where each event's output is in the outputs of a run over chunk rows: the step of every row's
-#: one event (an int), each event's flat index into the rows' steps (a tensor), or ``None`` when
-#: the events are every step of every row, in order.
-EventPick = int | torch.Tensor | None
-
-
-def pick_outputs(outputs: torch.Tensor, pick: EventPick) -> torch.Tensor:
-    """Each event's output (events x hidden) from ``outputs`` (rows x steps x hidden), by ``pick``."""
-    if isinstance(pick, int):
-        return outputs[:, pick]
-    flat = outputs.reshape(-1, outputs.shape[-1])
-    return flat if pick is None else flat.index_select(0, pick)
-
-
-def _pending(
-    events: Sequence[Event],
-    batch: BatchInputs,
-    logits: torch.Tensor,
-    new_state: tuple[torch.Tensor, torch.Tensor],
-    new_window: tuple[torch.Tensor, np.ndarray],
-) -> Pending:
-    """The :class:`Pending` pass of ``logits``, with each key's next window start state, and its
-    next window and that window's length."""
-    probabilities, finite = _host_probabilities(logits)
-    return Pending(
-        events=events,
-        batch=batch,
-        logits=logits,
-        probabilities=probabilities,
-        finite=finite,
-        new_h0=new_state[0],
-        new_c0=new_state[1],
-        new_window=new_window[0],
-        new_window_len=new_window[1],
-    )
-
-
-def _host_probabilities(logits: torch.Tensor) -> tuple[np.ndarray, bool]:
-    """The probabilities of ``logits`` on the host, and whether all were finite (non-finite ones
-    are returned as 0.5)."""
-    probabilities = torch.sigmoid(logits.detach()).cpu().numpy().astype(np.float64)
-    # A sum of values in [0, 1] is finite unless one is NaN (the cheapest test: it runs per batch).
-    finite = math.isfinite(probabilities[0] if probabilities.size == 1 else np.add.reduce(probabilities))
-    if not finite:
-        probabilities[~np.isfinite(probabilities)] = 0.5
-    return probabilities, finite

@@ -10,8 +10,8 @@ import torch
 
 from stream_lstm.errors import ConfigError
 from stream_lstm.learner.encoding import EXTRA_INPUTS
-from stream_lstm.learner.forward import Pending
 from stream_lstm.learner.key_state import KeyStateStore
+from stream_lstm.learner.pending import Pending
 
 
 class KeyTransfer:

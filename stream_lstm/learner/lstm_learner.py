@@ -3,8 +3,9 @@
 The learner's jobs live in its bases, a module each: :mod:`~stream_lstm.learner.encoding` (events
 to input vectors), :mod:`~stream_lstm.learner.tbptt_plan` (the chunks, planned in NumPy),
 :mod:`~stream_lstm.learner.forward` and :mod:`~stream_lstm.learner.fused_lstm` (the torch forward
-pass), :mod:`~stream_lstm.learner.training` (backward, the guarded step and the guards' counts) and
-:mod:`~stream_lstm.learner.key_transfer` (key states between learners). Bases rather than parts it
+pass, kept as a :mod:`~stream_lstm.learner.pending` pass), :mod:`~stream_lstm.learner.training`
+(backward, the guarded step and the guards' counts) and :mod:`~stream_lstm.learner.key_transfer`
+(key states between learners). Bases rather than parts it
 holds, so that the hot path makes no extra calls and a test can replace one method of one
 learner. This module builds it and runs a batch through predict and learn;
 :mod:`~stream_lstm.learner.learner_state` turns it into data and back.
@@ -25,7 +26,7 @@ from stream_lstm.learner.base_rate import BaseRateAverage
 from stream_lstm.learner.batch_columns import keys as batch_keys
 from stream_lstm.learner.devices import resolve_device
 from stream_lstm.learner.encoding import input_size, later_input_groups
-from stream_lstm.learner.forward import ChunkedForward, Pending
+from stream_lstm.learner.forward import ChunkedForward
 from stream_lstm.learner.key_transfer import KeyTransfer
 from stream_lstm.learner.learner_state import LearnerPersistence
 from stream_lstm.learner.limits import (
@@ -39,6 +40,7 @@ from stream_lstm.learner.limits import (
     check_steps_per_batch,
 )
 from stream_lstm.learner.network import seeded_network
+from stream_lstm.learner.pending import Pending
 from stream_lstm.learner.placement import learners_kept_on_cpu
 from stream_lstm.learner.scaler import RunningScaler
 from stream_lstm.learner.tbptt_plan import ChunkPlan, PlanCache

@@ -191,6 +191,31 @@ def plan_chunks(groups: KeyGroups, window_len: np.ndarray, k: int, window_steps:
     )
 
 
+def one_key_chunks(plan: ChunkPlan, k: int, window_steps: int) -> bool:
+    """Whether ``plan`` is one key's, with a full window, whose chunk rows are all ``k`` steps long,
+    consecutive, all after the sequence's first step, and end at the sequence's end, and whose next
+    window is its last ``window_steps`` inputs (what
+    :meth:`~stream_lstm.learner.forward.ChunkedForward._forward_one_key` takes as slices)."""
+    later = plan.later_chunks
+    if later is None or plan.chunk_len.size != later.later.size or plan.next_window.window_len.size != 1:
+        return False
+    window = plan.next_window
+    total = int(window.positions[0, -1]) + 1
+    rows = later.chunk_key.size
+    first = total - rows * k
+    return (
+        first > 0
+        and int(plan.scatter[0]) == window_steps  # the first new event comes after a full window
+        and int(window.window_len[0]) == window_steps
+        and window.long_rows.size == 1
+        and bool((window.long_steps > 0).all())
+        and bool((plan.chunk_len == k).all())
+        and plan.seq_len == total
+        and bool((later.positions == first + np.arange(rows * k).reshape(rows, k)).all())
+        and bool((window.positions[0] == total - window_steps + np.arange(window_steps)).all())
+    )
+
+
 def _next_window(total_len: np.ndarray, seq_len: int, k: int, window_steps: int) -> NextWindow:
     """The :class:`NextWindow` of keys whose sequences hold ``total_len`` inputs each."""
     long_rows = np.flatnonzero(total_len >= k)

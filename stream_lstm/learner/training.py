@@ -12,9 +12,9 @@ import torch
 from stream_lstm.learner.adam import FusedAdam
 from stream_lstm.learner.base_rate import BaseRateAverage
 from stream_lstm.learner.finite import count_non_finite, describe_count
-from stream_lstm.learner.forward import Pending
 from stream_lstm.learner.key_state import KeyStateStore
 from stream_lstm.learner.network import LSTMNetwork
+from stream_lstm.learner.pending import Pending
 from stream_lstm.learner.scaler import RunningScaler
 
 # torch's reduction enum value for "mean".

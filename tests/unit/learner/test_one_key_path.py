@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from stream_lstm.learner.batch_columns import group_by_slot
-from stream_lstm.learner.forward import one_key_chunks
 from stream_lstm.learner.lstm_learner import LSTMLearner
-from stream_lstm.learner.tbptt_plan import ChunkPlan, plan_chunks
+from stream_lstm.learner.tbptt_plan import ChunkPlan, one_key_chunks, plan_chunks
 from stream_lstm.messages.events import Event
 from stream_lstm.offline.evaluate import batches
 from stream_lstm.offline.generator import temporal_stream
