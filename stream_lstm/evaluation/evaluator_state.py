@@ -7,13 +7,13 @@ place (:mod:`stream_lstm.models.state_data` reads every field strictly).
 
 from __future__ import annotations
 
-from collections import deque
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from stream_lstm.errors import EvaluationError
 from stream_lstm.evaluation.mixture import FixedShareMixture
+from stream_lstm.evaluation.outside import OutsideQueue
 from stream_lstm.evaluation.scores import Scorer
 from stream_lstm.models.build import MODEL_NAMES as BUILT_MODELS
 from stream_lstm.models.build import model_from_state
@@ -116,6 +116,5 @@ def evaluator_from_state(cls: type[Evaluator], tree: Any, where: str) -> Evaluat
     trace = fields.nested("trace", names)
     evaluator.trace = {name: [trace.array(name, "bool", (None,))] for name in names}
     evaluator.trace = {name: parts if parts[0].size else [] for name, parts in evaluator.trace.items()}
-    evaluator._late = deque()
-    evaluator._elsewhere = {}
+    evaluator._waiting = OutsideQueue(())
     return evaluator

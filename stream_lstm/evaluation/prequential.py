@@ -9,13 +9,18 @@ whole stream and over a rolling window of the latest labelled events
 Models can also run in one process and be scored in another: an evaluator built with
 ``scored_elsewhere`` only runs its models, and one with ``outside`` models scores them from the
 probabilities the other process sends (:meth:`PrequentialEvaluator.take_outside`), exactly as if it
-ran them (``stream-lstm evaluate`` with two processes, :mod:`stream_lstm.offline.side_lane`).
+ran them (``stream-lstm evaluate`` with two processes, :mod:`stream_lstm.offline.side_lane`;
+the waiting batches are :mod:`stream_lstm.evaluation.outside`'s).
+
+Over 450 lines, for one class: the evaluator's public face (predict, score, learn; its models'
+key states, settings and guard counts, which the service reaches through it) is one object. Its
+parts with a job of their own are modules apart: the scores, the results, the mixture, the data
+form (:mod:`~stream_lstm.evaluation.evaluator_state`) and the outside models' queue.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +30,13 @@ import numpy as np
 from stream_lstm.errors import ConfigError
 from stream_lstm.evaluation.evaluator_state import evaluator_from_state, evaluator_state
 from stream_lstm.evaluation.mixture import MIXTURE, FixedShareMixture
+from stream_lstm.evaluation.outside import (
+    OutsideQueue,
+    WaitingBatch,
+    check_outside,
+    labelled_mask,
+    labelled_probabilities,
+)
 from stream_lstm.evaluation.results import EvaluationResults, model_reports, rolling_accuracy
 from stream_lstm.evaluation.scores import METRICS as METRICS
 from stream_lstm.evaluation.scores import Scorer
@@ -109,7 +121,7 @@ class PrequentialEvaluator:
             raise ConfigError("at least one model is needed")
         if MIXTURE in models:
             raise ConfigError(f"{MIXTURE} is the evaluator's mixture, not a model to pass")
-        _check_outside(list(models), list(outside), mixture, scored_elsewhere)
+        check_outside(list(models), list(outside), mixture, scored_elsewhere)
         self.models = dict(models)
         #: Models of another process that this evaluator scores (see :meth:`take_outside`).
         self.outside = tuple(outside)
@@ -183,11 +195,8 @@ class PrequentialEvaluator:
         self.started_at: dict[str, int] = {}
         self.labelled = 0
         self.trace: dict[str, list[np.ndarray]] = {name: [] for name in scored}
-        # Labelled batches (labels, where no-change was right, the probabilities of the models here
-        # for the mixture) that wait for the probabilities of the outside models.
-        self._late: deque[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = deque()
-        # The outside models' probabilities that arrived for batches not scored yet, by model.
-        self._elsewhere: dict[str, list[np.ndarray]] = {name: [] for name in self.outside}
+        # Labelled batches that wait for the probabilities of the outside models, and theirs.
+        self._waiting = OutsideQueue(self.outside)
 
     def predict(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
         """Every model's probabilities for the batch, before any of it is learned."""
@@ -235,21 +244,25 @@ class PrequentialEvaluator:
         (:meth:`take_outside`); with :attr:`scored_elsewhere`, nothing is scored.
         """
         raw_labels = [e.label for e in events]
-        every = None not in raw_labels
-        labelled = None if every else np.array([y is not None for y in raw_labels], dtype=bool)
-        n_labelled = len(events) if every else int(labelled.sum())
+        labelled = labelled_mask(raw_labels)
+        n_labelled = len(events) if labelled is None else int(labelled.sum())
         if n_labelled and not self.scored_elsewhere:
             labels = np.array([y for y in raw_labels if y is not None], dtype=np.int8)
             reference = self.reference.predict_batch(events)
-            if not every:
+            if labelled is not None:
                 reference = reference[labelled]
             reference_correct = (reference >= 0.5) == (labels == 1)
-            for name in predictions:
-                probabilities = predictions[name] if every else predictions[name][labelled]
+            for name, probabilities in labelled_probabilities(
+                predictions, list(predictions), labelled
+            ).items():
                 self._score(name, labels, probabilities, reference_correct)
-            mine = self._mixed_here(predictions, labelled)
+            mine = (
+                {}
+                if self.mixture is None
+                else labelled_probabilities(predictions, list(self.models), labelled)
+            )
             if self.outside:
-                self._late.append((labels, reference_correct, mine))
+                self._waiting.wait(WaitingBatch(labels, reference_correct, mine))
                 self.take_outside({})
             elif self.mixture is not None:
                 self._learn_mixture(labels, mine)
@@ -271,18 +284,6 @@ class PrequentialEvaluator:
         if self.keep_trace:
             self.trace[name].append((probabilities >= 0.5) == (labels == 1))
 
-    def _mixed_here(
-        self, predictions: Mapping[str, np.ndarray], labelled: np.ndarray | None
-    ) -> dict[str, np.ndarray]:
-        """The probabilities of the labelled events by the models here, for the mixture to learn
-        (none without a mixture)."""
-        if self.mixture is None:
-            return {}
-        return {
-            name: predictions[name] if labelled is None else predictions[name][labelled]
-            for name in self.models
-        }
-
     def _learn_mixture(self, labels: np.ndarray, experts: Mapping[str, np.ndarray]) -> None:
         """The mixture learns a batch's labels from its experts' probabilities of them."""
         assert self.mixture is not None
@@ -299,16 +300,8 @@ class PrequentialEvaluator:
         scored exactly as if the models ran here; the mixture predicts it with the weights it had
         before that batch, then learns it, as in one process.
         """
-        for name, values in probabilities.items():
-            if name not in self._elsewhere:
-                raise ConfigError(f"{name} is not a model scored here from another process")
-            self._elsewhere[name].append(np.asarray(values))
-        while self._late:
-            labels, reference_correct, mine = self._late[0]
-            if any(sum(part.size for part in parts) < labels.size for parts in self._elsewhere.values()):
-                break
-            self._late.popleft()
-            arrived = {name: _take(parts, labels.size) for name, parts in self._elsewhere.items()}
+        self._waiting.add(probabilities)
+        for (labels, reference_correct, mine), arrived in self._waiting.complete():
             for name, values in arrived.items():
                 self._score(name, labels, values, reference_correct)
             if self.mixture is not None:
@@ -321,7 +314,7 @@ class PrequentialEvaluator:
 
     def waiting_batches(self) -> int:
         """Labelled batches that still wait for the probabilities of the :attr:`outside` models."""
-        return len(self._late)
+        return len(self._waiting)
 
     def process(self, events: Sequence[Event]) -> dict[str, np.ndarray]:
         """Predict, score and learn one micro-batch; return the predictions."""
@@ -439,8 +432,7 @@ class PrequentialEvaluator:
         for name in _RETIRED_ATTRIBUTES:
             state.pop(name, None)
         state.setdefault("mixture", None)
-        state.setdefault("_late", deque())
-        state.setdefault("_elsewhere", {})
+        state.setdefault("_waiting", OutsideQueue(()))
         state.setdefault("started_at", {})
         state.setdefault("outside", ())
         state.setdefault("scored_elsewhere", False)
@@ -484,27 +476,3 @@ def build_evaluator(
         outside=[name for name in experts if name in outside],
         scored_elsewhere=scored_elsewhere,
     )
-
-
-def _check_outside(
-    models: Sequence[str], outside: Sequence[str], mixture: FixedShareMixture | None, scored_elsewhere: bool
-) -> None:
-    """Refuse outside models that are not distinct from the models here, a mixture of models
-    that are neither, and an evaluator that scores nothing yet has a mixture or outside models."""
-    if len(set(outside)) != len(outside) or set(outside) & {*models, MIXTURE}:
-        raise ConfigError(
-            f"the models scored from another process ({', '.join(outside)}) must be distinct models "
-            "not run here"
-        )
-    unknown = [name for name in (mixture.experts if mixture else ()) if name not in {*models, *outside}]
-    if unknown:
-        raise ConfigError(f"the mixture mixes {', '.join(unknown)}, which is neither run nor scored here")
-    if scored_elsewhere and (outside or mixture is not None):
-        raise ConfigError("an evaluator that scores nothing has no mixture and scores no model of another")
-
-
-def _take(parts: list[np.ndarray], count: int) -> np.ndarray:
-    """The first ``count`` values of the arrays ``parts`` (which must hold them), removed from it."""
-    joined = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    parts[:] = [joined[count:]] if joined.size > count else []
-    return joined[:count]

@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, NamedTuple
 
-import numpy as np
-
 from stream_lstm.errors import ConfigError
+from stream_lstm.evaluation.outside import labelled_mask, labelled_probabilities
 from stream_lstm.evaluation.prequential import PrequentialEvaluator
 from stream_lstm.evaluation.results import EvaluationResults, combine_results
 from stream_lstm.evaluation.scores import Scorer
@@ -72,7 +71,8 @@ def evaluate_stream(
         predictions = evaluator.process(batch)
         if side_lane is not None:
             if sent:
-                side_lane.send_probabilities(_labelled_probabilities(batch, predictions, sent))
+                labelled = labelled_mask([event.label for event in batch])
+                side_lane.send_probabilities(labelled_probabilities(predictions, sent, labelled))
             if count % 256 == 0:
                 side_lane.check()
         if progress is not None:
@@ -112,18 +112,6 @@ def _check_who_scores(evaluator: PrequentialEvaluator, sent: Sequence[str]) -> N
         raise ConfigError(
             f"nothing would score {', '.join(unscored)}: the side lane scores only what it is sent"
         )
-
-
-def _labelled_probabilities(
-    batch: Sequence[Event], predictions: Mapping[str, np.ndarray], names: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """The probabilities of models ``names`` for the labelled events of ``batch``, as they are
-    scored and mixed."""
-    labelled = [event.label is not None for event in batch]
-    if all(labelled):
-        return {name: predictions[name] for name in names}
-    mask = np.array(labelled, dtype=bool)
-    return {name: predictions[name][mask] for name in names}
 
 
 def warn_about_guards(results: EvaluationResults) -> None:
