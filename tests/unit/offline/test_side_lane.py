@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import multiprocessing
 import os
 import signal
 import threading
@@ -23,7 +24,7 @@ from stream_lstm.offline.batches import batches
 from stream_lstm.offline.csv_source import CsvSpec
 from stream_lstm.offline.evaluate import evaluate_stream
 from stream_lstm.offline.generator import temporal_stream, write_csv
-from stream_lstm.offline.side_lane import CHUNK_BATCHES, SideLane
+from stream_lstm.offline.side_lane import CHUNK_BATCHES, SideLane, _Arrivals
 from stream_lstm.telemetry.progress import ProgressLine
 
 
@@ -475,3 +476,15 @@ def test_a_model_is_scored_in_exactly_one_process(stream_csv: Path) -> None:
         evaluate_stream(events, unscored, batch_size=32, side_lane=Lane())  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="nothing would score logreg, no_change"):
         evaluate_stream(events, unscored, batch_size=32)
+
+
+def test_probabilities_of_other_models_than_those_it_scores_are_an_error() -> None:
+    """The second process takes only the probabilities of the models it was told it scores."""
+    evaluator = build_evaluator(["logreg", "no_change"], outside=["no_change"])
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    arrivals = _Arrivals(reader, ["no_change"], evaluator, os.getppid())
+    writer.send({"lstm": np.full(4, 0.5)})
+    with pytest.raises(EvaluationError, match="sent probabilities of lstm, not of no_change"):
+        arrivals.take_arrived()
+    writer.close()
+    reader.close()
